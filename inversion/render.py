@@ -1,0 +1,155 @@
+"""Rendering prompts with learned words, and assembling labelled grids.
+
+:class:`Renderer` wraps the frozen components in a diffusers ``StableDiffusionPipeline`` once and
+renders any number of prompts over seeds with any set of learned embeddings installed — the shared
+model is never modified (tokens go into a copy of the tokenizer, vectors into a swapped-in
+embedding layer), so one loaded model serves every concept of a worker process.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .formats import LearnedEmbedding
+from .models import DiffusionComponents
+from .tokens import encode_text, expand_token, placeholder_embedding, register_token
+from .train import resolve_device, resolve_dtype
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to sample: denoising steps, classifier-free guidance scale, image size (None: the model's)."""
+
+    steps: int = 25
+    guidance: float = 7.5
+    resolution: int | None = None
+    precision: str = "fp32"
+    device: str = "auto"
+    batch_size: int = 8
+
+
+class Renderer:
+    """Renders prompts (which may contain learned tokens) with a frozen diffusion model."""
+
+    def __init__(self, components: DiffusionComponents, settings: RenderSettings | None = None) -> None:
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        self.components = components
+        self.settings = settings or RenderSettings()
+        self.device = resolve_device(self.settings.device)
+        self.dtype = resolve_dtype(self.settings.precision, self.device)
+        self._pipeline = StableDiffusionPipeline(
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            unet=components.unet,
+            scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        self._pipeline.set_progress_bar_config(disable=True)
+
+    def render(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        embeddings: Sequence[LearnedEmbedding] = (),
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[list[Image.Image]]:
+        """Render every prompt with every seed: ``result[p][s]`` is prompt p with seed s.
+
+        The same seed gives the same starting noise for every prompt, so rows are comparable.
+        """
+        s = self.settings
+        resolution = s.resolution or self.components.resolution
+        tokenizer = copy.deepcopy(self.components.tokenizer)
+        placeholders = [register_token(tokenizer, e.token, e.num_vectors) for e in embeddings]
+        expanded = list(prompts)
+        for emb in embeddings:
+            expanded = [expand_token(p, emb.token, emb.num_vectors) for p in expanded]
+        jobs = [(p, seed) for p in range(len(prompts)) for seed in seeds]
+        images: dict[tuple[int, int], Image.Image] = {}
+        with self.components.lock:
+            self.components.to(self.device, self.dtype)
+            with placeholder_embedding(self.components.text_encoder) as layer, torch.no_grad():
+                layer.set_vectors(placeholders, [e.vectors.to(self.device) for e in embeddings])
+                negative = encode_text(tokenizer, self.components.text_encoder, [""])
+                for start in range(0, len(jobs), s.batch_size):
+                    chunk = jobs[start : start + s.batch_size]
+                    hidden = encode_text(tokenizer, self.components.text_encoder, [expanded[p] for p, _ in chunk])
+                    latents = torch.cat([self._initial_noise(seed, resolution) for _, seed in chunk])
+                    out = self._pipeline(
+                        prompt_embeds=hidden,
+                        negative_prompt_embeds=negative.expand_as(hidden),
+                        latents=latents,
+                        num_inference_steps=s.steps,
+                        guidance_scale=s.guidance,
+                        height=resolution,
+                        width=resolution,
+                        output_type="pil",
+                    )
+                    for job, image in zip(chunk, out.images):
+                        images[job] = image
+                    if progress is not None:
+                        progress(min(start + len(chunk), len(jobs)), len(jobs))
+        return [[images[(p, seed)] for seed in seeds] for p in range(len(prompts))]
+
+    def _initial_noise(self, seed: int, resolution: int) -> torch.Tensor:
+        size = resolution // self.components.vae_scale_factor
+        channels = int(self.components.unet.config.in_channels)
+        generator = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((1, channels, size, size), generator=generator)
+        return noise.to(self.device, self.dtype)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, width_chars: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width_chars:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], cell: int | None = None,
+              title: str | None = None) -> Image.Image:
+    """Assemble ``rows`` of images into one grid with each row's label (its prompt) written above it."""
+    if not rows or not rows[0]:
+        raise ValueError("make_grid needs at least one image")
+    cell = cell or max(rows[0][0].size[0], 96)
+    columns = max(len(r) for r in rows)
+    width = max(columns * cell, 256)
+    font_size = 12
+    label_height = font_size * 2 + 6
+    title_height = font_size + 10 if title else 0
+    height = title_height + len(rows) * (label_height + cell)
+    grid = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(font_size)
+    chars = max(16, width // (font_size * 0.6).__ceil__())
+    if title:
+        draw.text((4, 3), title, fill="black", font=font)
+    y = title_height
+    for label, images in zip(row_labels, rows):
+        for i, line in enumerate(_wrap(label, chars)[:2]):
+            draw.text((4, y + 2 + i * (font_size + 1)), line, fill="black", font=font)
+        y += label_height
+        for x, image in enumerate(images):
+            grid.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.LANCZOS), (x * cell, y))
+        y += cell
+    return grid

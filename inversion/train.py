@@ -1,0 +1,369 @@
+"""The Textual Inversion training loop: learn new token vectors with every model weight frozen.
+
+One loop serves one concept or a *pack* of K concepts trained together: each example carries its
+own concept's token, so one UNet forward/backward serves K concepts. Per-concept state (vectors,
+AdamW moments, random generator, step) is kept apart and the pack's loss is the *sum* of the
+per-concept mean losses, so each concept gets exactly the gradient it would get alone.
+
+Speed choices (see ``bench/``): each training image and its flip go through the VAE once and
+their latent distributions are cached (a fresh latent is sampled from them every step, so the
+training distribution is unchanged); only the new vectors are parameters, nothing is copied back
+into the frozen table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .config import ConceptConfig, TrainConfig
+from .errors import ConfigError, InputError, TrainingDivergedError
+from .formats import LearnedEmbedding, _atomic_write, save_embedding_files
+from .images import load_training_images
+from .models import DiffusionComponents
+from .templates import templates_for
+from .tokens import PlaceholderToken, encode_text, initial_vectors, placeholder_embedding, register_token
+
+CHECKPOINT_FILENAME = "checkpoint.safetensors"
+_CHECKPOINT_VERSION = "1"
+#: training settings that may differ between a checkpoint and the run resuming it
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "device"}
+_VAE_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Progress after one optimizer step of the pack."""
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    elapsed: float
+
+
+@dataclass
+class TrainResult:
+    """What training one concept produced."""
+
+    token: str
+    embedding: LearnedEmbedding
+    steps: int
+    losses: list[float]
+    seconds: float
+    output_dir: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+    resumed_from: int = 0
+    error: str | None = None
+
+    @property
+    def final_loss(self) -> float | None:
+        """Mean loss over the last 10% of steps (at least one, at most 50): a stable summary."""
+        if not self.losses:
+            return None
+        tail = self.losses[-max(1, min(50, len(self.losses) // 10)) :]
+        return float(sum(tail) / len(tail))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → the first CUDA device when one is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): warm-up, then constant or cosine."""
+    base = config.effective_lr
+    if step < config.lr_warmup_steps:
+        return base * (step + 1) / config.lr_warmup_steps
+    if config.lr_schedule == "cosine":
+        span = max(1, config.steps - config.lr_warmup_steps)
+        progress = min(1.0, (step - config.lr_warmup_steps) / span)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base
+
+
+class _ConceptRun:
+    """Mutable training state of one concept in a pack."""
+
+    def __init__(self, concept: ConceptConfig, placeholder: PlaceholderToken, start: torch.Tensor,
+                 config: TrainConfig, device: torch.device, output_dir: Path | None) -> None:
+        self.concept = concept
+        self.placeholder = placeholder
+        self.vectors = torch.nn.Parameter(start.to(device=device, dtype=torch.float32).clone())
+        self.optimizer = torch.optim.AdamW([self.vectors], lr=config.effective_lr, weight_decay=config.weight_decay,
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.generator = torch.Generator().manual_seed(concept.seed)
+        self.templates = templates_for(concept.property)
+        self.prompt_word = " ".join(placeholder.names)
+        self.output_dir = output_dir
+        self.step = 0
+        self.resumed_from = 0
+        self.losses: list[float] = []
+        self.seconds = 0.0
+        self.error: str | None = None
+        self.latent_mean: torch.Tensor | None = None
+        self.latent_std: torch.Tensor | None = None
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path | None:
+        return None if self.output_dir is None else self.output_dir / CHECKPOINT_FILENAME
+
+    def save_checkpoint(self, config: TrainConfig) -> Path | None:
+        path = self.checkpoint_path()
+        if path is None:
+            return None
+        state = self.optimizer.state.get(self.vectors, {})
+        zeros = torch.zeros_like(self.vectors, device="cpu")
+        tensors = {
+            "vectors": self.vectors.detach().cpu().contiguous(),
+            "exp_avg": state["exp_avg"].detach().cpu().contiguous() if state else zeros,
+            "exp_avg_sq": state["exp_avg_sq"].detach().cpu().contiguous() if state else zeros.clone(),
+            "rng_state": self.generator.get_state().contiguous(),
+        }
+        meta = {
+            "step": self.step,
+            "adam_step": float(state["step"]) if state else 0.0,
+            "losses": self.losses,
+            "seconds": self.seconds,
+            "token": self.concept.token,
+            "num_vectors": self.concept.num_vectors,
+            "initializer": self.concept.initializer,
+            "train_config": config.to_dict(),
+        }
+        metadata = {"sstar_checkpoint": _CHECKPOINT_VERSION, "state": json.dumps(meta)}
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        save_embedding_files(self.embedding(), self.output_dir, step=self.step)
+        return path
+
+    def load_checkpoint(self, config: TrainConfig) -> bool:
+        path = self.checkpoint_path()
+        if path is None or not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        if metadata.get("sstar_checkpoint") != _CHECKPOINT_VERSION:
+            raise InputError(f"{path} is not an sstar checkpoint of version {_CHECKPOINT_VERSION}")
+        meta = json.loads(metadata["state"])
+        if meta["token"] != self.concept.token or meta["num_vectors"] != self.concept.num_vectors:
+            raise ConfigError(
+                f"checkpoint {path} is for {meta['token']} with {meta['num_vectors']} vector(s), "
+                f"not {self.concept.token} with {self.concept.num_vectors}"
+            )
+        saved = meta["train_config"]
+        current = config.to_dict()
+        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"cannot resume {path}: {k} was {saved.get(k)!r}, now {current[k]!r}")
+        tensors = load_file(str(path))
+        with torch.no_grad():
+            self.vectors.copy_(tensors["vectors"].to(self.vectors.device))
+        if meta["adam_step"] > 0:
+            self.optimizer.state[self.vectors] = {
+                "step": torch.tensor(meta["adam_step"], dtype=torch.float32),
+                "exp_avg": tensors["exp_avg"].to(self.vectors.device),
+                "exp_avg_sq": tensors["exp_avg_sq"].to(self.vectors.device),
+            }
+        self.generator.set_state(tensors["rng_state"])
+        self.step = self.resumed_from = int(meta["step"])
+        self.losses = [float(x) for x in meta["losses"]]
+        self.seconds = float(meta["seconds"])
+        return True
+
+    # -- results -----------------------------------------------------------------------------
+    def embedding(self) -> LearnedEmbedding:
+        return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone())
+
+    def result(self) -> TrainResult:
+        return TrainResult(self.concept.token, self.embedding(), self.step, list(self.losses), self.seconds,
+                           self.output_dir, {}, self.resumed_from, self.error)
+
+
+def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int) -> None:
+    """Encode every training image (and its mirror image) once; keep the latent distributions."""
+    _, pixels = load_training_images(run.concept.images, resolution)
+    if run.concept.flip:
+        pixels = torch.cat([pixels, torch.flip(pixels, dims=[-1])])
+    means, stds = [], []
+    with torch.no_grad():
+        for chunk in pixels.split(_VAE_CHUNK):
+            dist = components.vae.encode(chunk.to(components.device, components.dtype)).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+    run.latent_mean, run.latent_std = torch.cat(means), torch.cat(stds)
+
+
+def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device):
+    """Draw one concept's micro-batch from its own generator, in a fixed order (for exact resume)."""
+    assert run.latent_mean is not None and run.latent_std is not None
+    g = run.generator
+    shape = (batch, *run.latent_mean.shape[1:])
+    views = torch.randint(run.latent_mean.shape[0], (batch,), generator=g)
+    templates = torch.randint(len(run.templates), (batch,), generator=g)
+    latent_eps = torch.randn(shape, generator=g)
+    noise = torch.randn(shape, generator=g)
+    timesteps = torch.randint(0, num_timesteps, (batch,), generator=g)
+    views = views.to(device)
+    latents = run.latent_mean[views] + run.latent_std[views] * latent_eps.to(device)
+    prompts = [run.templates[i].format(run.prompt_word) for i in templates.tolist()]
+    return latents, noise.to(device), timesteps.to(device), prompts
+
+
+def _prepare_runs(components, concepts, config, tokenizer, device, output_dirs, resume) -> list[_ConceptRun]:
+    tokens = [c.token for c in concepts]
+    duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
+    if duplicates:
+        raise ConfigError(f"token {duplicates[0]} appears more than once in one pack")
+    runs = []
+    for concept, out in zip(concepts, output_dirs):
+        start = initial_vectors(components.text_encoder, tokenizer, concept.initializer, concept.num_vectors)
+        placeholder = register_token(tokenizer, concept.token, concept.num_vectors)
+        run = _ConceptRun(concept, placeholder, start, config, device, out)
+        if resume:
+            run.load_checkpoint(config)
+        runs.append(run)
+    return runs
+
+
+def train_concepts(
+    components: DiffusionComponents,
+    concepts: Sequence[ConceptConfig],
+    config: TrainConfig,
+    *,
+    output_dirs: Sequence[Path | None] | None = None,
+    resume: bool = False,
+    callback: Callable[[StepReport], None] | None = None,
+) -> list[TrainResult]:
+    """Learn each concept's token vectors; K concepts share every UNet forward/backward.
+
+    Args:
+        components: the frozen model (moved to the configured device and precision here).
+        concepts: one or more concepts; their tokens must be distinct and new to the vocabulary.
+        config: training settings shared by the pack.
+        output_dirs: per concept, where the embedding files and checkpoints go (``None``: keep in memory).
+        resume: continue each concept from the checkpoint in its output folder, when there is one.
+        callback: called after every optimizer step with the per-concept losses.
+
+    Returns one :class:`TrainResult` per concept, in order. A concept whose loss turns NaN/inf stops
+    with ``error`` set (the others go on); see :func:`train_concept` for the raising variant.
+    """
+    if not concepts:
+        raise ConfigError("no concepts to train")
+    output_dirs = list(output_dirs) if output_dirs is not None else [None] * len(concepts)
+    if len(output_dirs) != len(concepts):
+        raise ConfigError("output_dirs must have one entry per concept")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.precision, device)
+    resolution = config.resolution or components.resolution
+    if resolution % components.vae_scale_factor:
+        raise ConfigError(f"resolution {resolution} is not a multiple of the VAE factor {components.vae_scale_factor}")
+
+    with components.lock:
+        components.to(device, dtype)
+        tokenizer = copy.deepcopy(components.tokenizer)
+        runs = _prepare_runs(components, concepts, config, tokenizer, device, output_dirs, resume)
+        for run in runs:
+            _cache_latents(components, run, resolution)
+        scheduler = components.noise_scheduler
+        scaling = float(getattr(components.vae.config, "scaling_factor", 0.18215))
+        prediction = components.prediction_type
+        num_timesteps = int(scheduler.config.num_train_timesteps)
+        alphas = scheduler.alphas_cumprod.to(device)
+        scheduler.alphas_cumprod = alphas  # add_noise moves it anyway; do it once
+        total = max(0, max(config.steps - run.step for run in runs))
+        started = time.perf_counter()
+        with placeholder_embedding(components.text_encoder) as layer:
+            layer.set_vectors([r.placeholder for r in runs], [r.vectors for r in runs])
+            for pack_step in range(total):
+                active = [r for r in runs if r.step < config.steps and r.error is None]
+                if not active:
+                    break
+                _optimizer_step(components, tokenizer, active, config, device, dtype, scaling, prediction, num_timesteps)
+                for run in active:
+                    if run.error is None and run.output_dir is not None and config.checkpoint_every and \
+                            run.step % config.checkpoint_every == 0 and run.step < config.steps:
+                        run.save_checkpoint(config)
+                if callback is not None:
+                    losses = {r.concept.token: r.losses[-1] for r in active if r.error is None and r.losses}
+                    callback(StepReport(pack_step + 1, total, losses, time.perf_counter() - started))
+        results = []
+        for run in runs:
+            if run.error is None and run.output_dir is not None:
+                run.save_checkpoint(config)
+            result = run.result()
+            if run.output_dir is not None and run.error is None:
+                result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
+            results.append(result)
+        return results
+
+
+def _optimizer_step(components, tokenizer, active, config, device, dtype, scaling, prediction, num_timesteps) -> None:
+    """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
+    tick = time.perf_counter()
+    step_losses = {id(r): 0.0 for r in active}
+    scheduler = components.noise_scheduler
+    for _ in range(config.grad_accum):
+        live = [r for r in active if r.error is None]
+        if not live:
+            return
+        samples = [_sample(r, config.batch_size, num_timesteps, device) for r in live]
+        latents = torch.cat([s[0] for s in samples]) * scaling
+        noise = torch.cat([s[1] for s in samples])
+        timesteps = torch.cat([s[2] for s in samples])
+        prompts = [p for s in samples for p in s[3]]
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        if prediction == "epsilon":
+            target = noise
+        elif prediction == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = latents
+        hidden = encode_text(tokenizer, components.text_encoder, prompts)
+        pred = components.unet(noisy.to(dtype), timesteps, hidden).sample
+        per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)
+        values = per_concept.detach().cpu().tolist()
+        total = None
+        for index, (run, value) in enumerate(zip(live, values)):
+            if not math.isfinite(value):
+                run.error = str(TrainingDivergedError(run.concept.token, run.step + 1, value))
+                continue
+            step_losses[id(run)] += value / config.grad_accum
+            term = per_concept[index] / config.grad_accum
+            total = term if total is None else total + term
+        if total is not None:
+            total.backward()
+    elapsed = time.perf_counter() - tick
+    for run in active:
+        if run.error is not None:
+            run.optimizer.zero_grad(set_to_none=True)
+            continue
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr_at(config, run.step)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.step += 1
+        run.losses.append(step_losses[id(run)])
+        run.seconds += elapsed / len(active)
+
