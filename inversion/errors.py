@@ -35,3 +35,10 @@ class TrainingDivergedError(SstarError):
         self.token = token
         self.step = step
         self.loss = loss
+
+    @classmethod
+    def from_message(cls, message: str) -> "TrainingDivergedError":
+        """Re-raise a divergence recorded as text (packed training records errors per concept)."""
+        error = cls.__new__(cls)
+        SstarError.__init__(error, message)
+        return error

@@ -30,7 +30,9 @@ def open_rgb(path: Path) -> Image.Image:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError as exc:
+        raise InputError(f"cannot read image {path}: not a recognised image file") from exc
+    except (OSError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

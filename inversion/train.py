@@ -367,3 +367,56 @@ def _optimizer_step(components, tokenizer, active, config, device, dtype, scalin
         run.losses.append(step_losses[id(run)])
         run.seconds += elapsed / len(active)
 
+
+
+def train_concept(
+    components: DiffusionComponents,
+    concept: ConceptConfig,
+    config: TrainConfig,
+    *,
+    output_dir: Path | None = None,
+    resume: bool = False,
+    callback: Callable[[StepReport], None] | None = None,
+) -> TrainResult:
+    """Learn one concept; raises :class:`TrainingDivergedError` if its loss turns NaN/inf."""
+    (result,) = train_concepts(components, [concept], config, output_dirs=[output_dir], resume=resume,
+                               callback=callback)
+    if result.error is not None:
+        raise TrainingDivergedError.from_message(result.error)
+    return result
+
+
+def evaluation_loss(
+    components: DiffusionComponents,
+    concept: ConceptConfig,
+    vectors: torch.Tensor,
+    *,
+    samples: int = 16,
+    seed: int = 1234,
+    resolution: int | None = None,
+) -> float:
+    """Noise-prediction loss of ``vectors`` as ``concept``'s token on a fixed set of noised examples.
+
+    Unlike the training loss (fresh noise and timesteps every step), this is a deterministic function
+    of the vectors: the same images, templates, noise and timesteps every call. Lower is better.
+    """
+    device, dtype = components.device, components.dtype
+    resolution = resolution or components.resolution
+    with components.lock:
+        tokenizer = copy.deepcopy(components.tokenizer)
+        placeholder = register_token(tokenizer, concept.token, int(vectors.shape[0]))
+        eval_concept = ConceptConfig(concept.token, concept.initializer, concept.images, int(vectors.shape[0]),
+                                     concept.property, concept.flip, seed)
+        run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None)
+        _cache_latents(components, run, resolution)
+        scaling = float(getattr(components.vae.config, "scaling_factor", 0.18215))
+        scheduler = components.noise_scheduler
+        with placeholder_embedding(components.text_encoder) as layer, torch.no_grad():
+            layer.set_vectors([placeholder], [run.vectors])
+            latents, noise, timesteps, prompts = _sample(run, samples, int(scheduler.config.num_train_timesteps), device)
+            latents = latents * scaling
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
+            hidden = encode_text(tokenizer, components.text_encoder, prompts)
+            pred = components.unet(noisy.to(dtype), timesteps, hidden).sample
+            return float(F.mse_loss(pred.float(), target.float()))

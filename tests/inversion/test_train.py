@@ -1,0 +1,117 @@
+"""Training: only the new vectors learn, the loss falls, resume and packing are exact."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from inversion.config import ConceptConfig, TrainConfig
+from inversion.errors import ConfigError, TrainingDivergedError
+from inversion.models import load_components
+from inversion.tokens import initial_vectors
+from inversion.train import CHECKPOINT_FILENAME, evaluation_loss, train_concept, train_concepts
+from tests.conftest import write_shape_images
+
+
+@pytest.fixture(scope="module")
+def components(tiny_model_dir):
+    return load_components(tiny_model_dir)
+
+
+def _digest_tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_loss_falls_and_only_new_vectors_change(tiny_model_dir, concept_images):
+    files_before = _digest_tree(tiny_model_dir)
+    components = load_components(tiny_model_dir)
+    weights_before = {name: {k: v.clone() for k, v in m.state_dict().items()}
+                      for name, m in [("text", components.text_encoder), ("unet", components.unet),
+                                      ("vae", components.vae)]}
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    start = initial_vectors(components.text_encoder, components.tokenizer, "square", 1)
+    before = evaluation_loss(components, concept, start)
+    result = train_concept(components, concept, TrainConfig(steps=40, batch_size=4, lr=5e-3))
+    after = evaluation_loss(components, concept, result.embedding.vectors)
+    assert after < before - 1e-3, (before, after)
+    assert not torch.equal(result.embedding.vectors, start)
+    for name, module in [("text", components.text_encoder), ("unet", components.unet), ("vae", components.vae)]:
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, weights_before[name][key]), f"{name}.{key} changed"
+    assert len(components.tokenizer) == 49408, "the shared tokenizer must not gain tokens"
+    assert _digest_tree(tiny_model_dir) == files_before
+
+
+def test_multi_vector_training_updates_every_vector(components, concept_images):
+    concept = ConceptConfig("<red-square>", "red square", concept_images, num_vectors=3)
+    start = initial_vectors(components.text_encoder, components.tokenizer, "red square", 3)
+    result = train_concept(components, concept, TrainConfig(steps=5, batch_size=2))
+    assert result.embedding.vectors.shape == start.shape
+    for i in range(3):
+        assert not torch.allclose(result.embedding.vectors[i], start[i]), f"vector {i} did not move"
+
+
+def test_training_is_seed_deterministic_on_cpu(components, concept_images):
+    concept = ConceptConfig("<red-square>", "square", concept_images, seed=7)
+    config = TrainConfig(steps=4, batch_size=2)
+    a = train_concept(components, concept, config)
+    b = train_concept(components, concept, config)
+    assert torch.equal(a.embedding.vectors, b.embedding.vectors)
+    c = train_concept(components, ConceptConfig("<red-square>", "square", concept_images, seed=8), config)
+    assert not torch.equal(a.embedding.vectors, c.embedding.vectors)
+
+
+def test_resume_continues_exactly(components, concept_images, tmp_path):
+    concept = ConceptConfig("<red-square>", "square", concept_images, num_vectors=2)
+    whole = train_concept(components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
+                          output_dir=tmp_path / "whole")
+    half = train_concept(components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=4),
+                         output_dir=tmp_path / "split")
+    assert (tmp_path / "split" / CHECKPOINT_FILENAME).is_file()
+    assert (tmp_path / "split" / "learned_embeds.safetensors").is_file()
+    resumed = train_concept(components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
+                            output_dir=tmp_path / "split", resume=True)
+    assert half.steps == 4 and resumed.steps == 8 and resumed.resumed_from == 4
+    assert torch.equal(whole.embedding.vectors, resumed.embedding.vectors)
+    assert whole.losses == resumed.losses
+
+
+def test_resume_refuses_changed_settings(components, concept_images, tmp_path):
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    train_concept(components, concept, TrainConfig(steps=2, batch_size=1), output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="lr was 0.005, now 0.001"):
+        train_concept(components, concept, TrainConfig(steps=4, batch_size=1, lr=1e-3), output_dir=tmp_path,
+                      resume=True)
+
+
+def test_packed_concepts_match_training_each_alone(components, tmp_path):
+    red = ConceptConfig("<red>", "square", write_shape_images(tmp_path / "red"), seed=1)
+    blue = ConceptConfig("<blue>", "circle", write_shape_images(tmp_path / "blue", color=(30, 30, 220), seed=5),
+                         num_vectors=2, seed=2)
+    config = TrainConfig(steps=6, batch_size=2, grad_accum=2)
+    packed = train_concepts(components, [red, blue], config)
+    alone = [train_concept(components, c, config) for c in (red, blue)]
+    for p, a in zip(packed, alone):
+        assert p.token == a.token
+        torch.testing.assert_close(p.embedding.vectors, a.embedding.vectors, rtol=1e-4, atol=1e-5)
+        assert p.losses == pytest.approx(a.losses, rel=1e-4)
+
+
+def test_diverging_loss_stops_with_a_clear_error(tiny_model_dir, concept_images, tmp_path):
+    components = load_components(tiny_model_dir)
+    with torch.no_grad():
+        components.unet.conv_out.bias.fill_(float("nan"))
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    with pytest.raises(TrainingDivergedError, match=r"training of <red-square> diverged: loss is nan at step 1"):
+        train_concept(components, concept, TrainConfig(steps=3, batch_size=1), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "learned_embeds.safetensors").exists()
+
+
+def test_duplicate_tokens_in_a_pack_are_rejected(components, concept_images):
+    c = ConceptConfig("<x>", "square", concept_images)
+    with pytest.raises(ConfigError, match="token <x> appears more than once"):
+        train_concepts(components, [c, c], TrainConfig(steps=1))
