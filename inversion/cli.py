@@ -123,6 +123,39 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def clip_spec_from_args(arch: str, checkpoint: str | None, pretrained: str | None):
+    """The CLIP to score with; ViT-B-32 without a checkpoint means OpenAI's weights (downloaded where reachable)."""
+    from .clip import DEFAULT_PRETRAINED, ClipSpec
+
+    if checkpoint is None and pretrained is None:
+        pretrained = DEFAULT_PRETRAINED
+    return ClipSpec(arch=arch, checkpoint=Path(checkpoint) if checkpoint else None, pretrained=pretrained)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .render import RenderSettings
+    from .scoring import run_score_command
+
+    scores = run_score_command(
+        args.model, args.embedding, args.images, args.out,
+        clip_spec_from_args(args.clip_arch, args.clip_checkpoint, args.clip_pretrained), args.class_word,
+        prompts_file=args.prompts, samples=args.samples, captions=args.caption or None, property=args.property,
+        token=args.token, render=RenderSettings(steps=args.steps, guidance=args.guidance, device=args.device),
+        clip_device=args.device, log=lambda message: print(message, flush=True),
+    )
+    print(f"image similarity {scores['image_similarity']:.4f} (words only {scores['baseline_image_similarity']:.4f}, "
+          f"lift {scores['inversion_lift']:+.4f}); text similarity {scores['text_similarity']:.4f} "
+          f"(words only {scores['baseline_text_similarity']:.4f}) — raw CLIP cosines")
+    print(f"wrote {scores['files']['scores']}")
+    return 0
+
+
+def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
+    parser.add_argument("--clip-checkpoint", help="local open_clip checkpoint file for --clip-arch")
+    parser.add_argument("--clip-pretrained", help="open_clip pretrained tag (default 'openai' without a checkpoint)")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
     p = sub.add_parser("model", help="write a random-weight diffusers model folder (no download)")
@@ -157,3 +190,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="grid PNG path")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
+    p.add_argument("--model", required=True)
+    p.add_argument("--embedding", required=True, help="embedding file: diffusers, A1111 or kohya")
+    p.add_argument("--images", required=True, help="folder of the concept's training images")
+    p.add_argument("--class-word", required=True, help="the concept's class word (e.g. the initializer, 'cat')")
+    p.add_argument("--token", help="override the token stored in the embedding file")
+    p.add_argument("--prompts", help="evaluation prompts file: one per line, {} where the token goes")
+    p.add_argument("--caption", action="append", help="words-only description for the baseline (repeatable)")
+    p.add_argument("--property", choices=PROPERTIES, default="object")
+    p.add_argument("--samples", type=int, default=4, help="images per prompt")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps")
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--device", default="auto")
+    add_clip_arguments(p)
+    p.add_argument("--out", required=True, help="folder for grid.png, baseline_grid.png and scores.json")
+    p.set_defaults(func=cmd_score)

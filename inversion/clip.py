@@ -204,6 +204,8 @@ def _create(spec: ClipSpec, device: torch.device):
                 raise InputError(
                     f"CLIP checkpoint {path} does not match architecture {spec.arch}: {detail}"
                 ) from exc
+            if detail.startswith("Weights only load failed"):
+                detail = "not a state-dict file of tensors (pickled objects are not loaded)"
             raise InputError(f"cannot load CLIP checkpoint {path} as architecture {spec.arch}: {detail}") from exc
     else:
         tags = open_clip.list_pretrained_tags_by_model(spec.arch)

@@ -254,6 +254,7 @@ def train_concepts(
     output_dirs: Sequence[Path | None] | None = None,
     resume: bool = False,
     callback: Callable[[StepReport], None] | None = None,
+    on_checkpoint: Callable[[str, Path], None] | None = None,
 ) -> list[TrainResult]:
     """Learn each concept's token vectors; K concepts share every UNet forward/backward.
 
@@ -264,6 +265,8 @@ def train_concepts(
         output_dirs: per concept, where the embedding files and checkpoints go (``None``: keep in memory).
         resume: continue each concept from the checkpoint in its output folder, when there is one.
         callback: called after every optimizer step with the per-concept losses.
+        on_checkpoint: called with (token, checkpoint path) after each periodic checkpoint is saved —
+            e.g. to upload it, so a run killed mid-training can resume elsewhere.
 
     Returns one :class:`TrainResult` per concept, in order. A concept whose loss turns NaN/inf stops
     with ``error`` set (the others go on); see :func:`train_concept` for the raising variant.
@@ -303,7 +306,9 @@ def train_concepts(
                 for run in active:
                     if run.error is None and run.output_dir is not None and config.checkpoint_every and \
                             run.step % config.checkpoint_every == 0 and run.step < config.steps:
-                        run.save_checkpoint(config)
+                        path = run.save_checkpoint(config)
+                        if on_checkpoint is not None and path is not None:
+                            on_checkpoint(run.concept.token, path)
                 if callback is not None:
                     losses = {r.concept.token: r.losses[-1] for r in active if r.error is None and r.losses}
                     callback(StepReport(pack_step + 1, total, losses, time.perf_counter() - started))

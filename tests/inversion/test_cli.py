@@ -79,3 +79,27 @@ def test_token_already_in_vocabulary(tiny_model_dir, concept_images, tmp_path, c
 def test_model_command_writes_a_loadable_folder(tmp_path, capsys):
     code, stdout, _ = _run(capsys, "model", "tiny", "--out", tmp_path / "m")
     assert code == 0 and (tmp_path / "m" / "model_index.json").is_file()
+
+
+def test_score_command(tiny_model_dir, concept_images, tmp_path, capsys):
+    import json
+
+    from inversion.clip import write_tiny_clip
+    from inversion.formats import LearnedEmbedding, save_diffusers
+    import torch
+
+    clip = write_tiny_clip(tmp_path / "clip.pt")
+    emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
+    code, stdout, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", emb, "--images", concept_images,
+                             "--class-word", "square", "--samples", "1", "--steps", "2", "--clip-arch",
+                             "sstar-tiny-clip", "--clip-checkpoint", clip, "--out", tmp_path / "scores")
+    assert code == 0, err
+    scores = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert scores["inversion_lift"] == pytest.approx(scores["image_similarity"] - scores["baseline_image_similarity"])
+    assert "raw CLIP cosines" in stdout and (tmp_path / "scores" / "grid.png").is_file()
+
+
+def test_score_command_unknown_clip(tiny_model_dir, concept_images, tmp_path, capsys):
+    code, _, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", tmp_path / "none.safetensors",
+                        "--images", concept_images, "--class-word", "square", "--out", tmp_path / "s")
+    assert code == 2 and "embedding file not found" in err

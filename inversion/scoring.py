@@ -1,0 +1,457 @@
+"""CLIP scores of a learned word, and how much better it does than words alone.
+
+Two numbers, with the DreamBench conventions the method's successors use:
+
+* **image similarity** (CLIP-I, reconstruction): the mean pairwise cosine between the CLIP image
+  embeddings of the generated images and of the concept's training images;
+* **text similarity** (CLIP-T, editability): the mean cosine between each generated image and its
+  own prompt with the token replaced by the concept's class word ("a photo of a cat on the beach").
+
+All scores are **raw cosines** in [-1, 1]. Some papers report CLIPScore, which is 2.5 × max(cos, 0);
+do not compare our numbers with those without converting.
+
+The **words-only baseline** renders the same prompts with the token replaced by the concept's
+caption phrase(s) ("a photo of a fluffy ginger cat" → "a photo of a fluffy ginger cat on the
+beach"), with the same seeds, and is scored by exactly the same function as the learned word
+(:func:`_score_variant`). ``inversion_lift`` = image similarity − baseline image similarity: how
+much closer to the training images the learned word gets than a description does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .clip import ClipModel, ClipSpec, load_clip
+from .config import PROPERTIES
+from .errors import ConfigError, InputError
+from .formats import LearnedEmbedding
+from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill, load_prompts
+from .render import Renderer, RenderSettings, make_grid
+
+SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
+SCORES_FILENAME = "scores.json"
+GRID_FILENAME = "grid.png"
+BASELINE_GRID_FILENAME = "baseline_grid.png"
+
+
+def _as_embeddings(x: torch.Tensor, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        raise InputError(f"{name} must be a [N, D] tensor of embeddings, got {getattr(x, 'shape', type(x))}")
+    if x.shape[0] == 0:
+        raise InputError(f"{name} is empty: no images to score")
+    return torch.nn.functional.normalize(x.detach().float().cpu(), dim=-1)
+
+
+def image_similarity(generated: torch.Tensor, reference: torch.Tensor) -> float:
+    """CLIP-I: the mean raw cosine over all (generated, reference) pairs of image embeddings.
+
+    Rows are normalised here, so any embeddings work. Invariant to the order of the rows of either
+    argument and symmetric in its two arguments; two identical one-image sets score 1.0.
+    """
+    g = _as_embeddings(generated, "generated image embeddings")
+    r = _as_embeddings(reference, "reference image embeddings")
+    if g.shape[1] != r.shape[1]:
+        raise InputError(f"embedding sizes differ: generated {g.shape[1]}, reference {r.shape[1]}")
+    return float((g @ r.T).mean())
+
+
+def text_similarity(image_embeds: torch.Tensor, text_embeds: torch.Tensor, prompt_index: Sequence[int]) -> float:
+    """CLIP-T: the mean raw cosine between each image and its own prompt's text embedding.
+
+    ``prompt_index[i]`` is the row of ``text_embeds`` (the prompt with the class word in place of the
+    token) that image ``i`` was generated from.
+    """
+    images = _as_embeddings(image_embeds, "image embeddings")
+    texts = _as_embeddings(text_embeds, "text embeddings")
+    index = torch.as_tensor(list(prompt_index), dtype=torch.long)
+    if index.numel() != images.shape[0]:
+        raise InputError(f"prompt_index has {index.numel()} entries for {images.shape[0]} images")
+    if images.shape[1] != texts.shape[1]:
+        raise InputError(f"embedding sizes differ: images {images.shape[1]}, texts {texts.shape[1]}")
+    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= texts.shape[0]):
+        raise InputError(f"prompt_index must lie in [0, {texts.shape[0]}), got {index.tolist()}")
+    return float((images * texts[index]).sum(dim=-1).mean())
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What to render for scoring.
+
+    Attributes:
+        prompts: evaluation prompts with ``{}`` for the word; ``None`` uses the defaults of the
+            concept's property (:mod:`inversion.prompts`).
+        samples: images per prompt (seeds ``0 … samples-1`` unless ``seeds`` is given).
+        seeds: explicit seeds, one image per seed per prompt; overrides ``samples``.
+        render: sampler settings for the renderer :func:`run_score_command` builds.
+        clip_batch_size: images per CLIP forward pass.
+    """
+
+    prompts: tuple[str, ...] | None = None
+    samples: int = 4
+    seeds: tuple[int, ...] | None = None
+    render: RenderSettings = field(default_factory=RenderSettings)
+    clip_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.prompts is not None:
+            object.__setattr__(self, "prompts", check_prompts(self.prompts, "evaluation prompts"))
+        if not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
+        if self.seeds is not None:
+            seeds = tuple(int(s) for s in self.seeds)
+            if not seeds or len(set(seeds)) != len(seeds):
+                raise ConfigError(f"seeds must be distinct and at least one, got {list(seeds)}")
+            object.__setattr__(self, "seeds", seeds)
+        if self.clip_batch_size < 1:
+            raise ConfigError(f"clip_batch_size must be >= 1, got {self.clip_batch_size}")
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return self.seeds if self.seeds is not None else tuple(range(self.samples))
+
+    def prompts_for(self, property: str) -> tuple[str, ...]:
+        return self.prompts if self.prompts is not None else default_prompts(property)
+
+
+@dataclass(frozen=True)
+class PromptScore:
+    """One evaluation prompt's scores for one variant (raw cosines)."""
+
+    template: str
+    prompt: str  # what was rendered
+    text_prompt: str  # what the images are compared with (class word in place of the token)
+    image_similarity: float
+    text_similarity: float
+
+
+@dataclass
+class VariantScores:
+    """The learned word or one caption, rendered over the prompt set and scored (raw cosines)."""
+
+    phrase: str
+    image_similarity: float
+    text_similarity: float
+    per_prompt: list[PromptScore]
+    images: list[list[Image.Image]] = field(repr=False)  # images[prompt][seed]
+    image_embeds: torch.Tensor = field(repr=False)  # [prompts * seeds, D], prompt-major
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "phrase": self.phrase,
+            "image_similarity": self.image_similarity,
+            "text_similarity": self.text_similarity,
+            "per_prompt": [
+                {
+                    "template": p.template, "prompt": p.prompt, "text_prompt": p.text_prompt,
+                    "image_similarity": p.image_similarity, "text_similarity": p.text_similarity,
+                }
+                for p in self.per_prompt
+            ],
+        }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+@dataclass
+class ConceptScores:
+    """A concept's scores: the learned word, the words-only baseline(s), and the lift.
+
+    Every number is a raw cosine (see the module docstring). With several captions, the baseline
+    numbers are means over them (each caption renders the same number of images).
+    """
+
+    token: str
+    class_word: str
+    property: str
+    clip: str
+    templates: tuple[str, ...]
+    seeds: tuple[int, ...]
+    num_reference_images: int
+    learned: VariantScores
+    baselines: list[VariantScores]
+
+    @property
+    def image_similarity(self) -> float:
+        return self.learned.image_similarity
+
+    @property
+    def text_similarity(self) -> float:
+        return self.learned.text_similarity
+
+    @property
+    def baseline_image_similarity(self) -> float:
+        return _mean([b.image_similarity for b in self.baselines])
+
+    @property
+    def baseline_text_similarity(self) -> float:
+        return _mean([b.text_similarity for b in self.baselines])
+
+    @property
+    def inversion_lift(self) -> float:
+        """Image similarity of the learned word minus that of the words-only baseline."""
+        return self.image_similarity - self.baseline_image_similarity
+
+    @property
+    def text_lift(self) -> float:
+        """Text similarity of the learned word minus the baseline's (usually ≤ 0: the editability cost)."""
+        return self.text_similarity - self.baseline_text_similarity
+
+    @cached_property
+    def grid(self) -> Image.Image:
+        """The learned word's images: one row per prompt, one column per seed."""
+        return make_grid(
+            self.learned.images,
+            [p.prompt for p in self.learned.per_prompt],
+            title=f"{self.token}: image sim {self.image_similarity:.3f}, text sim {self.text_similarity:.3f} "
+                  f"(raw cosine)",
+        )
+
+    @cached_property
+    def baseline_grid(self) -> Image.Image:
+        """The words-only baseline's images: one row per caption and prompt, one column per seed."""
+        rows = [row for b in self.baselines for row in b.images]
+        labels = [p.prompt for b in self.baselines for p in b.per_prompt]
+        return make_grid(
+            rows, labels,
+            title=f"words only: image sim {self.baseline_image_similarity:.3f}, "
+                  f"text sim {self.baseline_text_similarity:.3f} (raw cosine)",
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The scores as a JSON-ready dict (what ``scores.json`` holds)."""
+        return {
+            "token": self.token,
+            "class_word": self.class_word,
+            "property": self.property,
+            "clip": self.clip,
+            "scale": SCALE,
+            "image_similarity": self.image_similarity,
+            "text_similarity": self.text_similarity,
+            "baseline_image_similarity": self.baseline_image_similarity,
+            "baseline_text_similarity": self.baseline_text_similarity,
+            "inversion_lift": self.inversion_lift,
+            "text_lift": self.text_lift,
+            "prompts": list(self.templates),
+            "seeds": list(self.seeds),
+            "num_reference_images": self.num_reference_images,
+            "learned": self.learned.to_json(),
+            "baselines": [b.to_json() for b in self.baselines],
+        }
+
+
+def embed_reference_images(clip: ClipModel, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
+    """CLIP embeddings of a concept's training images; compute once per concept and pass them on."""
+    if not images:
+        raise InputError("no reference (training) images to compare with")
+    return clip.embed_images(list(images), batch_size=batch_size)
+
+
+def _score_variant(
+    renderer: Renderer,
+    clip: ClipModel,
+    templates: Sequence[str],
+    phrase: str,
+    seeds: Sequence[int],
+    embeddings: Sequence[LearnedEmbedding],
+    reference_embeds: torch.Tensor,
+    text_prompts: Sequence[str],
+    text_embeds: torch.Tensor,
+    clip_batch_size: int,
+) -> VariantScores:
+    """Render ``templates`` with ``phrase`` in place of ``{}`` over ``seeds`` and score the images.
+
+    The one code path of both the learned word (``phrase`` = its token) and the words-only
+    baseline (``phrase`` = a caption's noun phrase): same renderer, seeds, installed embeddings,
+    reference embeddings and class-word text embeddings.
+    """
+    prompts = [fill(t, phrase) for t in templates]
+    images = renderer.render(prompts, list(seeds), embeddings)
+    flat = [image for row in images for image in row]
+    embeds = clip.embed_images(flat, batch_size=clip_batch_size)
+    n = len(seeds)
+    index = [p for p in range(len(templates)) for _ in range(n)]
+    per_prompt = [
+        PromptScore(
+            template=t,
+            prompt=prompts[p],
+            text_prompt=text_prompts[p],
+            image_similarity=image_similarity(embeds[p * n : (p + 1) * n], reference_embeds),
+            text_similarity=text_similarity(embeds[p * n : (p + 1) * n], text_embeds[p : p + 1], [0] * n),
+        )
+        for p, t in enumerate(templates)
+    ]
+    return VariantScores(
+        phrase=phrase,
+        image_similarity=image_similarity(embeds, reference_embeds),
+        text_similarity=text_similarity(embeds, text_embeds, index),
+        per_prompt=per_prompt,
+        images=images,
+        image_embeds=embeds,
+    )
+
+
+def score_concept(
+    renderer: Renderer,
+    clip: ClipModel,
+    embedding: LearnedEmbedding,
+    reference_images: Sequence[Image.Image],
+    class_word: str,
+    captions: Sequence[str] | None = None,
+    property: str = "object",
+    settings: ScoreSettings | None = None,
+    reference_embeds: torch.Tensor | None = None,
+) -> ConceptScores:
+    """Score a learned word against its training images, and the words-only baseline the same way.
+
+    Args:
+        renderer: renders the prompts (its settings decide steps, guidance, device).
+        clip: the scoring CLIP (:func:`~inversion.clip.load_clip`).
+        embedding: the learned word; its token must appear as ``{}`` in the prompts.
+        reference_images: the concept's training images (unused when ``reference_embeds`` is given).
+        class_word: the concept's class or initializer word; replaces the token for text similarity.
+        captions: words-only descriptions of the concept (default :func:`~inversion.prompts.default_captions`);
+            each caption's noun phrase replaces the token for one baseline rendering.
+        property: ``object`` or ``style`` (picks the default prompts and how captions are read).
+        settings: prompts, seeds, CLIP batch size.
+        reference_embeds: precomputed :func:`embed_reference_images` of the training images.
+
+    Returns:
+        :class:`ConceptScores` with raw-cosine scores, per-prompt details and the rendered images.
+    """
+    settings = settings or ScoreSettings()
+    if property not in PROPERTIES:
+        raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {property!r}")
+    if not class_word or not class_word.strip():
+        raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
+    class_word = class_word.strip()
+    expected = int(renderer.components.text_encoder.get_input_embeddings().weight.shape[1])
+    if embedding.vectors.ndim != 2 or int(embedding.vectors.shape[1]) != expected:
+        raise InputError(f"embedding {embedding.token} has vectors of size {tuple(embedding.vectors.shape)[1:]}, "
+                         f"but the model's text encoder uses {expected}; it was learned for another model")
+    if reference_embeds is None:
+        reference_embeds = embed_reference_images(clip, reference_images, settings.clip_batch_size)
+    reference_embeds = _as_embeddings(reference_embeds, "reference image embeddings")
+    templates = settings.prompts_for(property)
+    seeds = settings.seed_list
+    captions = list(captions) if captions else default_captions(class_word, property)
+    phrases = [caption_phrase(c, property) for c in captions]
+    for caption, phrase in zip(captions, phrases):
+        if embedding.token in phrase:
+            raise InputError(f"caption {caption!r} contains the learned token {embedding.token}; "
+                             f"the baseline must use words only")
+    text_prompts = [fill(t, class_word) for t in templates]
+    text_embeds = clip.embed_texts(text_prompts)
+    shared = dict(
+        renderer=renderer, clip=clip, templates=templates, seeds=seeds, embeddings=[embedding],
+        reference_embeds=reference_embeds, text_prompts=text_prompts, text_embeds=text_embeds,
+        clip_batch_size=settings.clip_batch_size,
+    )
+    learned = _score_variant(phrase=embedding.token, **shared)
+    baselines = [_score_variant(phrase=phrase, **shared) for phrase in phrases]
+    return ConceptScores(
+        token=embedding.token,
+        class_word=class_word,
+        property=property,
+        clip=clip.spec.describe(),
+        templates=tuple(templates),
+        seeds=tuple(seeds),
+        num_reference_images=int(reference_embeds.shape[0]),
+        learned=learned,
+        baselines=baselines,
+    )
+
+
+def _finite(data: Any) -> Any:
+    """Replace NaN/inf (possible with broken weights) by None so the JSON stays standard."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_finite(v) for v in data]
+    return data
+
+
+def write_scores(scores: ConceptScores, out_dir: Path) -> dict[str, Path]:
+    """Save ``grid.png``, ``baseline_grid.png`` and ``scores.json`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "grid": out_dir / GRID_FILENAME,
+        "baseline_grid": out_dir / BASELINE_GRID_FILENAME,
+        "scores": out_dir / SCORES_FILENAME,
+    }
+    scores.grid.save(files["grid"])
+    scores.baseline_grid.save(files["baseline_grid"])
+    payload = _finite(scores.to_json())
+    payload["files"] = {k: p.name for k, p in files.items()}
+    tmp = files["scores"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(files["scores"])
+    return files
+
+
+def run_score_command(
+    model_dir: str | Path,
+    embedding_path: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    clip_spec: ClipSpec,
+    class_word: str,
+    *,
+    prompts_file: str | Path | None = None,
+    samples: int = 4,
+    seeds: Sequence[int] | None = None,
+    captions: Sequence[str] | None = None,
+    property: str = "object",
+    token: str | None = None,
+    render: RenderSettings | None = None,
+    clip_device: str = "auto",
+    clip_batch_size: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``sstar score``: render, score, write ``grid.png``, ``baseline_grid.png`` and ``scores.json``.
+
+    Returns the scores dict written to ``scores.json`` (raw cosines), with ``files`` naming the
+    written files by their full paths.
+    """
+    from .formats import load_embedding
+    from .images import list_images, open_rgb
+    from .models import load_components
+
+    say = log or (lambda message: None)
+    # cheap checks first, before loading any model
+    files = list_images(Path(images_dir))
+    embedding = load_embedding(Path(embedding_path), token=token)
+    prompts = load_prompts(Path(prompts_file)) if prompts_file is not None else None
+    settings = ScoreSettings(
+        prompts=prompts, samples=samples, seeds=tuple(seeds) if seeds is not None else None,
+        render=render or RenderSettings(), clip_batch_size=clip_batch_size,
+    )
+    reference_images = [open_rgb(path) for path in files]
+    say(f"loading CLIP {clip_spec.describe()}")
+    clip = load_clip(clip_spec, clip_device)
+    reference_embeds = embed_reference_images(clip, reference_images, clip_batch_size)
+    say(f"loading diffusion model {model_dir}")
+    renderer = Renderer(load_components(model_dir), settings.render)
+    count = len(settings.prompts_for(property))
+    say(f"scoring {embedding.token} over {count} prompts × {len(settings.seed_list)} seeds")
+    scores = score_concept(
+        renderer, clip, embedding, reference_images, class_word, captions, property, settings,
+        reference_embeds=reference_embeds,
+    )
+    written = write_scores(scores, Path(out_dir))
+    result = _finite(scores.to_json())
+    result["files"] = {k: str(p) for k, p in written.items()}
+    return result
