@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +52,97 @@ def write_shape_images(folder: Path, count: int = 4, color=(200, 40, 40), size: 
 @pytest.fixture
 def concept_images(tmp_path) -> Path:
     return write_shape_images(tmp_path / "red-square")
+
+
+# --- a real S3 endpoint: moto's server on 127.0.0.1 in a child process -----------------------------
+from tests.storage.helpers import ACCESS_KEY, BUCKET, SECRET_KEY, make_settings  # noqa: E402
+from storage.settings import S3Settings  # noqa: E402
+
+MOTO_SERVER = Path(__file__).resolve().parent / "storage" / "moto_s3_server.py"
+
+_AWS_VARS = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_MAX_ATTEMPTS",
+)
+
+
+@pytest.fixture(scope="session")
+def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Dummy credentials in the environment; no shared config files, no instance metadata."""
+    saved = {name: os.environ.get(name) for name in _AWS_VARS}
+    for name in _AWS_VARS:
+        os.environ.pop(name, None)
+    empty = tmp_path_factory.mktemp("aws") / "none"
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a moto S3 server running in a child process."""
+    log_path = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(MOTO_SERVER), "0"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = b""
+        while not line.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or proc.poll() is not None:
+                raise RuntimeError(f"moto server did not start; see {log_path}")
+            ready, _, _ = select.select([proc.stdout], [], [], remaining)
+            if ready:
+                line += os.read(proc.stdout.fileno(), 1)
+        port = int(line.decode().strip().rsplit(":", 1)[1])
+        endpoint = f"http://127.0.0.1:{port}"
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_settings(moto_endpoint: str) -> S3Settings:
+    return make_settings(moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_settings: S3Settings):
+    client = s3_settings.s3_client()
+    client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server (SQLite, ephemeral) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
@@ -57,7 +55,7 @@ def test_missing_and_empty_image_folders(tiny_model_dir, tmp_path, capsys):
     empty.mkdir()
     (empty / "notes.txt").write_text("no images here")
     code, _, err = _run(capsys, *_invert_args(tiny_model_dir, empty, tmp_path / "o"))
-    assert code == 2 and f"no images" in err and str(empty) in err
+    assert code == 2 and "no images" in err and str(empty) in err
 
 
 def test_unreadable_image(tiny_model_dir, tmp_path, capsys):

@@ -1,0 +1,197 @@
+"""Decoding and normalising a concept's images, and handing them to the training code.
+
+:func:`validate_image` turns untrusted bytes into a loaded RGB :class:`PIL.Image.Image`:
+only JPEG/PNG/WebP decoders are used, the pixel count is checked before decoding
+(decompression bombs), EXIF orientation is applied, and CMYK, palette, 16-bit, grey and alpha
+images are converted (alpha composited over white) rather than rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .catalog import ConceptProblem, ConceptSpec
+from .errors import InvalidImage, InvalidInput, StorageError
+from .objectstore import ObjectStore
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IngestedConcept",
+    "validate_image",
+    "ingest_concept",
+    "materialize_concept",
+    "write_pngs",
+]
+
+DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a phone photo is 12-50 MP, a DreamBooth photo 4 MP
+_FORMATS = ("JPEG", "PNG", "WEBP")  # the JPEG opener also yields MPO (multi-picture phone JPEGs)
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def validate_image(
+    name: str, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> Image.Image:
+    """Decode ``data`` into a loaded RGB image or raise :class:`~storage.errors.InvalidImage`.
+
+    ``name`` only labels error messages. ``max_side``, when given, shrinks the image (keeping
+    its aspect ratio) so that its longer side is at most that many pixels; JPEGs are then
+    decoded at reduced scale, which is much faster.
+    """
+    if not data:
+        raise InvalidImage(f"{name}: empty file")
+    try:
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise InvalidImage(f"{name}: image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise InvalidImage(
+                f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                "(possible decompression bomb)"
+            )
+        if max_side is not None and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (max_side, max_side))
+        image.load()
+    except InvalidImage:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(f"{name}: rejected as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise InvalidImage(f"{name}: not a decodable JPEG, PNG or WebP image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImage(f"{name}: cannot decode image ({_short(exc)}); truncated or corrupt?") from None
+    except Exception as exc:  # a hostile file can trip odd errors in a decoder; never let them escape
+        raise InvalidImage(f"{name}: cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
+    try:
+        image = _to_rgb(_transpose(image))
+    except Exception as exc:
+        raise InvalidImage(f"{name}: cannot convert mode {image.mode} to RGB ({_short(exc)})") from None
+    if max_side is not None and max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def _transpose(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # corrupt EXIF must not cost us an otherwise fine image
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT:
+        # scale 16-bit grey to 8 bits instead of clipping at 255 (what convert("L") does)
+        image = image.convert("I")
+        peak = image.getextrema()[1]
+        if isinstance(peak, (int, float)) and peak > 255:
+            image = image.point(lambda v: v * (1 / 256))
+        image = image.convert("L")
+        return image.convert("RGB")
+    if mode == "F":
+        return image.convert("L").convert("RGB")
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+        mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, …
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+@dataclass(frozen=True)
+class IngestedConcept:
+    """A concept's decoded images and the files that could not be used.
+
+    ``images`` pairs each usable image key with its RGB image; ``problems`` names each
+    rejected file (and the concept itself, with ``file=None``, when no image is usable).
+    """
+
+    spec: ConceptSpec
+    images: tuple[tuple[str, Image.Image], ...]
+    problems: tuple[ConceptProblem, ...]
+
+    @property
+    def usable(self) -> bool:
+        return bool(self.images)
+
+
+def ingest_concept(
+    store: ObjectStore,
+    spec: ConceptSpec,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    max_workers: int = 4,
+) -> IngestedConcept:
+    """Read and validate every image of ``spec``; bad files become problems, not exceptions."""
+
+    def load(key: str) -> tuple[str, Image.Image | None, str | None]:
+        try:
+            data = store.get(key)
+            return key, validate_image(key, data, max_pixels=max_pixels, max_side=max_side), None
+        except InvalidImage as exc:
+            return key, None, str(exc).removeprefix(f"{key}: ")
+        except StorageError as exc:
+            return key, None, f"cannot read: {exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(spec.images) or 1))) as pool:
+        results = list(pool.map(load, spec.images))
+    images = tuple((key, image) for key, image, _ in results if image is not None)
+    problems = [ConceptProblem(spec.concept_id, key, reason) for key, image, reason in results if image is None]
+    if not images:
+        problems.append(ConceptProblem(spec.concept_id, None, "no usable image"))
+    return IngestedConcept(spec, images, tuple(problems))
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def write_pngs(images: Sequence[tuple[str, Image.Image]], local_dir: Path) -> list[Path]:
+    """Save ``(key, image)`` pairs as ``NNN_<name>.png`` in ``local_dir`` (created; must be empty)."""
+    local_dir = Path(local_dir)
+    if local_dir.exists() and any(local_dir.iterdir()):
+        raise InvalidInput(f"refusing to write images into non-empty folder {local_dir}")
+    local_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for index, (key, image) in enumerate(images):
+        stem = _UNSAFE.sub("-", Path(key.rsplit("/", 1)[-1]).stem).strip("-.") or "image"
+        path = local_dir / f"{index:03d}_{stem[:80]}.png"
+        image.save(path, format="PNG", compress_level=1)
+        paths.append(path)
+    return paths
+
+
+def materialize_concept(
+    store: ObjectStore,
+    spec: ConceptSpec,
+    local_dir: Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+) -> list[Path]:
+    """Write the concept's usable images as PNG files into ``local_dir`` for the training code.
+
+    Raises :class:`~storage.errors.InvalidImage` if no image is usable; unusable files are
+    skipped (call :func:`ingest_concept` + :func:`write_pngs` to get them as problems).
+    """
+    ingested = ingest_concept(store, spec, max_pixels=max_pixels, max_side=max_side)
+    if not ingested.usable:
+        reasons = "; ".join(f"{p.file}: {p.reason}" for p in ingested.problems if p.file)
+        raise InvalidImage(f"concept {spec.concept_id!r} has no usable image ({reasons or 'no images'})")
+    return write_pngs(ingested.images, local_dir)

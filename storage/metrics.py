@@ -1,0 +1,261 @@
+"""Run metrics as an append-only, hive-partitioned Parquet dataset, and the embeddings index.
+
+Layout under the output root::
+
+    metrics/run_date=YYYY-MM-DD/<run_id>-<uuid8>.parquet   one file per append, write-once
+    embeddings_index/index.parquet                         latest good embedding per concept
+
+Files are serialised in memory and stored with a write-once put (atomic on both backends), so
+a reader never sees a partial file and appends never collide. Reading goes through
+:func:`pyarrow.dataset` with the filesystem from :func:`storage.objectstore.pyarrow_filesystem`
+(explicit S3 endpoint). ``run_date`` lives in the directory name only (hive convention).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import date, datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import InvalidInput, StorageError, redact
+from .objectstore import open_store, pyarrow_filesystem
+from .results import ResultStore, check_run_id
+from .settings import S3Settings
+
+__all__ = [
+    "METRICS_SCHEMA",
+    "INDEX_SCHEMA",
+    "STATUSES",
+    "MetricsRow",
+    "append_metrics",
+    "read_metrics",
+    "update_embeddings_index",
+    "read_embeddings_index",
+]
+
+METRICS_DIR = "metrics"
+INDEX_KEY = "embeddings_index/index.parquet"
+STATUSES = ("ok", "failed", "skipped")
+_MAX_ERROR_CHARS = 4000
+
+METRICS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("run_date", pa.date32(), nullable=False),
+        pa.field("concept_id", pa.string(), nullable=False),
+        pa.field("digest", pa.string()),
+        pa.field("token", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("steps", pa.int32()),
+        pa.field("vectors", pa.int32()),
+        pa.field("lr", pa.float64()),
+        pa.field("image_similarity", pa.float64()),
+        pa.field("text_similarity", pa.float64()),
+        pa.field("baseline_image_similarity", pa.float64()),
+        pa.field("baseline_text_similarity", pa.float64()),
+        pa.field("inversion_lift", pa.float64()),
+        pa.field("final_loss", pa.float64()),
+        pa.field("train_seconds", pa.float64()),
+        pa.field("embedding_uri", pa.string()),
+        pa.field("grid_uri", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+_INDEX_COLUMNS = (
+    "concept_id", "digest", "token", "embedding_uri", "grid_uri", "image_similarity", "text_similarity",
+    "baseline_image_similarity", "baseline_text_similarity", "inversion_lift", "model", "steps", "vectors",
+    "run_id", "run_date", "created_at",
+)
+INDEX_SCHEMA = pa.schema([METRICS_SCHEMA.field(name) for name in _INDEX_COLUMNS])
+_FILE_SCHEMA = METRICS_SCHEMA.remove(METRICS_SCHEMA.get_field_index("run_date"))
+_PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
+_INT_FIELDS = ("steps", "vectors")
+_FLOAT_FIELDS = (
+    "lr", "image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
+    "inversion_lift", "final_loss", "train_seconds",
+)
+_STR_FIELDS = ("digest", "token", "model", "embedding_uri", "grid_uri")
+
+
+@dataclass(frozen=True)
+class MetricsRow:
+    """One concept in one run; mirrors :data:`METRICS_SCHEMA` (see ``storage/README.md``).
+
+    ``created_at`` defaults to now (UTC), ``run_date`` to ``created_at``'s UTC date; ``error``
+    is redacted (no credentials) and truncated to 4000 characters.
+    """
+
+    run_id: str
+    concept_id: str
+    status: str
+    digest: str | None = None
+    token: str | None = None
+    error: str | None = None
+    model: str | None = None
+    steps: int | None = None
+    vectors: int | None = None
+    lr: float | None = None
+    image_similarity: float | None = None
+    text_similarity: float | None = None
+    baseline_image_similarity: float | None = None
+    baseline_text_similarity: float | None = None
+    inversion_lift: float | None = None
+    final_loss: float | None = None
+    train_seconds: float | None = None
+    embedding_uri: str | None = None
+    grid_uri: str | None = None
+    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    run_date: date | None = None
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+        if not isinstance(self.concept_id, str) or not self.concept_id or len(self.concept_id) > 256:
+            raise InvalidInput(f"concept_id must be a non-empty string, got {self.concept_id!r}")
+        if self.status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not -2**31 <= value < 2**31):
+                raise InvalidInput(f"{name} must be a 32-bit integer or None, got {value!r}")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidInput(f"{name} must be a number or None, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not isinstance(self.created_at, datetime) or self.created_at.tzinfo is None:
+            raise InvalidInput(f"created_at must be a timezone-aware datetime, got {self.created_at!r}")
+        object.__setattr__(self, "created_at", self.created_at.astimezone(timezone.utc))
+        if self.run_date is None:
+            object.__setattr__(self, "run_date", self.created_at.date())
+        elif isinstance(self.run_date, datetime) or not isinstance(self.run_date, date):
+            raise InvalidInput(f"run_date must be a datetime.date, got {self.run_date!r}")
+        if self.error is not None:
+            if not isinstance(self.error, str):
+                raise InvalidInput(f"error must be a string or None, got {type(self.error).__name__}")
+            text = redact(self.error)
+            if len(text) > _MAX_ERROR_CHARS:
+                text = text[: _MAX_ERROR_CHARS - 3] + "..."
+            object.__setattr__(self, "error", text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _rows_table(rows: list[MetricsRow]) -> pa.Table:
+    names = [f.name for f in fields(MetricsRow)]
+    columns = {name: [getattr(r, name) for r in rows] for name in names}
+    return pa.table({name: pa.array(columns[name], type=METRICS_SCHEMA.field(name).type) for name in METRICS_SCHEMA.names}, schema=METRICS_SCHEMA)
+
+
+def _to_parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | None = None) -> str:
+    """Write ``rows`` as ONE new Parquet file under ``<out>/metrics/run_date=…/``; returns its URI.
+
+    All rows must share ``run_id`` and ``run_date``. The file name
+    ``<run_id>-<uuid8>.parquet`` is unique and written once: existing files are never touched.
+    """
+    rows = list(rows)
+    if not rows:
+        raise InvalidInput("append_metrics needs at least one row")
+    for row in rows:
+        if not isinstance(row, MetricsRow):
+            raise InvalidInput(f"rows must be MetricsRow objects, got {type(row).__name__}")
+    run_ids = {r.run_id for r in rows}
+    run_dates = {r.run_date for r in rows}
+    if len(run_ids) != 1 or len(run_dates) != 1:
+        raise InvalidInput(
+            f"one append holds one run on one date, got run_ids {sorted(run_ids)} and run_dates {sorted(map(str, run_dates))}"
+        )
+    run_id, run_date = rows[0].run_id, rows[0].run_date
+    assert run_date is not None
+    data = _to_parquet(_rows_table(rows).drop_columns(["run_date"]))
+    store = open_store(out_uri, s3)
+    for _ in range(3):
+        key = f"{METRICS_DIR}/run_date={run_date.isoformat()}/{run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        if store.put_once(key, data):
+            return store.url(key)
+    raise StorageError(f"could not find a free metrics file name under {store.url(METRICS_DIR)}")  # pragma: no cover
+
+
+def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
+    """Every metrics row under ``<out>/metrics/`` as a table with :data:`METRICS_SCHEMA`, sorted by
+    ``created_at``, ``run_id``, ``concept_id`` (empty table when there are none)."""
+    filesystem, base = pyarrow_filesystem(out_uri, s3)
+    path = f"{base.rstrip('/')}/{METRICS_DIR}"
+    try:
+        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return METRICS_SCHEMA.empty_table()
+        dataset = ds.dataset(
+            path,
+            filesystem=filesystem,
+            format="parquet",
+            schema=METRICS_SCHEMA,
+            partitioning=_PARTITIONING,
+            ignore_prefixes=[".", "_"],
+        )
+        table = dataset.to_table()
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None
+    table = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
+    return table.sort_by([("created_at", "ascending"), ("run_id", "ascending"), ("concept_id", "ascending")])
+
+
+def update_embeddings_index(out_uri: str, s3: S3Settings | None = None) -> str:
+    """Rewrite ``<out>/embeddings_index/index.parquet``: for each concept the most recent
+    ``ok`` metrics row (by ``created_at``, then ``run_id``) with an ``embedding_uri`` whose result
+    is complete (``_SUCCESS`` present). Atomic replace; returns the index URI."""
+    rows = read_metrics(out_uri, s3).to_pylist()
+    results = ResultStore.open(out_uri, s3)
+    candidates = [r for r in rows if r["status"] == "ok" and r["embedding_uri"] and r["digest"]]
+    candidates.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
+    latest: dict[str, dict[str, Any]] = {}
+    checked: dict[tuple[str, str], bool] = {}
+    for row in candidates:
+        if row["concept_id"] in latest:
+            continue
+        pair = (row["concept_id"], row["digest"])
+        if pair not in checked:
+            try:
+                checked[pair] = results.is_complete(*pair)
+            except InvalidInput:  # id/digest not usable as a result path
+                checked[pair] = False
+        if checked[pair]:
+            latest[row["concept_id"]] = row
+    ordered = [latest[c] for c in sorted(latest)]
+    table = pa.Table.from_pylist([{k: r[k] for k in _INDEX_COLUMNS} for r in ordered], schema=INDEX_SCHEMA)
+    store = open_store(out_uri, s3)
+    return store.put(INDEX_KEY, _to_parquet(table))
+
+
+def read_embeddings_index(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
+    """The embeddings index (:data:`INDEX_SCHEMA`); empty if it was never written."""
+    filesystem, base = pyarrow_filesystem(out_uri, s3)
+    path = f"{base.rstrip('/')}/{INDEX_KEY}"
+    try:
+        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
+            return INDEX_SCHEMA.empty_table()
+        table = pq.read_table(path, filesystem=filesystem, schema=INDEX_SCHEMA)
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read the embeddings index {out_uri.rstrip('/')}/{INDEX_KEY}: {exc}") from None
+    return table.cast(INDEX_SCHEMA)

@@ -1,0 +1,32 @@
+"""Package-level guarantees: no torch, picklable one-line errors."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from storage.errors import AlreadyExists, InvalidURI, NotFound, StorageError
+
+from .helpers import SECRET_KEY
+
+
+def test_storage_never_imports_torch() -> None:
+    code = (
+        "import sys, storage, storage.catalog, storage.images, storage.local, storage.metrics, "
+        "storage.objectstore, storage.results, storage.s3, storage.settings\n"
+        "bad = sorted(m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("cls", [StorageError, NotFound, AlreadyExists, InvalidURI])
+def test_errors_pickle_and_stay_on_one_line(cls, aws_env) -> None:
+    error = cls(f"first line\n  second line with {SECRET_KEY}")
+    assert str(error) == "first line second line with ***"
+    clone = pickle.loads(pickle.dumps(error))
+    assert type(clone) is cls and str(clone) == str(error)
+    assert isinstance(error, StorageError)
