@@ -1,9 +1,149 @@
-"""Workflow commands of the ``sstar`` CLI: ``demo``, ``learn``, ``serve`` (filled by the flows)."""
+"""Workflow commands of the ``sstar`` CLI: ``demo``, ``learn``, ``serve``."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from inversion.cli import add_clip_arguments, add_train_arguments
+
+NIGHTLY_CRON = "0 2 * * *"
+
+
+def _settings(args: argparse.Namespace):
+    from tasks.settings import EvalSettings, LearnSettings, RunSettings
+
+    learn = LearnSettings(model=str(args.model), steps=args.steps, batch_size=args.batch_size,
+                          grad_accum=args.grad_accum, lr=args.lr, scale_lr=args.scale_lr,
+                          lr_schedule=args.lr_schedule, resolution=args.resolution, precision=args.precision,
+                          seed=args.seed, vectors=args.vectors)
+    prompts = None
+    if args.prompts:
+        from inversion.prompts import load_prompts
+
+        prompts = list(load_prompts(Path(args.prompts)))
+    evaluation = EvalSettings(prompts=prompts, samples=args.samples, render_steps=args.render_steps,
+                              guidance=args.guidance, clip_arch=args.clip_arch, clip_checkpoint=args.clip_checkpoint,
+                              clip_pretrained=args.clip_pretrained)
+    run = RunSettings(device=args.device, concepts_per_batch=args.concepts_per_batch,
+                      max_concurrent_inversions=args.max_concurrent_inversions, checkpoint_every=args.checkpoint_every,
+                      workers=args.workers, deployment=args.deployment)
+    return learn, evaluation, run
+
+
+def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
+    from flows.learn import ConceptsFailed, learn_catalog, new_run_id
+
+    run_id = new_run_id()
+    state = learn_catalog.with_options(task_runner=_runner(run.workers))(
+        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True)
+    summary_text = None
+    try:
+        from storage.objectstore import open_store
+
+        summary_text = open_store(out).get(f"runs/{run_id}/summary.json").decode()
+    except Exception:  # noqa: BLE001 - the run may have failed before writing its summary
+        pass
+    if summary_text:
+        summary = json.loads(summary_text)
+        counts = summary["counts"]
+        print(f"\nrun {run_id}: {counts['ok']} learned, {counts['skipped']} skipped, {counts['failed']} failed")
+        for concept_id, error in summary["failed"].items():
+            print(f"  failed {concept_id}: {error}")
+        print(f"  embeddings: {out.rstrip('/')}/embeddings/")
+        print(f"  metrics:    {summary['metrics_uri']}")
+        print(f"  report:     {summary['report_uri']}")
+    if state.is_completed():
+        return 0
+    try:
+        state.result()
+    except ConceptsFailed:
+        return 1
+    except Exception as exc:  # the run itself broke (e.g. an unreachable catalog)
+        print(f"sstar: error: run {run_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    return 1
+
+
+def _runner(workers: int):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import prepare_demo
+    from tasks.settings import EvalSettings, LearnSettings, RunSettings
+
+    print(f"sstar demo: preparing a sample catalog and tiny models in {args.dir} …")
+    paths = prepare_demo(Path(args.dir))
+    learn = LearnSettings(model=str(paths.model), steps=args.steps, batch_size=2)
+    evaluation = EvalSettings(samples=2, render_steps=8, guidance=3.0, clip_arch="sstar-tiny-clip",
+                              clip_checkpoint=str(paths.clip))
+    run = RunSettings(device="cpu", concepts_per_batch=2, checkpoint_every=20, workers=2)
+    print(f"sstar demo: learning {len(list(paths.catalog.iterdir()))} concepts with Prefect "
+          f"(local ephemeral server); outputs go to {paths.out}")
+    code = _run_catalog(str(paths.catalog), str(paths.out), learn, evaluation, run)
+    if code == 0:
+        print(f"\nsstar demo: done — open {paths.out / 'reports' / 'latest.html'}")
+    return code
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    learn, evaluation, run = _settings(args)
+    return _run_catalog(args.catalog, args.out, learn, evaluation, run)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    from flows.learn import learn_catalog, learn_concept
+
+    learn, evaluation, run = _settings(args)
+    params = dict(catalog=args.catalog, out=args.out, learn=learn.model_dump(), evaluation=evaluation.model_dump(),
+                  run=run.model_dump())
+    nightly = learn_catalog.to_deployment(name="learn-catalog-nightly", cron=args.cron, parameters=params)
+    adhoc = learn_concept.to_deployment(name="learn-concept",
+                                        parameters={k: v for k, v in params.items() if k != "catalog"} | {
+                                            "catalog": args.catalog})
+    print(f"serving learn-catalog (cron {args.cron!r}) and learn-concept; Ctrl-C to stop")
+    serve(nightly, adhoc)
+    return 0
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", required=True, help="catalog URI: s3://bucket/prefix or a local folder")
+    p.add_argument("--out", required=True, help="output URI: s3://bucket/prefix or a local folder")
+    p.add_argument("--model", required=True, help="diffusers model folder (or hub id)")
+    p.add_argument("--vectors", type=int, default=None, help="override each concept's vector count")
+    add_train_arguments(p)
+    p.add_argument("--prompts", help="evaluation prompts file (one per line, {} for the token)")
+    p.add_argument("--samples", type=int, default=4, help="images per evaluation prompt")
+    p.add_argument("--render-steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    add_clip_arguments(p)
+    p.add_argument("--concepts-per-batch", type=int, default=1, help="concepts packed into one GPU batch")
+    p.add_argument("--max-concurrent-inversions", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--workers", type=int, default=4, help="task-runner threads")
+    p.add_argument("--deployment", help="fan concepts out as flow runs of this learn-concept deployment")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the workflow commands on the ``sstar`` parser."""
+    p = sub.add_parser("demo", help="run the whole pipeline on a generated sample catalog and tiny models")
+    p.add_argument("--dir", default="sstar-demo", help="where the catalog, models and outputs go")
+    p.add_argument("--steps", type=int, default=60, help="optimizer steps per concept")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("learn", help="run learn-catalog on a catalog (local or s3://)")
+    _add_run_arguments(p)
+    p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("serve", help="serve learn-catalog (nightly) and learn-concept from this machine")
+    _add_run_arguments(p)
+    p.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of learn-catalog (default {NIGHTLY_CRON!r})")
+    p.set_defaults(func=cmd_serve)

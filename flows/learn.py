@@ -1,0 +1,226 @@
+"""The workflow DAGs: ``learn_catalog`` (the scheduled, catalog-wide job) and ``learn_concept`` (ad hoc).
+
+learn_catalog: scan the catalog → skip concepts whose digest already has a complete result → stage
+images → invert (packs of ``concepts_per_batch``; GPU work under a global concurrency limit) → render
+and score against the words-only baseline → publish write-once → append the run's metrics once,
+refresh the embeddings index, write the HTML report and Prefect artifacts. One bad concept never
+stops the others; the flow ends Failed (and ``sstar learn`` exits 1) when any concept failed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+import tempfile
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.metrics import MetricsRow
+from storage.objectstore import open_store
+from storage.results import ResultStore
+
+from tasks.concurrency import ensure_gpu_limit
+from tasks.ingest import scan_catalog, stage_concept
+from tasks.invert import invert_pack
+from tasks.publish import failed_row, publish_concept, row_from_json, row_to_json, rows_key, skipped_row, write_metrics
+from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
+from tasks.score import score_concept_task
+from tasks.settings import EvalSettings, LearnSettings, RunSettings
+
+
+class ConceptsFailed(RuntimeError):
+    """Raised at the very end of a run in which some concept failed (everything else was written)."""
+
+
+def new_run_id() -> str:
+    """``YYYYmmddTHHMMSS-<flow run id prefix>``: sortable and unique."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run = str(flow_run.get_id() or uuid.uuid4().hex)[:8]
+    return f"{stamp}-{run}"
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: LearnSettings,
+                   evaluation: EvalSettings, run: RunSettings, run_id: str, work_root: str,
+                   on_done) -> list[MetricsRow]:
+    """Stage → invert (packed) → score → publish, fanned out on the flow's task runner."""
+    rows: list[MetricsRow] = []
+    staged: list[StagedConcept] = []
+    for record, future in [(r, stage_concept.submit(catalog, r, work_root)) for r in todo]:
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
+        staged.append(result)
+    invert_futures = {invert_pack.submit(pack, learn, run, out): pack
+                      for pack in _chunks(staged, run.concepts_per_batch)}
+    score_futures = {}
+    for future in as_completed(list(invert_futures)):
+        outcomes = future.result(raise_on_failure=False)
+        if isinstance(outcomes, BaseException):
+            outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]]
+        for outcome in outcomes:
+            score_futures[score_concept_task.submit(outcome, learn, evaluation, run)] = outcome
+    for future in as_completed(list(score_futures)):
+        outcome = score_futures[future]
+        record = outcome.staged.record
+        scored = future.result(raise_on_failure=False)
+        if isinstance(scored, BaseException):
+            row = failed_row(run_id, record.concept_id, f"scoring failed: {scored}", learn, record)
+        else:
+            row = publish_concept.submit(scored, out, run_id, learn).result(raise_on_failure=False)
+            if isinstance(row, BaseException):
+                row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
+        rows.append(row)
+        on_done(row)
+    return rows
+
+
+@task(name="run-concept-flow", retries=0)
+def run_concept_deployment(deployment: str, catalog: str, out: str, record: ConceptRecord, learn: LearnSettings,
+                           evaluation: EvalSettings, run: RunSettings, run_id: str) -> MetricsRow:
+    """Run ``learn_concept`` for one concept as a flow run of ``deployment`` (on any worker) and
+    collect the row it left in the output store."""
+    from prefect.deployments import run_deployment
+
+    parameters = dict(catalog=catalog, concept_id=record.concept_id, out=out, learn=learn.model_dump(),
+                      evaluation=evaluation.model_dump(), run=run.model_dump(exclude={"deployment"}),
+                      parent_run_id=run_id)
+    child = run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True)
+    try:
+        return row_from_json(open_store(out).get(rows_key(run_id, record.concept_id)))
+    except Exception:  # noqa: BLE001 - the child crashed before writing its row
+        message = child.state.message if child.state else "no state"
+        return failed_row(run_id, record.concept_id, f"flow run {child.name} ended {child.state_name}: {message}",
+                          learn, record)
+
+
+def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
+    """Metrics (one Parquet file), embeddings index, HTML report, artifacts; returns the run summary."""
+    from flows.report import write_report
+
+    metrics_uri = write_metrics(out, rows)
+    store = open_store(out)
+    grids: dict[str, bytes] = {}
+    results = ResultStore(store)
+    for row in rows:
+        if row.status in ("ok", "skipped") and row.grid_uri and row.digest:
+            try:
+                grids[row.concept_id] = store.get(results.key(row.concept_id, row.digest, "grid.png"))
+            except Exception:  # noqa: BLE001 - a missing grid only costs the report a picture
+                pass
+    dict_rows = [r.to_dict() for r in rows]
+    report_uri = write_report(out, run_id, dict_rows, grids)
+    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
+    lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
+    summary = dict(run_id=run_id, out=out, counts=counts, metrics_uri=metrics_uri, report_uri=report_uri,
+                   mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
+                   failed={r.concept_id: r.error for r in rows if r.status == "failed"})
+    store.put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
+    table = [{k: d[k] for k in ("concept_id", "status", "token", "image_similarity", "text_similarity",
+                                "baseline_image_similarity", "inversion_lift", "final_loss", "error")}
+             for d in dict_rows]
+    create_table_artifact(table=table, key="sstar-run-concepts", description=f"sstar run {run_id}")
+    lines = [f"# sstar run {run_id}", "",
+             f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}", "",
+             f"Report: {report_uri}", "", "| concept | status | lift | grid |", "|---|---|---|---|"]
+    for r in rows:
+        lift = f"{r.inversion_lift:+.3f}" if r.inversion_lift is not None else "—"
+        grid = f"[grid]({r.grid_uri})" if r.grid_uri else (r.error or "—").replace("|", "/")[:120]
+        lines.append(f"| {r.concept_id} | {r.status} | {lift} | {grid} |")
+    create_markdown_artifact(markdown="\n".join(lines), key="sstar-run-summary", description=f"sstar run {run_id}")
+    return summary
+
+
+@flow(name="learn-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: EvalSettings = EvalSettings(),
+                  run: RunSettings = RunSettings(), run_id: str | None = None) -> dict:
+    """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions)
+    records, unusable = scan_catalog(catalog, learn)
+    rows: list[MetricsRow] = [failed_row(run_id, cid, reason, learn) for cid, reason in unusable]
+    results = ResultStore.open(out)
+    todo = []
+    for record in records:
+        if results.is_complete(record.concept_id, record.digest):
+            rows.append(skipped_row(run_id, record, learn, out))
+        else:
+            todo.append(record)
+    logger.info("run %s: %d to learn, %d already done, %d unusable", run_id, len(todo),
+                len(records) - len(todo), len(unusable))
+    progress_id = create_progress_artifact(progress=0.0, key="sstar-run-progress",
+                                           description=f"concepts finished in run {run_id}")
+    finished = [0]
+
+    def on_done(row: MetricsRow) -> None:
+        finished[0] += 1
+        update_progress_artifact(progress_id, 100.0 * finished[0] / max(1, len(todo)))
+        logger.info("[%d/%d] %s: %s", finished[0], len(todo), row.concept_id, row.status)
+
+    work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
+    try:
+        if run.deployment:
+            futures = {run_concept_deployment.submit(run.deployment, catalog, out, r, learn, evaluation, run, run_id): r
+                       for r in todo}
+            for future in as_completed(list(futures)):
+                row = future.result(raise_on_failure=False)
+                if isinstance(row, BaseException):
+                    row = failed_row(run_id, futures[future].concept_id, str(row), learn, futures[future])
+                rows.append(row)
+                on_done(row)
+        else:
+            rows += _learn_locally(catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done)
+    finally:
+        if not run.work_dir:
+            shutil.rmtree(work_root, ignore_errors=True)
+    update_progress_artifact(progress_id, 100.0)
+    summary = _publish_run_outputs(out, run_id, rows)
+    logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
+    if summary["counts"]["failed"]:
+        failed = ", ".join(sorted(summary["failed"]))
+        raise ConceptsFailed(f"{summary['counts']['failed']} concept(s) failed: {failed} (report: {summary['report_uri']})")
+    return summary
+
+
+@flow(name="learn-concept", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def learn_concept(catalog: str, concept_id: str, out: str, learn: LearnSettings,
+                  evaluation: EvalSettings = EvalSettings(), run: RunSettings = RunSettings(),
+                  parent_run_id: str | None = None) -> dict:
+    """Learn one concept of ``catalog`` now, whether or not it was learned before.
+
+    Launched by ``learn_catalog`` (``parent_run_id`` set) it leaves its metrics row for the parent;
+    run ad hoc it appends the row to the metrics itself.
+    """
+    run_id = parent_run_id or new_run_id()
+    records, unusable = scan_catalog(catalog, learn)
+    record = next((r for r in records if r.concept_id == concept_id), None)
+    work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
+    try:
+        if record is None:
+            reason = dict(unusable).get(concept_id, f"no concept {concept_id!r} in {catalog}")
+            rows = [failed_row(run_id, concept_id, reason, learn)]
+        else:
+            rows = _learn_locally(catalog, out, [record], learn, evaluation, run.model_copy(update={"deployment": None}),
+                                  run_id, work_root, on_done=lambda row: None)
+    finally:
+        if not run.work_dir:
+            shutil.rmtree(work_root, ignore_errors=True)
+    (row,) = rows
+    if parent_run_id:
+        open_store(out).put(rows_key(run_id, concept_id), row_to_json(row))
+    else:
+        write_metrics(out, rows)
+    if row.status == "failed":
+        raise ConceptsFailed(f"{concept_id} failed: {row.error}")
+    return row.to_dict()

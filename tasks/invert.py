@@ -1,0 +1,98 @@
+"""The GPU task: learn the token vectors of a pack of concepts (one concept when not packing).
+
+Checkpoints go to the output store every K steps, so a run killed mid-inversion resumes from the
+last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from inversion.config import ConceptConfig
+from inversion.errors import SstarError
+from inversion.formats import DIFFUSERS_FILENAME
+from inversion.train import CHECKPOINT_FILENAME, StepReport, train_concepts
+from storage.results import ResultStore
+
+from . import runtime
+from .concurrency import gpu_slot
+from .records import InversionOutcome, StagedConcept
+from .retry import RETRY
+from .settings import LearnSettings, RunSettings
+
+#: published next to the embedding: the loss curve and whether the run resumed from a checkpoint
+TRAINING_LOG = "training.json"
+
+
+def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Path) -> bool:
+    record = staged.record
+    data = results.get_checkpoint(record.concept_id, record.digest, CHECKPOINT_FILENAME)
+    if data is None:
+        return False
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CHECKPOINT_FILENAME).write_bytes(data)
+    return True
+
+
+@task(name="invert-concepts", **RETRY)
+def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str) -> list[InversionOutcome]:
+    """Learn every staged concept of the pack together (one UNet batch serves the pack)."""
+    logger = get_run_logger()
+    live = [s for s in staged if s.error is None]
+    outcomes: dict[str, InversionOutcome] = {
+        s.record.concept_id: InversionOutcome(s, None, error=s.error) for s in staged if s.error is not None
+    }
+    if live:
+        results = ResultStore.open(out_uri)
+        out_dirs = [Path(s.work_dir) / "embedding" for s in live]
+        for s, out_dir in zip(live, out_dirs):
+            if _restore_checkpoint(results, s, out_dir):
+                logger.info("%s: resuming from the checkpoint in %s", s.record.concept_id, out_uri)
+        by_token = {s.record.token: s for s in live}
+        concepts = [
+            ConceptConfig(token=s.record.token, initializer=s.record.initializer, images=Path(s.image_dir),
+                          num_vectors=s.record.vectors, property=s.record.property, seed=learn.seed)
+            for s in live
+        ]
+        config = learn.train_config(run.checkpoint_every, run.device)
+        last_log = [time.monotonic()]
+
+        def upload_checkpoint(token: str, path: Path) -> None:
+            record = by_token[token].record
+            results.put_checkpoint(record.concept_id, record.digest, CHECKPOINT_FILENAME, path.read_bytes())
+
+        def progress(report: StepReport) -> None:
+            if time.monotonic() - last_log[0] > 10 or report.step == report.total_steps:
+                last_log[0] = time.monotonic()
+                losses = ", ".join(f"{t} {v:.4f}" for t, v in report.losses.items())
+                logger.info("step %d/%d (%.1f s): %s", report.step, report.total_steps, report.elapsed, losses)
+
+        try:
+            components = runtime.diffusion_components(learn.model)
+            with gpu_slot(run.gpu_limit_name):
+                trained = train_concepts(components, concepts, config, output_dirs=out_dirs, resume=True,
+                                         callback=progress, on_checkpoint=upload_checkpoint)
+        except SstarError as exc:  # deterministic (bad settings, unreadable image): fail the pack's concepts
+            trained = None
+            for s in live:
+                outcomes[s.record.concept_id] = InversionOutcome(s, None, error=str(exc))
+        for s, out_dir, result in zip(live, out_dirs, trained or []):
+            if result.error is not None:
+                outcomes[s.record.concept_id] = InversionOutcome(s, None, error=result.error)
+                continue
+            if result.resumed_from:
+                logger.info("%s: resumed at step %d of %d", s.record.concept_id, result.resumed_from, result.steps)
+            training = dict(token=result.token, steps=result.steps, resumed_from=result.resumed_from,
+                            final_loss=result.final_loss, train_seconds=result.seconds, losses=result.losses,
+                            settings=config.to_dict() | {"images": s.num_images, "concepts_in_pack": len(live)})
+            (out_dir / TRAINING_LOG).write_text(json.dumps(training, indent=1, default=str))
+            outcomes[s.record.concept_id] = InversionOutcome(
+                s, str(out_dir / DIFFUSERS_FILENAME), result.steps, result.resumed_from, result.final_loss,
+                result.seconds,
+            )
+    return [outcomes[s.record.concept_id] for s in staged]
+

@@ -1,0 +1,103 @@
+"""Tasks that write results: a concept's files (write-once, ``_SUCCESS`` last), metrics rows, the index."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
+from storage.objectstore import open_store
+from storage.results import ResultStore
+
+from .records import ConceptRecord, ScoredConcept
+from .retry import RETRY
+from .settings import LearnSettings
+
+#: the score fields of scores.json that become metrics columns
+SCORE_COLUMNS = ("image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
+                 "inversion_lift")
+
+
+def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn: LearnSettings) -> dict:
+    return dict(
+        run_id=run_id, concept_id=concept_id, digest=record.digest if record else None,
+        token=record.token if record else None, model=learn.model, steps=learn.steps,
+        vectors=record.vectors if record else None, lr=learn.lr,
+    )
+
+
+def failed_row(run_id: str, concept_id: str, error: str, learn: LearnSettings,
+               record: ConceptRecord | None = None) -> MetricsRow:
+    return MetricsRow(status="failed", error=error, **_base_row(run_id, record, concept_id, learn))
+
+
+def skipped_row(run_id: str, record: ConceptRecord, learn: LearnSettings, out_uri: str) -> MetricsRow:
+    results = ResultStore.open(out_uri)
+    manifest = results.read_manifest(record.concept_id, record.digest)
+    scores = {}
+    if manifest is not None and "scores.json" in manifest.files:
+        scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, record.digest, "scores.json")))
+    return MetricsRow(
+        status="skipped", error=None,
+        embedding_uri=results.uri(record.concept_id, record.digest, "learned_embeds.safetensors"),
+        grid_uri=results.uri(record.concept_id, record.digest, "grid.png") if manifest and "grid.png" in manifest.files else None,
+        **{k: scores.get(k) for k in SCORE_COLUMNS},
+        **_base_row(run_id, record, record.concept_id, learn),
+    )
+
+
+@task(name="publish-concept", **RETRY)
+def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: LearnSettings) -> MetricsRow:
+    """Publish the concept's embeddings, grids and scores write-once, then clear its checkpoints.
+
+    A concept that failed upstream publishes nothing and becomes a ``failed`` row.
+    """
+    inversion = scored.inversion
+    record = inversion.staged.record
+    error = scored.error or inversion.error
+    if error is not None:
+        get_run_logger().warning("%s failed: %s", record.concept_id, error)
+        return failed_row(run_id, record.concept_id, error, learn, record)
+    files = {Path(name).name: Path(name).read_bytes() for name in scored.files}
+    results = ResultStore.open(out_uri)
+    published = results.publish(record.concept_id, record.digest, files, run_id, replace_incomplete=True)
+    results.clear_checkpoints(record.concept_id, record.digest)
+    get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
+    return MetricsRow(
+        status="ok", error=None, final_loss=inversion.final_loss, train_seconds=inversion.train_seconds,
+        embedding_uri=published.uris.get("learned_embeds.safetensors"), grid_uri=published.uris.get("grid.png"),
+        **{k: scored.scores.get(k) for k in SCORE_COLUMNS},
+        **_base_row(run_id, record, record.concept_id, learn),
+    )
+
+
+def row_to_json(row: MetricsRow) -> bytes:
+    data = row.to_dict()
+    data["created_at"] = row.created_at.isoformat()
+    data["run_date"] = row.run_date.isoformat() if row.run_date else None
+    return json.dumps(data).encode()
+
+
+def row_from_json(raw: bytes) -> MetricsRow:
+    from datetime import date
+
+    data = json.loads(raw)
+    data["created_at"] = datetime.fromisoformat(data["created_at"])
+    data["run_date"] = date.fromisoformat(data["run_date"]) if data.get("run_date") else None
+    return MetricsRow(**data)
+
+
+def rows_key(run_id: str, concept_id: str) -> str:
+    """Where a concept flow run leaves its row for the catalog run that launched it."""
+    return f"runs/{run_id}/rows/{concept_id}.json"
+
+
+@task(name="append-metrics", **RETRY)
+def write_metrics(out_uri: str, rows: list[MetricsRow]) -> str:
+    """Append the run's rows to the Parquet metrics dataset (one new file) and refresh the index."""
+    uri = append_metrics(out_uri, rows)
+    update_embeddings_index(out_uri)
+    return uri

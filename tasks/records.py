@@ -1,0 +1,59 @@
+"""Small, serialisable records that tasks pass to one another (URIs and numbers — never tensors or images)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConceptRecord:
+    """A catalog concept as discovered: where it is, what to learn, and its content digest."""
+
+    concept_id: str
+    digest: str
+    token: str
+    initializer: str
+    class_name: str
+    property: str
+    vectors: int
+    images: tuple[str, ...]
+    captions: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StagedConcept:
+    """A concept whose images were validated and written to a local work folder."""
+
+    record: ConceptRecord
+    work_dir: str
+    image_dir: str
+    num_images: int
+    problems: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class InversionOutcome:
+    """What inverting one concept produced (the embedding files sit in ``work_dir``)."""
+
+    staged: StagedConcept
+    embedding_path: str | None
+    steps: int = 0
+    resumed_from: int = 0
+    final_loss: float | None = None
+    train_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ScoredConcept:
+    """An inverted concept with its scores and the grid files rendered for people."""
+
+    inversion: InversionOutcome
+    scores: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    error: str | None = None
