@@ -147,7 +147,7 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
-    ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions)
+    ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions, update=False)
     records, unusable = scan_catalog(catalog, learn)
     rows: list[MetricsRow] = [failed_row(run_id, cid, reason, learn) for cid, reason in unusable]
     results = ResultStore.open(out)
