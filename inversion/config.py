@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import builtins
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 

@@ -89,7 +89,7 @@ _STR_FIELDS = ("digest", "token", "model", "embedding_uri", "grid_uri")
 
 @dataclass(frozen=True)
 class MetricsRow:
-    """One concept in one run; mirrors :data:`METRICS_SCHEMA` (see ``storage/README.md``).
+    """One concept in one run; mirrors :data:`METRICS_SCHEMA` (see the data section of ``README.md``).
 
     ``created_at`` defaults to now (UTC), ``run_date`` to ``created_at``'s UTC date; ``error``
     is redacted (no credentials) and truncated to 4000 characters.
