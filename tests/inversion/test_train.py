@@ -115,3 +115,28 @@ def test_duplicate_tokens_in_a_pack_are_rejected(components, concept_images):
     c = ConceptConfig("<x>", "square", concept_images)
     with pytest.raises(ConfigError, match="token <x> appears more than once"):
         train_concepts(components, [c, c], TrainConfig(steps=1))
+
+
+def test_bf16_trains_fp32_master_vectors(tiny_model_dir, concept_images):
+    components = load_components(tiny_model_dir)
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    result = train_concept(components, concept, TrainConfig(steps=3, batch_size=2, precision="bf16"))
+    assert next(components.unet.parameters()).dtype == torch.bfloat16
+    assert result.embedding.vectors.dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    start = initial_vectors(components.text_encoder, components.tokenizer, "square", 1).float()
+    assert not torch.equal(result.embedding.vectors, start)
+
+
+def test_v_prediction_models_train_against_velocity(tiny_model_dir, concept_images):
+    from diffusers import DDPMScheduler
+
+    epsilon = load_components(tiny_model_dir)
+    velocity = load_components(tiny_model_dir)
+    velocity.noise_scheduler = DDPMScheduler.from_config(velocity.noise_scheduler.config, prediction_type="v_prediction")
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    config = TrainConfig(steps=2, batch_size=2)
+    a = train_concept(epsilon, concept, config)
+    b = train_concept(velocity, concept, config)
+    assert velocity.prediction_type == "v_prediction"
+    assert a.losses != b.losses, "the target must change with the scheduler's prediction type"
