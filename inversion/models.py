@@ -122,12 +122,18 @@ class DiffusionComponents:
             module.eval()
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "DiffusionComponents":
-        """Move the frozen weights to ``device`` and cast them to ``dtype`` (a no-op when already there)."""
+        """Move the frozen weights to ``device`` and cast them to ``dtype`` (a no-op when already there).
+
+        On CUDA the UNet's weights are also put in channels-last layout, which its convolutions run
+        faster in under bf16/fp16 (cuDNN's NHWC kernels); results are unchanged.
+        """
         device = torch.device(device)
         for module in (self.text_encoder, self.vae, self.unet):
             first = next(module.parameters())
             if first.device != device or first.dtype != dtype:
                 module.to(device=device, dtype=dtype)
+        if device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
         return self
 
     @property

@@ -37,7 +37,9 @@ CHECKPOINT_FILENAME = "checkpoint.safetensors"
 _CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "device"}
-_VAE_CHUNK = 8
+# Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
+# at 512 px the VAE's activations, not the UNet's, set the trainer's peak memory otherwise.
+_VAE_PIXELS = 8 * 256 * 256
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,9 @@ def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution
     if run.concept.flip:
         pixels = torch.cat([pixels, torch.flip(pixels, dims=[-1])])
     means, stds = [], []
+    chunk_size = max(1, _VAE_PIXELS // (resolution * resolution))
     with torch.no_grad():
-        for chunk in pixels.split(_VAE_CHUNK):
+        for chunk in pixels.split(chunk_size):
             dist = components.vae.encode(chunk.to(components.device, components.dtype)).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())

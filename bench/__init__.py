@@ -1,0 +1,1 @@
+"""Speed benchmark: our packed Textual Inversion trainer against the standard recipe (see README.md)."""

@@ -1,0 +1,57 @@
+"""Smoke test of the speed benchmark: 2 steps of each variant on the tiny model, table and CSV out."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ is not an installed package; it runs from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from bench import speed  # noqa: E402
+from bench.baseline import run_baseline  # noqa: E402
+
+
+def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    code = speed.main([
+        "--models", "tiny", "--resolutions", "native", "--batch", "1", "--packs", "1,2",
+        "--steps", "2", "--warmup", "0", "--device", "cpu", "--precision", "fp32",
+        "--no-isolate", "--images", str(tmp_path / "images"), "--out", str(out),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for header in ("variant", "s/step", "concept-steps/s", "peak mem", "× baseline"):
+        assert header in printed
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["variant"], r["model"], r["concepts_per_batch"]) for r in rows] == [
+        ("baseline", "tiny", "1"), ("sstar", "tiny", "1"), ("sstar-packed", "tiny", "2")]
+    for row in rows:
+        assert row["error"] == ""
+        assert row["resolution"] == "64" and row["batch"] == "1"
+        assert len(row["step_seconds"].split(";")) == 2
+        assert float(row["s_per_step"]) > 0 and float(row["peak_memory_mb"]) > 0
+        assert abs(float(row["concept_steps_per_s"]) * float(row["s_per_step"])
+                   - int(row["concepts_per_batch"])) < 0.01
+        assert row["variant"] in printed
+    assert float(rows[0]["ratio_to_baseline"]) == 1.0
+    assert float(rows[1]["ratio_to_single"]) == 1.0
+
+
+def test_baseline_trains_only_the_placeholder_row_and_restores_the_model(tmp_path):
+    components = speed.get_components("tiny")  # built once per process, shared with the test above
+    speed.make_images(tmp_path, 1, 64)
+    table = components.text_encoder.get_input_embeddings().weight.detach().clone()
+    seen = []
+    result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu",
+                          on_step=lambda step, seconds, loss: seen.append(step))
+    assert seen == [1, 2] and len(result.step_seconds) == 2
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    after = components.text_encoder.get_input_embeddings()
+    assert after.weight.shape == table.shape and torch.equal(after.weight, table)
+    assert not any(p.requires_grad for p in components.text_encoder.parameters())
+    assert not components.text_encoder.training
