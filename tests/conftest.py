@@ -19,7 +19,19 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DREAMBOOTH = REPO_ROOT.parent / "shared" / "datasets" / "dreambooth" / "dataset"
+DREAMBOOTH = Path(os.environ.get("SSTAR_DREAMBOOTH_DIR")
+                  or REPO_ROOT.parent / "shared" / "datasets" / "dreambooth" / "dataset")
+
+
+@pytest.fixture(scope="session")
+def dreambooth_dir() -> Path:
+    """The 30 real DreamBooth photo concepts, read in place (never copied into the repo).
+
+    Missing data fails the tests that need it, loudly: a skip here would hide them.
+    """
+    if not (DREAMBOOTH / "prompts_and_classes.txt").is_file():
+        pytest.fail(f"DreamBooth photos not found at {DREAMBOOTH} (set SSTAR_DREAMBOOTH_DIR to the dataset folder)")
+    return DREAMBOOTH
 
 
 @pytest.fixture(scope="session", autouse=True)

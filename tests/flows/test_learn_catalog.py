@@ -12,7 +12,6 @@ import uuid
 
 import pytest
 
-from tests.conftest import DREAMBOOTH
 
 pytestmark = pytest.mark.slow
 
@@ -27,21 +26,21 @@ def clip_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def s3_catalog(s3_client, moto_endpoint, monkeypatch):
+def s3_catalog(s3_client, moto_endpoint, monkeypatch, dreambooth_dir):
     """Upload two real concepts (3 photos each) and three broken ones; returns (catalog, out) URIs."""
     from tests.conftest import BUCKET
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     for concept_id, class_name in REAL_CONCEPTS.items():
-        photos = sorted((DREAMBOOTH / concept_id).glob("*.jpg"))[:3]
+        photos = sorted((dreambooth_dir / concept_id).glob("*.jpg"))[:3]
         for photo in photos:
             s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/{photo.name}", Body=photo.read_bytes())
         meta = {"initializer": class_name, "class": class_name}
         s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/concept.json", Body=json.dumps(meta))
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/corrupt/00.jpg", Body=b"\xff\xd8\xff not really a jpeg")
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/00.jpg",
-                         Body=(DREAMBOOTH / "can" / "00.jpg").read_bytes())
+                         Body=(dreambooth_dir / "can" / "00.jpg").read_bytes())
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/concept.json", Body=b'{"property": "sculpture"}')
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/no-images/notes.txt", Body=b"nothing to learn")
     return f"s3://{BUCKET}/{prefix}/catalog", f"s3://{BUCKET}/{prefix}/out"
@@ -66,7 +65,7 @@ def _rows(out, run_id):
     return {r["concept_id"]: r for r in table if r["run_id"] == run_id}
 
 
-def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, s3_client, tiny_model_dir, clip_checkpoint):
+def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_dir, s3_client, tiny_model_dir, clip_checkpoint):
     from storage.metrics import read_embeddings_index
     from storage.objectstore import open_store
     from storage.results import ResultStore
@@ -108,8 +107,8 @@ def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, s3_client, t
     assert rows2["can"]["image_similarity"] == rows["can"]["image_similarity"]
     assert second.is_failed()  # the broken concepts are still broken
 
-    key = f"{catalog.split('/', 3)[3]}/candle/" + sorted((DREAMBOOTH / "candle").glob("*.jpg"))[0].name
-    s3_client.put_object(Bucket=BUCKET, Key=key, Body=(DREAMBOOTH / "candle" / "04.jpg").read_bytes())
+    key = f"{catalog.split('/', 3)[3]}/candle/" + sorted((dreambooth_dir / "candle").glob("*.jpg"))[0].name
+    s3_client.put_object(Bucket=BUCKET, Key=key, Body=(dreambooth_dir / "candle" / "04.jpg").read_bytes())
     _run(catalog, out, tiny_model_dir, clip_checkpoint, "run-3")
     rows3 = _rows(out, "run-3")
     assert rows3["candle"]["status"] == "ok" and rows3["can"]["status"] == "skipped"

@@ -14,30 +14,26 @@ from storage.catalog import IMAGE_EXTENSIONS, discover_catalog
 from storage.images import ingest_concept, materialize_concept
 from storage.objectstore import open_store
 
-DATASET = Path(__file__).resolve().parents[2].parent / "shared/datasets/dreambooth/dataset"
 SETTINGS = {"model": "sd15", "steps": 3000, "lr": 0.005, "vectors": 1}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not DATASET.is_dir(), reason=f"DreamBooth photos not found at {DATASET}"),
-]
+pytestmark = pytest.mark.slow
 
 
-def _classes() -> dict[str, str]:
+def _classes(dataset: Path) -> dict[str, str]:
     """subject → class from the dataset's prompts_and_classes.txt."""
     classes = {}
-    for line in (DATASET / "prompts_and_classes.txt").read_text().splitlines():
+    for line in (dataset / "prompts_and_classes.txt").read_text().splitlines():
         subject, sep, cls = line.strip().partition(",")
-        if sep and subject != "subject_name" and (DATASET / subject).is_dir():
+        if sep and subject != "subject_name" and (dataset / subject).is_dir():
             classes[subject] = cls.strip()
     return classes
 
 
 @pytest.fixture(scope="module")
-def dreambooth(s3_client, s3_settings):
+def dreambooth(s3_client, s3_settings, dreambooth_dir):
     store = open_store(unique_s3_uri("dreambooth"), s3_settings)
-    photos = sorted(p for p in DATASET.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    classes = _classes()
+    photos = sorted(p for p in dreambooth_dir.glob("*/*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    classes = _classes(dreambooth_dir)
 
     def upload(path: Path) -> None:
         store.put(f"{path.parent.name}/{path.name}", path.read_bytes())
