@@ -43,8 +43,8 @@ _registered = False
 _register_lock = threading.Lock()
 
 
-def _open_clip():
-    """Import open_clip and register our own architectures (once)."""
+def open_clip_module():
+    """Import open_clip with our own architectures (``clip_configs/``) registered (once); return the module."""
     global _registered
     import open_clip
 
@@ -58,7 +58,7 @@ def _open_clip():
 
 def known_architectures() -> list[str]:
     """The open_clip architecture names :func:`load_clip` accepts (ours included)."""
-    return list(_open_clip().list_models())
+    return list(open_clip_module().list_models())
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def _check_arch(open_clip, arch: str) -> None:
 
 
 def _create(spec: ClipSpec, device: torch.device):
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     _check_arch(open_clip, spec.arch)
     kwargs: dict[str, Any] = {"device": device}
     if spec.checkpoint is not None:
@@ -264,7 +264,7 @@ def write_tiny_clip(out_path: Path, seed: int = 0) -> Path:
     ``.safetensors`` paths get a safetensors file, anything else a ``torch.save`` state dict. Load it
     with ``load_clip(ClipSpec(TINY_ARCH, checkpoint=path))``.
     """
-    open_clip = _open_clip()
+    open_clip = open_clip_module()
     out_path = Path(out_path)
     config = open_clip.get_model_config(TINY_ARCH)
     generator_state = torch.random.get_rng_state()

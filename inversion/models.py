@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,15 +146,23 @@ class DiffusionComponents:
         return next(self.unet.parameters()).dtype
 
 
-def build_random_components(architecture: str, seed: int = 0) -> DiffusionComponents:
-    """Build a pipeline of the named architecture with random weights (seeded), no download."""
+def build_random_components(architecture: str | Mapping[str, dict], seed: int = 0) -> DiffusionComponents:
+    """Build a pipeline with random weights (seeded), no download.
+
+    ``architecture`` is a key of :data:`ARCHITECTURES` or a mapping of the same shape (``text_encoder``,
+    ``vae``, ``unet``, ``scheduler`` config dicts) — e.g. a model to be trained from scratch.
+    """
+    import tempfile
+
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    if architecture not in ARCHITECTURES:
+    if isinstance(architecture, Mapping):
+        configs, name = architecture, "custom"
+    elif architecture in ARCHITECTURES:
+        configs, name = ARCHITECTURES[architecture], architecture
+    else:
         raise InputError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
-    configs = ARCHITECTURES[architecture]
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp)))
@@ -162,7 +171,7 @@ def build_random_components(architecture: str, seed: int = 0) -> DiffusionCompon
     vae = AutoencoderKL(**configs["vae"])
     unet = UNet2DConditionModel(**configs["unet"])
     scheduler = DDPMScheduler(**configs["scheduler"])
-    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, f"random:{architecture}")
+    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, f"random:{name}")
     components.freeze()
     return components
 

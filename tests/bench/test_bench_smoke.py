@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import csv
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # bench/ is not an installed package; it runs from the repository root
-    sys.path.insert(0, str(ROOT))
-
-from bench import speed  # noqa: E402
-from bench.baseline import run_baseline  # noqa: E402
+from bench import speed
+from bench.baseline import run_baseline
 
 
 def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys):

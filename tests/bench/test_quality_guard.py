@@ -1,0 +1,36 @@
+"""Regression guard of Textual Inversion quality in the toy world (issue 6).
+
+Learns the 4 held-out concepts with our trainer's defaults (TrainConfig(), 600 steps; in one pack,
+which gives each concept exactly its own gradient, to share the UNet passes) on the committed world model and asserts that the learned word's median
+hue error is below 0.7 × the best caption's on at least 3 of the 4 concepts.
+
+The weights are committed (``bench/world/weights/``, trained once by ``python -m bench.world.train``);
+the test never retrains them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+WEIGHTS = ROOT / "bench" / "world" / "weights"
+
+
+# ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
+# 3-7° against the best caption's 23-28° (ratio 0.12-0.26): far from the 0.7 bar, but a broken
+# trainer starts from the shape word, which says nothing about hue (~90° error).
+
+
+@pytest.mark.timeout(900)
+def test_learned_word_beats_the_best_caption_on_hue():
+    from bench.quality.run import QualitySettings, format_table, run_quality
+
+    settings = QualitySettings(concepts=4, samples=16, render_steps=20, guidance=3.0,
+                               recipe_curve=False, clip=False, pack=True, device="cpu")
+    rows = run_quality(WEIGHTS, None, settings, log=lambda message: None)
+    table = format_table(rows)
+    wins = [r["concept"] for r in rows if r["learned_median_hue_error"] < 0.7 * r["caption_median_hue_error"]]
+    assert len(wins) >= 3, table
