@@ -42,3 +42,11 @@ timeout --signal=INT "$LIMIT_S" "$PYTHON" -m bench.speed \
     --models sd15 --resolutions 512 --batch 1 --packs 1,4,8,16 \
     --device cuda --precision bf16 --steps 10 --warmup 3 \
     --out "$OUT/gpu.csv" | tee "$OUT/gpu-table.txt"
+
+# Optional (COMPILE=1, about 2 more minutes): our trainer with the torch.compile'd UNet, K = 1 and 8.
+if [ "${COMPILE:-0}" = 1 ]; then
+    timeout --signal=INT "${COMPILE_LIMIT_S:-240}" "$PYTHON" -m bench.speed \
+        --models sd15 --resolutions 512 --batch 1 --packs 1,8 --variants sstar,sstar-packed \
+        --device cuda --precision bf16 --compile --steps 10 --warmup 3 \
+        --out "$OUT/gpu-compile.csv" | tee "$OUT/gpu-compile-table.txt"
+fi

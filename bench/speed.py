@@ -63,6 +63,7 @@ class Cell:
     device: str
     precision: str
     images: str  # folder holding concept-0/, concept-1/, …
+    compile: bool = False  # our trainer with TrainConfig(compile=True); the compile falls in the warm-up
 
     def label(self) -> str:
         res = f"{self.resolution}px" if self.resolution else "native"
@@ -222,11 +223,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         error = ""
     else:
         dtype = resolve_dtype(cell.precision, device)
-        row["precision"] = cell.precision
+        row["precision"] = cell.precision + ("+compile" if cell.compile else "")
         concepts = [ConceptConfig(token=f"<bench-{i}>", initializer="cat", images=images / f"concept-{i}", seed=i)
                     for i in range(cell.concepts)]
         config = TrainConfig(steps=total, batch_size=cell.batch, resolution=resolution, precision=cell.precision,
-                             device=str(device), seed=0)
+                             device=str(device), seed=0, compile=cell.compile)
         components.to(device, dtype)  # weights placed before the memory window, as for the baseline
         kind = _reset_peak(device)
         stamps: list[float] = []
@@ -390,6 +391,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="our trainer's precision (the baseline: fp32 on CPU, fp16 mixed precision on GPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="our trainer with torch.compile'd UNet (compiles during the warm-up steps)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.csv", help="CSV to write")
     parser.add_argument("--images", type=Path, default=None, help="folder for the synthetic images (default: temp)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
@@ -419,6 +422,7 @@ def plan(args: argparse.Namespace, device: str, image_root: Path) -> list[Cell]:
                           device=device, precision=args.precision, images=str(image_root))
             if "baseline" in variants:
                 cells.append(Cell(variant="baseline", concepts=1, **common))
+            common["compile"] = args.compile
             if "sstar" in variants:
                 cells.append(Cell(variant="sstar", concepts=1, **common))
             if "sstar-packed" in variants and (packed_at is None or resolution in packed_at):

@@ -29,7 +29,7 @@ def _settings(args: argparse.Namespace):
                               clip_pretrained=args.clip_pretrained)
     run = RunSettings(device=args.device, concepts_per_batch=args.concepts_per_batch,
                       max_concurrent_inversions=args.max_concurrent_inversions, checkpoint_every=args.checkpoint_every,
-                      workers=args.workers, deployment=args.deployment)
+                      workers=args.workers, deployment=args.deployment, compile=args.compile)
     return learn, evaluation, run
 
 

@@ -102,6 +102,7 @@ class DiffusionComponents:
     source: str
     #: held while a trainer or renderer temporarily swaps the text encoder's token embedding
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    _compiled_unet: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def resolution(self) -> int:
@@ -115,6 +116,15 @@ class DiffusionComponents:
     @property
     def prediction_type(self) -> str:
         return str(self.noise_scheduler.config.prediction_type)
+
+    def compiled_unet(self) -> torch.nn.Module:
+        """The UNet wrapped by ``torch.compile`` (created once; it shares the UNet's weights).
+
+        Compilation happens lazily on the first call of the wrapper, per input shape.
+        """
+        if self._compiled_unet is None:
+            self._compiled_unet = torch.compile(self.unet)
+        return self._compiled_unet
 
     def freeze(self) -> None:
         """Switch every weight to inference: no gradients, eval mode."""

@@ -36,7 +36,7 @@ from .tokens import PlaceholderToken, encode_text, initial_vectors, placeholder_
 CHECKPOINT_FILENAME = "checkpoint.safetensors"
 _CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "device"}
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "device", "compile"}
 # Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
 # at 512 px the VAE's activations, not the UNet's, set the trainer's peak memory otherwise.
 _VAE_PIXELS = 8 * 256 * 256
@@ -297,6 +297,7 @@ def train_concepts(
         num_timesteps = int(scheduler.config.num_train_timesteps)
         alphas = scheduler.alphas_cumprod.to(device)
         scheduler.alphas_cumprod = alphas  # add_noise moves it anyway; do it once
+        unet = components.compiled_unet() if config.compile else components.unet
         total = max(0, max(config.steps - run.step for run in runs))
         started = time.perf_counter()
         with placeholder_embedding(components.text_encoder) as layer:
@@ -305,7 +306,8 @@ def train_concepts(
                 active = [r for r in runs if r.step < config.steps and r.error is None]
                 if not active:
                     break
-                _optimizer_step(components, tokenizer, active, config, device, dtype, scaling, prediction, num_timesteps)
+                _optimizer_step(components, unet, tokenizer, active, config, device, dtype, scaling, prediction,
+                                num_timesteps)
                 for run in active:
                     if run.error is None and run.output_dir is not None and config.checkpoint_every and \
                             run.step % config.checkpoint_every == 0 and run.step < config.steps:
@@ -326,7 +328,8 @@ def train_concepts(
         return results
 
 
-def _optimizer_step(components, tokenizer, active, config, device, dtype, scaling, prediction, num_timesteps) -> None:
+def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, scaling, prediction,
+                    num_timesteps) -> None:
     """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
     tick = time.perf_counter()
     step_losses = {id(r): 0.0 for r in active}
@@ -348,7 +351,7 @@ def _optimizer_step(components, tokenizer, active, config, device, dtype, scalin
         else:
             target = latents
         hidden = encode_text(tokenizer, components.text_encoder, prompts)
-        pred = components.unet(noisy.to(dtype), timesteps, hidden).sample
+        pred = unet(noisy.to(dtype), timesteps, hidden).sample
         per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)
         values = per_concept.detach().cpu().tolist()

@@ -31,11 +31,12 @@ class LearnSettings(BaseModel):
     seed: int = 0
     vectors: int | None = Field(None, ge=1, le=64, description="override every concept's vector count")
 
-    def train_config(self, checkpoint_every: int, device: str) -> TrainConfig:
+    def train_config(self, checkpoint_every: int, device: str, compile: bool = False) -> TrainConfig:
         return TrainConfig(
             steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
             scale_lr=self.scale_lr, lr_schedule=self.lr_schedule, resolution=self.resolution,
             precision=self.precision, seed=self.seed, checkpoint_every=checkpoint_every, device=device,
+            compile=compile,
         )
 
     def digest_settings(self) -> dict:
@@ -75,6 +76,7 @@ class RunSettings(BaseModel):
 
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     concepts_per_batch: int = Field(1, ge=1, le=64, description="concepts packed into one GPU batch")
+    compile: bool = Field(False, description="torch.compile the UNet (one-off compile per worker; faster GPU steps)")
     max_concurrent_inversions: int = Field(1, ge=1, le=64, description="inversions sharing a GPU at once")
     gpu_limit_name: str = Field("sstar-gpu", description="Prefect global concurrency limit guarding GPU work")
     checkpoint_every: int = Field(50, ge=0, description="upload a resumable checkpoint every K steps")
