@@ -99,6 +99,16 @@ def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, lr: float) -> None:
+    """One clipped (norm 1) AdamW step of ``loss`` at learning rate ``lr``: the shared tail of every phase."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """uint8 ``[N, 3, H, W]`` → float in [-1, 1]."""
     return images.float() / 127.5 - 1.0
@@ -174,8 +184,6 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
     progress = Progress("vae", args.vae_steps)
     losses = []
     for step in range(args.vae_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = args.vae_lr * lr_factor(step, args.vae_steps, min(100, args.vae_steps // 10))
         x = to_pixels(data.images[data.batch_indices(generator, args.vae_batch)])
         with autocast(device):
             posterior = vae.encode(x).latent_dist
@@ -184,10 +192,8 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
         recon = recon.float()
         kl = posterior.kl().float().mean() / z[0].numel()
         loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + args.vae_kl * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        optimize(optimizer, loss, vae.parameters(),
+                 args.vae_lr * lr_factor(step, args.vae_steps, min(100, args.vae_steps // 10)))
         if (step + 1) % 25 == 0 or step + 1 == args.vae_steps or step == 0:
             losses.append(loss.item())
             progress.update(step + 1, losses[-1])
@@ -256,8 +262,6 @@ def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset
     losses, running = [], []
     warmup = min(200, args.diffusion_steps // 10)
     for step in range(args.diffusion_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = args.diffusion_lr * lr_factor(step, args.diffusion_steps, warmup)
         idx = data.batch_indices(generator, args.diffusion_batch)
         ids = token_ids[data.caption_choice(generator, idx)]
         eps = torch.randn(latent_mean[idx].shape, generator=generator, device=device)
@@ -270,10 +274,7 @@ def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset
             hidden = text_encoder(ids)[0]
             pred = unet(noisy, t, hidden).sample
         loss = F.mse_loss(pred.float(), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimize(optimizer, loss, params, args.diffusion_lr * lr_factor(step, args.diffusion_steps, warmup))
         ema_text.update(text_encoder)
         ema_unet.update(unet)
         if (step + 1) % 25 == 0 or step + 1 == args.diffusion_steps or step == 0:
@@ -323,8 +324,6 @@ def train_clip(data: Dataset, args, device: torch.device):
     progress = Progress("clip", args.clip_steps)
     losses = []
     for step in range(args.clip_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = args.clip_lr * lr_factor(step, args.clip_steps, min(100, args.clip_steps // 10))
         idx = data.batch_indices(generator, args.clip_batch * 2)
         cap = data.caption_choice(generator, idx)
         keep = nonempty[cap]
@@ -338,10 +337,8 @@ def train_clip(data: Dataset, args, device: torch.device):
         logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
         loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
                       + torch.sum(-targets.T * F.log_softmax(logits.T, dim=1), dim=1).mean())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimize(optimizer, loss, model.parameters(),
+                 args.clip_lr * lr_factor(step, args.clip_steps, min(100, args.clip_steps // 10)))
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if (step + 1) % 25 == 0 or step + 1 == args.clip_steps or step == 0:

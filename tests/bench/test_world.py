@@ -104,3 +104,20 @@ def test_hue_error_is_circular():
     assert O.hue_error(10.0, 350.0) == pytest.approx(20.0)
     assert O.hue_error(0.0, 180.0) == pytest.approx(180.0)
     assert np.allclose(O.hue_error(np.array([1.0, 359.0]), 0.0), [1.0, 1.0])
+
+
+def test_world_training_command_writes_a_loadable_model(tmp_path):
+    """A few steps of every phase: the folder loads as our diffusion model and the CLIP as ours."""
+    from bench.world.configs import WORLD_CLIP_ARCH
+    from bench.world.train import main
+    from inversion.clip import ClipSpec, load_clip
+    from inversion.models import load_components
+
+    out = tmp_path / "world"
+    assert main(["--out", str(out), "--device", "cpu", "--dataset-size", "256", "--vae-steps", "2",
+                 "--diffusion-steps", "2", "--clip-steps", "2", "--vae-batch", "8", "--diffusion-batch", "8",
+                 "--clip-batch", "8", "--eval-samples", "4", "--eval-steps", "2"]) == 0
+    components = load_components(out)
+    assert components.resolution == 32
+    clip = load_clip(ClipSpec(WORLD_CLIP_ARCH, checkpoint=out / "clip" / f"{WORLD_CLIP_ARCH}.safetensors"), "cpu")
+    assert clip.embed_texts(["a red circle"]).shape == (1, 128)
