@@ -203,7 +203,7 @@ def learn_concept(catalog: str, concept_id: str, out: str, learn: LearnSettings,
     run ad hoc it appends the row to the metrics itself.
     """
     run_id = parent_run_id or new_run_id()
-    records, unusable = scan_catalog(catalog, learn)
+    records, unusable = scan_catalog(catalog, learn, [concept_id])  # reads this concept's folder only
     record = next((r for r in records if r.concept_id == concept_id), None)
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
     try:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,6 +254,7 @@ def discover_catalog(
     store: ObjectStore,
     learning_settings: Mapping[str, Any] | None = None,
     *,
+    concept_ids: Iterable[str] | None = None,
     max_workers: int = 8,
 ) -> CatalogScan:
     """Scan ``store`` (the catalog root) for concepts.
@@ -263,10 +264,27 @@ def discover_catalog(
     metadata, concepts without images and unreadable files become :class:`ConceptProblem` s.
     Hidden files (``.name``) are ignored; other non-image files and nested folders are
     reported but do not disqualify the concept.
+
+    ``concept_ids`` limits the scan to those concepts: only their folders are listed and read,
+    so learning one concept of a large catalog costs one listing, not a download of the catalog.
+    A requested id with no files is simply absent from the result.
     """
     groups: dict[str, list[str]] = {}
     problems: list[ConceptProblem] = []
-    for key in store.list():
+    if concept_ids is None:
+        keys: Iterable[str] = store.list()
+    else:
+        if isinstance(concept_ids, str):
+            raise InvalidInput(f"concept_ids must be a collection of ids, not the string {concept_ids!r}")
+        keys = []
+        for concept_id in dict.fromkeys(concept_ids):
+            try:
+                validate_concept_id(concept_id)
+            except InvalidConcept as exc:
+                problems.append(ConceptProblem(concept_id, None, str(exc)))
+                continue
+            keys.extend(store.list(f"{concept_id}/"))
+    for key in keys:
         concept_id, _, rest = key.partition("/")
         if not rest:
             continue  # files at the catalog root (README, …) are not concepts

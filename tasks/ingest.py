@@ -26,10 +26,11 @@ def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> Concept
 
 
 @task(name="scan-catalog", **RETRY)
-def scan_catalog(catalog_uri: str, learn: LearnSettings) -> tuple[list[ConceptRecord], list[tuple[str, str]]]:
-    """Discover every concept of the catalog; returns the usable ones and ``(concept_id, problem)`` pairs
-    for concepts that cannot be learned at all."""
-    scan = discover_catalog(open_store(catalog_uri), learn.digest_settings())
+def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None,
+                 ) -> tuple[list[ConceptRecord], list[tuple[str, str]]]:
+    """Discover the concepts of the catalog (all, or only ``concept_ids``); returns the usable ones and
+    ``(concept_id, problem)`` pairs for concepts that cannot be learned at all."""
+    scan = discover_catalog(open_store(catalog_uri), learn.digest_settings(), concept_ids=concept_ids)
     records = [record_of(spec, learn.vectors) for spec in scan.specs]
     usable = {r.concept_id for r in records}
     fatal: dict[str, list[str]] = {}

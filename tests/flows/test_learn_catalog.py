@@ -114,3 +114,29 @@ def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_d
     assert rows3["candle"]["status"] == "ok" and rows3["can"]["status"] == "skipped"
     assert rows3["candle"]["digest"] != rows["candle"]["digest"]
     assert sorted(results.completed_digests("candle")) == sorted([rows["candle"]["digest"], rows3["candle"]["digest"]])
+
+
+def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, clip_checkpoint):
+    from flows.learn import learn_concept
+    from storage.metrics import read_metrics
+    from tasks.settings import EvalSettings, LearnSettings, RunSettings
+
+    catalog, out = s3_catalog
+    learn = LearnSettings(model=str(tiny_model_dir), steps=2, batch_size=1)
+    evaluation = EvalSettings(prompts=["a photo of {}"], samples=1, render_steps=2,
+                              clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip_checkpoint))
+    run = RunSettings(device="cpu", workers=1)
+
+    def learn_one(concept_id):
+        return learn_concept(catalog=catalog, concept_id=concept_id, out=out, learn=learn, evaluation=evaluation,
+                             run=run, return_state=True)
+
+    row = learn_one("can").result()
+    assert row["concept_id"] == "can" and row["status"] == "ok" and row["steps"] == 2
+    bad = learn_one("bad-meta")
+    assert bad.is_failed() and "property must be one of object, style" in str(bad.result(raise_on_failure=False))
+    missing = learn_one("nope")
+    assert missing.is_failed() and "no concept 'nope'" in str(missing.result(raise_on_failure=False))
+    table = read_metrics(out).to_pylist()
+    assert sorted((r["concept_id"], r["status"]) for r in table) == [
+        ("bad-meta", "failed"), ("can", "ok"), ("nope", "failed")]

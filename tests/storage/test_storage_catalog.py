@@ -155,6 +155,25 @@ def test_discover_reports_problems_without_stopping_others(store: ObjectStore) -
         assert image.mode == "RGB"
 
 
+def test_scan_limited_to_some_concepts_reads_only_their_folders(store: ObjectStore, monkeypatch) -> None:
+    _build_catalog(store)
+    full = discover_catalog(store, {"steps": 10}).by_id()
+    listed: list[str] = []
+    read: list[str] = []
+    list_all, get = store.list, store.get
+    monkeypatch.setattr(store, "list", lambda prefix="": listed.append(prefix) or list_all(prefix))
+    monkeypatch.setattr(store, "get", lambda key: read.append(key) or get(key))
+
+    scan = discover_catalog(store, {"steps": 10}, concept_ids=["good", "-unsafe", "missing", "good"])
+    assert [s.concept_id for s in scan.specs] == ["good"]
+    assert scan.specs[0] == full["good"]  # same digest as in a full scan
+    assert {(p.concept_id, p.file) for p in scan.problems} == {("good", "good/notes.txt"), ("-unsafe", None)}
+    assert listed == ["good/", "missing/"]
+    assert read and all(key.startswith("good/") for key in read)
+    with pytest.raises(InvalidInput, match="not the string"):
+        discover_catalog(store, concept_ids="good")
+
+
 def test_digests_track_content(store: ObjectStore) -> None:
     _build_catalog(store)
     first = {s.concept_id: s.digest for s in discover_catalog(store).specs}
