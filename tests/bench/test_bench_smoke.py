@@ -49,3 +49,14 @@ def test_baseline_trains_only_the_placeholder_row_and_restores_the_model(tmp_pat
     assert after.weight.shape == table.shape and torch.equal(after.weight, table)
     assert not any(p.requires_grad for p in components.text_encoder.parameters())
     assert not components.text_encoder.training
+
+
+def test_baseline_gpu_recipe_path_runs_on_cpu(tmp_path):
+    """The recipe's GPU setting (fp16 weights, fp32 text encoder under autocast, gradient scaler) —
+    exercised here so that bench/gpu.sh's baseline is not first run on a rented GPU."""
+    components = speed.get_components("tiny")
+    speed.make_images(tmp_path, 1, 64)
+    result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu",
+                          mixed_precision="fp16")
+    assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert components.unet.dtype == components.dtype and components.vae.dtype == components.dtype
