@@ -37,7 +37,7 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
     from flows.learn import ConceptsFailed, learn_catalog, new_run_id
 
     run_id = new_run_id()
-    state = learn_catalog.with_options(task_runner=_runner(run.workers))(
+    state = learn_catalog(
         catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True)
     summary_text = None
     try:
@@ -66,12 +66,6 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
               file=sys.stderr)
         return 2
     return 1
-
-
-def _runner(workers: int):
-    from prefect.task_runners import ThreadPoolTaskRunner
-
-    return ThreadPoolTaskRunner(max_workers=workers)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -50,18 +50,40 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def fan_out_threads(run: RunSettings) -> int:
+    """Threads running this flow run's tasks: ``run.workers``; when concepts go to a deployment, at
+    least the GPU slots, since each thread waits on one child flow run."""
+    return max(run.workers, run.max_concurrent_inversions) if run.deployment else run.workers
+
+
+def _submit(runner: ThreadPoolTaskRunner, task_, **parameters):
+    return runner.submit(task_, parameters)
+
+
 def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: LearnSettings,
                    evaluation: EvalSettings, run: RunSettings, run_id: str, work_root: str,
                    on_done) -> list[MetricsRow]:
-    """Stage → invert (packed) → score → publish, fanned out on the flow's task runner."""
+    """Stage → invert (packed) → score → publish, fanned out on ``run.workers`` threads.
+
+    The threads are this run's own task runner rather than the flow decorator's, so that the
+    ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
+    """
+    with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
+        return _stage_invert_score_publish(runner, catalog, out, todo, learn, evaluation, run, run_id, work_root,
+                                           on_done)
+
+
+def _stage_invert_score_publish(runner, catalog, out, todo, learn, evaluation, run, run_id, work_root,
+                                on_done) -> list[MetricsRow]:
     rows: list[MetricsRow] = []
     staged: list[StagedConcept] = []
-    for record, future in [(r, stage_concept.submit(catalog, r, work_root)) for r in todo]:
+    for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root))
+                           for r in todo]:
         result = future.result(raise_on_failure=False)
         if isinstance(result, BaseException):
             result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
         staged.append(result)
-    invert_futures = {invert_pack.submit(pack, learn, run, out): pack
+    invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
                       for pack in _chunks(staged, run.concepts_per_batch)}
     score_futures = {}
     for future in as_completed(list(invert_futures)):
@@ -69,7 +91,8 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
         if isinstance(outcomes, BaseException):
             outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]]
         for outcome in outcomes:
-            score_futures[score_concept_task.submit(outcome, learn, evaluation, run)] = outcome
+            score_futures[_submit(runner, score_concept_task, outcome=outcome, learn=learn, evaluation=evaluation,
+                                  run=run)] = outcome
     for future in as_completed(list(score_futures)):
         outcome = score_futures[future]
         record = outcome.staged.record
@@ -77,7 +100,8 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
         if isinstance(scored, BaseException):
             row = failed_row(run_id, record.concept_id, f"scoring failed: {scored}", learn, record)
         else:
-            row = publish_concept.submit(scored, out, run_id, learn).result(raise_on_failure=False)
+            row = _submit(runner, publish_concept, scored=scored, out_uri=out, run_id=run_id,
+                          learn=learn).result(raise_on_failure=False)
             if isinstance(row, BaseException):
                 row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
         rows.append(row)
@@ -171,14 +195,16 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
     try:
         if run.deployment:
-            futures = {run_concept_deployment.submit(run.deployment, catalog, out, r, learn, evaluation, run, run_id): r
-                       for r in todo}
-            for future in as_completed(list(futures)):
-                row = future.result(raise_on_failure=False)
-                if isinstance(row, BaseException):
-                    row = failed_row(run_id, futures[future].concept_id, str(row), learn, futures[future])
-                rows.append(row)
-                on_done(row)
+            with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
+                futures = {_submit(runner, run_concept_deployment, deployment=run.deployment, catalog=catalog, out=out,
+                                   record=r, learn=learn, evaluation=evaluation, run=run, run_id=run_id): r
+                           for r in todo}
+                for future in as_completed(list(futures)):
+                    row = future.result(raise_on_failure=False)
+                    if isinstance(row, BaseException):
+                        row = failed_row(run_id, futures[future].concept_id, str(row), learn, futures[future])
+                    rows.append(row)
+                    on_done(row)
         else:
             rows += _learn_locally(catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done)
     finally:

@@ -80,7 +80,9 @@ class RunSettings(BaseModel):
     max_concurrent_inversions: int = Field(1, ge=1, le=64, description="inversions sharing a GPU at once")
     gpu_limit_name: str = Field("sstar-gpu", description="Prefect global concurrency limit guarding GPU work")
     checkpoint_every: int = Field(50, ge=0, description="upload a resumable checkpoint every K steps")
-    workers: int = Field(4, ge=1, le=64, description="threads of the flow's task runner")
+    workers: int = Field(4, ge=1, le=64, description=(
+        "threads running the run's tasks (stage, invert, score, publish); with a deployment to fan out to, "
+        "the child flow runs in flight at once, never fewer than max_concurrent_inversions"))
     work_dir: str | None = Field(None, description="local scratch folder (default: a temporary folder)")
     deployment: str | None = Field(
         None, description="fan concepts out as flow runs of this learn_concept deployment ('flow/deployment')"

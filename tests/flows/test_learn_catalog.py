@@ -116,6 +116,19 @@ def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_d
     assert sorted(results.completed_digests("candle")) == sorted([rows["candle"]["digest"], rows3["candle"]["digest"]])
 
 
+def _task_names(flow_run_id) -> list[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return [run.name.rsplit("-", 1)[0] for run in asyncio.run(read())]
+
+
 def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, clip_checkpoint):
     from flows.learn import learn_concept
     from storage.metrics import read_metrics
@@ -131,8 +144,11 @@ def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, c
         return learn_concept(catalog=catalog, concept_id=concept_id, out=out, learn=learn, evaluation=evaluation,
                              run=run, return_state=True)
 
-    row = learn_one("can").result()
+    state = learn_one("can")
+    row = state.result()
     assert row["concept_id"] == "can" and row["status"] == "ok" and row["steps"] == 2
+    assert {"scan-catalog", "ingest-concept", "invert-concepts", "score-concept", "publish-concept"} <= set(
+        _task_names(state.state_details.flow_run_id)), "tasks run on the run's own runner still belong to the flow run"
     bad = learn_one("bad-meta")
     assert bad.is_failed() and "property must be one of object, style" in str(bad.result(raise_on_failure=False))
     missing = learn_one("nope")
@@ -140,3 +156,14 @@ def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, c
     table = read_metrics(out).to_pylist()
     assert sorted((r["concept_id"], r["status"]) for r in table) == [
         ("bad-meta", "failed"), ("can", "ok"), ("nope", "failed")]
+
+
+def test_fan_out_threads_follow_the_run_settings():
+    from flows.learn import fan_out_threads
+    from tasks.settings import RunSettings
+
+    assert fan_out_threads(RunSettings(workers=3)) == 3
+    assert fan_out_threads(RunSettings(workers=2, max_concurrent_inversions=8)) == 2  # local: GPU work is gated anyway
+    fanned = RunSettings(workers=2, max_concurrent_inversions=8, deployment="learn-concept/learn-concept")
+    assert fan_out_threads(fanned) == 8  # one waiting thread per child flow run the GPU slots allow
+    assert fan_out_threads(fanned.model_copy(update={"workers": 16})) == 16
