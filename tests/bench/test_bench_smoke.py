@@ -60,3 +60,13 @@ def test_baseline_gpu_recipe_path_runs_on_cpu(tmp_path):
                           mixed_precision="fp16")
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert components.unet.dtype == components.dtype and components.vae.dtype == components.dtype
+
+
+def test_unet_pass_times_each_pass(capsys):
+    from bench import unet_pass
+
+    assert unet_pass.main(["--model", "tiny", "--resolution", "64", "--passes", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tiny UNet, 64 px, fp32") and lines[1].split()[:2] == ["pass", "wall"]
+    passes = [line.split() for line in lines[2:]]
+    assert [p[0] for p in passes] == ["1", "2"] and all(float(p[1]) > 0 for p in passes)
