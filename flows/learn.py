@@ -75,6 +75,7 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
 
 def _stage_invert_score_publish(runner, catalog, out, todo, learn, evaluation, run, run_id, work_root,
                                 on_done) -> list[MetricsRow]:
+    """The body of :func:`_learn_locally`, submitting every task to ``runner``."""
     rows: list[MetricsRow] = []
     staged: list[StagedConcept] = []
     for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root))
