@@ -43,6 +43,37 @@ _VAE_PIXELS = 8 * 256 * 256
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A concept's saved training state, as written every ``checkpoint_every`` steps (and at the end)."""
+
+    path: Path
+    token: str
+    num_vectors: int
+    step: int
+    vectors: torch.Tensor  # [num_vectors, dim], fp32
+    tensors: dict[str, torch.Tensor]  # vectors, AdamW moments, random generator state
+    state: dict  # step, adam_step, losses, seconds, token, num_vectors, initializer, train_config
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`train_concepts`; a one-line :class:`InputError` if it is not one."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - missing, truncated or not safetensors at all
+        raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
+    if metadata.get("sstar_checkpoint") != _CHECKPOINT_VERSION:
+        raise InputError(f"{path} is not an sstar checkpoint of version {_CHECKPOINT_VERSION}")
+    state = json.loads(metadata["state"])
+    return Checkpoint(path, state["token"], int(state["num_vectors"]), int(state["step"]), tensors["vectors"],
+                      tensors, state)
+
+
+@dataclass(frozen=True)
 class StepReport:
     """Progress after one optimizer step of the pack."""
 
@@ -160,16 +191,11 @@ class _ConceptRun:
         path = self.checkpoint_path()
         if path is None or not path.is_file():
             return False
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("sstar_checkpoint") != _CHECKPOINT_VERSION:
-            raise InputError(f"{path} is not an sstar checkpoint of version {_CHECKPOINT_VERSION}")
-        meta = json.loads(metadata["state"])
-        if meta["token"] != self.concept.token or meta["num_vectors"] != self.concept.num_vectors:
+        checkpoint = read_checkpoint(path)
+        meta, tensors = checkpoint.state, checkpoint.tensors
+        if checkpoint.token != self.concept.token or checkpoint.num_vectors != self.concept.num_vectors:
             raise ConfigError(
-                f"checkpoint {path} is for {meta['token']} with {meta['num_vectors']} vector(s), "
+                f"checkpoint {path} is for {checkpoint.token} with {checkpoint.num_vectors} vector(s), "
                 f"not {self.concept.token} with {self.concept.num_vectors}"
             )
         saved = meta["train_config"]
@@ -178,7 +204,6 @@ class _ConceptRun:
         if changed:
             k = changed[0]
             raise ConfigError(f"cannot resume {path}: {k} was {saved.get(k)!r}, now {current[k]!r}")
-        tensors = load_file(str(path))
         with torch.no_grad():
             self.vectors.copy_(tensors["vectors"].to(self.vectors.device))
         if meta["adam_step"] > 0:

@@ -124,12 +124,10 @@ class Curve:
         self.eval_seconds += time.perf_counter() - tick
 
     def on_checkpoint(self, token: str, path: Path) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from inversion.train import read_checkpoint
 
-        with safe_open(str(path), framework="pt") as handle:
-            step = json.loads((handle.metadata() or {})["state"])["step"]
-        self.measure(int(step), load_file(str(path))["vectors"])
+        checkpoint = read_checkpoint(path)
+        self.measure(checkpoint.step, checkpoint.vectors)
 
     def time_to_quality(self) -> dict[str, Any]:
         if not self.points:

@@ -34,3 +34,16 @@ def test_learned_word_beats_the_best_caption_on_hue():
     table = format_table(rows)
     wins = [r["concept"] for r in rows if r["learned_median_hue_error"] < 0.7 * r["caption_median_hue_error"]]
     assert len(wins) >= 3, table
+
+
+def test_fast_mode_measures_the_curve_at_each_checkpoint():
+    """The time-to-quality curve (read back from the trainer's checkpoints), in the --fast settings."""
+    from dataclasses import replace
+
+    from bench.quality.run import FAST, run_quality
+
+    settings = replace(FAST, concepts=1, clip=False, recipe_curve=False, device="cpu")
+    (row,) = run_quality(WEIGHTS, None, settings, log=lambda message: None)
+    assert [point["step"] for point in row["curve_defaults"]] == [0, 3, 6]
+    assert row["train_steps"] == 6 and row["time_to_quality_defaults"]["steps"] in (0, 3, 6)
+    assert all(0 <= point["median_hue_error"] <= 180 for point in row["curve_defaults"])

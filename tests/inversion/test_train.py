@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from inversion.config import ConceptConfig, TrainConfig
-from inversion.errors import ConfigError, TrainingDivergedError
+from inversion.errors import ConfigError, InputError, TrainingDivergedError
 from inversion.models import load_components
 from inversion.tokens import initial_vectors
-from inversion.train import CHECKPOINT_FILENAME, evaluation_loss, train_concept, train_concepts
+from inversion.train import CHECKPOINT_FILENAME, evaluation_loss, read_checkpoint, train_concept, train_concepts
 from tests.conftest import write_shape_images
 
 
@@ -71,13 +72,24 @@ def test_resume_continues_exactly(components, concept_images, tmp_path):
                           output_dir=tmp_path / "whole")
     half = train_concept(components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=4),
                          output_dir=tmp_path / "split")
-    assert (tmp_path / "split" / CHECKPOINT_FILENAME).is_file()
     assert (tmp_path / "split" / "learned_embeds.safetensors").is_file()
+    saved = read_checkpoint(tmp_path / "split" / CHECKPOINT_FILENAME)
+    assert (saved.token, saved.num_vectors, saved.step) == ("<red-square>", 2, 4)
+    assert torch.equal(saved.vectors, half.embedding.vectors) and len(saved.state["losses"]) == 4
     resumed = train_concept(components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
                             output_dir=tmp_path / "split", resume=True)
     assert half.steps == 4 and resumed.steps == 8 and resumed.resumed_from == 4
     assert torch.equal(whole.embedding.vectors, resumed.embedding.vectors)
     assert whole.losses == resumed.losses
+
+
+def test_read_checkpoint_rejects_other_files(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read checkpoint .*junk.safetensors"):
+        read_checkpoint(tmp_path / "junk.safetensors")
+    save_file({"vectors": torch.zeros(1, 4)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(InputError, match="plain.safetensors is not an sstar checkpoint"):
+        read_checkpoint(tmp_path / "plain.safetensors")
 
 
 def test_resume_refuses_changed_settings(components, concept_images, tmp_path):
