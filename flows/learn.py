@@ -69,44 +69,38 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
     ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
     """
     with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
-        return _stage_invert_score_publish(runner, catalog, out, todo, learn, evaluation, run, run_id, work_root,
-                                           on_done)
-
-
-def _stage_invert_score_publish(runner, catalog, out, todo, learn, evaluation, run, run_id, work_root,
-                                on_done) -> list[MetricsRow]:
-    """The body of :func:`_learn_locally`, submitting every task to ``runner``."""
-    rows: list[MetricsRow] = []
-    staged: list[StagedConcept] = []
-    for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root))
-                           for r in todo]:
-        result = future.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
-        staged.append(result)
-    invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
-                      for pack in _chunks(staged, run.concepts_per_batch)}
-    score_futures = {}
-    for future in as_completed(list(invert_futures)):
-        outcomes = future.result(raise_on_failure=False)
-        if isinstance(outcomes, BaseException):
-            outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]]
-        for outcome in outcomes:
-            score_futures[_submit(runner, score_concept_task, outcome=outcome, learn=learn, evaluation=evaluation,
-                                  run=run)] = outcome
-    for future in as_completed(list(score_futures)):
-        outcome = score_futures[future]
-        record = outcome.staged.record
-        scored = future.result(raise_on_failure=False)
-        if isinstance(scored, BaseException):
-            row = failed_row(run_id, record.concept_id, f"scoring failed: {scored}", learn, record)
-        else:
-            row = _submit(runner, publish_concept, scored=scored, out_uri=out, run_id=run_id,
-                          learn=learn).result(raise_on_failure=False)
-            if isinstance(row, BaseException):
-                row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
-        rows.append(row)
-        on_done(row)
+        rows: list[MetricsRow] = []
+        staged: list[StagedConcept] = []
+        for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root))
+                               for r in todo]:
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
+            staged.append(result)
+        invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
+                          for pack in _chunks(staged, run.concepts_per_batch)}
+        score_futures = {}
+        for future in as_completed(list(invert_futures)):
+            outcomes = future.result(raise_on_failure=False)
+            if isinstance(outcomes, BaseException):
+                outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}")
+                            for s in invert_futures[future]]
+            for outcome in outcomes:
+                score_futures[_submit(runner, score_concept_task, outcome=outcome, learn=learn, evaluation=evaluation,
+                                      run=run)] = outcome
+        for future in as_completed(list(score_futures)):
+            outcome = score_futures[future]
+            record = outcome.staged.record
+            scored = future.result(raise_on_failure=False)
+            if isinstance(scored, BaseException):
+                row = failed_row(run_id, record.concept_id, f"scoring failed: {scored}", learn, record)
+            else:
+                row = _submit(runner, publish_concept, scored=scored, out_uri=out, run_id=run_id,
+                              learn=learn).result(raise_on_failure=False)
+                if isinstance(row, BaseException):
+                    row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
+            rows.append(row)
+            on_done(row)
     return rows
 
 
@@ -166,6 +160,8 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
     return summary
 
 
+# The decorators' runners are fixed at import; the flows submit their tasks to a runner of
+# run.workers threads instead (see _learn_locally), so these only set a small default.
 @flow(name="learn-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
 def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: EvalSettings = EvalSettings(),
                   run: RunSettings = RunSettings(), run_id: str | None = None) -> dict:

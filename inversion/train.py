@@ -47,12 +47,25 @@ class Checkpoint:
     """A concept's saved training state, as written every ``checkpoint_every`` steps (and at the end)."""
 
     path: Path
-    token: str
-    num_vectors: int
-    step: int
-    vectors: torch.Tensor  # [num_vectors, dim], fp32
-    tensors: dict[str, torch.Tensor]  # vectors, AdamW moments, random generator state
+    tensors: dict[str, torch.Tensor]  # vectors, AdamW moments (exp_avg, exp_avg_sq), rng_state
     state: dict  # step, adam_step, losses, seconds, token, num_vectors, initializer, train_config
+
+    @property
+    def token(self) -> str:
+        return self.state["token"]
+
+    @property
+    def num_vectors(self) -> int:
+        return int(self.state["num_vectors"])
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """The learned vectors at :attr:`step`, ``[num_vectors, dim]`` fp32."""
+        return self.tensors["vectors"]
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -68,9 +81,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
     if metadata.get("sstar_checkpoint") != _CHECKPOINT_VERSION:
         raise InputError(f"{path} is not an sstar checkpoint of version {_CHECKPOINT_VERSION}")
-    state = json.loads(metadata["state"])
-    return Checkpoint(path, state["token"], int(state["num_vectors"]), int(state["step"]), tensors["vectors"],
-                      tensors, state)
+    return Checkpoint(path, tensors, json.loads(metadata["state"]))
 
 
 @dataclass(frozen=True)
