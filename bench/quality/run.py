@@ -1,6 +1,6 @@
 """Measure Textual Inversion quality in the toy world: does the learned word beat the best caption?
 
-    python -m bench.quality.run --world bench/world/weights --out /tmp/quality [--concepts 4]
+    python -m bench.quality.run --world toyworld/weights --out /tmp/quality [--concepts 4]
         [--samples 32] [--steps 600] [--fast]
 
 For each held-out concept of :data:`bench.world.generate.HELD_OUT` (a hue half-way between two hue
@@ -47,6 +47,7 @@ import torch
 from bench.world import generate as G
 from bench.world import oracle as O
 from bench.world.configs import WORLD_CLIP_ARCH
+from toyworld import MODEL_DIR
 
 PROMPT = "a photo of a {}"
 CLIP_FILE = Path("clip") / f"{WORLD_CLIP_ARCH}.safetensors"
@@ -336,7 +337,7 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__.split("\n")[0])
-    p.add_argument("--world", type=Path, default=Path("bench/world/weights"))
+    p.add_argument("--world", type=Path, default=MODEL_DIR)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--concepts", type=int, default=None, help=f"how many held-out concepts (max {len(G.HELD_OUT)})")
     p.add_argument("--samples", type=int, default=None, help="images per variant for the final evaluation")

@@ -16,7 +16,8 @@ from typing import Any
 from inversion.clip import CONFIG_DIR
 from inversion.models import _SCHEDULER, _TEXT_COMMON
 
-WORLD_CLIP_ARCH = "sstar-world-clip"
+from toyworld import CLIP_ARCH as WORLD_CLIP_ARCH
+
 WORLD_CLIP_CONFIG = CONFIG_DIR / f"{WORLD_CLIP_ARCH}.json"
 
 

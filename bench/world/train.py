@@ -1,6 +1,6 @@
 """Train the toy world's models: VAE, then text encoder + UNet, then a tiny CLIP; one seeded command.
 
-    python -m bench.world.train --out bench/world/weights --device cuda --seed 0
+    python -m bench.world.train --out toyworld/weights --device cuda --seed 0
 
 Phases, in order (each saved as soon as it finishes, so a crash later does not lose it):
 
@@ -453,7 +453,7 @@ def clip_zero_shot(clip_path: Path, args, device: torch.device) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.world.train", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("bench/world/weights"))
+    p.add_argument("--out", type=Path, default=Path("toyworld/weights"))
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=G.DEFAULT_RESOLUTION)

@@ -4,7 +4,7 @@ Learns the 4 held-out concepts with our trainer's defaults (TrainConfig(), 600 s
 which gives each concept exactly its own gradient, to share the UNet passes) on the committed world model and asserts that the learned word's median
 hue error is below 0.7 × the best caption's on at least 3 of the 4 concepts.
 
-The weights are committed (``bench/world/weights/``, trained once by ``python -m bench.world.train``);
+The weights are committed (``toyworld/weights/``, trained once by ``python -m bench.world.train``);
 the test never retrains them.
 """
 
@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-WEIGHTS = ROOT / "bench" / "world" / "weights"
+from toyworld import MODEL_DIR as WEIGHTS
 
 
 # ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
