@@ -7,29 +7,24 @@ import json
 import sys
 from pathlib import Path
 
-from inversion.cli import add_clip_arguments, add_train_arguments
+from inversion.fields import add_arguments, values_from_args
+from tasks.settings import EVAL_SETTINGS, LEARN_SETTINGS, RUN_SETTINGS, EvalSettings, LearnSettings, RunSettings
 
 NIGHTLY_CRON = "0 2 * * *"
+#: the commands that run flows (the CLI applies its Prefect defaults before them)
+PREFECT_COMMANDS = ("demo", "learn", "serve")
 
 
-def _settings(args: argparse.Namespace):
-    from tasks.settings import EvalSettings, LearnSettings, RunSettings
-
-    learn = LearnSettings(model=str(args.model), steps=args.steps, batch_size=args.batch_size,
-                          grad_accum=args.grad_accum, lr=args.lr, scale_lr=args.scale_lr,
-                          lr_schedule=args.lr_schedule, resolution=args.resolution, precision=args.precision,
-                          seed=args.seed, vectors=args.vectors)
+def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSettings, RunSettings]:
+    """The flows' parameter models from the flags of ``sstar learn`` / ``sstar serve``."""
     prompts = None
     if args.prompts:
         from inversion.prompts import load_prompts
 
         prompts = list(load_prompts(Path(args.prompts)))
-    evaluation = EvalSettings(prompts=prompts, samples=args.samples, render_steps=args.render_steps,
-                              guidance=args.guidance, clip_arch=args.clip_arch, clip_checkpoint=args.clip_checkpoint,
-                              clip_pretrained=args.clip_pretrained)
-    run = RunSettings(device=args.device, concepts_per_batch=args.concepts_per_batch,
-                      max_concurrent_inversions=args.max_concurrent_inversions, checkpoint_every=args.checkpoint_every,
-                      workers=args.workers, deployment=args.deployment, compile=args.compile)
+    learn = LearnSettings(**values_from_args(args, LEARN_SETTINGS))
+    evaluation = EvalSettings(prompts=prompts, **values_from_args(args, EVAL_SETTINGS))
+    run = RunSettings(**values_from_args(args, RUN_SETTINGS))
     return learn, evaluation, run
 
 
@@ -87,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
-    learn, evaluation, run = _settings(args)
+    learn, evaluation, run = settings_from_args(args)
     return _run_catalog(args.catalog, args.out, learn, evaluation, run)
 
 
@@ -96,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from flows.learn import learn_catalog, learn_concept
 
-    learn, evaluation, run = _settings(args)
+    learn, evaluation, run = settings_from_args(args)
     params = dict(catalog=args.catalog, out=args.out, learn=learn.model_dump(), evaluation=evaluation.model_dump(),
                   run=run.model_dump())
     nightly = learn_catalog.to_deployment(name="learn-catalog-nightly", cron=args.cron, parameters=params)
@@ -111,19 +106,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", required=True, help="catalog URI: s3://bucket/prefix or a local folder")
     p.add_argument("--out", required=True, help="output URI: s3://bucket/prefix or a local folder")
-    p.add_argument("--model", required=True, help="diffusers model folder (or hub id)")
-    p.add_argument("--vectors", type=int, default=None, help="override each concept's vector count")
-    add_train_arguments(p)
+    add_arguments(p, LEARN_SETTINGS)
     p.add_argument("--prompts", help="evaluation prompts file (one per line, {} for the token)")
-    p.add_argument("--samples", type=int, default=4, help="images per evaluation prompt")
-    p.add_argument("--render-steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    add_clip_arguments(p)
-    p.add_argument("--concepts-per-batch", type=int, default=1, help="concepts packed into one GPU batch")
-    p.add_argument("--max-concurrent-inversions", type=int, default=1)
-    p.add_argument("--checkpoint-every", type=int, default=50)
-    p.add_argument("--workers", type=int, default=4, help="task-runner threads")
-    p.add_argument("--deployment", help="fan concepts out as flow runs of this learn-concept deployment")
+    add_arguments(p, EVAL_SETTINGS)
+    add_arguments(p, RUN_SETTINGS)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

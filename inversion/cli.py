@@ -6,10 +6,23 @@ Registered on the ``sstar`` entry point by :mod:`flows.cli`. User errors print o
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .config import PRECISIONS, PROPERTIES, ConceptConfig, TrainConfig
+from .config import PROPERTIES, ConceptConfig, EvalConfig, TrainConfig, clip_spec
+from .fields import add_arguments, settings_of, values_from_args
+
+if TYPE_CHECKING:
+    from .clip import ClipSpec
+    from .render import RenderSettings
+
+_TRAIN = settings_of(TrainConfig)
+_EVAL = settings_of(EvalConfig)
+#: the flags of ``sstar invert``: the training settings a command line may set (groups learn and run)
+_INVERT = tuple(declared for declared in _TRAIN.values() if declared.spec.group is not None)
 
 
 def quiet_libraries() -> None:
@@ -37,31 +50,6 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"seeds must look like 0,1,2 or 0-3, got {text!r}") from None
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options shared by ``invert`` and the flow commands."""
-    d = TrainConfig()
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
-    parser.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    parser.add_argument("--scale-lr", action="store_true", help="multiply lr by batch size × grad accumulation")
-    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule)
-    parser.add_argument("--resolution", type=int, default=None, help="training size in px (default: the model's)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="dtype of the frozen model")
-    parser.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the UNet: a one-off compile (about a minute) for faster steps on long GPU runs")
-
-
-def train_config_from_args(args: argparse.Namespace, **extra) -> TrainConfig:
-    return TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        scale_lr=args.scale_lr, lr_schedule=args.lr_schedule, resolution=args.resolution,
-        precision=args.precision, device=args.device, seed=args.seed, compile=args.compile, **extra,
-    )
-
-
 def cmd_model(args: argparse.Namespace) -> int:
     from .models import write_random_model
 
@@ -80,7 +68,7 @@ def cmd_invert(args: argparse.Namespace) -> int:
         token=args.token, initializer=args.init, images=Path(args.images), num_vectors=args.vectors,
         property=args.property, flip=not args.no_flip, seed=args.seed,
     )
-    config = train_config_from_args(args, checkpoint_every=args.checkpoint_every)
+    config = TrainConfig(**values_from_args(args, _INVERT))
     components = load_components(args.model)
     out = Path(args.out)
     bar = None
@@ -113,7 +101,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import Renderer, RenderSettings, make_grid
 
     embeddings = [load_embedding(Path(p)) for p in args.embedding]
-    settings = RenderSettings(steps=args.steps, guidance=args.guidance, resolution=args.resolution,
+    settings = RenderSettings(steps=args.render_steps, guidance=args.guidance, resolution=args.resolution,
                               precision=args.precision, device=args.device)
     renderer = Renderer(load_components(args.model), settings)
     with tqdm(total=len(args.prompt) * len(args.seeds), desc="rendering", unit="img") as bar:
@@ -125,24 +113,16 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def clip_spec_from_args(arch: str, checkpoint: str | None, pretrained: str | None):
-    """The CLIP to score with; ViT-B-32 without a checkpoint means OpenAI's weights (downloaded where reachable)."""
-    from .clip import DEFAULT_PRETRAINED, ClipSpec
-
-    if checkpoint is None and pretrained is None:
-        pretrained = DEFAULT_PRETRAINED
-    return ClipSpec(arch=arch, checkpoint=Path(checkpoint) if checkpoint else None, pretrained=pretrained)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from .render import RenderSettings
-    from .scoring import run_score_command
 
+    evaluation = EvalConfig(**values_from_args(args, _EVAL.values()))
     scores = run_score_command(
         args.model, args.embedding, args.images, args.out,
-        clip_spec_from_args(args.clip_arch, args.clip_checkpoint, args.clip_pretrained), args.class_word,
-        prompts_file=args.prompts, samples=args.samples, captions=args.caption or None, property=args.property,
-        token=args.token, render=RenderSettings(steps=args.steps, guidance=args.guidance, device=args.device),
+        clip_spec(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained), args.class_word,
+        prompts_file=args.prompts, samples=evaluation.samples, captions=args.caption or None, property=args.property,
+        token=args.token,
+        render=RenderSettings(steps=evaluation.render_steps, guidance=evaluation.guidance, device=args.device),
         clip_device=args.device, log=lambda message: print(message, flush=True),
     )
     print(f"image similarity {scores['image_similarity']:.4f} (words only {scores['baseline_image_similarity']:.4f}, "
@@ -152,10 +132,62 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
-    parser.add_argument("--clip-checkpoint", help="local open_clip checkpoint file for --clip-arch")
-    parser.add_argument("--clip-pretrained", help="open_clip pretrained tag (default 'openai' without a checkpoint)")
+def run_score_command(
+    model_dir: str | Path,
+    embedding_path: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    clip_spec: ClipSpec,
+    class_word: str,
+    *,
+    prompts_file: str | Path | None = None,
+    samples: int = 4,
+    seeds: Sequence[int] | None = None,
+    captions: Sequence[str] | None = None,
+    property: str = "object",
+    token: str | None = None,
+    render: RenderSettings | None = None,
+    clip_device: str = "auto",
+    clip_batch_size: int = 32,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``sstar score``: load the models, render, score, write ``grid.png``, ``baseline_grid.png`` and ``scores.json``.
+
+    Cheap checks (images, embedding file, prompts) run before any model loads. Returns the scores
+    written to ``scores.json`` (raw cosines), with ``files`` naming the written files by their full paths.
+    """
+    from .clip import load_clip
+    from .formats import load_embedding
+    from .images import list_images, open_rgb
+    from .models import load_components
+    from .prompts import load_prompts
+    from .render import Renderer, RenderSettings
+    from .scoring import ScoreSettings, embed_reference_images, score_concept, write_scores
+
+    say = log or (lambda message: None)
+    files = list_images(Path(images_dir))
+    embedding = load_embedding(Path(embedding_path), token=token)
+    prompts = load_prompts(Path(prompts_file)) if prompts_file is not None else None
+    settings = ScoreSettings(
+        prompts=prompts, samples=samples, seeds=tuple(seeds) if seeds is not None else None,
+        render=render or RenderSettings(), clip_batch_size=clip_batch_size,
+    )
+    reference_images = [open_rgb(path) for path in files]
+    say(f"loading CLIP {clip_spec.describe()}")
+    clip = load_clip(clip_spec, clip_device)
+    reference_embeds = embed_reference_images(clip, reference_images, clip_batch_size)
+    say(f"loading diffusion model {model_dir}")
+    renderer = Renderer(load_components(model_dir), settings.render)
+    count = len(settings.prompts_for(property))
+    say(f"scoring {embedding.token} over {count} prompts × {len(settings.seed_list)} seeds")
+    scores = score_concept(
+        renderer, clip, embedding, reference_images, class_word, captions, property, settings,
+        reference_embeds=reference_embeds,
+    )
+    written = write_scores(scores, Path(out_dir))
+    result: dict[str, Any] = json.loads(written["scores"].read_text(encoding="utf-8"))
+    result["files"] = {kind: str(path) for kind, path in written.items()}
+    return result
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -174,10 +206,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vectors", type=int, default=1, help="embedding vectors for the token")
     p.add_argument("--property", choices=PROPERTIES, default="object")
     p.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation (text-bearing styles)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every K steps")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--out", required=True, help="output folder for the embedding files")
-    add_train_arguments(p)
+    add_arguments(p, _INVERT)
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("render", help="render prompts with learned embeddings into a labelled grid")
@@ -185,11 +216,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding", nargs="*", default=[], help="embedding file(s): diffusers, A1111 or kohya")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3])
-    p.add_argument("--steps", type=int, default=25, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    p.add_argument("--device", default="auto")
+    add_arguments(p, [_EVAL["render_steps"], _EVAL["guidance"]], flags={"render_steps": "--steps"})
+    p.add_argument("--resolution", type=int, default=None, help="image size in px (default: the model's)")
+    add_arguments(p, [_TRAIN["precision"], _TRAIN["device"]])
     p.add_argument("--out", required=True, help="grid PNG path")
     p.set_defaults(func=cmd_render)
 
@@ -202,10 +231,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="evaluation prompts file: one per line, {} where the token goes")
     p.add_argument("--caption", action="append", help="words-only description for the baseline (repeatable)")
     p.add_argument("--property", choices=PROPERTIES, default="object")
-    p.add_argument("--samples", type=int, default=4, help="images per prompt")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--device", default="auto")
-    add_clip_arguments(p)
+    add_arguments(p, _EVAL.values(), flags={"render_steps": "--steps"})
+    add_arguments(p, [_TRAIN["device"]])
     p.add_argument("--out", required=True, help="folder for grid.png, baseline_grid.png and scores.json")
     p.set_defaults(func=cmd_score)

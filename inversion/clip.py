@@ -29,13 +29,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .config import DEFAULT_CLIP_ARCH as DEFAULT_ARCH
+from .config import DEFAULT_CLIP_PRETRAINED as DEFAULT_PRETRAINED
 from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ARCH = "ViT-B-32"
-#: the pretrained tag of the method's evaluation model (OpenAI's CLIP ViT-B/32)
-DEFAULT_PRETRAINED = "openai"
 TINY_ARCH = "sstar-tiny-clip"
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 

@@ -1,25 +1,40 @@
 """Typed, validated configuration of a Textual Inversion run.
 
-Two objects: :class:`ConceptConfig` says *what* to learn (a token, its initializer, its images),
-:class:`TrainConfig` says *how* (steps, batch, learning rate, precision…). Both validate on
-construction and raise :class:`~inversion.errors.ConfigError` with a message naming the field.
+:class:`ConceptConfig` says *what* to learn (a token, its initializer, its images),
+:class:`TrainConfig` says *how* (steps, batch, learning rate, precision…) and :class:`EvalConfig`
+how a learned word is rendered and scored. All validate on construction and raise
+:class:`~inversion.errors.ConfigError` with a message naming the field.
+
+``TrainConfig`` and ``EvalConfig`` are the one source of their settings: each field is declared with
+:func:`inversion.fields.setting` (default, help, bounds), and the command-line flags and the flows'
+pydantic parameter models are generated from them. To add a setting, add a field here; see
+:mod:`inversion.fields`.
 """
 
 from __future__ import annotations
 
 import builtins
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .errors import ConfigError
+from .fields import setting, validate
+
+if TYPE_CHECKING:
+    from .clip import ClipSpec
 
 Property = Literal["object", "style"]
 Precision = Literal["fp32", "bf16", "fp16"]
-PROPERTIES: tuple[str, ...] = ("object", "style")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+LrSchedule = Literal["constant", "cosine"]
+PROPERTIES: tuple[str, ...] = get_args(Property)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+#: the method's evaluation CLIP: OpenAI's ViT-B/32 (``inversion.clip`` uses these too)
+DEFAULT_CLIP_ARCH = "ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "openai"
 
 _TOKEN_RE = re.compile(r"^\S+$")
 
@@ -72,56 +87,36 @@ class ConceptConfig:
 class TrainConfig:
     """How to train. Defaults follow the method's paper (lr 5e-3, a few hundred to thousands of steps).
 
-    Attributes:
-        steps: optimizer steps.
-        batch_size: images per concept per micro-batch.
-        grad_accum: micro-batches accumulated per optimizer step.
-        lr: AdamW learning rate (per step, before scaling).
-        scale_lr: multiply ``lr`` by ``batch_size * grad_accum`` (the paper's convention).
-        lr_schedule: ``constant`` or ``cosine`` (decays to 0 over ``steps``).
-        lr_warmup_steps: linear warm-up before the schedule.
-        weight_decay: AdamW weight decay on the new vectors.
-        resolution: training image size in pixels; ``None`` uses the model's native size.
-        precision: dtype of the frozen weights (the learned vectors always stay fp32).
-        seed: seeds everything not tied to a single concept.
-        checkpoint_every: save a resumable checkpoint every K steps (0 = only at the end).
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
-        compile: run the UNet through ``torch.compile``: a one-off compilation (about a minute, per
-            model and batch shape) buys faster steps on long GPU runs. It changes neither the loss nor
-            the checkpoints, so a run may be resumed with or without it.
+    Each field is a setting (:func:`inversion.fields.setting`) and carries its own help text, bounds
+    and group: ``learn`` settings change what is learned (flags of ``sstar invert`` and ``sstar
+    learn``, the flows' ``LearnSettings``, each concept's digest); ``run`` settings say where and how
+    it runs (flags of both commands, the flows' ``RunSettings``); the others are set from Python.
     """
 
-    steps: int = 600
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 5e-3
-    scale_lr: bool = False
-    lr_schedule: str = "constant"
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.0
-    resolution: int | None = None
-    precision: Precision = "fp32"
-    seed: int = 0
-    checkpoint_every: int = 0
-    device: str = "auto"
-    compile: bool = False
+    steps: int = setting(600, help="optimizer steps per concept", group="learn", ge=1)
+    batch_size: int = setting(4, help="images per concept per micro-batch", group="learn", ge=1)
+    grad_accum: int = setting(1, help="micro-batches accumulated per optimizer step", group="learn", ge=1)
+    lr: float = setting(5e-3, help="AdamW learning rate (per step, before --scale-lr)", group="learn", gt=0, lt=1)
+    scale_lr: bool = setting(False, help="multiply lr by batch size × grad accumulation (the paper's convention)",
+                             group="learn")
+    lr_schedule: LrSchedule = setting("constant", help="learning-rate schedule (cosine decays to 0 over the steps)",
+                                      group="learn")
+    lr_warmup_steps: int = setting(0, help="linear learning-rate warm-up steps before the schedule", ge=0)
+    weight_decay: float = setting(0.0, help="AdamW weight decay on the new vectors", ge=0)
+    resolution: int | None = setting(None, help="training image size in px (default: the model's)", group="learn",
+                                     ge=8, multiple_of=8)
+    precision: Precision = setting("fp32", help="dtype of the frozen weights (learned vectors always stay fp32)",
+                                   group="learn")
+    seed: int = setting(0, help="seeds everything not tied to a single concept", group="learn")
+    checkpoint_every: int = setting(0, help="save a resumable checkpoint every K steps (0: only at the end)",
+                                    group="run", ge=0)
+    device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]", group="run", pattern=DEVICE_PATTERN)
+    compile: bool = setting(False, help=("torch.compile the UNet: a one-off compile (about a minute per model and "
+                                         "batch shape) for faster steps on long GPU runs; changes neither the loss "
+                                         "nor the checkpoints"), group="run")
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _require(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
-        _require(0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}")
-        _require(self.lr_schedule in LR_SCHEDULES,
-                 f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        _require(self.lr_warmup_steps >= 0, f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
-        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _require(self.resolution is None or (self.resolution >= 8 and self.resolution % 8 == 0),
-                 f"resolution must be a multiple of 8 and >= 8, got {self.resolution}")
-        _require(self.precision in PRECISIONS,
-                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        _require(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-                 f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        validate(self)
 
     @property
     def effective_lr(self) -> float:
@@ -129,11 +124,32 @@ class TrainConfig:
         return self.lr * (self.batch_size * self.grad_accum if self.scale_lr else 1)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every setting by name (recorded in checkpoints and ``training.json``)."""
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        _require(not unknown, f"unknown training setting(s): {', '.join(unknown)}")
-        return cls(**data)
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How learned words are rendered and scored with CLIP (flags of ``sstar score`` and ``sstar learn``,
+    the flows' ``EvalSettings``). Not part of a concept's digest."""
+
+    samples: int = setting(4, help="images per evaluation prompt", ge=1, le=64)
+    render_steps: int = setting(25, help="denoising steps per image", ge=1, le=500)
+    guidance: float = setting(7.5, help="classifier-free guidance scale", ge=0, le=50)
+    clip_arch: str = setting(DEFAULT_CLIP_ARCH, help="open_clip architecture of the scoring CLIP")
+    clip_checkpoint: str | None = setting(None, help="local open_clip checkpoint file for the CLIP architecture")
+    clip_pretrained: str | None = setting(None, help=(f"open_clip pretrained tag (downloads where reachable; "
+                                                      f"default {DEFAULT_CLIP_PRETRAINED!r} without a checkpoint)"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def clip_spec(arch: str, checkpoint: str | None, pretrained: str | None) -> ClipSpec:
+    """The CLIP to score with. Without a checkpoint or a pretrained tag, the method's evaluation
+    weights (``openai``), which open_clip downloads where the machine can reach them."""
+    from .clip import ClipSpec
+
+    if checkpoint is None and pretrained is None:
+        pretrained = DEFAULT_CLIP_PRETRAINED
+    return ClipSpec(arch=arch, checkpoint=Path(checkpoint) if checkpoint else None, pretrained=pretrained)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .clip import ClipModel, ClipSpec, load_clip
+from .clip import ClipModel
 from .config import PROPERTIES
 from .errors import ConfigError, InputError
 from .formats import LearnedEmbedding
-from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill, load_prompts
+from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill
 from .render import Renderer, RenderSettings, make_grid
 
 SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
@@ -91,7 +91,7 @@ class ScoreSettings:
             concept's property (:mod:`inversion.prompts`).
         samples: images per prompt (seeds ``0 … samples-1`` unless ``seeds`` is given).
         seeds: explicit seeds, one image per seed per prompt; overrides ``samples``.
-        render: sampler settings for the renderer :func:`run_score_command` builds.
+        render: sampler settings for the renderer the caller builds (``sstar score``).
         clip_batch_size: images per CLIP forward pass.
     """
 
@@ -400,58 +400,3 @@ def write_scores(scores: ConceptScores, out_dir: Path) -> dict[str, Path]:
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     tmp.replace(files["scores"])
     return files
-
-
-def run_score_command(
-    model_dir: str | Path,
-    embedding_path: str | Path,
-    images_dir: str | Path,
-    out_dir: str | Path,
-    clip_spec: ClipSpec,
-    class_word: str,
-    *,
-    prompts_file: str | Path | None = None,
-    samples: int = 4,
-    seeds: Sequence[int] | None = None,
-    captions: Sequence[str] | None = None,
-    property: str = "object",
-    token: str | None = None,
-    render: RenderSettings | None = None,
-    clip_device: str = "auto",
-    clip_batch_size: int = 32,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """``sstar score``: render, score, write ``grid.png``, ``baseline_grid.png`` and ``scores.json``.
-
-    Returns the scores dict written to ``scores.json`` (raw cosines), with ``files`` naming the
-    written files by their full paths.
-    """
-    from .formats import load_embedding
-    from .images import list_images, open_rgb
-    from .models import load_components
-
-    say = log or (lambda message: None)
-    # cheap checks first, before loading any model
-    files = list_images(Path(images_dir))
-    embedding = load_embedding(Path(embedding_path), token=token)
-    prompts = load_prompts(Path(prompts_file)) if prompts_file is not None else None
-    settings = ScoreSettings(
-        prompts=prompts, samples=samples, seeds=tuple(seeds) if seeds is not None else None,
-        render=render or RenderSettings(), clip_batch_size=clip_batch_size,
-    )
-    reference_images = [open_rgb(path) for path in files]
-    say(f"loading CLIP {clip_spec.describe()}")
-    clip = load_clip(clip_spec, clip_device)
-    reference_embeds = embed_reference_images(clip, reference_images, clip_batch_size)
-    say(f"loading diffusion model {model_dir}")
-    renderer = Renderer(load_components(model_dir), settings.render)
-    count = len(settings.prompts_for(property))
-    say(f"scoring {embedding.token} over {count} prompts × {len(settings.seed_list)} seeds")
-    scores = score_concept(
-        renderer, clip, embedding, reference_images, class_word, captions, property, settings,
-        reference_embeds=reference_embeds,
-    )
-    written = write_scores(scores, Path(out_dir))
-    result = _finite(scores.to_json())
-    result["files"] = {k: str(p) for k, p in written.items()}
-    return result

@@ -58,7 +58,7 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
                           num_vectors=s.record.vectors, property=s.record.property, seed=learn.seed)
             for s in live
         ]
-        config = learn.train_config(run.checkpoint_every, run.device, compile=run.compile)
+        config = learn.train_config(run)
         last_log = [time.monotonic()]
 
         def upload_checkpoint(token: str, path: Path) -> None:

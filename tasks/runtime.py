@@ -32,9 +32,23 @@ def renderer(model: str, steps: int, guidance: float, device: str = "auto", prec
 
 def clip_model(arch: str, checkpoint: str | None, pretrained: str | None, device: str = "auto"):
     """The CLIP scorer, loaded once per process (``inversion.clip.load_clip`` caches it)."""
-    from inversion.cli import clip_spec_from_args
     from inversion.clip import load_clip
+    from inversion.config import clip_spec
 
-    spec = clip_spec_from_args(arch, checkpoint, pretrained)
+    spec = clip_spec(arch, checkpoint, pretrained)
     with _lock:
         return load_clip(spec, device=device)
+
+
+@lru_cache(maxsize=4)
+def _vocabulary(model: str) -> frozenset[str]:
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    return frozenset(tokenizer.get_vocab())
+
+
+def vocabulary(model: str) -> frozenset[str]:
+    """The words of ``model``'s tokenizer (loaded once; the tokenizer alone, not the weights)."""
+    with _lock:
+        return _vocabulary(model)

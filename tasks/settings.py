@@ -1,61 +1,111 @@
 """Typed, validated settings of a learning run — the parameters of the flows.
 
-Pydantic models, so Prefect shows them as a form in its UI and validates deployment parameters;
-every field has a default, and a bad value fails with a message naming the field.
+Three pydantic models, so Prefect shows them as a form in its UI and validates deployment
+parameters; a bad value fails with a message naming the field. They are *generated*, not written:
+
+* :data:`LearnSettings` — the model plus every ``learn`` setting of
+  :class:`inversion.config.TrainConfig` and a vector-count override. Part of each concept's digest:
+  changing one re-learns the catalog.
+* :data:`EvalSettings` — every setting of :class:`inversion.config.EvalConfig` plus the prompts.
+* :data:`RunSettings` — every ``run`` setting of ``TrainConfig`` (a pipeline checkpoints every 50
+  steps by default) plus the pipeline-only settings of :class:`PipelineConfig`.
+
+The same tuples (:data:`LEARN_SETTINGS`, :data:`EVAL_SETTINGS`, :data:`RUN_SETTINGS`) give the
+flags of ``sstar learn`` and ``sstar serve``, so a default or help text lives in exactly one place.
+
+Adding a setting: add a field made with :func:`inversion.fields.setting` — to ``TrainConfig`` with
+``group="learn"`` or ``group="run"`` (training), to ``EvalConfig`` (evaluation), or to
+:class:`PipelineConfig` below (only a pipeline has it). The pydantic field, the flag and the
+validation follow; a ``learn`` setting also enters every concept's digest.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from inversion.config import TrainConfig
+from inversion.config import EvalConfig, TrainConfig
+from inversion.fields import Setting, setting, settings_of
+
+#: a pipeline saves a resumable checkpoint this often unless told otherwise (a lone ``sstar invert`` does not)
+PIPELINE_CHECKPOINT_EVERY = 50
 
 
-class LearnSettings(BaseModel):
-    """How every concept is learned. These settings are part of each concept's content digest:
-    changing one re-learns the catalog; evaluation settings do not."""
+@dataclass(frozen=True)
+class LearnExtras:
+    """The learning settings a pipeline has besides ``TrainConfig``'s ``learn`` group."""
 
+    model: str = setting(help="diffusers model folder or hub id of the frozen text-to-image model")
+    vectors: int | None = setting(None, help="override every concept's vector count", ge=1, le=64)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The run settings only a pipeline has (the rest are ``TrainConfig``'s ``run`` group)."""
+
+    concepts_per_batch: int = setting(1, help="concepts packed into one GPU batch", ge=1, le=64)
+    max_concurrent_inversions: int = setting(1, help="inversions sharing a GPU at once", ge=1, le=64)
+    gpu_limit_name: str = setting("sstar-gpu", help="Prefect global concurrency limit guarding GPU work")
+    workers: int = setting(4, help=(
+        "threads running the run's tasks (stage, invert, score, publish); with a deployment to fan out to, "
+        "the child flow runs in flight at once, never fewer than max_concurrent_inversions"), ge=1, le=64)
+    work_dir: str | None = setting(None, help="local scratch folder (default: a temporary folder)")
+    deployment: str | None = setting(
+        None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')")
+
+
+def _with_pipeline_defaults(declared: Setting) -> Setting:
+    return declared.with_default(PIPELINE_CHECKPOINT_EVERY) if declared.name == "checkpoint_every" else declared
+
+
+_TRAIN_LEARN = tuple(settings_of(TrainConfig, "learn").values())
+_TRAIN_RUN = tuple(_with_pipeline_defaults(s) for s in settings_of(TrainConfig, "run").values())
+_EXTRAS = settings_of(LearnExtras)
+
+LEARN_SETTINGS: tuple[Setting, ...] = (_EXTRAS["model"], *_TRAIN_LEARN, _EXTRAS["vectors"])
+EVAL_SETTINGS: tuple[Setting, ...] = tuple(settings_of(EvalConfig).values())
+RUN_SETTINGS: tuple[Setting, ...] = (*_TRAIN_RUN, *settings_of(PipelineConfig).values())
+
+
+def pydantic_field(declared: Setting) -> tuple[Any, Any]:
+    """``(type, Field(...))`` of a setting for :func:`pydantic.create_model`: same default, description, bounds."""
+    s = declared.spec
+    default = ... if declared.required else declared.default
+    pattern = f"^(?:{s.pattern})$" if s.pattern is not None else None
+    return declared.annotation, Field(default, description=s.help, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt,
+                                      multiple_of=s.multiple_of, pattern=pattern)
+
+
+def _parameters(name: str, base: type[_Parameters], settings: Iterable[Setting], doc: str) -> type[_Parameters]:
+    """A pydantic model named ``name`` (an attribute of this module, so it pickles) with one field per setting."""
+    fields: dict[str, Any] = {declared.name: pydantic_field(declared) for declared in settings}
+    return create_model(name, __base__=base, __module__=__name__, __qualname__=name, __doc__=doc, **fields)
+
+
+class _Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="diffusers model folder or hub id of the frozen text-to-image model")
-    steps: int = Field(600, ge=1, description="optimizer steps per concept")
-    batch_size: int = Field(4, ge=1, description="images per concept per step")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(5e-3, gt=0, lt=1)
-    scale_lr: bool = False
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    resolution: int | None = Field(None, ge=8, multiple_of=8, description="training size; default the model's")
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    seed: int = 0
-    vectors: int | None = Field(None, ge=1, le=64, description="override every concept's vector count")
+    if TYPE_CHECKING:  # the fields are generated; a type checker cannot see them
+        def __getattr__(self, name: str) -> Any: ...
 
-    def train_config(self, checkpoint_every: int, device: str, compile: bool = False) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
-            scale_lr=self.scale_lr, lr_schedule=self.lr_schedule, resolution=self.resolution,
-            precision=self.precision, seed=self.seed, checkpoint_every=checkpoint_every, device=device,
-            compile=compile,
-        )
 
-    def digest_settings(self) -> dict:
+class _Learn(_Parameters):
+    def train_config(self, run: _Run) -> TrainConfig:
+        """The trainer's config: these learning settings with the ``run`` settings of ``run``."""
+        values = {s.name: getattr(self, s.name) for s in _TRAIN_LEARN}
+        values.update({s.name: getattr(run, s.name) for s in _TRAIN_RUN})
+        return TrainConfig(**values)
+
+    def digest_settings(self) -> dict[str, Any]:
         """The settings that change what is learned (the digest input)."""
         return self.model_dump()
 
 
-class EvalSettings(BaseModel):
-    """How learned words are rendered and scored with CLIP."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Eval(_Parameters):
     prompts: list[str] | None = Field(None, description="evaluation prompts with {} for the token; default by property")
-    samples: int = Field(4, ge=1, le=64, description="images per prompt")
-    render_steps: int = Field(25, ge=1, le=500, description="denoising steps")
-    guidance: float = Field(7.5, ge=0, le=50)
-    clip_arch: str = "ViT-B-32"
-    clip_checkpoint: str | None = Field(None, description="local open_clip checkpoint file for clip_arch")
-    clip_pretrained: str | None = Field(None, description="open_clip pretrained tag (downloads; where reachable)")
 
     @field_validator("prompts")
     @classmethod
@@ -69,21 +119,17 @@ class EvalSettings(BaseModel):
         return prompts
 
 
-class RunSettings(BaseModel):
-    """Where and how a run executes."""
+class _Run(_Parameters):
+    pass
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    concepts_per_batch: int = Field(1, ge=1, le=64, description="concepts packed into one GPU batch")
-    compile: bool = Field(False, description="torch.compile the UNet (one-off compile per worker; faster GPU steps)")
-    max_concurrent_inversions: int = Field(1, ge=1, le=64, description="inversions sharing a GPU at once")
-    gpu_limit_name: str = Field("sstar-gpu", description="Prefect global concurrency limit guarding GPU work")
-    checkpoint_every: int = Field(50, ge=0, description="upload a resumable checkpoint every K steps")
-    workers: int = Field(4, ge=1, le=64, description=(
-        "threads running the run's tasks (stage, invert, score, publish); with a deployment to fan out to, "
-        "the child flow runs in flight at once, never fewer than max_concurrent_inversions"))
-    work_dir: str | None = Field(None, description="local scratch folder (default: a temporary folder)")
-    deployment: str | None = Field(
-        None, description="fan concepts out as flow runs of this learn_concept deployment ('flow/deployment')"
-    )
+if TYPE_CHECKING:  # generated classes are not types to a checker; their bases stand in for them
+    LearnSettings = _Learn
+    EvalSettings = _Eval
+    RunSettings = _Run
+else:
+    LearnSettings = _parameters("LearnSettings", _Learn, LEARN_SETTINGS, (
+        "How every concept is learned. These settings are part of each concept's content digest: changing one "
+        "re-learns the catalog; evaluation and run settings do not."))
+    EvalSettings = _parameters("EvalSettings", _Eval, EVAL_SETTINGS, "How learned words are rendered and scored.")
+    RunSettings = _parameters("RunSettings", _Run, RUN_SETTINGS, "Where and how a run executes.")

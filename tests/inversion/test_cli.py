@@ -98,6 +98,33 @@ def test_score_command(tiny_model_dir, concept_images, tmp_path, capsys):
 
 
 def test_score_command_unknown_clip(tiny_model_dir, concept_images, tmp_path, capsys):
+    import torch
+
+    from inversion.formats import LearnedEmbedding, save_diffusers
+
+    emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
+    code, _, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", emb, "--images", concept_images,
+                        "--class-word", "square", "--clip-arch", "no-such-clip", "--clip-pretrained", "x",
+                        "--out", tmp_path / "s")
+    assert code == 2 and "unknown CLIP architecture 'no-such-clip'" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_score_command_missing_embedding(tiny_model_dir, concept_images, tmp_path, capsys):
     code, _, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", tmp_path / "none.safetensors",
                         "--images", concept_images, "--class-word", "square", "--out", tmp_path / "s")
     assert code == 2 and "embedding file not found" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "argument --steps: steps must be >= 1, got 0"),
+    (["--lr", "1.5"], "argument --lr: lr must be in (0, 1), got 1.5"),
+    (["--resolution", "100"], "argument --resolution: resolution must be a multiple of 8, got 100"),
+    (["--device", "gpu"], "argument --device: device must match"),
+])
+def test_invert_refuses_bad_settings_before_loading_anything(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["invert", "--model", str(tmp_path / "nope"), "--images", str(tmp_path), "--token", "<t>", "--init",
+              "cat", "--out", str(tmp_path / "o"), *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

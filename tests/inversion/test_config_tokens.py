@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inversion.config import ConceptConfig, TrainConfig
+from inversion.config import ConceptConfig, EvalConfig, TrainConfig, clip_spec
 from inversion.errors import ConfigError, TokenError
 from inversion.models import load_components
 from inversion.tokens import expand_token, initial_vectors, register_token, vector_names
@@ -73,11 +73,36 @@ def test_concept_config_errors(kwargs, message, tmp_path):
         (dict(lr=2.0), "lr must be in"),
         (dict(precision="fp8"), "precision must be one of"),
         (dict(resolution=100), "resolution must be a multiple of 8"),
+        (dict(resolution=0), "resolution must be >= 8"),
+        (dict(lr_schedule="linear"), "lr_schedule must be one of constant, cosine"),
+        (dict(device="gpu"), "device must match"),
+        (dict(checkpoint_every=-1), "checkpoint_every must be >= 0"),
+        (dict(batch_size=2.0), "batch_size must be an integer"),
     ],
 )
 def test_train_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(samples=0), r"samples must be in \[1, 64\]"),
+        (dict(render_steps=501), r"render_steps must be in \[1, 500\]"),
+        (dict(guidance=-1.0), r"guidance must be in \[0, 50\]"),
+        (dict(clip_checkpoint=3), "clip_checkpoint must be a string"),
+    ],
+)
+def test_eval_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalConfig(**kwargs)
+
+
+def test_clip_spec_defaults_to_the_method_weights_only_without_a_checkpoint(tmp_path):
+    assert clip_spec("ViT-B-32", None, None).pretrained == "openai"
+    local = clip_spec("sstar-tiny-clip", str(tmp_path / "w.pt"), None)
+    assert local.pretrained is None and local.checkpoint == tmp_path / "w.pt"
 
 
 def test_scale_lr():

@@ -19,9 +19,8 @@ from inversion.prompts import (
     OBJECT_PROMPTS, STYLE_PROMPTS, caption_phrase, default_captions, default_prompts, load_prompts,
 )
 from inversion.render import Renderer, RenderSettings
-from inversion.scoring import (
-    ScoreSettings, image_similarity, run_score_command, score_concept, text_similarity,
-)
+from inversion.cli import run_score_command
+from inversion.scoring import ScoreSettings, image_similarity, score_concept, text_similarity
 from inversion.tokens import initial_vectors
 from tests.conftest import write_shape_images
 
