@@ -31,6 +31,7 @@ from PIL import Image
 
 from .config import DEFAULT_CLIP_ARCH as DEFAULT_ARCH
 from .config import DEFAULT_CLIP_PRETRAINED as DEFAULT_PRETRAINED
+from .device import resolve_device
 from .errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -240,9 +241,7 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "auto") -> ClipModel:
 
     Later calls with an equal spec and device return the same :class:`ClipModel`.
     """
-    from .train import resolve_device
-
-    resolved = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    resolved = resolve_device(device)
     key = (spec, str(resolved))
     with _cache_lock:  # one load even when several threads ask at once
         if key not in _cache:

@@ -1,10 +1,13 @@
 """Errors raised by the ML core.
 
 Every error a user can cause derives from :class:`SstarError`; its message is one line that names
-the input at fault, so the CLI can print it instead of a traceback.
+the input at fault, so the CLI can print it instead of a traceback. Every error pickles with its
+fields intact (Prefect and process pools send them between processes).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SstarError(Exception):
@@ -36,9 +39,7 @@ class TrainingDivergedError(SstarError):
         self.step = step
         self.loss = loss
 
-    @classmethod
-    def from_message(cls, message: str) -> "TrainingDivergedError":
-        """Re-raise a divergence recorded as text (packed training records errors per concept)."""
-        error = cls.__new__(cls)
-        SstarError.__init__(error, message)
-        return error
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from the fields, not from the message (``args``), so that pickling round-trips
+        # (Prefect results, process pools)
+        return type(self), (self.token, self.step, self.loss), self.__dict__

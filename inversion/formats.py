@@ -2,8 +2,8 @@
 
 * diffusers: ``learned_embeds.safetensors`` = ``{token: tensor[N, dim]}``.
 * AUTOMATIC1111: a ``.pt`` file ``{"string_to_token": {"*": 265}, "string_to_param": {"*": tensor[N, dim]},
-  "name": ..., "step": ...}``; the file name is the trigger word. diffusers' ``load_textual_inversion``
-  reads it too.
+  "name": ..., "step": ...}`` in torch's legacy serialization (what A1111's safe-unpickle check
+  accepts); the file name is the trigger word. diffusers' ``load_textual_inversion`` reads it too.
 * kohya / A1111 safetensors: ``{"emb_params": tensor[N, dim]}``.
 
 Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``.
@@ -11,13 +11,13 @@ Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from common.atomic import atomic_write
 
 from .errors import EmbeddingFormatError
 
@@ -38,20 +38,6 @@ class LearnedEmbedding:
         return int(self.vectors.shape[0])
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _clean(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
 
@@ -59,11 +45,18 @@ def _clean(vectors: torch.Tensor) -> torch.Tensor:
 def save_diffusers(embedding: LearnedEmbedding, path: Path) -> Path:
     """Write the diffusers ``{token: [N, dim]}`` safetensors file (atomically)."""
     tensors = {embedding.token: _clean(embedding.vectors)}
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return Path(path)
 
 
 def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str | None = None) -> Path:
-    """Write an AUTOMATIC1111-style ``.pt`` embedding (also loadable by diffusers)."""
+    """Write an AUTOMATIC1111-style ``.pt`` embedding (also loadable by diffusers), atomically.
+
+    It is written in torch's legacy (non-zip) serialization: AUTOMATIC1111's default safe-unpickle
+    check refuses zip archives holding entries other than ``data.pkl``, ``data/N``, ``version``,
+    ``byteorder`` and ``.data/serialization_id`` — and current torch's zip files also hold
+    ``.format_version`` and ``.storage_alignment``. ``torch.load(weights_only=True)`` reads both.
+    """
     payload = {
         "string_to_token": {A1111_PLACEHOLDER: A1111_PLACEHOLDER_ID},
         "string_to_param": {A1111_PLACEHOLDER: _clean(embedding.vectors)},
@@ -72,7 +65,8 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
         "sd_checkpoint": None,
         "sd_checkpoint_name": None,
     }
-    return _atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp, _use_new_zipfile_serialization=False))
+    return Path(path)
 
 
 def a1111_filename(token: str) -> str:

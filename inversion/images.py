@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.images import normalise_image
+
 from .errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -25,24 +27,16 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """Open an image as EXIF-transposed RGB (alpha composited over white)."""
+    """Open an image as upright RGB (see :func:`common.images.normalise_image`)."""
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
+        with Image.open(path) as opened:
+            opened.load()
+            image = opened.copy()  # closing the file invalidates ``opened``
     except UnidentifiedImageError as exc:
         raise InputError(f"cannot read image {path}: not a recognised image file") from exc
     except (OSError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from exc
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8))
-    return image.convert("RGB")
+    return normalise_image(image)
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .vocab import BOS_TOKEN_ID, EOS_TOKEN_ID, MAX_LENGTH, VOCAB_SIZE, write_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
-_TEXT_COMMON = dict(
+#: text-encoder settings every architecture shares: the CLIP vocabulary and its special tokens
+TEXT_ENCODER_COMMON = dict(
     vocab_size=VOCAB_SIZE,
     max_position_embeddings=MAX_LENGTH,
     bos_token_id=BOS_TOKEN_ID,
@@ -31,7 +32,8 @@ _TEXT_COMMON = dict(
     hidden_act="quick_gelu",
 )
 
-_SCHEDULER = dict(
+#: the Stable Diffusion 1.x training noise schedule (DDPM), shared by every random-weight architecture
+SCHEDULER_CONFIG = dict(
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
@@ -41,10 +43,13 @@ _SCHEDULER = dict(
     prediction_type="epsilon",
 )
 
+#: the scheduler prediction types the trainer knows the target of
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
 ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "text_encoder": dict(
-            _TEXT_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
             num_hidden_layers=2, projection_dim=32,
         ),
         "vae": dict(
@@ -61,11 +66,11 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
             cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
         ),
-        "scheduler": _SCHEDULER,
+        "scheduler": SCHEDULER_CONFIG,
     },
     "sd15": {
         "text_encoder": dict(
-            _TEXT_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+            TEXT_ENCODER_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
             num_hidden_layers=12, projection_dim=768,
         ),
         "vae": dict(
@@ -82,7 +87,7 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
             cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
         ),
-        "scheduler": _SCHEDULER,
+        "scheduler": SCHEDULER_CONFIG,
     },
 }
 
@@ -115,7 +120,23 @@ class DiffusionComponents:
 
     @property
     def prediction_type(self) -> str:
-        return str(self.noise_scheduler.config.prediction_type)
+        """What the UNet predicts (one of :data:`PREDICTION_TYPES`), per the scheduler config.
+
+        Raises :class:`ConfigError` for any other type: training against a guessed target would
+        silently learn nonsense.
+        """
+        prediction = str(self.noise_scheduler.config.prediction_type)
+        if prediction not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"model {self.source}: unknown scheduler prediction_type {prediction!r} "
+                f"(sstar trains {' or '.join(PREDICTION_TYPES)} models)"
+            )
+        return prediction
+
+    @property
+    def latent_scaling(self) -> float:
+        """The VAE's latent scaling factor (its config's ``scaling_factor``; SD 1.x's 0.18215 if unset)."""
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
 
     def compiled_unet(self) -> torch.nn.Module:
         """The UNet wrapped by ``torch.compile`` (created once; it shares the UNet's weights).

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .formats import LearnedEmbedding
 from .models import DiffusionComponents
 from .tokens import encode_text, expand_token, placeholder_embedding, register_token
-from .train import resolve_device, resolve_dtype
+from .device import resolve_device, resolve_dtype
 
 
 @dataclass(frozen=True)

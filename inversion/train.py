@@ -14,7 +14,6 @@ into the frozen table.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -23,65 +22,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
+from .checkpoint import CHECKPOINT_FILENAME, read_checkpoint, write_checkpoint
 from .config import ConceptConfig, TrainConfig
-from .errors import ConfigError, InputError, TrainingDivergedError
-from .formats import LearnedEmbedding, _atomic_write, save_embedding_files
+from .device import resolve_device, resolve_dtype
+from .errors import ConfigError, TrainingDivergedError
+from .formats import LearnedEmbedding, save_embedding_files
 from .images import load_training_images
 from .models import DiffusionComponents
 from .templates import templates_for
 from .tokens import PlaceholderToken, encode_text, initial_vectors, placeholder_embedding, register_token
-
-CHECKPOINT_FILENAME = "checkpoint.safetensors"
-_CHECKPOINT_VERSION = "1"
-#: training settings that may differ between a checkpoint and the run resuming it
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "device", "compile"}
 # Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
 # at 512 px the VAE's activations, not the UNet's, set the trainer's peak memory otherwise.
 _VAE_PIXELS = 8 * 256 * 256
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A concept's saved training state, as written every ``checkpoint_every`` steps (and at the end)."""
-
-    path: Path
-    tensors: dict[str, torch.Tensor]  # vectors, AdamW moments (exp_avg, exp_avg_sq), rng_state
-    state: dict  # step, adam_step, losses, seconds, token, num_vectors, initializer, train_config
-
-    @property
-    def token(self) -> str:
-        return self.state["token"]
-
-    @property
-    def num_vectors(self) -> int:
-        return int(self.state["num_vectors"])
-
-    @property
-    def step(self) -> int:
-        return int(self.state["step"])
-
-    @property
-    def vectors(self) -> torch.Tensor:
-        """The learned vectors at :attr:`step`, ``[num_vectors, dim]`` fp32."""
-        return self.tensors["vectors"]
-
-
-def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`train_concepts`; a one-line :class:`InputError` if it is not one."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - missing, truncated or not safetensors at all
-        raise InputError(f"cannot read checkpoint {path}: {exc}") from exc
-    if metadata.get("sstar_checkpoint") != _CHECKPOINT_VERSION:
-        raise InputError(f"{path} is not an sstar checkpoint of version {_CHECKPOINT_VERSION}")
-    return Checkpoint(path, tensors, json.loads(metadata["state"]))
 
 
 @dataclass(frozen=True)
@@ -106,7 +59,12 @@ class TrainResult:
     output_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     resumed_from: int = 0
-    error: str | None = None
+    failure: TrainingDivergedError | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why training stopped early (one line), or ``None`` when it ran to the end."""
+        return None if self.failure is None else str(self.failure)
 
     @property
     def final_loss(self) -> float | None:
@@ -115,22 +73,6 @@ class TrainResult:
             return None
         tail = self.losses[-max(1, min(50, len(self.losses) // 10)) :]
         return float(sum(tail) / len(tail))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → the first CUDA device when one is present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but no CUDA device is available")
-    return device
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -163,7 +105,7 @@ class _ConceptRun:
         self.resumed_from = 0
         self.losses: list[float] = []
         self.seconds = 0.0
-        self.error: str | None = None
+        self.failure: TrainingDivergedError | None = None
         self.latent_mean: torch.Tensor | None = None
         self.latent_std: torch.Tensor | None = None
 
@@ -173,15 +115,15 @@ class _ConceptRun:
 
     def save_checkpoint(self, config: TrainConfig) -> Path | None:
         path = self.checkpoint_path()
-        if path is None:
+        if path is None or self.output_dir is None:
             return None
         state = self.optimizer.state.get(self.vectors, {})
         zeros = torch.zeros_like(self.vectors, device="cpu")
         tensors = {
-            "vectors": self.vectors.detach().cpu().contiguous(),
-            "exp_avg": state["exp_avg"].detach().cpu().contiguous() if state else zeros,
-            "exp_avg_sq": state["exp_avg_sq"].detach().cpu().contiguous() if state else zeros.clone(),
-            "rng_state": self.generator.get_state().contiguous(),
+            "vectors": self.vectors,
+            "exp_avg": state["exp_avg"] if state else zeros,
+            "exp_avg_sq": state["exp_avg_sq"] if state else zeros,
+            "rng_state": self.generator.get_state(),
         }
         meta = {
             "step": self.step,
@@ -193,8 +135,7 @@ class _ConceptRun:
             "initializer": self.concept.initializer,
             "train_config": config.to_dict(),
         }
-        metadata = {"sstar_checkpoint": _CHECKPOINT_VERSION, "state": json.dumps(meta)}
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_checkpoint(path, tensors, meta)
         save_embedding_files(self.embedding(), self.output_dir, step=self.step)
         return path
 
@@ -203,18 +144,8 @@ class _ConceptRun:
         if path is None or not path.is_file():
             return False
         checkpoint = read_checkpoint(path)
+        checkpoint.check_resumable(self.concept.token, self.concept.num_vectors, config)
         meta, tensors = checkpoint.state, checkpoint.tensors
-        if checkpoint.token != self.concept.token or checkpoint.num_vectors != self.concept.num_vectors:
-            raise ConfigError(
-                f"checkpoint {path} is for {checkpoint.token} with {checkpoint.num_vectors} vector(s), "
-                f"not {self.concept.token} with {self.concept.num_vectors}"
-            )
-        saved = meta["train_config"]
-        current = config.to_dict()
-        changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES and saved.get(k) != current[k])
-        if changed:
-            k = changed[0]
-            raise ConfigError(f"cannot resume {path}: {k} was {saved.get(k)!r}, now {current[k]!r}")
         with torch.no_grad():
             self.vectors.copy_(tensors["vectors"].to(self.vectors.device))
         if meta["adam_step"] > 0:
@@ -224,7 +155,7 @@ class _ConceptRun:
                 "exp_avg_sq": tensors["exp_avg_sq"].to(self.vectors.device),
             }
         self.generator.set_state(tensors["rng_state"])
-        self.step = self.resumed_from = int(meta["step"])
+        self.step = self.resumed_from = checkpoint.step
         self.losses = [float(x) for x in meta["losses"]]
         self.seconds = float(meta["seconds"])
         return True
@@ -235,7 +166,7 @@ class _ConceptRun:
 
     def result(self) -> TrainResult:
         return TrainResult(self.concept.token, self.embedding(), self.step, list(self.losses), self.seconds,
-                           self.output_dir, {}, self.resumed_from, self.error)
+                           self.output_dir, {}, self.resumed_from, self.failure)
 
 
 def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int) -> None:
@@ -253,7 +184,17 @@ def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution
     run.latent_mean, run.latent_std = torch.cat(means), torch.cat(stds)
 
 
-def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device):
+@dataclass
+class _Batch:
+    """Noised training examples: scaled latents, noise, timesteps and their prompts."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    prompts: list[str]
+
+
+def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device, scaling: float) -> _Batch:
     """Draw one concept's micro-batch from its own generator, in a fixed order (for exact resume)."""
     assert run.latent_mean is not None and run.latent_std is not None
     g = run.generator
@@ -266,7 +207,29 @@ def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.devi
     views = views.to(device)
     latents = run.latent_mean[views] + run.latent_std[views] * latent_eps.to(device)
     prompts = [run.templates[i].format(run.prompt_word) for i in templates.tolist()]
-    return latents, noise.to(device), timesteps.to(device), prompts
+    return _Batch(latents * scaling, noise.to(device), timesteps.to(device), prompts)
+
+
+def noise_target(components: DiffusionComponents, latents: torch.Tensor, noise: torch.Tensor,
+                 timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict for ``latents`` noised with ``noise`` at ``timesteps``.
+
+    The noise itself (``epsilon`` models) or the velocity (``v_prediction``), per the model's scheduler;
+    any other prediction type raises :class:`ConfigError` (see :attr:`DiffusionComponents.prediction_type`).
+    """
+    if components.prediction_type == "v_prediction":
+        return components.noise_scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def _example_losses(components: DiffusionComponents, unet: torch.nn.Module, tokenizer, batch: _Batch,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The denoising MSE of every example of ``batch`` (``[B]``, fp32); the learned vectors get its gradient."""
+    noisy = components.noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    target = noise_target(components, batch.latents, batch.noise, batch.timesteps)
+    hidden = encode_text(tokenizer, components.text_encoder, batch.prompts)
+    pred = unet(noisy.to(dtype), batch.timesteps, hidden).sample
+    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 
 def _prepare_runs(components, concepts, config, tokenizer, device, output_dirs, resume) -> list[_ConceptRun]:
@@ -308,7 +271,8 @@ def train_concepts(
             e.g. to upload it, so a run killed mid-training can resume elsewhere.
 
     Returns one :class:`TrainResult` per concept, in order. A concept whose loss turns NaN/inf stops
-    with ``error`` set (the others go on); see :func:`train_concept` for the raising variant.
+    with ``failure`` set (the others go on); see :func:`train_concept` for the raising variant.
+    Raises :class:`ConfigError` for settings the model cannot train with (e.g. an unknown prediction type).
     """
     if not concepts:
         raise ConfigError("no concepts to train")
@@ -320,6 +284,7 @@ def train_concepts(
     resolution = config.resolution or components.resolution
     if resolution % components.vae_scale_factor:
         raise ConfigError(f"resolution {resolution} is not a multiple of the VAE factor {components.vae_scale_factor}")
+    _ = components.prediction_type  # raises ConfigError now, before any work, if the model's is unknown
 
     with components.lock:
         components.to(device, dtype)
@@ -328,73 +293,56 @@ def train_concepts(
         for run in runs:
             _cache_latents(components, run, resolution)
         scheduler = components.noise_scheduler
-        scaling = float(getattr(components.vae.config, "scaling_factor", 0.18215))
-        prediction = components.prediction_type
         num_timesteps = int(scheduler.config.num_train_timesteps)
-        alphas = scheduler.alphas_cumprod.to(device)
-        scheduler.alphas_cumprod = alphas  # add_noise moves it anyway; do it once
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
         unet = components.compiled_unet() if config.compile else components.unet
         total = max(0, max(config.steps - run.step for run in runs))
         started = time.perf_counter()
         with placeholder_embedding(components.text_encoder) as layer:
             layer.set_vectors([r.placeholder for r in runs], [r.vectors for r in runs])
             for pack_step in range(total):
-                active = [r for r in runs if r.step < config.steps and r.error is None]
+                active = [r for r in runs if r.step < config.steps and r.failure is None]
                 if not active:
                     break
-                _optimizer_step(components, unet, tokenizer, active, config, device, dtype, scaling, prediction,
-                                num_timesteps)
+                _optimizer_step(components, unet, tokenizer, active, config, device, dtype, num_timesteps)
                 for run in active:
-                    if run.error is None and run.output_dir is not None and config.checkpoint_every and \
+                    if run.failure is None and run.output_dir is not None and config.checkpoint_every and \
                             run.step % config.checkpoint_every == 0 and run.step < config.steps:
                         path = run.save_checkpoint(config)
                         if on_checkpoint is not None and path is not None:
                             on_checkpoint(run.concept.token, path)
                 if callback is not None:
-                    losses = {r.concept.token: r.losses[-1] for r in active if r.error is None and r.losses}
+                    losses = {r.concept.token: r.losses[-1] for r in active if r.failure is None and r.losses}
                     callback(StepReport(pack_step + 1, total, losses, time.perf_counter() - started))
         results = []
         for run in runs:
-            if run.error is None and run.output_dir is not None:
+            if run.failure is None and run.output_dir is not None:
                 run.save_checkpoint(config)
             result = run.result()
-            if run.output_dir is not None and run.error is None:
+            if run.output_dir is not None and run.failure is None:
                 result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
             results.append(result)
         return results
 
 
-def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, scaling, prediction,
-                    num_timesteps) -> None:
+def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, num_timesteps) -> None:
     """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
     tick = time.perf_counter()
     step_losses = {id(r): 0.0 for r in active}
-    scheduler = components.noise_scheduler
     for _ in range(config.grad_accum):
-        live = [r for r in active if r.error is None]
+        live = [r for r in active if r.failure is None]
         if not live:
             return
-        samples = [_sample(r, config.batch_size, num_timesteps, device) for r in live]
-        latents = torch.cat([s[0] for s in samples]) * scaling
-        noise = torch.cat([s[1] for s in samples])
-        timesteps = torch.cat([s[2] for s in samples])
-        prompts = [p for s in samples for p in s[3]]
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        if prediction == "epsilon":
-            target = noise
-        elif prediction == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = latents
-        hidden = encode_text(tokenizer, components.text_encoder, prompts)
-        pred = unet(noisy.to(dtype), timesteps, hidden).sample
-        per_example = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        samples = [_sample(r, config.batch_size, num_timesteps, device, components.latent_scaling) for r in live]
+        batch = _Batch(torch.cat([s.latents for s in samples]), torch.cat([s.noise for s in samples]),
+                       torch.cat([s.timesteps for s in samples]), [p for s in samples for p in s.prompts])
+        per_example = _example_losses(components, unet, tokenizer, batch, dtype)
         per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)
         values = per_concept.detach().cpu().tolist()
         total = None
         for index, (run, value) in enumerate(zip(live, values)):
             if not math.isfinite(value):
-                run.error = str(TrainingDivergedError(run.concept.token, run.step + 1, value))
+                run.failure = TrainingDivergedError(run.concept.token, run.step + 1, value)
                 continue
             step_losses[id(run)] += value / config.grad_accum
             term = per_concept[index] / config.grad_accum
@@ -403,7 +351,7 @@ def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, 
             total.backward()
     elapsed = time.perf_counter() - tick
     for run in active:
-        if run.error is not None:
+        if run.failure is not None:
             run.optimizer.zero_grad(set_to_none=True)
             continue
         for group in run.optimizer.param_groups:
@@ -413,7 +361,6 @@ def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, 
         run.step += 1
         run.losses.append(step_losses[id(run)])
         run.seconds += elapsed / len(active)
-
 
 
 def train_concept(
@@ -428,8 +375,8 @@ def train_concept(
     """Learn one concept; raises :class:`TrainingDivergedError` if its loss turns NaN/inf."""
     (result,) = train_concepts(components, [concept], config, output_dirs=[output_dir], resume=resume,
                                callback=callback)
-    if result.error is not None:
-        raise TrainingDivergedError.from_message(result.error)
+    if result.failure is not None:
+        raise result.failure
     return result
 
 
@@ -442,10 +389,10 @@ def evaluation_loss(
     seed: int = 1234,
     resolution: int | None = None,
 ) -> float:
-    """Noise-prediction loss of ``vectors`` as ``concept``'s token on a fixed set of noised examples.
+    """Denoising loss of ``vectors`` as ``concept``'s token on a fixed set of noised examples.
 
-    Unlike the training loss (fresh noise and timesteps every step), this is a deterministic function
-    of the vectors: the same images, templates, noise and timesteps every call. Lower is better.
+    The training loss (same target, same MSE), but a deterministic function of the vectors: the same
+    images, templates, noise and timesteps every call. Lower is better.
     """
     device, dtype = components.device, components.dtype
     resolution = resolution or components.resolution
@@ -456,14 +403,8 @@ def evaluation_loss(
                                      concept.property, concept.flip, seed)
         run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None)
         _cache_latents(components, run, resolution)
-        scaling = float(getattr(components.vae.config, "scaling_factor", 0.18215))
-        scheduler = components.noise_scheduler
+        num_timesteps = int(components.noise_scheduler.config.num_train_timesteps)
         with placeholder_embedding(components.text_encoder) as layer, torch.no_grad():
             layer.set_vectors([placeholder], [run.vectors])
-            latents, noise, timesteps, prompts = _sample(run, samples, int(scheduler.config.num_train_timesteps), device)
-            latents = latents * scaling
-            noisy = scheduler.add_noise(latents, noise, timesteps)
-            target = noise if components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
-            hidden = encode_text(tokenizer, components.text_encoder, prompts)
-            pred = components.unet(noisy.to(dtype), timesteps, hidden).sample
-            return float(F.mse_loss(pred.float(), target.float()))
+            batch = _sample(run, samples, num_timesteps, device, components.latent_scaling)
+            return float(_example_losses(components, components.unet, tokenizer, batch, dtype).mean())

@@ -2,8 +2,8 @@
 
 :func:`validate_image` turns untrusted bytes into a loaded RGB :class:`PIL.Image.Image`:
 only JPEG/PNG/WebP decoders are used, the pixel count is checked before decoding
-(decompression bombs), EXIF orientation is applied, and CMYK, palette, 16-bit, grey and alpha
-images are converted (alpha composited over white) rather than rejected.
+(decompression bombs), and the result goes through :func:`common.images.normalise_image` (EXIF
+orientation applied; CMYK, palette, 16-bit, grey and alpha images converted, not rejected).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from common.images import normalise_image
 
 from .catalog import ConceptProblem, ConceptSpec
 from .errors import InvalidImage, InvalidInput, StorageError
@@ -32,7 +34,6 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 40_000_000  # ~ 6300 x 6300; a phone photo is 12-50 MP, a DreamBooth photo 4 MP
 _FORMATS = ("JPEG", "PNG", "WEBP")  # the JPEG opener also yields MPO (multi-picture phone JPEGs)
-_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def validate_image(
@@ -70,43 +71,12 @@ def validate_image(
     except Exception as exc:  # a hostile file can trip odd errors in a decoder; never let them escape
         raise InvalidImage(f"{name}: cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
     try:
-        image = _to_rgb(_transpose(image))
+        image = normalise_image(image)
     except Exception as exc:
         raise InvalidImage(f"{name}: cannot convert mode {image.mode} to RGB ({_short(exc)})") from None
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
-
-
-def _transpose(image: Image.Image) -> Image.Image:
-    try:
-        return ImageOps.exif_transpose(image) or image
-    except Exception:  # corrupt EXIF must not cost us an otherwise fine image
-        return image
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _SIXTEEN_BIT:
-        # scale 16-bit grey to 8 bits instead of clipping at 255 (what convert("L") does)
-        image = image.convert("I")
-        peak = image.getextrema()[1]
-        if isinstance(peak, (int, float)) and peak > 255:
-            image = image.point(lambda v: v * (1 / 256))
-        image = image.convert("L")
-        return image.convert("RGB")
-    if mode == "F":
-        return image.convert("L").convert("RGB")
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-        mode = image.mode
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")  # L, 1, CMYK, YCbCr, …
 
 
 def _short(exc: BaseException) -> str:

@@ -1,24 +1,24 @@
 """A local directory as an :class:`~storage.objectstore.ObjectStore`.
 
-Writes go to a hidden temp file in the target folder, are fsynced, then published with
-``os.replace`` (``put``) or ``os.link`` (``put_once``, which fails if the name exists), so a
-reader never sees a half-written file and a write-once object is never clobbered.
+Writes go through :func:`common.atomic.atomic_write`: a hidden temp file in the target folder,
+fsynced, then published with ``os.replace`` (``put``) or ``os.link`` (``put_once``, which fails if
+the name exists), so a reader never sees a half-written file and a write-once object is never
+clobbered. Listings skip the temp files (names starting with :data:`TEMP_PREFIX`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from common.atomic import TEMP_PREFIX, atomic_write_bytes
 
 from .errors import BackendError, NotFound
 from .objectstore import ObjectStore, _validate_prefix, validate_key
 
 __all__ = ["LocalStore", "TEMP_PREFIX"]
-
-TEMP_PREFIX = ".sstar-tmp-"
 
 
 class LocalStore(ObjectStore):
@@ -86,64 +86,27 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise BackendError(f"cannot delete {path}: {exc.strerror or exc}") from None
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _publish(self, key: str, data: bytes, *, exclusive: bool) -> tuple[Path, bool]:
+        path = self._path(key)
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data for {path} must be bytes, got {type(data).__name__}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
             raise BackendError(f"cannot create folder for {path}: a file is in the way") from None
-        tmp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}-{path.name}"[:255]
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            return path, atomic_write_bytes(path, data, exclusive=exclusive)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
-        return tmp
-
-    def put(self, key: str, data: bytes) -> str:
-        path = self._path(key)
-        tmp = self._write_temp(path, data)
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
-        _fsync_dir(path.parent)
-        return str(path)
-
-    def put_once(self, key: str, data: bytes) -> bool:
-        path = self._path(key)
-        tmp = self._write_temp(path, data)
-        try:
-            os.link(tmp, path)  # atomic create-if-absent of a complete file
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            if exclusive and exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                 raise BackendError(
                     f"write-once put needs hard links, which the filesystem of {path.parent} does not support"
                 ) from None
             raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-        return True
 
+    def put(self, key: str, data: bytes) -> str:
+        path, _ = self._publish(key, data, exclusive=False)
+        return str(path)
 
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename/link in ``folder`` (best effort; not all platforms allow it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    def put_once(self, key: str, data: bytes) -> bool:
+        return self._publish(key, data, exclusive=True)[1]
+

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from inversion.checkpoint import CHECKPOINT_FILENAME
 from inversion.config import ConceptConfig
 from inversion.errors import SstarError
 from inversion.formats import DIFFUSERS_FILENAME
-from inversion.train import CHECKPOINT_FILENAME, StepReport, train_concepts
+from inversion.train import StepReport, train_concepts
 from storage.results import ResultStore
 
 from . import runtime

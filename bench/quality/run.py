@@ -125,7 +125,7 @@ class Curve:
         self.eval_seconds += time.perf_counter() - tick
 
     def on_checkpoint(self, token: str, path: Path) -> None:
-        from inversion.train import read_checkpoint
+        from inversion.checkpoint import read_checkpoint
 
         checkpoint = read_checkpoint(path)
         self.measure(checkpoint.step, checkpoint.vectors)

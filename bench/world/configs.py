@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from inversion.clip import CONFIG_DIR
-from inversion.models import _SCHEDULER, _TEXT_COMMON
+from inversion.models import SCHEDULER_CONFIG, TEXT_ENCODER_COMMON
 
 from toyworld import CLIP_ARCH as WORLD_CLIP_ARCH
 
@@ -27,7 +27,7 @@ def world_architecture(resolution: int = 32) -> dict[str, dict[str, Any]]:
         raise ValueError(f"world resolution must be a multiple of 16, got {resolution}")
     return {
         "text_encoder": dict(
-            _TEXT_COMMON, hidden_size=128, intermediate_size=512, num_attention_heads=4,
+            TEXT_ENCODER_COMMON, hidden_size=128, intermediate_size=512, num_attention_heads=4,
             num_hidden_layers=3, projection_dim=128,
         ),
         "vae": dict(
@@ -44,7 +44,7 @@ def world_architecture(resolution: int = 32) -> dict[str, dict[str, Any]]:
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
             cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
         ),
-        "scheduler": dict(_SCHEDULER),
+        "scheduler": dict(SCHEDULER_CONFIG),
     }
 
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -30,6 +35,58 @@ def test_a1111_round_trip_uses_file_stem_as_token(embedding, tmp_path):
     assert loaded.token == "<my-cat>"
     assert torch.equal(loaded.vectors, embedding.vectors)
     assert load_embedding(path, token="sks").token == "sks"
+
+
+# AUTOMATIC1111's default safe-unpickle check (modules/safe.py), restated: a zip-format .pt passes
+# only if every entry name matches this; a legacy-format .pt passes if its five leading pickles
+# (magic, protocol, system info, the object, the storage keys) use only tensor-rebuilding globals.
+A1111_ZIP_ENTRY = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|.data/serialization_id|(data\.pkl))$")
+A1111_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                 ("torch._utils", "_rebuild_parameter"), ("torch", "FloatStorage"), ("torch", "HalfStorage")}
+
+
+class _A1111Unpickler(pickle.Unpickler):
+    """Refuses every global outside the allow-list; allowed ones become no-ops (only names are checked)."""
+
+    def find_class(self, module, name):
+        if (module, name) not in A1111_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} refused")
+        return lambda *args, **kwargs: None
+
+    def persistent_load(self, saved_id):
+        assert saved_id[0] == "storage"
+        return None
+
+
+def a1111_safe_check(path: Path) -> None:
+    """Raise unless AUTOMATIC1111's default loader would accept ``path``."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        bad = [n for n in names if not A1111_ZIP_ENTRY.match(n)]
+        assert not bad, f"entries A1111 refuses: {bad}"
+        assert {n.split("/")[0] for n in names} == {path.stem}, "the archive folder must be named after the file"
+        return
+    with path.open("rb") as handle:
+        unpickler = _A1111Unpickler(handle)
+        for _ in range(5):
+            unpickler.load()
+
+
+def test_a1111_file_passes_the_webui_safe_unpickle_check(embedding, tmp_path):
+    path = save_a1111(embedding, tmp_path / "my-tok.pt", step=3)
+    a1111_safe_check(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["my-tok.pt"]
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(raw["string_to_param"]["*"], embedding.vectors) and raw["name"] == "my-tok"
+
+
+def test_the_safe_check_refuses_torchs_default_zip_files(embedding, tmp_path):
+    """The check above bites: what torch.save writes by default is what A1111 refused."""
+    path = tmp_path / "zipped.pt"
+    torch.save({"string_to_param": {"*": embedding.vectors}}, path)
+    with pytest.raises(AssertionError, match=r"entries A1111 refuses: .*\.format_version"):
+        a1111_safe_check(path)
 
 
 def test_kohya_safetensors(embedding, tmp_path):

@@ -13,7 +13,8 @@ from inversion.config import ConceptConfig, TrainConfig
 from inversion.errors import ConfigError, InputError, TrainingDivergedError
 from inversion.models import load_components
 from inversion.tokens import initial_vectors
-from inversion.train import CHECKPOINT_FILENAME, evaluation_loss, read_checkpoint, train_concept, train_concepts
+from inversion.checkpoint import CHECKPOINT_FILENAME, read_checkpoint
+from inversion.train import evaluation_loss, train_concept, train_concepts
 from tests.conftest import write_shape_images
 
 
@@ -118,8 +119,9 @@ def test_diverging_loss_stops_with_a_clear_error(tiny_model_dir, concept_images,
     with torch.no_grad():
         components.unet.conv_out.bias.fill_(float("nan"))
     concept = ConceptConfig("<red-square>", "square", concept_images)
-    with pytest.raises(TrainingDivergedError, match=r"training of <red-square> diverged: loss is nan at step 1"):
+    with pytest.raises(TrainingDivergedError, match=r"training of <red-square> diverged: loss is nan at step 1") as info:
         train_concept(components, concept, TrainConfig(steps=3, batch_size=1), output_dir=tmp_path / "out")
+    assert (info.value.token, info.value.step) == ("<red-square>", 1), "the raised error keeps its fields"
     assert not (tmp_path / "out" / "learned_embeds.safetensors").exists()
 
 
@@ -140,18 +142,63 @@ def test_bf16_trains_fp32_master_vectors(tiny_model_dir, concept_images):
     assert not torch.equal(result.embedding.vectors, start)
 
 
-def test_v_prediction_models_train_against_velocity(tiny_model_dir, concept_images):
+def _with_prediction(model_dir: Path, prediction_type: str):
     from diffusers import DDPMScheduler
 
-    epsilon = load_components(tiny_model_dir)
-    velocity = load_components(tiny_model_dir)
-    velocity.noise_scheduler = DDPMScheduler.from_config(velocity.noise_scheduler.config, prediction_type="v_prediction")
+    components = load_components(model_dir)
+    components.noise_scheduler = DDPMScheduler.from_config(components.noise_scheduler.config,
+                                                           prediction_type=prediction_type)
+    return components
+
+
+def _first_step_against(components, concept_images, target_of) -> tuple[float, float]:
+    """Train one step, recording what the scheduler noised and what the UNet predicted; returns
+    (the trainer's loss, the MSE of the prediction against ``target_of(scheduler, latents, noise, t)``)."""
+    seen = {}
+    scheduler = components.noise_scheduler
+    add_noise = scheduler.add_noise
+
+    def recording_add_noise(latents, noise, timesteps):
+        seen.update(latents=latents.clone(), noise=noise.clone(), timesteps=timesteps.clone())
+        return add_noise(latents, noise, timesteps)
+
+    scheduler.add_noise = recording_add_noise
+    hook = components.unet.register_forward_hook(lambda m, a, out: seen.update(pred=out.sample.detach().clone()))
+    try:
+        result = train_concept(components, ConceptConfig("<red-square>", "square", concept_images),
+                               TrainConfig(steps=1, batch_size=2))
+    finally:
+        hook.remove()
+        del scheduler.add_noise
+    target = target_of(scheduler, seen["latents"], seen["noise"], seen["timesteps"])
+    return result.losses[0], float(torch.nn.functional.mse_loss(seen["pred"].float(), target.float()))
+
+
+def test_v_prediction_models_train_against_the_velocity(tiny_model_dir, concept_images):
+    components = _with_prediction(tiny_model_dir, "v_prediction")
+    loss, against_velocity = _first_step_against(components, concept_images,
+                                                 lambda s, latents, noise, t: s.get_velocity(latents, noise, t))
+    assert loss == pytest.approx(against_velocity, rel=1e-5)
+    _, against_noise = _first_step_against(_with_prediction(tiny_model_dir, "v_prediction"), concept_images,
+                                           lambda s, latents, noise, t: noise)
+    assert against_noise != pytest.approx(against_velocity, rel=1e-3), "velocity and noise must differ here"
+
+
+def test_epsilon_models_train_against_the_noise(tiny_model_dir, concept_images):
+    components = _with_prediction(tiny_model_dir, "epsilon")
+    loss, against_noise = _first_step_against(components, concept_images, lambda s, latents, noise, t: noise)
+    assert loss == pytest.approx(against_noise, rel=1e-5)
+
+
+def test_an_unknown_prediction_type_is_refused(tiny_model_dir, concept_images, tmp_path):
+    components = _with_prediction(tiny_model_dir, "sample")
     concept = ConceptConfig("<red-square>", "square", concept_images)
-    config = TrainConfig(steps=2, batch_size=2)
-    a = train_concept(epsilon, concept, config)
-    b = train_concept(velocity, concept, config)
-    assert velocity.prediction_type == "v_prediction"
-    assert a.losses != b.losses, "the target must change with the scheduler's prediction type"
+    with pytest.raises(ConfigError, match="unknown scheduler prediction_type 'sample'"):
+        train_concept(components, concept, TrainConfig(steps=1, batch_size=1), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    start = initial_vectors(components.text_encoder, components.tokenizer, "square", 1)
+    with pytest.raises(ConfigError, match="unknown scheduler prediction_type 'sample'"):
+        evaluation_loss(components, concept, start)
 
 
 def test_compiled_unet_trains_like_eager_and_resumes_across_the_switch(tiny_model_dir, concept_images, tmp_path):
