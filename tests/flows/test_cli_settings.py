@@ -14,7 +14,13 @@ from flows.commands import settings_from_args
 from inversion.config import EvalConfig, TrainConfig
 from inversion.fields import Setting, settings_of
 from tasks.settings import (
-    EVAL_SETTINGS, LEARN_SETTINGS, PIPELINE_CHECKPOINT_EVERY, RUN_SETTINGS, EvalSettings, LearnSettings, RunSettings,
+    EVAL_SETTINGS,
+    LEARN_SETTINGS,
+    PIPELINE_CHECKPOINT_EVERY,
+    RUN_SETTINGS,
+    EvalSettings,
+    LearnSettings,
+    RunSettings,
 )
 
 TRAIN = settings_of(TrainConfig)
