@@ -7,42 +7,36 @@ and exits with status 2; a catalog run where some concept failed exits with stat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from flows import commands as flow_commands
+from flows.prefect_setup import apply_cli_defaults
 from inversion import cli as inversion_cli
 from inversion.errors import SstarError
+from storage.errors import StorageError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sstar`` parser with every command registered."""
     parser = argparse.ArgumentParser(
         prog="sstar",
         description="S*: learn a new word for a concept (Textual Inversion) and run it as a Prefect pipeline.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     inversion_cli.add_commands(sub)
-    try:
-        from flows import commands as flow_commands
-    except ImportError as exc:  # pragma: no cover - the flows are part of the package
-        raise SystemExit(f"sstar: broken installation: {exc}") from exc
     flow_commands.add_commands(sub)
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from storage.errors import StorageError
-
-    return (SstarError, StorageError)
-
-
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    """Run one ``sstar`` command; the exit status (0 ok, 1 some concept failed, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    if args.command in flow_commands.PREFECT_COMMANDS:
+        apply_cli_defaults()  # before anything imports prefect
     inversion_cli.quiet_libraries()
     try:
         return int(args.func(args) or 0)
-    except _user_errors() as exc:
+    except (SstarError, StorageError) as exc:
         print(f"sstar: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

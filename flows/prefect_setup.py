@@ -1,0 +1,51 @@
+"""Prefect settings the ``sstar`` CLI needs to work on a fresh machine, applied only where the user set none.
+
+On a brand-new Prefect home the local ephemeral server first migrates a new SQLite database; on a
+busy 2-core machine that takes about 30 s, longer than Prefect's default 20 s startup timeout, so
+the first ``sstar demo`` failed with "Timed out while attempting to connect to ephemeral Prefect API
+server". :func:`apply_cli_defaults` raises that timeout and turns analytics off — each only when the
+user has not set it anywhere Prefect reads settings from (environment, ``.env``, ``prefect.toml``,
+``pyproject.toml``, the active profile): a user's own setting always wins.
+
+Call it before the first flow run of the process; the ephemeral server subprocess inherits the
+environment it sets.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: seconds the CLI waits for the ephemeral server (Prefect's own default is 20)
+EPHEMERAL_STARTUP_TIMEOUT_S = 180
+
+#: ``(environment variable, section path in prefect's settings, field, value)`` of each default
+_PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", ("server", "ephemeral"), "startup_timeout_seconds",
+     str(EPHEMERAL_STARTUP_TIMEOUT_S)),
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", ("server",), "analytics_enabled", "false"),
+)
+
+
+def apply_cli_defaults() -> dict[str, str]:
+    """Set the CLI's Prefect defaults in ``os.environ`` where the user has set nothing; return those set.
+
+    ``DO_NOT_TRACK`` (read only from the environment, when ``prefect`` is imported) is set first;
+    then Prefect's resolved settings say which of its fields the user set, by any source.
+    """
+    applied = {}
+    if "DO_NOT_TRACK" not in os.environ:
+        os.environ["DO_NOT_TRACK"] = applied["DO_NOT_TRACK"] = "1"
+
+    from prefect.context import refresh_global_settings_context
+    from prefect.settings import Settings
+
+    settings = Settings()  # every source Prefect reads, resolved now
+    for variable, path, field, value in _PREFECT_DEFAULTS:
+        section = settings
+        for name in path:
+            section = getattr(section, name)
+        if variable not in os.environ and field not in section.model_fields_set:
+            os.environ[variable] = applied[variable] = value
+    if len(applied) > ("DO_NOT_TRACK" in applied):
+        refresh_global_settings_context()  # prefect read its settings at import, before these existed
+    return applied
