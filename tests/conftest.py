@@ -17,6 +17,8 @@ from PIL import Image
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# tasks called outside a flow (tests/tasks) log locally only; Prefect would warn on every such record
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DREAMBOOTH = Path(os.environ.get("SSTAR_DREAMBOOTH_DIR")

@@ -1,0 +1,113 @@
+"""tasks.ingest: scanning a catalog into records, and staging a concept's validated images locally."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from storage.catalog import discover_catalog
+from storage.objectstore import open_store
+from tasks.ingest import learning_identity, remember_scan, scan_catalog, stage_concept
+
+pytestmark = pytest.mark.usefixtures("quiet_run_logger")
+
+
+def _full_read_digests(catalog: Path, learn) -> dict[str, str]:
+    """Each concept's digest from a scan that reads every image (no state from earlier scans)."""
+    return {s.concept_id: s.digest for s in discover_catalog(open_store(str(catalog)), learning_identity(learn)).specs}
+
+
+def _staged(catalog: Path, learn, work: Path, concept_ids: list[str] | None = None):
+    scan = scan_catalog.fn(str(catalog), learn, concept_ids)
+    return {r.concept_id: stage_concept.fn(str(catalog), r, str(work)) for r in scan.records}
+
+
+def test_scan_finds_usable_concepts_and_says_why_others_are_not(catalog: Path, learn) -> None:
+    scan = scan_catalog.fn(str(catalog), learn)
+    assert [r.concept_id for r in scan.records] == ["broken", "half", "red-square"]
+    square = next(r for r in scan.records if r.concept_id == "red-square")
+    assert (square.token, square.initializer, square.class_name, square.property, square.vectors) == (
+        "<red-square>", "square", "square", "object", 1)
+    assert square.images == ("red-square/00.png", "red-square/01.png")
+    ((concept_id, reason),) = scan.unusable
+    assert concept_id == "bad-meta" and "property must be one of" in reason
+
+
+def test_a_token_the_model_already_knows_is_unusable_before_any_image_is_read(catalog: Path, learn) -> None:
+    (catalog / "red-square" / "concept.json").write_text(json.dumps({"token": "cat", "initializer": "square"}))
+    scan = scan_catalog.fn(str(catalog), learn, ["red-square"])
+    assert scan.records == []
+    ((concept_id, reason),) = scan.unusable
+    assert concept_id == "red-square" and "cat is already a word" in reason
+
+
+def test_staging_finishes_each_digest_as_a_full_read_computes_it(catalog: Path, learn, tmp_path: Path) -> None:
+    staged = _staged(catalog, learn, tmp_path / "work")
+    assert {cid: s.record.digest for cid, s in staged.items()} == _full_read_digests(catalog, learn)
+
+
+def test_digests_follow_the_learning_settings(catalog: Path, learn, tmp_path: Path) -> None:
+    first = {cid: s.record.digest for cid, s in _staged(catalog, learn, tmp_path / "a").items()}
+    more_steps = learn.model_copy(update={"steps": 3})
+    other = {cid: s.record.digest for cid, s in _staged(catalog, more_steps, tmp_path / "b").items()}
+    assert first.keys() == other.keys() and all(first[c] != other[c] for c in first)
+
+
+def test_a_remembered_scan_knows_unchanged_digests_without_reading_images(catalog: Path, learn,
+                                                                          tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    scan = scan_catalog.fn(str(catalog), learn, out_uri=out)
+    staged = [stage_concept.fn(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
+    remember_scan.fn(out, scan.state, scan.previous, staged)
+    again = scan_catalog.fn(str(catalog), learn, out_uri=out)
+    assert {r.concept_id: r.digest for r in again.records} == {s.record.concept_id: s.record.digest for s in staged}
+
+
+def test_vector_override_applies_to_every_record(catalog: Path, learn) -> None:
+    scan = scan_catalog.fn(str(catalog), learn.model_copy(update={"vectors": 3}))
+    assert {r.vectors for r in scan.records} == {3}
+
+
+def test_scan_of_some_concepts_only(catalog: Path, learn) -> None:
+    scan = scan_catalog.fn(str(catalog), learn, ["half", "bad-meta"])
+    assert [r.concept_id for r in scan.records] == ["half"] and [cid for cid, _ in scan.unusable] == ["bad-meta"]
+
+
+def test_stage_writes_decoded_pngs_and_reports_bad_files(catalog: Path, learn, tmp_path: Path) -> None:
+    staged = _staged(catalog, learn, tmp_path / "work", ["half"])["half"]
+    assert staged.error is None and not staged.done and staged.num_images == 1
+    assert Path(staged.work_dir) == tmp_path / "work" / f"half-{staged.record.digest}"
+    (png,) = sorted(Path(staged.image_dir).iterdir())
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        assert image.tobytes() == Image.open(catalog / "half" / "00.png").convert("RGB").tobytes()
+    (problem,) = staged.problems
+    assert problem.startswith("half/cut.png: ")
+
+
+def test_a_retried_stage_starts_from_a_clean_folder(catalog: Path, learn, tmp_path: Path) -> None:
+    (record,) = scan_catalog.fn(str(catalog), learn, ["red-square"]).records
+    first = stage_concept.fn(str(catalog), record, str(tmp_path / "work"))
+    stale = Path(first.image_dir) / "left-by-a-killed-attempt.png"
+    stale.write_bytes(b"half written")
+    again = stage_concept.fn(str(catalog), record, str(tmp_path / "work"))
+    assert again.record == first.record and again.image_dir == first.image_dir
+    assert not stale.exists() and len(list(Path(again.image_dir).iterdir())) == 2
+
+
+def test_a_concept_already_done_is_not_decoded(catalog: Path, learn, tmp_path: Path) -> None:
+    (record,) = scan_catalog.fn(str(catalog), learn, ["red-square"]).records
+    digest = _full_read_digests(catalog, learn)["red-square"]
+    staged = stage_concept.fn(str(catalog), record, str(tmp_path / "work"), done_digests=[digest])
+    assert staged.done and staged.record.digest == digest and staged.error is None
+    assert not Path(staged.image_dir).exists()
+
+
+def test_stage_of_a_concept_without_usable_images_is_an_error_not_an_exception(catalog: Path, learn,
+                                                                               tmp_path: Path) -> None:
+    staged = _staged(catalog, learn, tmp_path / "work", ["broken"])["broken"]
+    assert staged.num_images == 0 and staged.error.startswith("no usable image (broken/junk.png: ")
+    assert not Path(staged.image_dir).exists()

@@ -1,0 +1,76 @@
+"""tasks.score: a learned word and its words-only baseline are rendered and scored with the tiny CLIP;
+the files to publish come back, and failures come back as errors rather than exceptions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from inversion.formats import DIFFUSERS_FILENAME, LearnedEmbedding, a1111_filename, save_embedding_files
+from tasks import runtime
+from tasks.invert import TRAINING_LOG
+from tasks.publish import SCORE_COLUMNS
+from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
+from tasks.score import score_concept_task
+from tasks.settings import EvalSettings, RunSettings
+from tests.conftest import write_shape_images
+
+pytestmark = pytest.mark.usefixtures("prefect_harness", "quiet_run_logger")
+
+RUN = RunSettings(device="cpu")
+
+
+@pytest.fixture
+def evaluation(tiny_clip: Path) -> EvalSettings:
+    return EvalSettings(prompts=["a photo of {}", "a drawing of {}"], samples=1, render_steps=2,
+                        clip_arch="sstar-tiny-clip", clip_checkpoint=str(tiny_clip))
+
+
+def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
+    """A learned (here: random) word for a red square, laid out as the inversion task leaves it."""
+    work = tmp_path / "work"
+    images = write_shape_images(work / "images", count=2)
+    width = dim or runtime.diffusion_components(learn.model).text_encoder.get_input_embeddings().weight.shape[1]
+    vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
+    files = save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
+    (work / "embedding" / TRAINING_LOG).write_text(json.dumps({"steps": 2}))
+    record = ConceptRecord("red-square", "0123456789abcdef", "<red-square>", "square", "square", "object", 1,
+                           ("red-square/00.png", "red-square/01.png"), ("a red square",))
+    staged = StagedConcept(record, str(work), str(images), 2)
+    return InversionOutcome(staged, str(work / "embedding" / DIFFUSERS_FILENAME), steps=2)
+
+
+def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSettings) -> None:
+    outcome = _outcome(tmp_path, learn)
+    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    assert scored.error is None and scored.inversion == outcome
+    names = {Path(f).name for f in scored.files}
+    assert {DIFFUSERS_FILENAME, a1111_filename("<red-square>"), TRAINING_LOG, "grid.png", "baseline_grid.png",
+            "scores.json"} <= names
+    assert all(Path(f).is_file() for f in scored.files)
+    for column in SCORE_COLUMNS:
+        bound = 2.0 if column == "inversion_lift" else 1.0  # cosines; the lift is a difference of two
+        assert -bound <= scored.scores[column] <= bound, column
+    assert scored.scores["inversion_lift"] == pytest.approx(scored.scores["image_similarity"]
+                                                            - scored.scores["baseline_image_similarity"])
+    assert scored.scores["baselines"][0]["phrase"] == "red square"  # the record's caption, not the class word
+    saved = json.loads(next(Path(f) for f in scored.files if f.endswith("scores.json")).read_text())
+    assert {k: saved[k] for k in SCORE_COLUMNS} == {k: scored.scores[k] for k in SCORE_COLUMNS}
+    assert scored.eval_seconds is not None and scored.eval_seconds > 0
+
+
+def test_an_upstream_failure_is_passed_on_without_rendering(tmp_path: Path, learn, evaluation, monkeypatch) -> None:
+    monkeypatch.setattr(runtime, "renderer", lambda *a, **k: pytest.fail("nothing may be rendered"))
+    outcome = InversionOutcome(_outcome(tmp_path, learn).staged, None, error="training of <red-square> diverged")
+    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    assert scored.error == "training of <red-square> diverged" and scored.files == ()
+
+
+def test_a_deterministic_scoring_failure_is_an_error_not_an_exception(tmp_path: Path, learn, evaluation) -> None:
+    outcome = _outcome(tmp_path, learn, dim=768)  # learned for another model
+    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    assert scored.error.startswith("scoring failed: ") and "another model" in scored.error
+    assert scored.files == ()
