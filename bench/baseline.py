@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from inversion.device import DTYPES, synchronize
 from inversion.images import center_crop_resize, list_images, open_rgb, to_tensor
 from inversion.models import DiffusionComponents
 from inversion.templates import templates_for
@@ -52,11 +53,6 @@ class BaselineResult:
     step_cpu_seconds: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     setup_seconds: float = 0.0
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _Loader:
@@ -123,7 +119,7 @@ def run_baseline(
     device = torch.device(device)
     if mixed_precision is None:
         mixed_precision = "fp16" if device.type == "cuda" else "no"
-    weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+    weight_dtype = DTYPES["fp32" if mixed_precision == "no" else mixed_precision]
     result = BaselineResult()
     started = time.perf_counter()
 
@@ -168,7 +164,7 @@ def run_baseline(
         loader = _Loader(Path(image_dir), tokenizer, token, resolution, batch_size, seed)
         torch.manual_seed(seed)
         text_encoder.train()
-        _synchronize(device)
+        synchronize(device)
         result.setup_seconds = time.perf_counter() - started
         if on_ready is not None:
             on_ready()
@@ -216,7 +212,7 @@ def run_baseline(
                 text_encoder.get_input_embeddings().weight[index_no_updates] = orig_embeds_params[index_no_updates]
 
             value = loss.detach().item()  # the script logs it every step
-            _synchronize(device)
+            synchronize(device)
             seconds = time.perf_counter() - tick
             result.step_seconds.append(seconds)
             result.step_cpu_seconds.append(time.process_time() - cpu_tick)

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES_PER_CONCEPT = 4
 VARIANTS = ("baseline", "sstar", "sstar-packed")
@@ -128,8 +130,10 @@ def _reset_peak(device) -> str:
     """Start a new peak-memory window; returns what kind of peak will be reported."""
     import torch
 
+    from inversion.device import synchronize
+
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         return "cuda-allocated"
     try:
@@ -186,7 +190,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     from bench.baseline import run_baseline
     from inversion.config import ConceptConfig, TrainConfig
-    from inversion.train import resolve_device, resolve_dtype, train_concepts
+    from inversion.device import resolve_device, resolve_dtype, synchronize
+    from inversion.train import train_concepts
 
     torch.manual_seed(0)
     device = resolve_device(cell.device)
@@ -234,8 +239,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         cpu_stamps: list[float] = []
 
         def callback(report) -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # keep queued GPU work inside its own step's window
+            synchronize(device)  # keep queued GPU work inside its own step's window
             previous = stamps[-1] if stamps else 0.0
             stamps.append(report.elapsed)
             cpu_stamps.append(time.process_time())
@@ -343,14 +347,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: row.get(c, "") for c in COLUMNS})
-    tmp.replace(path)
+    """Write ``rows`` (the :data:`COLUMNS`) as a CSV file, atomically."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({c: row.get(c, "") for c in COLUMNS})
+
+    atomic_write(path, write)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
@@ -440,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from inversion.train import resolve_device
+    from inversion.device import resolve_device
 
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory(prefix="sstar-bench-") as tmp:

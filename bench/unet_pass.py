@@ -28,10 +28,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from inversion.device import resolve_dtype
     from inversion.models import build_random_components
     from inversion.tokens import encode_text
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    dtype = resolve_dtype(args.precision, torch.device("cpu"))
     components = build_random_components(args.model, seed=0)
     components.to(torch.device("cpu"), dtype)
     with torch.no_grad():

@@ -56,11 +56,6 @@ def open_clip_module():
     return open_clip
 
 
-def known_architectures() -> list[str]:
-    """The open_clip architecture names :func:`load_clip` accepts (ours included)."""
-    return list(open_clip_module().list_models())
-
-
 @dataclass(frozen=True)
 class ClipSpec:
     """Which CLIP to score with: an open_clip architecture and where its weights come from.
@@ -248,12 +243,6 @@ def load_clip(spec: ClipSpec, device: str | torch.device = "auto") -> ClipModel:
             log.info("loading CLIP %s on %s", spec.describe(), resolved)
             _cache[key] = _create(spec, resolved)
         return _cache[key]
-
-
-def clear_clip_cache() -> None:
-    """Forget every loaded CLIP model (frees their memory once no caller holds them)."""
-    with _cache_lock:
-        _cache.clear()
 
 
 def write_tiny_clip(out_path: Path, seed: int = 0) -> Path:

@@ -9,6 +9,8 @@ embedding layer), so one loaded model serves every concept of a worker process.
 from __future__ import annotations
 
 import copy
+import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -115,17 +117,6 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _wrap(text: str, width_chars: int) -> list[str]:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if line and len(line) + 1 + len(word) > width_chars:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + ([line] if line else [])
-
-
 def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], cell: int | None = None,
               title: str | None = None) -> Image.Image:
     """Assemble ``rows`` of images into one grid with each row's label (its prompt) written above it."""
@@ -141,12 +132,12 @@ def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], 
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)
     font = _font(font_size)
-    chars = max(16, width // (font_size * 0.6).__ceil__())
+    chars = max(16, width // math.ceil(font_size * 0.6))
     if title:
         draw.text((4, 3), title, fill="black", font=font)
     y = title_height
     for label, images in zip(row_labels, rows):
-        for i, line in enumerate(_wrap(label, chars)[:2]):
+        for i, line in enumerate(textwrap.wrap(label, width=chars, max_lines=2, placeholder=" ...")):
             draw.text((4, y + 2 + i * (font_size + 1)), line, fill="black", font=font)
         y += label_height
         for x, image in enumerate(images):

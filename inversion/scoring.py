@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from common.atomic import atomic_write_bytes
+
 from .clip import ClipModel
 from .config import PROPERTIES
 from .errors import ConfigError, InputError
@@ -396,7 +398,5 @@ def write_scores(scores: ConceptScores, out_dir: Path) -> dict[str, Path]:
     scores.baseline_grid.save(files["baseline_grid"])
     payload = _finite(scores.to_json())
     payload["files"] = {k: p.name for k, p in files.items()}
-    tmp = files["scores"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(files["scores"])
+    atomic_write_bytes(files["scores"], (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
     return files

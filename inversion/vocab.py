@@ -21,20 +21,6 @@ MAX_LENGTH = 77
 _NUM_MERGES = 49152 - 256 - 2
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte → printable-character map, which CLIP's BPE is defined over."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars)))
-
-
 def _bpe_source() -> Path:
     import open_clip.tokenizer
 
@@ -49,8 +35,14 @@ def _merges() -> tuple[str, ...]:
 
 
 def clip_vocab() -> dict[str, int]:
-    """The token → id map of OpenAI CLIP's tokenizer (49,408 entries)."""
-    base = list(_bytes_to_unicode().values())
+    """The token → id map of OpenAI CLIP's tokenizer (49,408 entries).
+
+    The byte alphabet (GPT-2's reversible byte → printable-character map, open_clip's
+    ``bytes_to_unicode``), the same with ``</w>``, one token per BPE merge, then the two special tokens.
+    """
+    from open_clip.tokenizer import bytes_to_unicode
+
+    base = list(bytes_to_unicode().values())
     tokens = base + [b + "</w>" for b in base]
     tokens += ["".join(merge.split()) for merge in _merges()]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

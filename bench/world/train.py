@@ -7,7 +7,8 @@ Phases, in order (each saved as soon as it finishes, so a crash later does not l
 (a) ``vae``: AutoencoderKL on world images (MSE + L1 + a small KL); PSNR on held-out images;
     the latent scaling factor is set to 1 / std of the training latents.
 (b) ``diffusion``: CLIP text encoder and UNet jointly, VAE frozen, epsilon prediction, the
-    grammar's ~10% empty captions for classifier-free guidance; EMA weights are saved.
+    grammar's ~10% empty captions for classifier-free guidance; the EMA weights (diffusers'
+    ``EMAModel``) are saved.
 (c) ``clip``: the open_clip architecture ``sstar-world-clip`` trained contrastively on
     (image, non-empty caption) pairs.
 (d) ``eval``: guidance-3 samples of captions naming hue + background, measured by the oracle
@@ -39,6 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from common.atomic import atomic_write_bytes
+from inversion.device import resolve_device, synchronize
 
 from . import generate as G
 from . import oracle as O
@@ -57,38 +63,15 @@ def say(message: str) -> None:
 
 # -- helpers ------------------------------------------------------------------------------------------
 
-class Progress:
-    """Prints step, loss, steps/s, elapsed and ETA about every ``every`` seconds (and at the end)."""
-
-    def __init__(self, phase: str, total: int, every: float = 10.0) -> None:
-        self.phase, self.total, self.every = phase, total, every
-        self.start = self.last = time.perf_counter()
-
-    def update(self, step: int, loss: float, extra: str = "") -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every and step != self.total and step != 1:
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = step / max(elapsed, 1e-9)
-        eta = (self.total - step) / max(rate, 1e-9)
-        say(f"[{self.phase}] step {step}/{self.total} loss {loss:.4f} {rate:.1f} steps/s "
-            f"elapsed {elapsed:.0f}s eta {eta:.0f}s{extra}")
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
+def progress_bar(phase: str, total: int) -> tqdm:
+    """A progress bar of one phase (steps/s, elapsed, ETA and the loss), redrawn at most every 10 s."""
+    return tqdm(total=total, desc=f"[{phase}]", unit="step", mininterval=10.0, file=sys.stdout, ascii=True)
 
 
 def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
@@ -151,26 +134,6 @@ def holdout_images(n: int, resolution: int, seed: int) -> np.ndarray:
     return images
 
 
-class Ema:
-    """Exponential moving average of a module's floating-point parameters (warm-up-corrected decay)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = [p.detach().clone() for p in module.parameters()]
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in module.parameters()], 1 - decay)
-
-    @torch.no_grad()
-    def copy_to(self, module: torch.nn.Module) -> None:
-        for shadow, p in zip(self.shadow, module.parameters()):
-            p.copy_(shadow)
-
-
 def half_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).to("cpu", torch.float16)
 
@@ -181,8 +144,9 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
     vae.to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     generator = torch.Generator(device).manual_seed(args.seed + 1)
-    progress = Progress("vae", args.vae_steps)
+    started = time.perf_counter()
     losses = []
+    bar = progress_bar("vae", args.vae_steps)
     for step in range(args.vae_steps):
         x = to_pixels(data.images[data.batch_indices(generator, args.vae_batch)])
         with autocast(device):
@@ -194,11 +158,13 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
         loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + args.vae_kl * kl
         optimize(optimizer, loss, vae.parameters(),
                  args.vae_lr * lr_factor(step, args.vae_steps, min(100, args.vae_steps // 10)))
+        bar.update()
         if (step + 1) % 25 == 0 or step + 1 == args.vae_steps or step == 0:
             losses.append(loss.item())
-            progress.update(step + 1, losses[-1])
-    sync(device)
-    seconds = progress.seconds
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    synchronize(device)
+    bar.close()
+    seconds = time.perf_counter() - started
     vae.eval().requires_grad_(False)
     psnr = vae_psnr(vae, holdout_images(512, args.resolution, args.seed), device)
     say(f"[vae] done in {seconds:.1f}s ({args.vae_steps / max(seconds, 1e-9):.1f} steps/s); "
@@ -254,11 +220,12 @@ def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset
     unet.to(device).train().requires_grad_(True)
     params = list(text_encoder.parameters()) + list(unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.diffusion_lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ema_text, ema_unet = Ema(text_encoder, args.ema), Ema(unet, args.ema)
+    ema = EMAModel(params, decay=args.ema, foreach=True)
     alphas = scheduler.alphas_cumprod.to(device)
     num_t = int(scheduler.config.num_train_timesteps)
     generator = torch.Generator(device).manual_seed(args.seed + 2)
-    progress = Progress("diffusion", args.diffusion_steps)
+    started = time.perf_counter()
+    bar = progress_bar("diffusion", args.diffusion_steps)
     losses, running = [], []
     warmup = min(200, args.diffusion_steps // 10)
     for step in range(args.diffusion_steps):
@@ -275,16 +242,16 @@ def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset
             pred = unet(noisy, t, hidden).sample
         loss = F.mse_loss(pred.float(), noise)
         optimize(optimizer, loss, params, args.diffusion_lr * lr_factor(step, args.diffusion_steps, warmup))
-        ema_text.update(text_encoder)
-        ema_unet.update(unet)
+        ema.step(params)
+        bar.update()
         if (step + 1) % 25 == 0 or step + 1 == args.diffusion_steps or step == 0:
             running.append(loss.item())
             losses.append(running[-1])
-            progress.update(step + 1, float(np.mean(running[-8:])))
-    sync(device)
-    seconds = progress.seconds
-    ema_text.copy_to(text_encoder)
-    ema_unet.copy_to(unet)
+            bar.set_postfix(loss=f"{np.mean(running[-8:]):.4f}", refresh=False)
+    synchronize(device)
+    bar.close()
+    seconds = time.perf_counter() - started
+    ema.copy_to(params)
     for module in (text_encoder, unet):
         module.eval().requires_grad_(False)
     say(f"[diffusion] done in {seconds:.1f}s ({args.diffusion_steps / max(seconds, 1e-9):.1f} steps/s)")
@@ -321,7 +288,8 @@ def train_clip(data: Dataset, args, device: torch.device):
     nonempty = torch.tensor([bool(t.strip()) for t in texts], device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.1, betas=(0.9, 0.98))
     generator = torch.Generator(device).manual_seed(args.seed + 3)
-    progress = Progress("clip", args.clip_steps)
+    started = time.perf_counter()
+    bar = progress_bar("clip", args.clip_steps)
     losses = []
     for step in range(args.clip_steps):
         idx = data.batch_indices(generator, args.clip_batch * 2)
@@ -341,11 +309,13 @@ def train_clip(data: Dataset, args, device: torch.device):
                  args.clip_lr * lr_factor(step, args.clip_steps, min(100, args.clip_steps // 10)))
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        bar.update()
         if (step + 1) % 25 == 0 or step + 1 == args.clip_steps or step == 0:
             losses.append(loss.item())
-            progress.update(step + 1, losses[-1])
-    sync(device)
-    seconds = progress.seconds
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    synchronize(device)
+    bar.close()
+    seconds = time.perf_counter() - started
     model.eval().requires_grad_(False)
     say(f"[clip] done in {seconds:.1f}s ({args.clip_steps / max(seconds, 1e-9):.1f} steps/s)")
     return model, {"steps": args.clip_steps, "batch": args.clip_batch, "seconds": seconds,
@@ -479,15 +449,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _write_log(folder: Path, log: dict[str, Any]) -> None:
-    tmp = folder / (LOG_NAME + ".tmp")
-    tmp.write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(folder / LOG_NAME)
+    atomic_write_bytes(folder / LOG_NAME, (json.dumps(log, indent=2) + "\n").encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from inversion.cli import quiet_libraries
-    from inversion.train import resolve_device
 
     quiet_libraries()
     if args.threads:
