@@ -28,7 +28,6 @@ __all__ = [
     "IngestedConcept",
     "validate_image",
     "ingest_concept",
-    "materialize_concept",
     "write_pngs",
 ]
 
@@ -145,23 +144,3 @@ def write_pngs(images: Sequence[tuple[str, Image.Image]], local_dir: Path) -> li
         image.save(path, format="PNG", compress_level=1)
         paths.append(path)
     return paths
-
-
-def materialize_concept(
-    store: ObjectStore,
-    spec: ConceptSpec,
-    local_dir: Path,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_side: int | None = None,
-) -> list[Path]:
-    """Write the concept's usable images as PNG files into ``local_dir`` for the training code.
-
-    Raises :class:`~storage.errors.InvalidImage` if no image is usable; unusable files are
-    skipped (call :func:`ingest_concept` + :func:`write_pngs` to get them as problems).
-    """
-    ingested = ingest_concept(store, spec, max_pixels=max_pixels, max_side=max_side)
-    if not ingested.usable:
-        reasons = "; ".join(f"{p.file}: {p.reason}" for p in ingested.problems if p.file)
-        raise InvalidImage(f"concept {spec.concept_id!r} has no usable image ({reasons or 'no images'})")
-    return write_pngs(ingested.images, local_dir)

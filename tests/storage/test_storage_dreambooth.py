@@ -11,7 +11,7 @@ import pytest
 
 from .helpers import unique_s3_uri
 from storage.catalog import IMAGE_EXTENSIONS, discover_catalog
-from storage.images import ingest_concept, materialize_concept
+from storage.images import ingest_concept, write_pngs
 from storage.objectstore import open_store
 
 SETTINGS = {"model": "sd15", "steps": 3000, "lr": 0.005, "vectors": 1}
@@ -83,6 +83,6 @@ def test_ingest_every_concept(dreambooth, tmp_path: Path) -> None:
             assert image.mode == "RGB" and max(image.size) <= 256
         total += len(ingested.images)
     assert total == len(photos)
-    paths = materialize_concept(store, scan.by_id()["bear_plushie"], tmp_path / "bear", max_side=512)
+    paths = write_pngs(ingest_concept(store, scan.by_id()["bear_plushie"], max_side=512).images, tmp_path / "bear")
     assert len(paths) == len(scan.by_id()["bear_plushie"].images)
     assert all(p.suffix == ".png" and p.stat().st_size > 0 for p in paths)

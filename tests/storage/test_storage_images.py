@@ -10,7 +10,7 @@ from PIL import Image
 from . import imagegen
 from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import InvalidImage, InvalidInput
-from storage.images import ingest_concept, materialize_concept, validate_image
+from storage.images import ingest_concept, validate_image, write_pngs
 from storage.local import LocalStore
 
 
@@ -42,6 +42,7 @@ def test_conversions_keep_the_right_colours() -> None:
     assert validate_image("p.png", imagegen.palette_png(True)).getpixel((0, 0)) == (255, 255, 255)
     assert validate_image("g.png", imagegen.gray16_png(65535)).getpixel((3, 3)) == (255, 255, 255)
     assert validate_image("g.png", imagegen.gray16_png(32768)).getpixel((3, 3)) == (128, 128, 128)
+    assert validate_image("g.png", imagegen.gray16_png(200)).getpixel((3, 3)) == (1, 1, 1)  # dark stays dark
     cyan = validate_image("c.jpg", imagegen.cmyk_jpeg()).getpixel((5, 5))
     assert cyan[0] < 40 and cyan[1] > 200 and cyan[2] > 200
 
@@ -99,19 +100,17 @@ def test_concept_without_usable_image(tmp_path: Path) -> None:
     ingested = ingest_concept(store, _spec("c", ["x.png"]))
     assert not ingested.usable
     assert ingested.problems[-1].file is None and ingested.problems[-1].reason == "no usable image"
-    with pytest.raises(InvalidImage, match="concept 'c' has no usable image"):
-        materialize_concept(store, _spec("c", ["x.png"]), tmp_path / "out")
 
 
-def test_materialize_writes_pngs_for_the_trainer(tmp_path: Path) -> None:
+def test_write_pngs_hands_the_trainer_a_folder_of_rgb_pngs(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "cat")
     store.put("c/b.jpg", imagegen.cmyk_jpeg())
     store.put("c/a.png", imagegen.rgba_png())
     store.put("c/a.jpg", imagegen.rgb_jpeg())
-    paths = materialize_concept(store, _spec("c", ["a.jpg", "a.png", "b.jpg"]), tmp_path / "train")
+    paths = write_pngs(ingest_concept(store, _spec("c", ["a.jpg", "a.png", "b.jpg"])).images, tmp_path / "train")
     assert [p.name for p in paths] == ["000_a.png", "001_a.png", "002_b.png"]
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode == "RGB"
     with pytest.raises(InvalidInput, match="non-empty folder"):
-        materialize_concept(store, _spec("c", ["a.jpg"]), tmp_path / "train")
+        write_pngs(ingest_concept(store, _spec("c", ["a.jpg"])).images, tmp_path / "train")
