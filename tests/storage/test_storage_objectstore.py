@@ -113,25 +113,42 @@ def test_local_writes_leave_no_temp_files(tmp_path: Path) -> None:
 
 
 def test_local_put_once_is_never_half_written(tmp_path: Path) -> None:
+    """A reader watching each file from before it is written until it appears only ever sees it whole.
+
+    Each file is written only once the reader has looked for it and found nothing, and the next only
+    once the reader has seen it: the reader watches every write, never just finished files.
+    """
     store = LocalStore(tmp_path)
-    data = b"z" * 4_000_000
-    seen: set[int] = set()
-    done = threading.Event()
+    data = b"z" * 8_000_000
+    keys = [f"big-{i}.bin" for i in range(8)]
+    looking = [threading.Event() for _ in keys]
+    appeared = [threading.Event() for _ in keys]
+    sizes: list[set[int]] = [set() for _ in keys]
+    stop = threading.Event()
 
     def reader() -> None:
-        path = tmp_path / "big.bin"
-        while not done.is_set():
-            if path.exists():
-                seen.add(len(path.read_bytes()))
+        for i, key in enumerate(keys):
+            path = tmp_path / key
+            while not stop.is_set():
+                try:
+                    sizes[i].add(len(path.read_bytes()))
+                except FileNotFoundError:
+                    looking[i].set()
+                    continue
+                appeared[i].set()
+                break
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
-        assert store.put_once("big.bin", data)
+        for i, key in enumerate(keys):
+            assert looking[i].wait(10), f"the reader is not watching for {key}"
+            assert store.put_once(key, data)
+            assert appeared[i].wait(10), f"the reader never saw {key}"
     finally:
-        done.set()
-        thread.join()
-    assert seen <= {len(data)}
+        stop.set()
+        thread.join(10)
+    assert sizes == [{len(data)}] * len(keys), "a reader saw a partly written file"
 
 
 def test_parse_and_open_store(tmp_path: Path, s3_settings) -> None:
