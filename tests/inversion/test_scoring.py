@@ -231,11 +231,21 @@ def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, cli
     assert saved["prompts"] == ["a photo of a {} in the snow", "a red {}"]
     assert saved["baselines"][0]["per_prompt"][1]["prompt"] == "a red square"
     assert saved["clip"].startswith(f"{TINY_ARCH}@")
-    for key in ("image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
-                "inversion_lift"):
-        assert math.isfinite(saved[key]) and -1.0 <= saved[key] <= 2.0, key
+    similarities = ("image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity")
+    for key in similarities:
+        assert math.isfinite(saved[key]) and -1.0 <= saved[key] <= 1.0, key  # raw cosines
         assert result[key] == pytest.approx(saved[key])
+    for variant in (saved["learned"], *saved["baselines"]):
+        for prompt in variant["per_prompt"]:
+            assert -1.0 <= prompt["image_similarity"] <= 1.0 and -1.0 <= prompt["text_similarity"] <= 1.0
     assert saved["inversion_lift"] == pytest.approx(saved["image_similarity"] - saved["baseline_image_similarity"])
+    # what the command wrote is what the scoring functions compute from the same inputs: no rescaling
+    direct = score_concept(Renderer(components, FAST), load_clip(clip_spec, "cpu"),
+                           LearnedEmbedding("<sq>", _vector(components, "square")),
+                           [open_rgb(p) for p in list_images(images)], "square", None, "object",
+                           ScoreSettings(prompts=("a photo of a {} in the snow", "a red {}"), samples=1))
+    for key in (*similarities, "inversion_lift"):
+        assert saved[key] == pytest.approx(getattr(direct, key), abs=1e-5), key
     assert result["files"]["scores"] == str(out / "scores.json")
 
 
