@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 
 from bench import speed
@@ -32,8 +33,28 @@ def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys)
         assert abs(float(row["concept_steps_per_s"]) * float(row["s_per_step"])
                    - int(row["concepts_per_batch"])) < 0.01
         assert row["variant"] in printed
-    assert float(rows[0]["ratio_to_baseline"]) == 1.0
-    assert float(rows[1]["ratio_to_single"]) == 1.0
+    baseline, single = rows[0], rows[1]
+    for row in rows:  # each ratio from the row's own throughput and its reference row's, as the CSV holds them
+        speed_up = float(row["concept_steps_per_s"]) / float(baseline["concept_steps_per_s"])
+        assert float(row["ratio_to_baseline"]) == pytest.approx(round(speed_up, 3), abs=1e-9), row["variant"]
+        vs_single = float(row["concept_steps_per_s"]) / float(single["concept_steps_per_s"])
+        assert float(row["ratio_to_single"]) == pytest.approx(round(vs_single, 3), abs=1e-9), row["variant"]
+        cpu = float(baseline["cpu_s_per_step"]) * int(row["concepts_per_batch"]) / float(row["cpu_s_per_step"])
+        assert float(row["cpu_ratio_to_baseline"]) == pytest.approx(round(cpu, 3), abs=1e-9), row["variant"]
+
+
+def test_ratios_compare_throughput_with_the_same_models_baseline_and_single_run():
+    def row(variant, k, steps_per_s, cpu_s, resolution=64):
+        return dict(variant=variant, model="tiny", resolution=resolution, batch=1, device="cpu", concepts_per_batch=k,
+                    concept_steps_per_s=steps_per_s, cpu_s_per_step=cpu_s)
+
+    rows = [row("baseline", 1, 2.0, 0.5), row("sstar", 1, 3.0, 0.25), row("sstar-packed", 2, 5.0, 0.4),
+            row("baseline", 1, 1.0, 1.0, resolution=128), row("sstar", 1, 4.0, 0.5, resolution=128)]
+    speed.fill_ratios(rows)
+    assert [r["ratio_to_baseline"] for r in rows] == [1.0, 1.5, 2.5, 1.0, 4.0]
+    assert [r["ratio_to_single"] for r in rows] == [0.667, 1.0, 1.667, 0.25, 1.0]
+    # CPU seconds per concept-step: baseline 0.5 s; sstar 0.25 s; packed 0.4 s for 2 concepts
+    assert [r["cpu_ratio_to_baseline"] for r in rows] == [1.0, 2.0, 2.5, 1.0, 2.0]
 
 
 def test_baseline_trains_only_the_placeholder_row_and_restores_the_model(tmp_path):
