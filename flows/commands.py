@@ -65,20 +65,27 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import prepare_demo
-    from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
-    print(f"sstar demo: preparing a sample catalog and tiny models in {args.dir} …")
-    paths = prepare_demo(Path(args.dir))
-    learn = LearnSettings(model=str(paths.model), steps=args.steps, batch_size=2)
-    evaluation = EvalSettings(samples=2, render_steps=8, guidance=3.0, clip_arch="sstar-tiny-clip",
-                              clip_checkpoint=str(paths.clip))
-    run = RunSettings(device="cpu", concepts_per_batch=2, checkpoint_every=20, workers=2)
-    print(f"sstar demo: learning {len(list(paths.catalog.iterdir()))} concepts with Prefect "
-          f"(local ephemeral server); outputs go to {paths.out}")
-    code = _run_catalog(str(paths.catalog), str(paths.out), learn, evaluation, run)
+    what = "tiny random-weight models" if args.random_models else "the toy world's held-out concepts and model"
+    print(f"sstar demo: preparing {what} in {args.dir} …")
+    demo = prepare_demo(Path(args.dir), random_models=args.random_models, steps=args.steps)
+    if demo.torch_threads:
+        import torch
+
+        torch.set_num_threads(demo.torch_threads)
+    print(f"sstar demo: learning {sum(p.is_dir() for p in demo.catalog.iterdir())} concepts with Prefect "
+          f"(local ephemeral server); outputs go to {demo.out}")
+    code = _run_catalog(str(demo.catalog), str(demo.out), demo.learn, demo.evaluation, demo.run)
     if code == 0:
-        print(f"\nsstar demo: done — open {paths.out / 'reports' / 'latest.html'}")
+        print(f"\nsstar demo: done — open {demo.out / 'reports' / 'latest.html'}")
     return code
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from flows.dashboard import write_dashboard
+
+    print(f"dashboard: {write_dashboard(args.out)}")
+    return 0
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -114,10 +121,16 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the workflow commands on the ``sstar`` parser."""
-    p = sub.add_parser("demo", help="run the whole pipeline on a generated sample catalog and tiny models")
+    p = sub.add_parser("demo", help="learn the toy world's held-out concepts with its model: the method at work")
     p.add_argument("--dir", default="sstar-demo", help="where the catalog, models and outputs go")
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps per concept")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per concept (default: the demo's)")
+    p.add_argument("--random-models", action="store_true",
+                   help="plumbing only: generated shapes on tiny random-weight models (lift ≈ 0)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dashboard", help="write <out>/reports/dashboard.html over all runs (catalog runs refresh it)")
+    p.add_argument("--out", required=True, help="output URI of the runs: s3://bucket/prefix or a local folder")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("learn", help="run learn-catalog on a catalog (local or s3://)")
     _add_run_arguments(p)

@@ -124,21 +124,15 @@ def run_concept_deployment(deployment: str, catalog: str, out: str, record: Conc
 
 
 def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
-    """Metrics (one Parquet file), embeddings index, HTML report, artifacts; returns the run summary."""
+    """Metrics (one Parquet file), embeddings index, HTML report, dashboard, artifacts; returns the run summary."""
+    from flows.dashboard import refresh_dashboard
     from flows.report import write_report
 
     metrics_uri = write_metrics(out, rows)
     store = open_store(out)
-    grids: dict[str, bytes] = {}
-    results = ResultStore(store)
-    for row in rows:
-        if row.status in ("ok", "skipped") and row.grid_uri and row.digest:
-            try:
-                grids[row.concept_id] = store.get(results.key(row.concept_id, row.digest, "grid.png"))
-            except Exception:  # noqa: BLE001 - a missing grid only costs the report a picture
-                pass
     dict_rows = [r.to_dict() for r in rows]
-    report_uri = write_report(out, run_id, dict_rows, grids)
+    report_uri = write_report(out, run_id, dict_rows)
+    refresh_dashboard(out, dict_rows, get_run_logger())
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
     summary = dict(run_id=run_id, out=out, counts=counts, metrics_uri=metrics_uri, report_uri=report_uri,

@@ -35,6 +35,7 @@ __all__ = [
     "STATUSES",
     "MetricsRow",
     "append_metrics",
+    "metrics_dataset",
     "read_metrics",
     "update_embeddings_index",
     "read_embeddings_index",
@@ -65,6 +66,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("inversion_lift", pa.float64()),
         pa.field("final_loss", pa.float64()),
         pa.field("train_seconds", pa.float64()),
+        pa.field("eval_seconds", pa.float64()),
         pa.field("embedding_uri", pa.string()),
         pa.field("grid_uri", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
@@ -82,7 +84,7 @@ _PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), 
 _INT_FIELDS = ("steps", "vectors")
 _FLOAT_FIELDS = (
     "lr", "image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
-    "inversion_lift", "final_loss", "train_seconds",
+    "inversion_lift", "final_loss", "train_seconds", "eval_seconds",
 )
 _STR_FIELDS = ("digest", "token", "model", "embedding_uri", "grid_uri")
 
@@ -112,6 +114,7 @@ class MetricsRow:
     inversion_lift: float | None = None
     final_loss: float | None = None
     train_seconds: float | None = None
+    eval_seconds: float | None = None
     embedding_uri: str | None = None
     grid_uri: str | None = None
     created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -198,22 +201,28 @@ def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | No
     raise StorageError(f"could not find a free metrics file name under {store.url(METRICS_DIR)}")  # pragma: no cover
 
 
-def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
-    """Every metrics row under ``<out>/metrics/`` as a table with :data:`METRICS_SCHEMA`, sorted by
-    ``created_at``, ``run_id``, ``concept_id`` (empty table when there are none)."""
+def metrics_dataset(out_uri: str, s3: S3Settings | None = None) -> ds.Dataset | None:
+    """The metrics under ``<out>/metrics/`` as a lazy :class:`pyarrow.dataset.Dataset` with
+    :data:`METRICS_SCHEMA` (columns added later read as null in older files); None when there are none.
+    What ``sql/views.sql`` expects registered as ``metrics_files``."""
     filesystem, base = pyarrow_filesystem(out_uri, s3)
     path = f"{base.rstrip('/')}/{METRICS_DIR}"
     try:
         if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-            return METRICS_SCHEMA.empty_table()
-        dataset = ds.dataset(
-            path,
-            filesystem=filesystem,
-            format="parquet",
-            schema=METRICS_SCHEMA,
-            partitioning=_PARTITIONING,
-            ignore_prefixes=[".", "_"],
-        )
+            return None
+        return ds.dataset(path, filesystem=filesystem, format="parquet", schema=METRICS_SCHEMA,
+                          partitioning=_PARTITIONING, ignore_prefixes=[".", "_"])
+    except (OSError, pa.ArrowException) as exc:
+        raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None
+
+
+def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
+    """Every metrics row under ``<out>/metrics/`` as a table with :data:`METRICS_SCHEMA`, sorted by
+    ``created_at``, ``run_id``, ``concept_id`` (empty table when there are none)."""
+    dataset = metrics_dataset(out_uri, s3)
+    if dataset is None:
+        return METRICS_SCHEMA.empty_table()
+    try:
         table = dataset.to_table()
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None

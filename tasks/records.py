@@ -57,3 +57,4 @@ class ScoredConcept:
     scores: dict[str, Any] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     error: str | None = None
+    eval_seconds: float | None = None  # rendering and scoring

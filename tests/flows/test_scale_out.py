@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, write_shape_images
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -30,17 +29,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"prefect server exited: {log.read_text()[-2000:]}"
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"prefect server not healthy after {timeout} s: {log.read_text()[-2000:]}")
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -66,7 +60,8 @@ def prefect_server(tmp_path):
                              str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
                             start_new_session=True)
     try:
-        _wait_healthy(url, proc, log)
+        wait_until(lambda: _healthy(url), 90, "prefect server health",
+                   abort=lambda: proc.poll() is not None and f"it exited: {log.read_text()[-2000:]}")
         yield url, env
     finally:
         _stop(proc)
@@ -126,14 +121,20 @@ def test_two_workers_share_the_catalog(prefect_server, tiny_model_dir, tmp_path)
     assert {r["status"] for r in rows} == {"ok"}
     for concept_id in concepts:
         assert len(list((out / "embeddings" / concept_id).iterdir())) == 1
-    ran = {}
-    for log in logs:
-        text = log.read_text()
-        # Both workers may pick up the same scheduled run; the server lets only one move it to
-        # Pending and the other logs "Aborted submission". A run "ran" where it was not aborted.
-        submitted = set(re.findall(r"Worker '[^']*' submitting flow run '([0-9a-f-]{36})'", text))
-        aborted = set(re.findall(r"Aborted submission of flow run '([0-9a-f-]{36})'", text))
-        ran[log.stem] = submitted - aborted
-    assert all(ran.values()), f"each worker must run work: {ran}"
-    assert not (ran["worker-0"] & ran["worker-1"]), "no flow run may run on both workers"
-    assert len(ran["worker-0"] | ran["worker-1"]) == len(concepts)
+    # which worker ran each child flow run, from the API: the worker that wins a run (moves it to
+    # Pending; a second worker trying the same run is refused) labels it with its name before running it
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        registered = {w.name for w in client.read_workers_for_work_pool("local-gpu")}
+    assert registered == {"worker-0", "worker-1"}
+    assert len(runs) == len(concepts), "one flow run per concept"
+    assert sorted(r.parameters["concept_id"] for r in runs) == concepts
+    for run in runs:
+        assert run.state is not None and run.state.is_completed(), (run.name, run.state)
+        assert run.run_count == 1, f"{run.name} ran {run.run_count} times"
+    ran_on = {run.name: run.labels.get("prefect.worker.name") for run in runs}
+    worker_logs = "\n".join(f"{log.name}: {log.read_text()[-1500:]}" for log in logs)
+    assert set(ran_on.values()) == registered, f"each worker must run work: {ran_on}\n{worker_logs}"
