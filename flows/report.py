@@ -1,11 +1,17 @@
-"""The run report: one self-contained static HTML page written next to the metrics.
+"""The run report: one static HTML page per run, written next to the metrics.
 
-A header (run id, ok/failed/skipped counts, mean inversion lift), an inline-SVG bar chart of the
-lift across concepts, one card per concept learned in this run (grid thumbnail, scores, lift,
-token, steps, loss, train time, links), the failures with their reasons, and the skipped concepts
-in a compact list. No scripts, no external CSS, fonts or images: the page opens from a bucket, a
-mail attachment or a laptop alike. Everything that comes from a catalog or an error message is
-HTML-escaped; links only keep safe schemes.
+A header (run id, ok/failed/skipped counts, mean inversion lift), a chart of the lift of the
+concepts learned in this run (bars per concept, a histogram past :data:`MAX_BARS`), one card per
+learned concept (its learned-word and words-only grid thumbnails, scores, lift, token, steps, loss,
+train time, links), the failures with their reasons, and a summary of the skipped concepts.
+
+The page stays small at catalog size: grids are never embedded. Each result carries small JPEG
+thumbnails beside its grids (``grid.thumb.jpg``, written by :func:`inversion.scoring.write_scores`),
+which the cards lazy-load through *relative* links (``../embeddings/<concept>/<digest>/…``), so the
+page opens from a bucket or a local folder with no server; skipped concepts are counted and
+summarised, not listed as cards. Its only script is the embedded chart library
+(:mod:`flows.charts`); no external CSS, fonts, scripts or CDN. Everything that comes from a catalog or
+an error message is HTML-escaped; links only keep safe schemes.
 
 Scores are raw CLIP cosines in [-1, 1] (see :mod:`inversion.scoring`), not the 2.5×-scaled
 CLIPScore; the lift is the learned word's image similarity minus the words-only baseline's.
@@ -13,20 +19,28 @@ CLIPScore; the lift is the learned word's image similarity minus the words-only 
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import numbers
+from collections.abc import Callable
 from html import escape
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+from flows.charts import bar_chart, chart, charts_script, histogram
+from inversion.scoring import BASELINE_GRID_THUMBNAIL_FILENAME, GRID_THUMBNAIL_FILENAME
 from storage.objectstore import open_store
+from storage.results import ResultStore
 
-__all__ = ["lift_chart", "render_report", "write_report"]
+__all__ = ["MAX_BARS", "MAX_LISTED", "lift_chart", "render_report", "write_report"]
 
-THUMBNAIL_WIDTH = 768
+#: past this many learned concepts the lift chart is a histogram rather than one bar per concept
+MAX_BARS = 60
+#: failures listed one by one (the rest are counted); skipped concepts named in the summary
+MAX_LISTED = 200
+MAX_SKIPPED_NAMES = 40
 MISSING = "—"
+#: ``(concept_id, digest, file name) -> key under the output root`` (``ResultStore.key``)
+ResultKey = Callable[[str, str, str], str]
 _SAFE_SCHEMES = {"http", "https", "s3", "gs", "file", ""}
 
 _CSS = """
@@ -40,14 +54,15 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:30px 0 10px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:14px}
 .card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:12px 14px}
 .card h3{margin:0 0 4px;font-size:15px;word-break:break-all}
-.card img{display:block;width:100%;height:auto;border-radius:4px;margin-top:10px;background:#eee}
+.card img{display:block;width:100%;height:auto;border-radius:4px;margin-top:4px;background:#eee;
+image-rendering:pixelated}
+.grids{display:grid;grid-template-columns:1fr;gap:6px;margin-top:8px}.grids figure{margin:0}
+.grids figcaption{font-size:12px;color:#69727d}
 table{border-collapse:collapse;font-size:13px;width:100%;margin-top:6px}
 td{padding:2px 8px 2px 0;vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .up{color:#17803d;font-weight:600}.down{color:#b42318;font-weight:600}
 .fail{background:#fff;border-left:4px solid #d92d20;padding:8px 12px;margin:6px 0}
 .fail pre{margin:4px 0 0;white-space:pre-wrap;word-break:break-word;font-size:12px}
-ul.skipped-list{list-style:none;padding:0;margin:0;display:flex;flex-wrap:wrap;gap:6px}
-ul.skipped-list li{background:#fff;border:1px solid #dde1e6;border-radius:6px;padding:3px 9px;font-size:13px}
 .chart{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px;overflow-x:auto}
 code{font-size:12px;word-break:break-all}a{color:#1558b0}
 """
@@ -114,70 +129,45 @@ def _cid(row: dict) -> str:
     return str(row.get("concept_id") or "?")
 
 
-def _thumbnail(data: bytes, width: int = THUMBNAIL_WIDTH) -> str | None:
-    """A ``data:`` URI of the image downscaled to at most ``width`` px wide (JPEG), or None if unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "P"):
-                rgba = image.convert("RGBA")
-                background = Image.new("RGB", rgba.size, (255, 255, 255))
-                background.paste(rgba, mask=rgba.getchannel("A"))
-                image = background
-            else:
-                image = image.convert("RGB")
-            if image.width > width:
-                height = max(1, round(image.height * width / image.width))
-                image = image.resize((width, height), Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=85, optimize=True)
-    except Exception:  # noqa: BLE001 - a broken grid only costs the card its picture
+def _relative(result_key: ResultKey, row: dict, name: str) -> str | None:
+    """A link from ``reports/<page>.html`` to one of ``row``'s result files, or None without a digest."""
+    digest = row.get("digest")
+    if not isinstance(digest, str) or not digest:
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    try:
+        key = result_key(_cid(row), digest, name)
+    except Exception:  # noqa: BLE001 - an id or digest the layout refuses only costs the card its picture
+        return None
+    return "../" + quote(key)
 
 
 def lift_chart(rows: list[dict]) -> str:
-    """An inline-SVG horizontal bar chart of inversion lift: one bar per scored (non-failed) concept,
-    sorted high to low, a zero line, negative bars red."""
-    scored = [(r, _number(r.get("inversion_lift"))) for r in rows if r.get("status") != "failed"]
-    scored = sorted(((r, v) for r, v in scored if v is not None), key=lambda item: (-item[1], _cid(item[0])))
+    """The inversion lift of the concepts learned in this run (``ok`` rows with a score): one bar per
+    concept sorted high to low (negative bars red) up to :data:`MAX_BARS` concepts, a histogram beyond."""
+    scored = [(r, v) for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
     if not scored:
-        return f'<p class="muted">No concept has a lift score in this run ({MISSING}).</p>'
-    label_w, bar_w, value_w, row_h, top = 200, 420, 64, 22, 22
-    span = max(0.02, max(abs(v) for _, v in scored))
-    has_negative = any(v < 0 for _, v in scored)
-    zero = label_w + (bar_w / 2 if has_negative else 0)
-    half = bar_w / 2 if has_negative else bar_w - 4
-    height = top + row_h * len(scored) + 8
-    width = label_w + bar_w + value_w
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="inversion lift per concept" '
-             f'font-family="system-ui,sans-serif">',
-             f'<text x="{zero:.1f}" y="14" text-anchor="middle" font-size="11" fill="#69727d">0</text>',
-             f'<text x="{zero + half:.1f}" y="14" text-anchor="end" font-size="11" fill="#69727d">+{span:.3f}</text>']
-    if has_negative:
-        parts.append(f'<text x="{zero - half:.1f}" y="14" font-size="11" fill="#69727d">-{span:.3f}</text>')
-    for i, (row, lift) in enumerate(scored):
-        cid = _cid(row)
-        short = cid if len(cid) <= 30 else cid[:29] + "…"
-        length = max(abs(lift) / span * half, 1.0)
-        x = zero if lift >= 0 else zero - length
-        y = top + i * row_h
-        colour = "#2e9e5b" if lift >= 0 else "#d9534f"
-        parts.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end" font-size="12">{escape(short)}</text>')
-        parts.append(f'<rect class="bar" x="{x:.1f}" y="{y + 4}" width="{length:.1f}" height="{row_h - 8}" '
-                     f'fill="{colour}"><title>{escape(cid)}: {lift:+.4f}</title></rect>')
-        value_x = (zero + length + 4) if lift >= 0 else (zero + 4)
-        parts.append(f'<text x="{value_x:.1f}" y="{y + 15}" font-size="11" fill="#1d232b">{lift:+.3f}</text>')
-    parts.append(f'<line x1="{zero:.1f}" y1="{top - 2}" x2="{zero:.1f}" y2="{height - 4}" stroke="#1d232b" '
-                 'stroke-width="1"/>')
-    parts.append("</svg>")
-    return "".join(parts)
+        return f'<p class="muted">No concept learned in this run has a lift score ({MISSING}).</p>'
+    scored.sort(key=lambda item: (-item[1], _cid(item[0])))
+    if len(scored) <= MAX_BARS:
+        config = bar_chart([_cid(r) for r, _ in scored], [round(v, 4) for _, v in scored], series="inversion lift",
+                           x_title="inversion lift (raw cosine)", horizontal=True, signed_colours=True)
+        return chart("lift-chart", config, height=60 + 22 * len(scored), label="inversion lift per concept")
+    labels, counts = histogram([v for _, v in scored], bins=30)
+    config = bar_chart(labels, counts, series="concepts", x_title="inversion lift (raw cosine)", y_title="concepts")
+    return chart("lift-chart", config, height=320, label="distribution of inversion lift")
 
 
-def _card(row: dict, image: bytes | str | None) -> str:
+def _figure(href: str | None, full: str | None, caption: str, cid: str) -> str:
+    if not href:
+        return f"<figure><figcaption>{escape(caption)}: {MISSING}</figcaption></figure>"
+    image = (f"<img alt='{escape(caption, quote=True)} grid of {escape(cid, quote=True)}' loading='lazy' "
+             f"src='{escape(href, quote=True)}'>")
+    if full:
+        image = f"<a href='{escape(full, quote=True)}'>{image}</a>"
+    return f"<figure><figcaption>{escape(caption)}</figcaption>{image}</figure>"
+
+
+def _card(row: dict, result_key: ResultKey) -> str:
     cid = _cid(row)
     scores = (
         ("image similarity, learned word", _fmt(row.get("image_similarity"))),
@@ -191,31 +181,41 @@ def _card(row: dict, image: bytes | str | None) -> str:
         ("train seconds", _fmt(row.get("train_seconds"), 1)),
     )
     cells = "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
-    picture = ""
-    if isinstance(image, (bytes, bytearray)):
-        src = _thumbnail(bytes(image))
-        picture = (f"<img alt='prompt grid of {escape(cid, quote=True)}' loading='lazy' src='{src}'>" if src
-                   else "<p class='muted small'>grid image unreadable</p>")
-    elif isinstance(image, str) and image:
-        picture = f"<p>grid: {_link(image, 'open')}</p>"
-    elif row.get("grid_uri"):
-        picture = f"<p>grid: {_link(row.get('grid_uri'), 'open')}</p>"
+    grids = ("<div class='grids'>"
+             + _figure(_relative(result_key, row, GRID_THUMBNAIL_FILENAME), _relative(result_key, row, "grid.png"),
+                       "learned word", cid)
+             + _figure(_relative(result_key, row, BASELINE_GRID_THUMBNAIL_FILENAME),
+                       _relative(result_key, row, "baseline_grid.png"), "words only", cid)
+             + "</div>")
     return (f"<div class='card'><h3>{escape(cid)}</h3>"
             f"<div>token <code>{_fmt(row.get('token'))}</code> · lift {_lift(row.get('inversion_lift'))}</div>"
-            f"<table>{cells}</table>"
+            f"{grids}<table>{cells}</table>"
             f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
             f"<div class='small muted'>model {_fmt(row.get('model'))} · digest "
-            f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div>{picture}</div>")
+            f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div></div>")
 
 
-def render_report(rows: list[dict], *, run_id: str, title: str, images: dict[str, bytes | str]) -> str:
-    """The report's HTML. ``rows`` are metrics rows as dicts (any value may be None); ``images``
-    maps concept id → grid PNG bytes (embedded as a downscaled thumbnail) or a URI (linked)."""
-    images = images or {}
+def _skipped_summary(skipped: list[dict]) -> str:
+    lifts = [v for r in skipped if (v := _number(r.get("inversion_lift"))) is not None]
+    stats = (f"lift of their last learning: mean {_lift(sum(lifts) / len(lifts))}, min {_lift(min(lifts))}, "
+             f"max {_lift(max(lifts))}, below zero {sum(v < 0 for v in lifts)}" if lifts else "no lift scores")
+    names = ", ".join(escape(_cid(r)) for r in skipped[:MAX_SKIPPED_NAMES])
+    more = f" and {len(skipped) - MAX_SKIPPED_NAMES} more" if len(skipped) > MAX_SKIPPED_NAMES else ""
+    return (f"<h2>Skipped — already learned ({len(skipped)})</h2>"
+            f"<p>{len(skipped)} concept(s) had a complete result for their current digest; {stats}. "
+            f"Per-concept scores, grids and embeddings of every concept: the <a href='dashboard.html'>dashboard</a>."
+            f"</p><p class='muted small'>{names}{more}</p>")
+
+
+def render_report(rows: list[dict], *, run_id: str, title: str, result_key: ResultKey) -> str:
+    """The report's HTML. ``rows`` are metrics rows as dicts (any value may be None); ``result_key``
+    maps (concept id, digest, file name) to the file's key under the output root
+    (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "skipped")}
     lifts = [v for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
     mean_lift = sum(lifts) / len(lifts) if lifts else None
     run_date = next((r.get("run_date") for r in rows if r.get("run_date")), None)
+    lift = lift_chart(rows)
     html = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
@@ -223,46 +223,48 @@ def render_report(rows: list[dict], *, run_id: str, title: str, images: dict[str
         f"<h1>{escape(title)}</h1>",
         f"<div class='muted'>run <code>{escape(str(run_id))}</code>"
         + (f" · {escape(str(run_date))}" if run_date else "")
-        + f" · mean inversion lift of the concepts learned in this run: {_lift(mean_lift)}</div>",
+        + f" · mean inversion lift of the concepts learned in this run: {_lift(mean_lift)}"
+        + " · <a href='dashboard.html'>all runs</a></div>",
         "<div class='pills'>" + "".join(f"<span class='{s}'>{s} {n}</span>" for s, n in counts.items()) + "</div>",
         "<p class='muted small'>Similarities are raw CLIP cosines in [-1, 1] (not the 2.5×-scaled CLIPScore). "
         "Lift = image similarity of the learned word minus that of the same prompts with plain words; "
         "positive means the learned word captures the concept better than words do.</p>",
-        "<h2>Inversion lift across concepts</h2>"
-        "<p class='muted small'>One bar per concept with a score; skipped concepts show the score of the run "
-        "that learned them.</p>",
-        f"<div class='chart'>{lift_chart(rows)}</div>",
+        "<h2>Inversion lift of the concepts learned in this run</h2>",
+        f"<div class='chart'>{lift}</div>",
     ]
     learned = sorted((r for r in rows if r.get("status") == "ok"), key=_cid)
     if learned:
         html.append(f"<h2>Concepts learned in this run ({len(learned)})</h2><div class='cards'>")
-        html.extend(_card(row, images.get(_cid(row))) for row in learned)
+        html.extend(_card(row, result_key) for row in learned)
         html.append("</div>")
     failed = sorted((r for r in rows if r.get("status") == "failed"), key=_cid)
     if failed:
         html.append(f"<h2>Failures ({len(failed)})</h2>")
-        for row in failed:
+        for row in failed[:MAX_LISTED]:
             html.append(f"<div class='fail'><b>{escape(_cid(row))}</b>"
                         f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>")
+        if len(failed) > MAX_LISTED:
+            html.append(f"<p class='muted'>… and {len(failed) - MAX_LISTED} more failures: see the metrics "
+                        "(<code>status = 'failed'</code>) or the <a href='dashboard.html'>dashboard</a>.</p>")
     skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)
     if skipped:
-        html.append(f"<h2>Skipped — already learned ({len(skipped)})</h2><ul class='skipped-list'>")
-        for row in skipped:
-            image = images.get(_cid(row))
-            grid = image if isinstance(image, str) and image else row.get("grid_uri")
-            extra = f" · {_link(grid, 'grid')}" if grid else ""
-            html.append(f"<li>{escape(_cid(row))} · lift {_lift(row.get('inversion_lift'))}{extra}</li>")
-        html.append("</ul>")
+        html.append(_skipped_summary(skipped))
     if not rows:
         html.append("<p class='muted'>This run had no concepts.</p>")
+    if "data-chart-for" in lift:
+        html.append(charts_script())
     html.append("</body></html>")
     return "".join(html)
 
 
-def write_report(out_uri: str, run_id: str, rows: list[dict], images: dict[str, bytes]) -> str:
-    """Write ``reports/<run_id>.html`` and ``reports/latest.html`` under ``out_uri``; returns the run's report URL."""
-    page = render_report(rows, run_id=run_id, title=f"sstar run {run_id}", images=images).encode("utf-8")
+def write_report(out_uri: str, run_id: str, rows: list[dict]) -> str:
+    """Write ``reports/<run_id>.html`` and ``reports/latest.html`` under ``out_uri``; returns the run's report URL.
+
+    Reads nothing: the grids' thumbnails were published with each result and are linked, not embedded.
+    """
     store = open_store(out_uri)
+    page = render_report(rows, run_id=run_id, title=f"sstar run {run_id}",
+                         result_key=ResultStore(store).key).encode("utf-8")
     key = f"reports/{run_id}.html"
     store.put(key, page)
     store.put("reports/latest.html", page)

@@ -43,6 +43,10 @@ SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
 SCORES_FILENAME = "scores.json"
 GRID_FILENAME = "grid.png"
 BASELINE_GRID_FILENAME = "baseline_grid.png"
+#: small JPEG copies of the grids, written beside them for reports to link (never embed)
+GRID_THUMBNAIL_FILENAME = "grid.thumb.jpg"
+BASELINE_GRID_THUMBNAIL_FILENAME = "baseline_grid.thumb.jpg"
+THUMBNAIL_WIDTH = 768
 
 
 def _as_embeddings(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -385,17 +389,30 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def save_thumbnail(image: Image.Image, path: Path, width: int = THUMBNAIL_WIDTH) -> Path:
+    """Save ``image`` as a JPEG at most ``width`` pixels wide (aspect kept) to ``path``."""
+    image = image.convert("RGB")
+    if image.width > width:
+        image = image.resize((width, max(1, round(image.height * width / image.width))), Image.Resampling.LANCZOS)
+    image.save(path, format="JPEG", quality=85, optimize=True)
+    return path
+
+
 def write_scores(scores: ConceptScores, out_dir: Path) -> dict[str, Path]:
-    """Save ``grid.png``, ``baseline_grid.png`` and ``scores.json`` into ``out_dir``."""
+    """Save ``grid.png``, ``baseline_grid.png``, their JPEG thumbnails and ``scores.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "grid": out_dir / GRID_FILENAME,
         "baseline_grid": out_dir / BASELINE_GRID_FILENAME,
+        "grid_thumbnail": out_dir / GRID_THUMBNAIL_FILENAME,
+        "baseline_grid_thumbnail": out_dir / BASELINE_GRID_THUMBNAIL_FILENAME,
         "scores": out_dir / SCORES_FILENAME,
     }
     scores.grid.save(files["grid"])
     scores.baseline_grid.save(files["baseline_grid"])
+    save_thumbnail(scores.grid, files["grid_thumbnail"])
+    save_thumbnail(scores.baseline_grid, files["baseline_grid_thumbnail"])
     payload = _finite(scores.to_json())
     payload["files"] = {k: p.name for k, p in files.items()}
     atomic_write_bytes(files["scores"], (json.dumps(payload, indent=2) + "\n").encode("utf-8"))

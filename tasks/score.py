@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -40,9 +41,11 @@ def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluati
         settings = ScoreSettings(prompts=tuple(evaluation.prompts) if evaluation.prompts else None,
                                  samples=evaluation.samples)
         with gpu_slot(run.gpu_limit_name):
+            started = time.perf_counter()
             scores = score_concept(renderer, clip, embedding, references, record.class_name,
                                    captions=list(record.captions) or None, property=record.property,
                                    settings=settings)
+            eval_seconds = time.perf_counter() - started
     except SstarError as exc:
         return ScoredConcept(outcome, error=f"scoring failed: {exc}")
     out_dir = Path(outcome.staged.work_dir) / "result"
@@ -52,4 +55,4 @@ def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluati
     files = [outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values())]
     get_run_logger().info("%s: image similarity %.3f vs baseline %.3f (lift %+.3f)", record.concept_id,
                           scores.image_similarity, scores.baseline_image_similarity, scores.inversion_lift)
-    return ScoredConcept(outcome, scores.to_json(), tuple(files))
+    return ScoredConcept(outcome, scores.to_json(), tuple(files), eval_seconds=eval_seconds)

@@ -45,6 +45,7 @@ EXPECTED = [
     ("inversion_lift", pa.float64(), True),
     ("final_loss", pa.float64(), True),
     ("train_seconds", pa.float64(), True),
+    ("eval_seconds", pa.float64(), True),
     ("embedding_uri", pa.string(), True),
     ("grid_uri", pa.string(), True),
     ("created_at", pa.timestamp("us", tz="UTC"), False),
