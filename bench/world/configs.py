@@ -15,7 +15,6 @@ from typing import Any
 
 from inversion.clip import CONFIG_DIR
 from inversion.models import SCHEDULER_CONFIG, TEXT_ENCODER_COMMON
-
 from toyworld import CLIP_ARCH as WORLD_CLIP_ARCH
 
 WORLD_CLIP_CONFIG = CONFIG_DIR / f"{WORLD_CLIP_ARCH}.json"

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from inversion.checkpoint import CHECKPOINT_FILENAME, read_checkpoint
 from inversion.config import ConceptConfig, TrainConfig
 from inversion.errors import ConfigError, InputError, TrainingDivergedError
 from inversion.models import load_components
 from inversion.tokens import initial_vectors
-from inversion.checkpoint import CHECKPOINT_FILENAME, read_checkpoint
 from inversion.train import evaluation_loss, train_concept, train_concepts
 from tests.conftest import write_shape_images
 
@@ -119,7 +119,8 @@ def test_diverging_loss_stops_with_a_clear_error(tiny_model_dir, concept_images,
     with torch.no_grad():
         components.unet.conv_out.bias.fill_(float("nan"))
     concept = ConceptConfig("<red-square>", "square", concept_images)
-    with pytest.raises(TrainingDivergedError, match=r"training of <red-square> diverged: loss is nan at step 1") as info:
+    diverged = r"training of <red-square> diverged: loss is nan at step 1"
+    with pytest.raises(TrainingDivergedError, match=diverged) as info:
         train_concept(components, concept, TrainConfig(steps=3, batch_size=1), output_dir=tmp_path / "out")
     assert (info.value.token, info.value.step) == ("<red-square>", 1), "the raised error keeps its fields"
     assert not (tmp_path / "out" / "learned_embeds.safetensors").exists()
