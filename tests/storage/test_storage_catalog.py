@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -75,7 +76,9 @@ def test_digest_is_stable_and_sensitive() -> None:
     meta = ConceptMeta.defaults("c")
     settings = {"steps": 100, "lr": 0.005, "model": "sd15"}
     digest = concept_digest(images, meta, settings)
-    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", digest), digest  # what result keys accept (embeddings/<id>/<digest>)
+    assert concept_digest({k: bytes(bytearray(v)) for k, v in images.items()}, ConceptMeta.defaults("c"),
+                          dict(settings)) == digest  # equal content, other objects: the same digest
     assert concept_digest(dict(reversed(images.items())), meta, dict(reversed(settings.items()))) == digest
     assert concept_digest(images, meta.to_dict(), settings) == digest
     changed = [
@@ -176,8 +179,14 @@ def test_scan_limited_to_some_concepts_reads_only_their_folders(store: ObjectSto
 
 def test_digests_track_content(store: ObjectStore) -> None:
     _build_catalog(store)
-    first = {s.concept_id: s.digest for s in discover_catalog(store).specs}
+    scan = discover_catalog(store)
+    first = {s.concept_id: s.digest for s in scan.specs}
     assert {s.concept_id: s.digest for s in discover_catalog(store).specs} == first
+    # identical bytes uploaded again (a new mtime or upload, the same content): nothing changes,
+    # whether the scan reads everything or starts from the state of the previous scan
+    store.put("good/1.jpg", store.get("good/1.jpg"))
+    assert {s.concept_id: s.digest for s in discover_catalog(store).specs} == first
+    assert {s.concept_id: s.digest for s in discover_catalog(store, previous=scan.state).specs} == first
     store.put("plain/y.webp", imagegen.encode(imagegen.Image.new("RGB", (24, 24), (9, 9, 9)), "WEBP"))
     second = {s.concept_id: s.digest for s in discover_catalog(store).specs}
     assert {c for c in first if first[c] != second[c]} == {"plain"}
