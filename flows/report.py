@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from flows.charts import bar_chart, chart, charts_script, histogram
-from inversion.scoring import BASELINE_GRID_THUMBNAIL_FILENAME, GRID_THUMBNAIL_FILENAME
+from inversion.scoring import (BASELINE_GRID_FILENAME, BASELINE_GRID_THUMBNAIL_FILENAME, GRID_FILENAME,
+                               GRID_THUMBNAIL_FILENAME)
 from storage.objectstore import open_store
 from storage.results import ResultStore
 
@@ -182,10 +183,10 @@ def _card(row: dict, result_key: ResultKey) -> str:
     )
     cells = "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
     grids = ("<div class='grids'>"
-             + _figure(_relative(result_key, row, GRID_THUMBNAIL_FILENAME), _relative(result_key, row, "grid.png"),
+             + _figure(_relative(result_key, row, GRID_THUMBNAIL_FILENAME), _relative(result_key, row, GRID_FILENAME),
                        "learned word", cid)
              + _figure(_relative(result_key, row, BASELINE_GRID_THUMBNAIL_FILENAME),
-                       _relative(result_key, row, "baseline_grid.png"), "words only", cid)
+                       _relative(result_key, row, BASELINE_GRID_FILENAME), "words only", cid)
              + "</div>")
     return (f"<div class='card'><h3>{escape(cid)}</h3>"
             f"<div>token <code>{_fmt(row.get('token'))}</code> · lift {_lift(row.get('inversion_lift'))}</div>"
