@@ -30,6 +30,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSet
 
 def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
     from flows.learn import ConceptsFailed, learn_catalog, new_run_id
+    from tasks.preflight import PreflightError
 
     run_id = new_run_id()
     state = learn_catalog(
@@ -56,6 +57,9 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
         state.result()
     except ConceptsFailed:
         return 1
+    except PreflightError as exc:  # nothing was trained or written: one line naming the option to fix
+        print(f"sstar: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # the run itself broke (e.g. an unreachable catalog)
         print(f"sstar: error: run {run_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)

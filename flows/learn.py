@@ -1,7 +1,9 @@
 """The workflow DAGs: ``learn_catalog`` (the scheduled, catalog-wide job) and ``learn_concept`` (ad hoc).
 
-learn_catalog: scan the catalog → skip concepts whose digest already has a complete result → stage
-images → invert (packs of ``concepts_per_batch``; GPU work under a global concurrency limit) → render
+learn_catalog: preflight (model, CLIP, catalog, output: fail in seconds, before any training) → scan
+the catalog's listings → skip concepts whose digest already has a complete result (one listing of
+``<out>/embeddings/``) → stage images (a concept changed since the last scan reads its images here,
+once, and is skipped after all when identical bytes were re-uploaded) → invert (packs of ``concepts_per_batch``; GPU work under a global concurrency limit) → render
 and score against the words-only baseline → publish write-once → append the run's metrics once,
 refresh the embeddings index, write the HTML report and Prefect artifacts. One bad concept never
 stops the others; the flow ends Failed (and ``sstar learn`` exits 1) when any concept failed.
@@ -13,6 +15,7 @@ import json
 import shutil
 import uuid
 import tempfile
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, task
@@ -22,14 +25,17 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from storage.metrics import MetricsRow
+from storage.metrics import MetricsRow, read_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
+from storage.scanstate import ConceptState
 
 from tasks.concurrency import ensure_gpu_limit
-from tasks.ingest import scan_catalog, stage_concept
+from tasks.ingest import remember_scan, scan_catalog, stage_concept
+from tasks.preflight import preflight
 from tasks.invert import invert_pack
-from tasks.publish import failed_row, publish_concept, row_from_json, row_to_json, rows_key, skipped_row, write_metrics
+from tasks.publish import (failed_row, publish_concept, row_from_json, row_to_json, rows_key, scan_from_json, skipped_row,
+                           write_metrics)
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
 from tasks.score import score_concept_task
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
@@ -62,8 +68,13 @@ def _submit(runner: ThreadPoolTaskRunner, task_, **parameters):
 
 def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: LearnSettings,
                    evaluation: EvalSettings, run: RunSettings, run_id: str, work_root: str,
-                   on_done) -> list[MetricsRow]:
+                   on_done, done: Mapping[str, frozenset[str]], index: Mapping[str, dict] | None = None,
+                   ) -> tuple[list[MetricsRow], list[StagedConcept]]:
     """Stage → invert (packed) → score → publish, fanned out on ``run.workers`` threads.
+
+    ``done`` maps concept ids to digests with a complete result: a concept whose staging finds its
+    digest there (identical bytes re-uploaded) becomes a ``skipped`` row (scores from ``index``, the
+    embeddings index by concept) instead of being learned. Returns the rows and every staged concept.
 
     The threads are this run's own task runner rather than the flow decorator's, so that the
     ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
@@ -71,14 +82,21 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
     with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
         rows: list[MetricsRow] = []
         staged: list[StagedConcept] = []
-        for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root))
+        for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root,
+                                           done_digests=sorted(done.get(r.concept_id, ()))))
                                for r in todo]:
             result = future.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
             staged.append(result)
+        for s in staged:
+            if s.done:
+                row = skipped_row(run_id, s.record, learn, out, (index or {}).get(s.record.concept_id))
+                rows.append(row)
+                on_done(row)
+        learning = [s for s in staged if not s.done]
         invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
-                          for pack in _chunks(staged, run.concepts_per_batch)}
+                          for pack in _chunks(learning, run.concepts_per_batch)}
         score_futures = {}
         for future in as_completed(list(invert_futures)):
             outcomes = future.result(raise_on_failure=False)
@@ -101,26 +119,29 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
                     row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
             rows.append(row)
             on_done(row)
-    return rows
+    return rows, staged
 
 
 @task(name="run-concept-flow", retries=0)
 def run_concept_deployment(deployment: str, catalog: str, out: str, record: ConceptRecord, learn: LearnSettings,
-                           evaluation: EvalSettings, run: RunSettings, run_id: str) -> MetricsRow:
+                           evaluation: EvalSettings, run: RunSettings, run_id: str,
+                           ) -> tuple[MetricsRow, ConceptState | None]:
     """Run ``learn_concept`` for one concept as a flow run of ``deployment`` (on any worker) and
-    collect the row it left in the output store."""
+    collect the row it left in the output store, with what it learned for the scan state. The
+    child skips the concept when its images turn out to have a complete result already."""
     from prefect.deployments import run_deployment
 
     parameters = dict(catalog=catalog, concept_id=record.concept_id, out=out, learn=learn.model_dump(),
                       evaluation=evaluation.model_dump(), run=run.model_dump(exclude={"deployment"}),
-                      parent_run_id=run_id)
+                      parent_run_id=run_id, skip_complete=True)
     child = run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True)
     try:
-        return row_from_json(open_store(out).get(rows_key(run_id, record.concept_id)))
+        raw = open_store(out).get(rows_key(run_id, record.concept_id))
+        return row_from_json(raw), scan_from_json(raw)
     except Exception:  # noqa: BLE001 - the child crashed before writing its row
         message = child.state.message if child.state else "no state"
         return failed_row(run_id, record.concept_id, f"flow run {child.name} ended {child.state_name}: {message}",
-                          learn, record)
+                          learn, record), None
 
 
 def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
@@ -139,14 +160,15 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
                    mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
                    failed={r.concept_id: r.error for r in rows if r.status == "failed"})
     store.put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
+    # artifacts list what this run did; skipped concepts (thousands on a quiet night) are only counted
     table = [{k: d[k] for k in ("concept_id", "status", "token", "image_similarity", "text_similarity",
                                 "baseline_image_similarity", "inversion_lift", "final_loss", "error")}
-             for d in dict_rows]
+             for d in dict_rows if d["status"] != "skipped"]
     create_table_artifact(table=table, key="sstar-run-concepts", description=f"sstar run {run_id}")
     lines = [f"# sstar run {run_id}", "",
              f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}", "",
              f"Report: {report_uri}", "", "| concept | status | lift | grid |", "|---|---|---|---|"]
-    for r in rows:
+    for r in (r for r in rows if r.status != "skipped"):
         lift = f"{r.inversion_lift:+.3f}" if r.inversion_lift is not None else "—"
         grid = f"[grid]({r.grid_uri})" if r.grid_uri else (r.error or "—").replace("|", "/")[:120]
         lines.append(f"| {r.concept_id} | {r.status} | {lift} | {grid} |")
@@ -162,18 +184,21 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
+    preflight(catalog, out, learn, evaluation, run)
     ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions, update=False)
-    records, unusable = scan_catalog(catalog, learn)
+    scan = scan_catalog(catalog, learn, out_uri=out)
+    unusable = scan.unusable
     rows: list[MetricsRow] = [failed_row(run_id, cid, reason, learn) for cid, reason in unusable]
-    results = ResultStore.open(out)
+    done = ResultStore.open(out).completed()  # one paginated listing, not a request per concept
+    index = {r["concept_id"]: r for r in read_embeddings_index(out).to_pylist()}
     todo = []
-    for record in records:
-        if results.is_complete(record.concept_id, record.digest):
-            rows.append(skipped_row(run_id, record, learn, out))
+    for record in scan.records:
+        if record.digest is not None and record.digest in done.get(record.concept_id, ()):
+            rows.append(skipped_row(run_id, record, learn, out, index.get(record.concept_id)))
         else:
             todo.append(record)
-    logger.info("run %s: %d to learn, %d already done, %d unusable", run_id, len(todo),
-                len(records) - len(todo), len(unusable))
+    logger.info("run %s: %d to stage (%d changed since the last scan), %d already done, %d unusable", run_id,
+                len(todo), sum(r.digest is None for r in todo), len(scan.records) - len(todo), len(unusable))
     progress_id = create_progress_artifact(progress=0.0, key="sstar-run-progress",
                                            description=f"concepts finished in run {run_id}")
     finished = [0]
@@ -184,6 +209,7 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
         logger.info("[%d/%d] %s: %s", finished[0], len(todo), row.concept_id, row.status)
 
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
+    learned: dict[str, ConceptState] = {}
     try:
         if run.deployment:
             with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
@@ -191,16 +217,24 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
                                    record=r, learn=learn, evaluation=evaluation, run=run, run_id=run_id): r
                            for r in todo}
                 for future in as_completed(list(futures)):
-                    row = future.result(raise_on_failure=False)
-                    if isinstance(row, BaseException):
-                        row = failed_row(run_id, futures[future].concept_id, str(row), learn, futures[future])
+                    result = future.result(raise_on_failure=False)
+                    if isinstance(result, BaseException):
+                        row = failed_row(run_id, futures[future].concept_id, str(result), learn, futures[future])
+                    else:
+                        row, concept_scan = result
+                        if concept_scan is not None:
+                            learned[row.concept_id] = concept_scan
                     rows.append(row)
                     on_done(row)
         else:
-            rows += _learn_locally(catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done)
+            new_rows, staged = _learn_locally(catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done,
+                                              done, index)
+            rows += new_rows
+            learned.update({s.record.concept_id: s.scan for s in staged if s.scan is not None})
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
+    remember_scan(out, scan.state.merged(learned), scan.previous)
     update_progress_artifact(progress_id, 100.0)
     summary = _publish_run_outputs(out, run_id, rows)
     logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
@@ -213,29 +247,35 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
 @flow(name="learn-concept", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def learn_concept(catalog: str, concept_id: str, out: str, learn: LearnSettings,
                   evaluation: EvalSettings = EvalSettings(), run: RunSettings = RunSettings(),
-                  parent_run_id: str | None = None) -> dict:
-    """Learn one concept of ``catalog`` now, whether or not it was learned before.
+                  parent_run_id: str | None = None, skip_complete: bool = False) -> dict:
+    """Learn one concept of ``catalog`` now, whether or not it was learned before (unless
+    ``skip_complete``: then a concept whose content already has a complete result is skipped).
 
     Launched by ``learn_catalog`` (``parent_run_id`` set) it leaves its metrics row for the parent;
     run ad hoc it appends the row to the metrics itself.
     """
     run_id = parent_run_id or new_run_id()
-    records, unusable = scan_catalog(catalog, learn, [concept_id])  # reads this concept's folder only
-    record = next((r for r in records if r.concept_id == concept_id), None)
+    preflight(catalog, out, learn, evaluation, run)
+    scan = scan_catalog(catalog, learn, [concept_id])  # lists this concept's folder only
+    record = next((r for r in scan.records if r.concept_id == concept_id), None)
+    done = ResultStore.open(out).completed(concept_id) if skip_complete else {}
+    concept_scan = None
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
     try:
         if record is None:
-            reason = dict(unusable).get(concept_id, f"no concept {concept_id!r} in {catalog}")
+            reason = dict(scan.unusable).get(concept_id, f"no concept {concept_id!r} in {catalog}")
             rows = [failed_row(run_id, concept_id, reason, learn)]
         else:
-            rows = _learn_locally(catalog, out, [record], learn, evaluation, run.model_copy(update={"deployment": None}),
-                                  run_id, work_root, on_done=lambda row: None)
+            rows, staged = _learn_locally(catalog, out, [record], learn, evaluation,
+                                          run.model_copy(update={"deployment": None}), run_id, work_root,
+                                          on_done=lambda row: None, done=done)
+            concept_scan = staged[0].scan
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
     (row,) = rows
     if parent_run_id:
-        open_store(out).put(rows_key(run_id, concept_id), row_to_json(row))
+        open_store(out).put(rows_key(run_id, concept_id), row_to_json(row, concept_scan))
     else:
         write_metrics(out, rows)
     if row.status == "failed":

@@ -11,6 +11,8 @@ Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``t
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +72,19 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
 
 
 def a1111_filename(token: str) -> str:
-    """The A1111 file name for ``token``: A1111 uses the file stem as the trigger word."""
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in token).strip("-.") or "embedding"
-    return f"{stem}.pt"
+    """The A1111 file name for ``token``: A1111 uses the file stem as the trigger word.
+
+    A token of plain ASCII letters, digits and ``- _ .`` (inside optional ``<>``) keeps its spelling
+    (``<my-cat>`` → ``my-cat.pt``). Any other token gets an ASCII slug plus 8 hex digits of its
+    SHA-256 (``<café-猫>`` → ``caf-<hash>.pt``): safe as an object key and on every filesystem,
+    stable, and distinct for distinct tokens. The exact token is always in the diffusers file.
+    """
+    core = token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", core).strip("-._")
+    if slug and slug == core:
+        return f"{slug}.pt"
+    suffix = hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+    return f"{slug[:48].rstrip('-._') or 'embedding'}-{suffix}.pt"
 
 
 def _only_tensor(tensors: dict, path: Path) -> torch.Tensor:

@@ -8,7 +8,9 @@ Layout::
 :func:`discover_catalog` turns a store into :class:`ConceptSpec` s plus :class:`ConceptProblem`
 s (a bad concept is reported, never stops the others). Each spec carries a content digest over
 its image bytes, its metadata and the learning settings: a scheduled run compares digests to
-find what is new or changed.
+find what is new or changed. With the state of the previous scan (:mod:`storage.scanstate`) a
+scan reads only listings for concepts whose objects did not change; a changed concept's images
+are read once, by :func:`read_concept`.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import InvalidConcept, InvalidInput, StorageError
-from .objectstore import ObjectStore
+from .objectstore import ObjectInfo, ObjectStore
+from .scanstate import ConceptState, MetaState, ScanState
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -34,8 +38,17 @@ __all__ = [
     "ConceptSpec",
     "ConceptProblem",
     "CatalogScan",
+    "ConceptRead",
+    "MAX_META_BYTES",
+    "MAX_IMAGE_BYTES",
+    "token_problem",
     "validate_concept_id",
+    "settings_fingerprint",
+    "images_fingerprint",
+    "listing_fingerprint",
+    "digest_of",
     "concept_digest",
+    "read_concept",
     "discover_catalog",
 ]
 
@@ -47,7 +60,30 @@ DIGEST_LENGTH = 16
 MAX_VECTORS = 64
 _CONCEPT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _KNOWN_KEYS = ("initializer", "property", "vectors", "class", "captions", "token")
-_MAX_META_BYTES = 64 * 1024
+MAX_META_BYTES = 64 * 1024
+MAX_IMAGE_BYTES = 64 * 1024 * 1024  # a 50 MP phone JPEG is ~25 MB
+
+
+def token_problem(token: object) -> str | None:
+    """Why ``token`` cannot be a placeholder word the pipeline carries, or ``None``.
+
+    Any printable word is fine (``<café-猫>`` included): the tokenizer adds it as one token and file
+    names are derived from it safely. Refused: empty or longer than 64 characters, whitespace of any
+    kind, and control, format (zero-width), private-use, surrogate or unassigned code points, which a
+    prompt cannot show or carry. Whether the word is already in a model's vocabulary is checked
+    against that model's tokenizer, not here.
+    """
+    if not isinstance(token, str) or not token:
+        return "it is empty"
+    if len(token) > 64:
+        return f"it has {len(token)} characters"
+    for ch in token:
+        category = unicodedata.category(ch)
+        if ch.isspace() or category.startswith("Z"):
+            return f"it contains whitespace (U+{ord(ch):04X})"
+        if category.startswith("C"):
+            return f"it contains the invisible or control character U+{ord(ch):04X}"
+    return None
 
 
 def validate_concept_id(concept_id: str) -> str:
@@ -84,8 +120,9 @@ class ConceptMeta:
     captions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.token, str) or not self.token or len(self.token) > 64 or re.search(r"\s", self.token):
-            raise InvalidConcept(f"token must be one word (1-64 chars, no spaces), got {self.token!r}")
+        problem = token_problem(self.token)
+        if problem:
+            raise InvalidConcept(f"token must be one word (1-64 chars, no spaces, no control or invisible characters), got {self.token!r}: {problem}")
         for name in ("initializer", "class_name"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
@@ -141,8 +178,8 @@ class ConceptMeta:
         """Parse ``concept.json`` bytes (``None`` = file absent → defaults)."""
         if raw is None:
             return cls.defaults(concept_id)
-        if len(raw) > _MAX_META_BYTES:
-            raise InvalidConcept(f"{CONCEPT_FILE} is larger than {_MAX_META_BYTES} bytes")
+        if len(raw) > MAX_META_BYTES:
+            raise InvalidConcept(f"{CONCEPT_FILE} is larger than {MAX_META_BYTES} bytes")
         try:
             data = json.loads(raw.decode("utf-8-sig"))
         except UnicodeDecodeError:
@@ -165,14 +202,25 @@ class ConceptMeta:
 
 @dataclass(frozen=True)
 class ConceptSpec:
-    """A concept ready to ingest: id, metadata, image keys (relative to the catalog root,
-    sorted) and the content digest."""
+    """A concept ready to ingest: id, metadata, image keys (relative to the catalog root, sorted)
+    and the content digest.
+
+    ``digest`` is ``None`` while the concept is *pending*: some image changed since the last scan, so
+    its content is not known yet; :func:`read_concept` (run by the concept's own staging, which reads
+    the images anyway) computes it. ``settings`` is the fingerprint of the learning settings, the
+    digest's third input, so the digest can be finished without them.
+    """
 
     concept_id: str
     meta: ConceptMeta
     images: tuple[str, ...]
-    digest: str
+    digest: str | None
     meta_key: str | None = None
+    settings: str = ""
+
+    @property
+    def pending(self) -> bool:
+        return self.digest is None
 
 
 @dataclass(frozen=True)
@@ -191,16 +239,30 @@ class ConceptProblem:
 
 @dataclass(frozen=True)
 class CatalogScan:
-    """The result of :func:`discover_catalog`: usable concepts and every problem found."""
+    """The result of :func:`discover_catalog`: usable concepts, every problem found, and the
+    :class:`~storage.scanstate.ScanState` of what this scan knows (to save for the next one)."""
 
     specs: tuple[ConceptSpec, ...]
     problems: tuple[ConceptProblem, ...] = field(default=())
+    state: ScanState | None = None
 
     def by_id(self) -> dict[str, ConceptSpec]:
         return {spec.concept_id: spec for spec in self.specs}
 
     def problems_for(self, concept_id: str) -> list[ConceptProblem]:
         return [p for p in self.problems if p.concept_id == concept_id]
+
+
+@dataclass(frozen=True)
+class ConceptRead:
+    """A concept's images, read once: their bytes by key, the spec with its digest computed over
+    the readable ones, files that could not be read, and the scan state entry to remember (``None``
+    when some image could not be read, so the next scan reads the concept again)."""
+
+    spec: ConceptSpec
+    data: Mapping[str, bytes]
+    problems: tuple[ConceptProblem, ...]
+    state: ConceptState | None
 
 
 def _canonical_json(value: Any, what: str) -> str:
@@ -222,6 +284,32 @@ def _canonical_json(value: Any, what: str) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def settings_fingerprint(learning_settings: Mapping[str, Any] | None) -> str:
+    """SHA-256 of the learning settings (a JSON-like mapping, canonical: key order does not matter)."""
+    return _sha256(_canonical_json(dict(learning_settings or {}), "learning settings"))
+
+
+def images_fingerprint(content_hashes: Mapping[str, str]) -> str:
+    """SHA-256 over a concept's image names (relative to its folder) and their content SHA-256s."""
+    return _sha256(_canonical_json(sorted([name, sha] for name, sha in content_hashes.items()), "image hashes"))
+
+
+def listing_fingerprint(entries: Iterable[tuple[str, int, str]]) -> str:
+    """SHA-256 over a concept's image listing entries ``(name, size, etag)``."""
+    return _sha256(_canonical_json(sorted([n, int(s), str(e)] for n, s, e in entries), "image listing"))
+
+
+def digest_of(images: str, meta: ConceptMeta | Mapping[str, Any], settings: str) -> str:
+    """The content digest from :func:`images_fingerprint`, the metadata and :func:`settings_fingerprint`."""
+    meta_dict = meta.to_dict() if isinstance(meta, ConceptMeta) else dict(meta)
+    payload = {"v": 2, "images": images, "meta": meta_dict, "settings": settings}
+    return _sha256(_canonical_json(payload, "learning settings and metadata"))[:DIGEST_LENGTH]
+
+
 def concept_digest(
     image_bytes: Mapping[str, bytes],
     meta: ConceptMeta | Mapping[str, Any],
@@ -234,20 +322,45 @@ def concept_digest(
     settings (a JSON-like mapping, compared canonically so key order does not matter). Any
     change to an image, ``concept.json`` or a setting changes it; nothing else does.
     """
-    meta_dict = meta.to_dict() if isinstance(meta, ConceptMeta) else dict(meta)
-    images = [[name, hashlib.sha256(data).hexdigest()] for name, data in sorted(image_bytes.items())]
-    payload = {
-        "v": 1,
-        "images": images,
-        "meta": meta_dict,
-        "settings": dict(learning_settings or {}),
-    }
-    text = _canonical_json(payload, "learning settings and metadata")
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:DIGEST_LENGTH]
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in image_bytes.items()}
+    return digest_of(images_fingerprint(hashes), meta, settings_fingerprint(learning_settings))
 
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def read_concept(store: ObjectStore, spec: ConceptSpec, *, max_workers: int = 4) -> ConceptRead:
+    """Read every image of ``spec`` once and finish its digest from their bytes.
+
+    Each read also reports the size and ETag of exactly the bytes it returned, so the state entry
+    pairs a listing with the content it really had. Unreadable files become problems; the digest
+    covers the readable images (``None`` when there is none).
+    """
+    prefix = f"{spec.concept_id}/"
+
+    def load(key: str) -> tuple[str, bytes | None, ObjectInfo | None, str | None]:
+        try:
+            data, info = store.get_with_info(key)
+            return key, data, info, None
+        except StorageError as exc:
+            return key, None, None, f"cannot read: {exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(spec.images) or 1))) as pool:
+        results = list(pool.map(load, spec.images))
+    data = {key: body for key, body, _, _ in results if body is not None}
+    problems = [ConceptProblem(spec.concept_id, key, reason) for key, body, _, reason in results if body is None]
+    if not data:
+        problems.append(ConceptProblem(spec.concept_id, None, "no readable image"))
+        return ConceptRead(replace(spec, digest=None), {}, tuple(problems), None)
+    hashes = {key.removeprefix(prefix): hashlib.sha256(body).hexdigest() for key, body in data.items()}
+    images = images_fingerprint(hashes)
+    listing = listing_fingerprint(
+        (info.key.removeprefix(prefix), info.size, info.etag) for _, _, info, _ in results if info is not None
+    )
+    state = ConceptState(listing, images) if not problems else None
+    digest = digest_of(images, spec.meta, spec.settings)
+    return ConceptRead(replace(spec, images=tuple(sorted(data)), digest=digest), data, tuple(problems), state)
 
 
 def discover_catalog(
@@ -255,91 +368,130 @@ def discover_catalog(
     learning_settings: Mapping[str, Any] | None = None,
     *,
     concept_ids: Iterable[str] | None = None,
+    previous: ScanState | None = None,
+    read_changed: bool = True,
     max_workers: int = 8,
 ) -> CatalogScan:
     """Scan ``store`` (the catalog root) for concepts.
 
-    Reads every concept's ``concept.json`` and image bytes (to compute the digest; images are
-    decoded later by :func:`storage.images.ingest_concept`). Invalid concept ids, bad
-    metadata, concepts without images and unreadable files become :class:`ConceptProblem` s.
-    Hidden files (``.name``) are ignored; other non-image files and nested folders are
-    reported but do not disqualify the concept.
+    Objects are classified from the listing; sizes are checked against their limits
+    (:data:`MAX_META_BYTES`, :data:`MAX_IMAGE_BYTES`) from the listing, before any read. Invalid
+    concept ids, bad metadata, concepts without images and unreadable files become
+    :class:`ConceptProblem` s. Hidden files (``.name``) are ignored; other non-image files and
+    nested folders are reported but do not disqualify the concept.
+
+    ``previous`` is the state the last scan left (see :mod:`storage.scanstate`): a concept whose
+    images' listing entries are unchanged gets its digest without reading any image, and an
+    unchanged ``concept.json`` is not read again. The images of the other concepts are read here
+    (``read_changed``, the default) or left to the caller: their specs come back pending
+    (``digest=None``) for :func:`read_concept`. Without ``previous`` every image is read.
 
     ``concept_ids`` limits the scan to those concepts: only their folders are listed and read,
     so learning one concept of a large catalog costs one listing, not a download of the catalog.
     A requested id with no files is simply absent from the result.
     """
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[ObjectInfo]] = {}
     problems: list[ConceptProblem] = []
     if concept_ids is None:
-        keys: Iterable[str] = store.list()
+        entries: Iterable[ObjectInfo] = store.list_info()
     else:
         if isinstance(concept_ids, str):
             raise InvalidInput(f"concept_ids must be a collection of ids, not the string {concept_ids!r}")
-        keys = []
+        entries = []
         for concept_id in dict.fromkeys(concept_ids):
             try:
                 validate_concept_id(concept_id)
             except InvalidConcept as exc:
                 problems.append(ConceptProblem(concept_id, None, str(exc)))
                 continue
-            keys.extend(store.list(f"{concept_id}/"))
-    for key in keys:
-        concept_id, _, rest = key.partition("/")
+            entries.extend(store.list_info(f"{concept_id}/"))
+    for entry in entries:
+        concept_id, _, rest = entry.key.partition("/")
         if not rest:
             continue  # files at the catalog root (README, …) are not concepts
-        groups.setdefault(concept_id, []).append(rest)
+        groups.setdefault(concept_id, []).append(entry)
 
-    def scan(concept_id: str, names: list[str]) -> tuple[ConceptSpec | None, list[ConceptProblem]]:
+    settings = settings_fingerprint(learning_settings)  # validates the settings once, up front
+    known = previous if previous is not None else ScanState(store.uri)
+
+    def read_meta(concept_id: str, entry: ObjectInfo | None) -> tuple[bytes | None, MetaState | None]:
+        """``concept.json``'s bytes (``None``: absent) and what to remember of it (a cached copy when
+        its listing entry is unchanged: no read)."""
+        if entry is None:
+            return None, None
+        if entry.size > MAX_META_BYTES:
+            raise InvalidConcept(f"{CONCEPT_FILE} is {entry.size} bytes, larger than {MAX_META_BYTES}")
+        cached = known.metas.get(concept_id)
+        if cached is not None and (cached.size, cached.etag) == (entry.size, entry.etag):
+            return cached.text.encode("utf-8"), cached
+        raw, info = store.get_with_info(entry.key)
+        try:
+            return raw, MetaState(info.size, info.etag, raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return raw, None  # not text: parsing reports it; nothing to remember
+
+    def scan(concept_id: str, found_entries: list[ObjectInfo]) -> tuple[ConceptSpec | None, list[ConceptProblem],
+                                                                        MetaState | None, ConceptState | None]:
         found: list[ConceptProblem] = []
         try:
             validate_concept_id(concept_id)
         except InvalidConcept as exc:
-            return None, [ConceptProblem(concept_id, None, str(exc))]
-        images: list[str] = []
-        meta_key = None
-        for name in sorted(names):
-            base = name.rsplit("/", 1)[-1]
-            if base.startswith("."):
+            return None, [ConceptProblem(concept_id, None, str(exc))], None, None
+        images: list[ObjectInfo] = []
+        meta_entry = None
+        for entry in sorted(found_entries, key=lambda e: e.key):
+            name = entry.key.partition("/")[2]
+            if name.rsplit("/", 1)[-1].startswith("."):
                 continue
             if "/" in name:
-                found.append(ConceptProblem(concept_id, f"{concept_id}/{name}", "ignored: nested folders are not scanned"))
+                found.append(ConceptProblem(concept_id, entry.key, "ignored: nested folders are not scanned"))
             elif name == CONCEPT_FILE:
-                meta_key = f"{concept_id}/{name}"
-            elif _is_image(name):
-                images.append(name)
-            else:
+                meta_entry = entry
+            elif not _is_image(name):
                 found.append(ConceptProblem(
-                    concept_id, f"{concept_id}/{name}", f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})"
+                    concept_id, entry.key, f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})"
                 ))
+            elif entry.size > MAX_IMAGE_BYTES:
+                found.append(ConceptProblem(
+                    concept_id, entry.key, f"ignored: {entry.size} bytes is more than the {MAX_IMAGE_BYTES}-byte limit"
+                ))
+            else:
+                images.append(entry)
+        meta_key = meta_entry.key if meta_entry else None
+        meta_state = None
         try:
-            meta = ConceptMeta.from_json(concept_id, store.get(meta_key) if meta_key else None)
-        except InvalidConcept as exc:
-            return None, [*found, ConceptProblem(concept_id, meta_key, str(exc))]
+            raw, meta_state = read_meta(concept_id, meta_entry)
+            meta = ConceptMeta.from_json(concept_id, raw)
+        except InvalidConcept as exc:  # remembered all the same: an unchanged bad file is not read again
+            return None, [*found, ConceptProblem(concept_id, meta_key, str(exc))], meta_state, None
         except StorageError as exc:
-            return None, [*found, ConceptProblem(concept_id, meta_key, f"cannot read: {exc}")]
+            return None, [*found, ConceptProblem(concept_id, meta_key, f"cannot read: {exc}")], None, None
         if not images:
             return None, [*found, ConceptProblem(
                 concept_id, None, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the concept folder"
-            )]
-        data: dict[str, bytes] = {}
-        for name in images:
-            try:
-                data[name] = store.get(f"{concept_id}/{name}")
-            except StorageError as exc:
-                found.append(ConceptProblem(concept_id, f"{concept_id}/{name}", f"cannot read: {exc}"))
-        if not data:
-            return None, [*found, ConceptProblem(concept_id, None, "no readable image")]
-        digest = concept_digest(data, meta, learning_settings)
-        keys = tuple(f"{concept_id}/{name}" for name in sorted(data))
-        return ConceptSpec(concept_id, meta, keys, digest, meta_key), found
+            )], meta_state, None
+        spec = ConceptSpec(concept_id, meta, tuple(e.key for e in images), None, meta_key, settings)
+        listing = listing_fingerprint((e.key.partition("/")[2], e.size, e.etag) for e in images)
+        last = known.concepts.get(concept_id)
+        if last is not None and last.listing == listing:
+            return replace(spec, digest=digest_of(last.images, meta, settings)), found, meta_state, last
+        if not read_changed:
+            return spec, found, meta_state, None
+        read = read_concept(store, spec)
+        found.extend(read.problems)
+        return (read.spec if read.spec.digest else None), found, meta_state, read.state
 
-    # validate the settings once, up front, so a bad mapping fails loudly rather than per concept
-    _canonical_json(dict(learning_settings or {}), "learning settings")
     specs: list[ConceptSpec] = []
+    concepts: dict[str, ConceptState] = {}
+    metas: dict[str, MetaState] = {}
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        for spec, found in pool.map(lambda item: scan(*item), sorted(groups.items())):
+        for (concept_id, _), (spec, found, meta_state, concept_state) in zip(
+                sorted(groups.items()), pool.map(lambda item: scan(*item), sorted(groups.items()))):
             problems.extend(found)
             if spec is not None:
                 specs.append(spec)
-    return CatalogScan(tuple(specs), tuple(problems))
+            if meta_state is not None:
+                metas[concept_id] = meta_state
+            if concept_state is not None:
+                concepts[concept_id] = concept_state
+    return CatalogScan(tuple(specs), tuple(problems), ScanState(known.catalog, concepts, metas))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,13 +107,19 @@ def ingest_concept(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,
     max_workers: int = 4,
+    data: Mapping[str, bytes] | None = None,
 ) -> IngestedConcept:
-    """Read and validate every image of ``spec``; bad files become problems, not exceptions."""
+    """Read and validate every image of ``spec``; bad files become problems, not exceptions.
+
+    ``data`` holds bytes already read by key (:func:`storage.catalog.read_concept`), so a concept's
+    images are read once; keys missing from it are read from ``store``.
+    """
 
     def load(key: str) -> tuple[str, Image.Image | None, str | None]:
         try:
-            data = store.get(key)
-            return key, validate_image(key, data, max_pixels=max_pixels, max_side=max_side), None
+            body = data.get(key) if data is not None else None
+            raw = body if body is not None else store.get(key)
+            return key, validate_image(key, raw, max_pixels=max_pixels, max_side=max_side), None
         except InvalidImage as exc:
             return key, None, str(exc).removeprefix(f"{key}: ")
         except StorageError as exc:

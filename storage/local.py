@@ -16,7 +16,7 @@ from pathlib import Path
 from common.atomic import TEMP_PREFIX, atomic_write_bytes
 
 from .errors import BackendError, NotFound
-from .objectstore import ObjectStore, _validate_prefix, validate_key
+from .objectstore import ObjectInfo, ObjectStore, _validate_prefix, validate_key
 
 __all__ = ["LocalStore", "TEMP_PREFIX"]
 
@@ -44,14 +44,14 @@ class LocalStore(ObjectStore):
     def local_path(self, key: str) -> Path:
         return self._path(key)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
         # walk only the deepest folder the prefix pins down
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self._root.joinpath(*folder.split("/")) if folder else self._root
         if not start.is_dir():
             return iter(())
-        keys: list[str] = []
+        found: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
             rel = Path(dirpath).relative_to(self._root).as_posix()
@@ -61,14 +61,23 @@ class LocalStore(ObjectStore):
                     continue
                 key = base + name
                 if key.startswith(prefix):
-                    keys.append(key)
-        keys.sort()
-        return iter(keys)
+                    try:
+                        stat = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    found.append(_info(key, stat))
+        found.sort(key=lambda info: info.key)
+        return iter(found)
 
     def get(self, key: str) -> bytes:
+        return self.get_with_info(key)[0]
+
+    def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
         path = self._path(key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                return handle.read(), _info(key, stat)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no such object: {path}") from None
         except OSError as exc:
@@ -110,3 +119,7 @@ class LocalStore(ObjectStore):
     def put_once(self, key: str, data: bytes) -> bool:
         return self._publish(key, data, exclusive=True)[1]
 
+
+def _info(key: str, stat: os.stat_result) -> ObjectInfo:
+    """Size and modification time stand in for an ETag: a rewrite changes at least one of them."""
+    return ObjectInfo(key, stat.st_size, f"mtime:{stat.st_mtime_ns}")

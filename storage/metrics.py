@@ -230,13 +230,52 @@ def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
     return table.sort_by([("created_at", "ascending"), ("run_id", "ascending"), ("concept_id", "ascending")])
 
 
-def update_embeddings_index(out_uri: str, s3: S3Settings | None = None) -> str:
-    """Rewrite ``<out>/embeddings_index/index.parquet``: for each concept the most recent
-    ``ok`` metrics row (by ``created_at``, then ``run_id``) with an ``embedding_uri`` whose result
-    is complete (``_SUCCESS`` present). Atomic replace; returns the index URI."""
-    rows = read_metrics(out_uri, s3).to_pylist()
-    results = ResultStore.open(out_uri, s3)
-    candidates = [r for r in rows if r["status"] == "ok" and r["embedding_uri"] and r["digest"]]
+def update_embeddings_index(out_uri: str, s3: S3Settings | None = None, *,
+                            rows: Iterable[MetricsRow] | None = None) -> str:
+    """Bring ``<out>/embeddings_index/index.parquet`` up to date: for each concept, the most recent
+    ``ok`` metrics row (by ``created_at``, then ``run_id``) with an ``embedding_uri`` whose result is
+    complete (``_SUCCESS`` present). Returns the index URI.
+
+    With ``rows`` (a run's new rows) the stored index is read and only those rows are merged in: the
+    cost follows the run, not the metrics history, and an unchanged index is not rewritten. Without
+    ``rows``, or when there is no readable index yet, it is rebuilt from the whole metrics history
+    (one listing finds the complete results). Writes are atomic replaces.
+    """
+    store = open_store(out_uri, s3)
+    results = ResultStore(store)
+    current: dict[str, dict[str, Any]] | None = None
+    if rows is not None and store.exists(INDEX_KEY):
+        try:
+            current = {r["concept_id"]: r for r in read_embeddings_index(out_uri, s3).to_pylist()}
+        except StorageError:  # unreadable: rebuild it
+            current = None
+    if current is None:
+        complete = results.completed()
+        latest = _latest_ok(read_metrics(out_uri, s3).to_pylist(),
+                            lambda cid, digest: digest in complete.get(cid, ()))
+        before = None
+    else:
+        new = [r.to_dict() for r in rows or ()]
+        latest = _latest_ok([*current.values(), *new], lambda cid, digest: True if current.get(cid, {}).get(
+            "digest") == digest else _is_complete(results, cid, digest))
+        before = current
+    if before is not None and latest == before:
+        return store.url(INDEX_KEY)
+    ordered = [latest[c] for c in sorted(latest)]
+    table = pa.Table.from_pylist([{k: r[k] for k in _INDEX_COLUMNS} for r in ordered], schema=INDEX_SCHEMA)
+    return store.put(INDEX_KEY, _to_parquet(table))
+
+
+def _is_complete(results: ResultStore, concept_id: str, digest: str) -> bool:
+    try:
+        return results.is_complete(concept_id, digest)
+    except InvalidInput:  # id/digest not usable as a result path
+        return False
+
+
+def _latest_ok(rows: list[dict[str, Any]], complete) -> dict[str, dict[str, Any]]:
+    """Per concept, the newest ``ok`` row with an embedding whose ``(concept_id, digest)`` is ``complete``."""
+    candidates = [r for r in rows if r.get("status", "ok") == "ok" and r["embedding_uri"] and r["digest"]]
     candidates.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)
     latest: dict[str, dict[str, Any]] = {}
     checked: dict[tuple[str, str], bool] = {}
@@ -245,16 +284,10 @@ def update_embeddings_index(out_uri: str, s3: S3Settings | None = None) -> str:
             continue
         pair = (row["concept_id"], row["digest"])
         if pair not in checked:
-            try:
-                checked[pair] = results.is_complete(*pair)
-            except InvalidInput:  # id/digest not usable as a result path
-                checked[pair] = False
+            checked[pair] = complete(*pair)
         if checked[pair]:
-            latest[row["concept_id"]] = row
-    ordered = [latest[c] for c in sorted(latest)]
-    table = pa.Table.from_pylist([{k: r[k] for k in _INDEX_COLUMNS} for r in ordered], schema=INDEX_SCHEMA)
-    store = open_store(out_uri, s3)
-    return store.put(INDEX_KEY, _to_parquet(table))
+            latest[row["concept_id"]] = {k: row[k] for k in _INDEX_COLUMNS}
+    return latest
 
 
 def read_embeddings_index(out_uri: str, s3: S3Settings | None = None) -> pa.Table:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow.fs
 
 __all__ = [
+    "ObjectInfo",
     "ObjectStore",
     "ParsedURI",
     "open_store",
@@ -74,6 +75,19 @@ def join_key(*parts: str) -> str:
     return validate_key("/".join(p.strip("/") for p in parts if p.strip("/")))
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing says about one object, without reading it.
+
+    ``etag`` changes whenever the object's bytes are replaced: the S3 ETag (quotes stripped), or for a
+    local file ``mtime:<st_mtime_ns>`` (with ``size``, the local analogue of an ETag).
+    """
+
+    key: str
+    size: int
+    etag: str
+
+
 class ObjectStore(abc.ABC):
     """A flat namespace of immutable-ish byte objects under a root (a bucket prefix or a folder)."""
 
@@ -82,13 +96,21 @@ class ObjectStore(abc.ABC):
     def uri(self) -> str:
         """The store's root: ``s3://bucket/prefix`` or an absolute local path."""
 
-    @abc.abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with ``prefix`` (relative to the root), in lexicographic order, all pages."""
+        return (info.key for info in self.list_info(prefix))
+
+    @abc.abstractmethod
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Like :meth:`list`, with each object's size and ETag as the listing reports them."""
 
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """The object's bytes; :class:`~storage.errors.NotFound` if absent."""
+
+    @abc.abstractmethod
+    def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and the size/ETag of exactly those bytes (from the same read)."""
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes) -> str:

@@ -153,8 +153,18 @@ class ResultStore:
 
     def completed_digests(self, concept_id: str) -> list[str]:
         """Digests of ``concept_id`` with a complete result."""
-        base = f"{EMBEDDINGS}/{validate_concept_id(concept_id)}/"
-        return sorted({k[len(base):].split("/")[0] for k in self.store.list(base) if k.endswith("/" + SUCCESS)})
+        return sorted(self.completed(concept_id).get(concept_id, ()))
+
+    def completed(self, concept_id: str | None = None) -> dict[str, frozenset[str]]:
+        """Concept id → digests with a complete result, from ONE paginated listing of
+        ``embeddings/`` (or of ``embeddings/<concept_id>/``): no request per concept."""
+        base = f"{EMBEDDINGS}/{validate_concept_id(concept_id)}/" if concept_id is not None else f"{EMBEDDINGS}/"
+        found: dict[str, set[str]] = {}
+        for key in self.store.list(base):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[3] == SUCCESS:
+                found.setdefault(parts[1], set()).add(parts[2])
+        return {cid: frozenset(digests) for cid, digests in found.items()}
 
     def verify(self, concept_id: str, digest: str) -> list[str]:
         """Files of a complete result whose size/hash differ from the manifest (empty = intact)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .errors import BackendError, NotFound, StorageError
-from .objectstore import ObjectStore, _validate_prefix, validate_key
+from .objectstore import ObjectInfo, ObjectStore, _validate_prefix, validate_key
 from .settings import S3Settings
 
 __all__ = ["S3Store"]
@@ -59,11 +59,11 @@ class S3Store(ObjectStore):
 
     # -- reading -----------------------------------------------------------------------------
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _validate_prefix(prefix)
         return self._list(self._root + prefix)
 
-    def _list(self, full_prefix: str) -> Iterator[str]:
+    def _list(self, full_prefix: str) -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")
         start = len(self._root)
         try:
@@ -71,11 +71,14 @@ class S3Store(ObjectStore):
                 for item in page.get("Contents", ()):
                     key = item["Key"]
                     if not key.endswith("/"):  # skip "folder" placeholder objects
-                        yield key[start:]
+                        yield ObjectInfo(key[start:], int(item.get("Size", 0)), _etag(item.get("ETag")))
         except Exception as exc:
             raise _translate(exc, "list", f"s3://{self.bucket}/{full_prefix}") from None
 
     def get(self, key: str) -> bytes:
+        return self.get_with_info(key)[0]
+
+    def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
         full = self._key(key)
         for attempt in range(1, _BODY_READ_ATTEMPTS + 1):
             try:
@@ -92,7 +95,7 @@ class S3Store(ObjectStore):
                 continue
             expected = response.get("ContentLength")
             if expected is None or expected == len(data):
-                return data
+                return data, ObjectInfo(key, len(data), _etag(response.get("ETag")))
             if attempt == _BODY_READ_ATTEMPTS:
                 raise BackendError(f"short read of {self.url(key)}: {len(data)} of {expected} bytes")
         raise AssertionError("unreachable")  # pragma: no cover
@@ -176,6 +179,11 @@ class S3Store(ObjectStore):
                 flush()
         flush()
         return count
+
+
+def _etag(value: str | None) -> str:
+    """An ETag as listings and GETs both report it, without its quotes."""
+    return (value or "").strip('"')
 
 
 def _code(exc: BaseException) -> str | None:

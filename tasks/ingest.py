@@ -1,19 +1,38 @@
-"""Tasks that read the catalog: discover concepts, and stage one concept's validated images locally."""
+"""Tasks that read the catalog: discover concepts, and stage one concept's validated images locally.
+
+A catalog run scans with the state the previous scan left under ``<out>/`` (see
+:mod:`storage.scanstate`): concepts whose objects did not change get their digest from listings
+alone; a changed concept comes back pending and its own staging reads its images, once, to finish
+its digest — and, when a complete result already exists for it (identical bytes re-uploaded),
+stops there without decoding anything.
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog
+from inversion.fingerprint import model_fingerprint
+from inversion.tokens import vector_names
+from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog, read_concept
 from storage.images import ingest_concept, write_pngs
 from storage.objectstore import open_store
+from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
 
+from . import runtime
 from .records import ConceptRecord, StagedConcept
 from .retry import RETRY
 from .settings import LearnSettings
+
+
+def learning_identity(learn: LearnSettings) -> dict:
+    """The learning settings as the digest sees them: the model by its content
+    (:func:`inversion.fingerprint.model_fingerprint`), not by its path."""
+    return {**learn.digest_settings(), "model": model_fingerprint(learn.model)}
 
 
 def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> ConceptRecord:
@@ -21,47 +40,104 @@ def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> Concept
     return ConceptRecord(
         concept_id=spec.concept_id, digest=spec.digest, token=meta.token, initializer=meta.initializer,
         class_name=meta.class_name, property=meta.property, vectors=vectors_override or meta.vectors,
-        images=tuple(spec.images), captions=tuple(meta.captions),
+        images=tuple(spec.images), captions=tuple(meta.captions), settings=spec.settings,
     )
+
+
+def spec_of(record: ConceptRecord) -> ConceptSpec:
+    meta = ConceptMeta(record.token, record.initializer, record.class_name, record.property, record.vectors,
+                       record.captions)
+    return ConceptSpec(record.concept_id, meta, record.images, record.digest, settings=record.settings)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """What a catalog scan found: usable concepts (some pending), ``(concept_id, reason)`` for
+    concepts that cannot be learned at all, and the scan states before and after."""
+
+    records: list[ConceptRecord]
+    unusable: list[tuple[str, str]]
+    state: ScanState
+    previous: ScanState
+
+
+def _vocabulary_problem(vocabulary: frozenset[str], record: ConceptRecord, model: str) -> str | None:
+    taken = [name for name in vector_names(record.token, record.vectors) if name in vocabulary]
+    if taken:
+        return (f"token {taken[0]} is already a word of {model}'s vocabulary; "
+                f"set a new word in concept.json, such as <{record.token.strip('<>')}-1>")
+    return None
 
 
 @task(name="scan-catalog", **RETRY)
 def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None,
-                 ) -> tuple[list[ConceptRecord], list[tuple[str, str]]]:
-    """Discover the concepts of the catalog (all, or only ``concept_ids``); returns the usable ones and
-    ``(concept_id, problem)`` pairs for concepts that cannot be learned at all."""
-    scan = discover_catalog(open_store(catalog_uri), learn.digest_settings(), concept_ids=concept_ids)
-    records = [record_of(spec, learn.vectors) for spec in scan.specs]
-    usable = {r.concept_id for r in records}
+                 out_uri: str | None = None) -> ScanResult:
+    """Discover the concepts of the catalog (all, or only ``concept_ids``) without reading images.
+
+    With ``out_uri`` the previous scan's state is read from there; changed concepts come back pending
+    (``digest=None``) for :func:`stage_concept`. Tokens the pipeline cannot carry (see
+    :func:`storage.catalog.token_problem`) or that the model's vocabulary already holds make their
+    concept unusable here, before any image is read or any GPU time spent.
+    """
+    store = open_store(catalog_uri)
+    previous = load_scan_state(open_store(out_uri), store.uri) if out_uri else ScanState(store.uri)
+    scan = discover_catalog(store, learning_identity(learn), concept_ids=concept_ids, previous=previous,
+                            read_changed=False)
+    vocabulary = runtime.vocabulary(learn.model)
+    records: list[ConceptRecord] = []
     fatal: dict[str, list[str]] = {}
+    for spec in scan.specs:
+        record = record_of(spec, learn.vectors)
+        problem = _vocabulary_problem(vocabulary, record, learn.model)
+        if problem:
+            fatal.setdefault(record.concept_id, []).append(f"{spec.meta_key or record.concept_id}: {problem}")
+        else:
+            records.append(record)
+    usable = {r.concept_id for r in records}
     for problem in scan.problems:
         if problem.concept_id not in usable:
             fatal.setdefault(problem.concept_id, []).append(str(problem))
-    get_run_logger().info("catalog %s: %d concept(s), %d unusable", catalog_uri, len(records), len(fatal))
-    return records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())]
+    pending = sum(r.digest is None for r in records)
+    get_run_logger().info("catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",
+                          catalog_uri, len(records), pending, len(fatal))
+    state = scan.state if scan.state is not None else ScanState(store.uri)
+    return ScanResult(records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous)
+
+
+@task(name="remember-scan", **RETRY)
+def remember_scan(out_uri: str, state: ScanState, previous: ScanState, staged: Iterable[StagedConcept] = ()) -> bool:
+    """Store the scan state for the next run, with what staging learned about changed concepts;
+    nothing is written when it did not change."""
+    learned = {s.record.concept_id: s.scan for s in staged if s.scan is not None}
+    return save_scan_state(open_store(out_uri), state.merged(learned), previous)
 
 
 @task(name="ingest-concept", **RETRY)
-def stage_concept(catalog_uri: str, record: ConceptRecord, work_root: str) -> StagedConcept:
-    """Decode and validate the concept's images and write them as PNGs into a local work folder.
+def stage_concept(catalog_uri: str, record: ConceptRecord, work_root: str,
+                  done_digests: Iterable[str] = ()) -> StagedConcept:
+    """Read the concept's images once, finish its digest from their bytes, then decode and validate
+    them and write them as PNGs into a local work folder.
 
-    Unusable files are reported; a concept with no usable image comes back with ``error`` set.
+    When ``done_digests`` (digests with a complete result) holds the digest, nothing is decoded and
+    the concept comes back ``done``. Unusable files are reported; a concept with no usable image
+    comes back with ``error`` set.
     """
     store = open_store(catalog_uri)
-    meta = ConceptMeta(record.token, record.initializer, record.class_name, record.property, record.vectors,
-                       record.captions)
-    spec = ConceptSpec(record.concept_id, meta, record.images, record.digest)
-    work_dir = Path(work_root) / f"{record.concept_id}-{record.digest}"
+    read = read_concept(store, spec_of(record))
+    record = replace(record, digest=read.spec.digest, images=read.spec.images)
+    scan: ConceptState | None = read.state
+    work_dir = Path(work_root) / f"{record.concept_id}-{record.digest or 'unread'}"
     image_dir = work_dir / "images"
+    if record.digest is not None and record.digest in set(done_digests):
+        return StagedConcept(record, str(work_dir), str(image_dir), len(read.data), done=True, scan=scan)
     shutil.rmtree(image_dir, ignore_errors=True)  # a retried attempt starts clean
-    ingested = ingest_concept(store, spec)
-    problems = tuple(f"{p.file}: {p.reason}" for p in ingested.problems if p.file)
+    ingested = ingest_concept(store, read.spec, data=read.data)
+    problems = tuple(f"{p.file}: {p.reason}" for p in (*read.problems, *ingested.problems) if p.file)
     if not ingested.usable:
         return StagedConcept(record, str(work_dir), str(image_dir), 0, problems,
-                             error=f"no usable image ({'; '.join(problems) or 'no images'})")
+                             error=f"no usable image ({'; '.join(problems) or 'no images'})", scan=scan)
     write_pngs(ingested.images, image_dir)
     logger = get_run_logger()
     for problem in problems:
         logger.warning("%s: skipped %s", record.concept_id, problem)
-    return StagedConcept(record, str(work_dir), str(image_dir), len(ingested.images), problems)
-
+    return StagedConcept(record, str(work_dir), str(image_dir), len(ingested.images), problems, scan=scan)

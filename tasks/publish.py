@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 
 from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
+from storage.scanstate import ConceptState
 
 from .records import ConceptRecord, ScoredConcept
 from .retry import RETRY
@@ -34,8 +37,18 @@ def failed_row(run_id: str, concept_id: str, error: str, learn: LearnSettings,
     return MetricsRow(status="failed", error=error, **_base_row(run_id, record, concept_id, learn))
 
 
-def skipped_row(run_id: str, record: ConceptRecord, learn: LearnSettings, out_uri: str) -> MetricsRow:
+def skipped_row(run_id: str, record: ConceptRecord, learn: LearnSettings, out_uri: str,
+                index_row: Mapping[str, Any] | None = None) -> MetricsRow:
+    """The row of a concept whose digest already has a complete result. Its scores come from
+    ``index_row`` (the embeddings index's row for the concept) when that is the same result, so a
+    run that skips thousands of concepts reads one index, not two objects per concept."""
     results = ResultStore.open(out_uri)
+    if index_row is not None and index_row.get("digest") == record.digest:
+        return MetricsRow(
+            status="skipped", error=None, embedding_uri=index_row.get("embedding_uri"),
+            grid_uri=index_row.get("grid_uri"), **{k: index_row.get(k) for k in SCORE_COLUMNS},
+            **_base_row(run_id, record, record.concept_id, learn),
+        )
     manifest = results.read_manifest(record.concept_id, record.digest)
     scores = {}
     if manifest is not None and "scores.json" in manifest.files:
@@ -75,20 +88,29 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     )
 
 
-def row_to_json(row: MetricsRow) -> bytes:
+def row_to_json(row: MetricsRow, scan: ConceptState | None = None) -> bytes:
+    """A concept flow run's result for the catalog run that launched it: its row, and what the
+    catalog's scan state may remember about the images it read (``scan``)."""
     data = row.to_dict()
     data["created_at"] = row.created_at.isoformat()
     data["run_date"] = row.run_date.isoformat() if row.run_date else None
-    return json.dumps(data).encode()
+    return json.dumps({"row": data, "scan": [scan.listing, scan.images] if scan else None}).encode()
 
 
 def row_from_json(raw: bytes) -> MetricsRow:
+    """The row of :func:`row_to_json`."""
     from datetime import date
 
-    data = json.loads(raw)
+    data = json.loads(raw)["row"]
     data["created_at"] = datetime.fromisoformat(data["created_at"])
     data["run_date"] = date.fromisoformat(data["run_date"]) if data.get("run_date") else None
     return MetricsRow(**data)
+
+
+def scan_from_json(raw: bytes) -> ConceptState | None:
+    """The scan state entry of :func:`row_to_json` (``None`` when the child read no image)."""
+    scan = json.loads(raw).get("scan")
+    return ConceptState(*scan) if scan else None
 
 
 def rows_key(run_id: str, concept_id: str) -> str:
@@ -98,7 +120,8 @@ def rows_key(run_id: str, concept_id: str) -> str:
 
 @task(name="append-metrics", **RETRY)
 def write_metrics(out_uri: str, rows: list[MetricsRow]) -> str:
-    """Append the run's rows to the Parquet metrics dataset (one new file) and refresh the index."""
+    """Append the run's rows to the Parquet metrics dataset (one new file) and merge them into the
+    embeddings index (the run's rows only, not the metrics history)."""
     uri = append_metrics(out_uri, rows)
-    update_embeddings_index(out_uri)
+    update_embeddings_index(out_uri, rows=rows)
     return uri

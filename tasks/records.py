@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from storage.scanstate import ConceptState
+
 
 @dataclass(frozen=True)
 class ConceptRecord:
-    """A catalog concept as discovered: where it is, what to learn, and its content digest."""
+    """A catalog concept as discovered: where it is, what to learn, and its content digest.
+
+    ``digest`` is ``None`` while pending (an image changed since the last scan): staging reads the
+    images and fills it in. ``settings`` fingerprints the learning settings, the digest's third input.
+    """
 
     concept_id: str
-    digest: str
+    digest: str | None
     token: str
     initializer: str
     class_name: str
@@ -19,6 +25,7 @@ class ConceptRecord:
     vectors: int
     images: tuple[str, ...]
     captions: tuple[str, ...] = ()
+    settings: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -26,7 +33,12 @@ class ConceptRecord:
 
 @dataclass(frozen=True)
 class StagedConcept:
-    """A concept whose images were validated and written to a local work folder."""
+    """A concept whose images were read once, validated and written to a local work folder.
+
+    ``record`` carries the digest of the bytes read. ``done``: a complete result already exists for
+    that digest (identical bytes re-uploaded), so nothing was decoded and nothing is to be learned.
+    ``scan`` is what the next catalog scan may remember about the images (``None``: read them again).
+    """
 
     record: ConceptRecord
     work_dir: str
@@ -34,6 +46,8 @@ class StagedConcept:
     num_images: int
     problems: tuple[str, ...] = ()
     error: str | None = None
+    done: bool = False
+    scan: ConceptState | None = None
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,14 @@ class RecordingStore(ObjectStore):
     def list(self, prefix=""):
         return self.inner.list(prefix)
 
+    def list_info(self, prefix=""):
+        return self.inner.list_info(prefix)
+
     def get(self, key):
         return self.inner.get(key)
+
+    def get_with_info(self, key):
+        return self.inner.get_with_info(key)
 
     def put(self, key, data):
         self.writes.append(key)
