@@ -163,9 +163,9 @@ def test_scan_limited_to_some_concepts_reads_only_their_folders(store: ObjectSto
     full = discover_catalog(store, {"steps": 10}).by_id()
     listed: list[str] = []
     read: list[str] = []
-    list_all, get = store.list, store.get
-    monkeypatch.setattr(store, "list", lambda prefix="": listed.append(prefix) or list_all(prefix))
-    monkeypatch.setattr(store, "get", lambda key: read.append(key) or get(key))
+    list_all, get = store.list_info, store.get_with_info
+    monkeypatch.setattr(store, "list_info", lambda prefix="": listed.append(prefix) or list_all(prefix))
+    monkeypatch.setattr(store, "get_with_info", lambda key: read.append(key) or get(key))
 
     scan = discover_catalog(store, {"steps": 10}, concept_ids=["good", "-unsafe", "missing", "good"])
     assert [s.concept_id for s in scan.specs] == ["good"]
