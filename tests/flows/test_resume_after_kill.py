@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from tests.conftest import write_shape_images
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +49,9 @@ def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_di
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *_learn_args(catalog, out, tiny_model_dir, clip)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoints = out / "checkpoints" / "red-square"
-    deadline = time.monotonic() + 240
     try:
-        while not list(checkpoints.rglob("checkpoint.safetensors")):
-            assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint was uploaded in time"
-            time.sleep(0.05)
+        wait_until(lambda: list(checkpoints.rglob("checkpoint.safetensors")), 240, "a checkpoint upload",
+                   abort=lambda: proc.poll() is not None and (tmp_path / "killed.log").read_text()[-3000:])
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
