@@ -176,3 +176,27 @@ def test_empty_index(root_uri: str, settings_for) -> None:
     update_embeddings_index(root_uri, settings_for)
     assert read_embeddings_index(root_uri, settings_for).num_rows == 0
     assert open_store(root_uri, settings_for).exists("embeddings_index/index.parquet")
+
+
+def test_index_update_merges_a_runs_rows_without_reading_the_history(root_uri: str, settings_for, store: ObjectStore,
+                                                                      monkeypatch) -> None:
+    results = ResultStore(store)
+    d1, d2 = "1111111111111111", "2222222222222222"
+    for concept, digest in (("cat", d1), ("dog", d1), ("cat", d2)):
+        results.publish(concept, digest, {"learned_embeds.safetensors": f"{concept}{digest}".encode()}, run_id="pub")
+
+    def ok(run: str, concept: str, digest: str, at: datetime) -> MetricsRow:
+        return _row(run, concept, "ok", at, digest=digest, embedding_uri=results.uri(concept, digest, "learned_embeds.safetensors"))
+
+    first = [ok("run1", "cat", d1, T0), ok("run1", "dog", d1, T0)]
+    append_metrics(root_uri, first, settings_for)
+    update_embeddings_index(root_uri, settings_for, rows=first)  # no index yet: built from the history
+    monkeypatch.setattr("storage.metrics.read_metrics", lambda *a, **k: pytest.fail("read the metrics history"))
+    monkeypatch.setattr(ResultStore, "completed", lambda *a, **k: pytest.fail("listed every result"))
+    second = [ok("run2", "cat", d2, T0 + timedelta(hours=1)), _row("run2", "dog", "skipped", T0, digest=d1),
+              ok("run2", "emu", "3333333333333333", T0 + timedelta(hours=1))]  # emu never completed
+    update_embeddings_index(root_uri, settings_for, rows=second)
+    picked = {r["concept_id"]: (r["run_id"], r["digest"]) for r in read_embeddings_index(root_uri, settings_for).to_pylist()}
+    assert picked == {"cat": ("run2", d2), "dog": ("run1", d1)}
+    monkeypatch.setattr(type(store), "put", lambda *a, **k: pytest.fail("an unchanged index is rewritten"))
+    update_embeddings_index(root_uri, settings_for, rows=[_row("run3", "dog", "skipped", T0, digest=d1)])

@@ -196,3 +196,20 @@ def test_checkpoints_overwrite_list_and_clear(store: ObjectStore) -> None:
     assert results.get_checkpoint("simba", "fedcba9876543210", "state.pt") == b"other digest"
     with pytest.raises(InvalidInput):
         results.put_checkpoint("simba", DIGEST, "../escape", b"x")
+
+
+def test_completed_results_come_from_one_listing(store: ObjectStore, monkeypatch) -> None:
+    results = ResultStore(store)
+    d2 = "fedcba9876543210"
+    results.publish("simba", DIGEST, FILES, run_id="r")
+    results.publish("simba", d2, FILES, run_id="r")
+    results.publish("nala", DIGEST, FILES, run_id="r")
+    store.put(f"embeddings/zazu/{DIGEST}/learned_embeds.safetensors", b"never completed")
+    listed: list[str] = []
+    list_info = store.list_info
+    monkeypatch.setattr(store, "list_info", lambda prefix="": listed.append(prefix) or list_info(prefix))
+    monkeypatch.setattr(store, "exists", lambda key: pytest.fail(f"a request per concept: exists({key})"))
+    assert results.completed() == {"simba": frozenset({DIGEST, d2}), "nala": frozenset({DIGEST})}
+    assert listed == ["embeddings/"]
+    assert results.completed("nala") == {"nala": frozenset({DIGEST})}
+    assert results.completed_digests("zazu") == []
