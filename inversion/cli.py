@@ -193,7 +193,8 @@ def run_score_command(
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
     p = sub.add_parser("model", help="write a random-weight diffusers model folder (no download)")
-    p.add_argument("name", choices=("tiny", "sd15-random"))
+    p.add_argument("name", choices=("tiny", "sd15-random", "sd2-tiny", "sd2-random", "sdxl-tiny", "sdxl-random"),
+                   help="*-tiny: a few MB, for tests; *-random: the real architecture (SD 1.5, 2.1, XL base)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_model)

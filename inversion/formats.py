@@ -1,10 +1,20 @@
 """Embedding files: the formats diffusers and AUTOMATIC1111-style UIs load, and kohya's.
 
+SD 1.x (``dim`` 768) and SD 2.x (1024), one text encoder:
+
 * diffusers: ``learned_embeds.safetensors`` = ``{token: tensor[N, dim]}``.
 * AUTOMATIC1111: a ``.pt`` file ``{"string_to_token": {"*": 265}, "string_to_param": {"*": tensor[N, dim]},
   "name": ..., "step": ...}`` in torch's legacy serialization (what A1111's safe-unpickle check
   accepts); the file name is the trigger word. diffusers' ``load_textual_inversion`` reads it too.
 * kohya / A1111 safetensors: ``{"emb_params": tensor[N, dim]}``.
+
+SDXL, two text encoders (CLIP-L 768, OpenCLIP bigG 1280):
+
+* A1111 / ComfyUI / kohya: ``<token-slug>.safetensors`` = ``{"clip_l": [N, 768], "clip_g": [N, 1280]}``
+  (a plain dict; A1111 takes it only with both keys).
+* diffusers: ``learned_embeds.safetensors`` = ``{token: [N, 768]}`` (for ``text_encoder``) and
+  ``learned_embeds_2.safetensors`` = ``{token: [N, 1280]}`` (for ``text_encoder_2``). Reading
+  ``learned_embeds.safetensors`` picks up its ``_2`` sibling when there is one.
 
 Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``.
 """
@@ -21,32 +31,68 @@ from safetensors.torch import load_file, save_file
 
 from common.atomic import atomic_write
 
+from .checkpoint import CHECKPOINT_FILENAME
 from .errors import EmbeddingFormatError
 
 DIFFUSERS_FILENAME = "learned_embeds.safetensors"
+#: diffusers' file for SDXL's second text encoder (OpenCLIP bigG), beside :data:`DIFFUSERS_FILENAME`
+DIFFUSERS_FILENAME_2 = "learned_embeds_2.safetensors"
+#: the keys of an SDXL embedding in A1111/ComfyUI/kohya files, in text-encoder order
+SDXL_KEYS = ("clip_l", "clip_g")
 A1111_PLACEHOLDER = "*"
 A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, as A1111 writes it
 
 
 @dataclass(frozen=True)
 class LearnedEmbedding:
-    """A learned word: its token and its vectors ``[N, dim]`` (fp32, CPU)."""
+    """A learned word: its token and its vectors ``[N, dim]`` (fp32, CPU).
+
+    For a model with several text encoders (SDXL) ``vectors`` holds each encoder's vectors side by
+    side, in encoder order, and ``widths`` says how many columns each has (``(768, 1280)``);
+    ``None`` means one text encoder.
+    """
 
     token: str
     vectors: torch.Tensor
+    widths: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.widths is not None:
+            object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+            if sum(self.widths) != self.vectors.shape[-1]:
+                raise EmbeddingFormatError(f"embedding {self.token}: widths {self.widths} do not add up to "
+                                           f"its {self.vectors.shape[-1]} columns")
+        else:
+            object.__setattr__(self, "widths", (int(self.vectors.shape[-1]),))
 
     @property
     def num_vectors(self) -> int:
         return int(self.vectors.shape[0])
+
+    @property
+    def tables(self) -> tuple[torch.Tensor, ...]:
+        """The vectors of each text encoder, ``[N, width]`` each, in encoder order."""
+        return tuple(self.vectors.split(list(self.widths), dim=1))
 
 
 def _clean(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
 
 
-def save_diffusers(embedding: LearnedEmbedding, path: Path) -> Path:
-    """Write the diffusers ``{token: [N, dim]}`` safetensors file (atomically)."""
-    tensors = {embedding.token: _clean(embedding.vectors)}
+def save_diffusers(embedding: LearnedEmbedding, path: Path, encoder: int = 0) -> Path:
+    """Write the diffusers ``{token: [N, dim]}`` safetensors file of text encoder ``encoder`` (atomically)."""
+    tensors = {embedding.token: _clean(embedding.tables[encoder])}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    return Path(path)
+
+
+def save_sdxl(embedding: LearnedEmbedding, path: Path) -> Path:
+    """Write the SDXL ``{"clip_l": [N, 768], "clip_g": [N, 1280]}`` safetensors file (atomically):
+    what AUTOMATIC1111, ComfyUI and kohya load for SDXL."""
+    if len(embedding.tables) != len(SDXL_KEYS):
+        raise EmbeddingFormatError(f"embedding {embedding.token} has {len(embedding.tables)} table(s); "
+                                   f"an SDXL file needs {len(SDXL_KEYS)}")
+    tensors = {key: _clean(table) for key, table in zip(SDXL_KEYS, embedding.tables)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return Path(path)
 
@@ -59,6 +105,9 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
     ``byteorder`` and ``.data/serialization_id`` — and current torch's zip files also hold
     ``.format_version`` and ``.storage_alignment``. ``torch.load(weights_only=True)`` reads both.
     """
+    if len(embedding.tables) != 1:
+        raise EmbeddingFormatError(f"embedding {embedding.token} is for {len(embedding.tables)} text encoders; "
+                                   f"an A1111 .pt holds one (use the SDXL .safetensors)")
     payload = {
         "string_to_token": {A1111_PLACEHOLDER: A1111_PLACEHOLDER_ID},
         "string_to_param": {A1111_PLACEHOLDER: _clean(embedding.vectors)},
@@ -71,7 +120,7 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
     return Path(path)
 
 
-def a1111_filename(token: str) -> str:
+def a1111_filename(token: str, suffix: str = ".pt") -> str:
     """The A1111 file name for ``token``: A1111 uses the file stem as the trigger word.
 
     A token of plain ASCII letters, digits and ``- _ .`` (inside optional ``<>``) keeps its spelling
@@ -82,9 +131,21 @@ def a1111_filename(token: str) -> str:
     core = token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", core).strip("-._")
     if slug and slug == core:
-        return f"{slug}.pt"
-    suffix = hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
-    return f"{slug[:48].rstrip('-._') or 'embedding'}-{suffix}.pt"
+        return f"{slug}{suffix}"
+    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
+    return f"{slug[:48].rstrip('-._') or 'embedding'}-{digest}{suffix}"
+
+
+def sdxl_filename(token: str) -> str:
+    """The SDXL ``.safetensors`` file name for ``token`` (the file stem is the trigger word, as for the ``.pt``).
+
+    A stem that would clash with another file of the output folder (``learned_embeds``,
+    ``learned_embeds_2``, ``checkpoint``) gets ``-sdxl`` appended.
+    """
+    name = a1111_filename(token, ".safetensors")
+    if name in (DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, CHECKPOINT_FILENAME):
+        name = f"{Path(name).stem}-sdxl.safetensors"
+    return name
 
 
 def _only_tensor(tensors: dict, path: Path) -> torch.Tensor:
@@ -104,50 +165,89 @@ def _as_vectors(tensor: torch.Tensor, path: Path) -> torch.Tensor:
     return tensor.to(torch.float32).contiguous()
 
 
-def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
-    """Read a diffusers, A1111 or kohya embedding file.
+def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
+    """Interpret the tensors of an embedding file (any format above)."""
+    stem_token = token or f"<{path.stem}>"
+    if any(key in data for key in SDXL_KEYS):
+        missing = [key for key in SDXL_KEYS if not isinstance(data.get(key), torch.Tensor)]
+        if missing:
+            raise EmbeddingFormatError(f"{path}: SDXL embedding lacks its {missing[0]} tensor")
+        tables = [_as_vectors(data[key], path) for key in SDXL_KEYS]
+        if tables[0].shape[0] != tables[1].shape[0]:
+            raise EmbeddingFormatError(f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g "
+                                       f"{tables[1].shape[0]}")
+        return LearnedEmbedding(stem_token, torch.cat(tables, dim=1), tuple(t.shape[1] for t in tables))
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict):
+            raise EmbeddingFormatError(f"{path}: string_to_param is not a dict")
+        return LearnedEmbedding(stem_token, _as_vectors(_only_tensor(params, path), path))
+    if "emb_params" in data:
+        return LearnedEmbedding(stem_token, _as_vectors(data["emb_params"], path))
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != 1:
+        raise EmbeddingFormatError(f"{path}: expected one token in a diffusers embedding, found {len(tensors)} "
+                                   f"(keys: {', '.join(map(str, data))})")
+    (stored, vectors), = tensors.items()
+    return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
 
-    ``token`` overrides the token stored in the file; A1111 and kohya files default to ``<file-stem>``
-    (as the UIs use the stem as the trigger word).
-    """
-    path = Path(path)
+
+def _read_tensors(path: Path) -> dict:
     if not path.is_file():
         raise EmbeddingFormatError(f"embedding file not found: {path}")
     if path.suffix == ".safetensors":
         try:
-            tensors = load_file(str(path))
+            return load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
             raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
-        if "emb_params" in tensors:
-            return LearnedEmbedding(token or f"<{path.stem}>", _as_vectors(tensors["emb_params"], path))
-        if len(tensors) != 1:
-            raise EmbeddingFormatError(f"{path}: expected one token in a diffusers embedding, found {len(tensors)}")
-        (stored, vectors), = tensors.items()
-        return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise EmbeddingFormatError(f"{path}: not a readable embedding file ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise EmbeddingFormatError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
-    if "string_to_param" in data:
-        params = data["string_to_param"]
-        if not isinstance(params, dict):
-            raise EmbeddingFormatError(f"{path}: string_to_param is not a dict")
-        return LearnedEmbedding(token or f"<{path.stem}>", _as_vectors(_only_tensor(params, path), path))
-    if "emb_params" in data:
-        return LearnedEmbedding(token or f"<{path.stem}>", _as_vectors(data["emb_params"], path))
-    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-    if len(tensors) != 1:
-        raise EmbeddingFormatError(f"{path}: unrecognised embedding format (keys: {', '.join(map(str, data))})")
-    (stored, vectors), = tensors.items()
-    return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
+    return data
+
+
+def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
+    """Read a diffusers, A1111, kohya or SDXL (``clip_l``/``clip_g``) embedding file.
+
+    ``token`` overrides the token stored in the file; A1111, kohya and SDXL files default to
+    ``<file-stem>`` (as the UIs use the stem as the trigger word). A diffusers file ``X.safetensors``
+    with a sibling ``X_2.safetensors`` (diffusers' SDXL layout) is read as one SDXL word: both files
+    must hold the same token and number of vectors.
+    """
+    path = Path(path)
+    embedding = _from_dict(_read_tensors(path), path, token)
+    second = path.with_name(f"{path.stem}_2{path.suffix}")
+    if path.suffix != ".safetensors" or len(embedding.widths) != 1 or not second.is_file():
+        return embedding
+    other = _from_dict(_read_tensors(second), second, token)
+    if other.token != embedding.token or other.num_vectors != embedding.num_vectors or len(other.widths) != 1:
+        raise EmbeddingFormatError(f"{second}: holds {other.token} with {other.num_vectors} vector(s), but {path.name} "
+                                   f"holds {embedding.token} with {embedding.num_vectors}")
+    return LearnedEmbedding(embedding.token, torch.cat([embedding.vectors, other.vectors], dim=1),
+                            embedding.widths + other.widths)
 
 
 def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 0) -> dict[str, Path]:
-    """Write both files a user needs into ``folder``: diffusers safetensors and the A1111 ``.pt``."""
+    """Write the files a user needs into ``folder``, by kind.
+
+    One text encoder (SD 1.x/2.x): ``diffusers`` (``learned_embeds.safetensors``) and ``a1111``
+    (``<token-slug>.pt``). Two (SDXL): ``diffusers`` and ``diffusers_2`` (``learned_embeds_2.safetensors``)
+    and ``sdxl`` (``<token-slug>.safetensors`` with ``clip_l``/``clip_g``).
+    """
     folder = Path(folder)
+    if len(embedding.tables) == 1:
+        return {
+            "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME),
+            "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step),
+        }
+    if len(embedding.tables) != len(SDXL_KEYS):
+        raise EmbeddingFormatError(f"embedding {embedding.token}: no file format for {len(embedding.tables)} "
+                                   f"text encoders")
     return {
         "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME),
-        "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step),
+        "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1),
+        "sdxl": save_sdxl(embedding, folder / sdxl_filename(embedding.token)),
     }

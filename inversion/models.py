@@ -1,9 +1,12 @@
 """Loading a frozen Stable-Diffusion-style pipeline, and building random-weight ones for tests and benchmarks.
 
 Architectures are data: :data:`ARCHITECTURES` maps a name to the component configs, in the spirit
-of diffusers' config-as-data. ``tiny`` is a few MB and renders 64 px in a blink on a CPU;
-``sd15`` is the real Stable Diffusion 1.5 architecture (860M-parameter UNet) with random weights,
-for realistic speed and memory. Both use the real CLIP vocabulary (see :mod:`inversion.vocab`).
+of diffusers' config-as-data. ``tiny``, ``sd2-tiny`` and ``sdxl-tiny`` are a few MB each and render
+64 px in a blink on a CPU (the structure of SD 1.x, SD 2.x and SDXL: text encoders, activations,
+padding token, prediction type, SDXL's added conditioning); ``sd15``, ``sd2`` and ``sdxl`` are the real
+architectures (the public configs of SD 1.5, SD 2.1 and SDXL base 1.0) with random weights, for
+realistic speed and memory. All use the real CLIP vocabulary (see :mod:`inversion.vocab`). The model
+family (:mod:`inversion.families`) is read from the folder.
 """
 
 from __future__ import annotations
@@ -43,6 +46,42 @@ SCHEDULER_CONFIG = dict(
     prediction_type="epsilon",
 )
 
+#: SD 2.x's schedule: the same betas, trained for v-prediction
+SCHEDULER_CONFIG_V = dict(SCHEDULER_CONFIG, prediction_type="v_prediction")
+
+#: OpenCLIP's tokenizer settings as diffusers stores them for SD 2.x and SDXL's second text encoder
+OPENCLIP_TOKENIZER = dict(pad_token="!")
+
+#: the VAE of every real architecture (SD 1.x/2.x/XL share its shape; the scaling factor differs)
+_VAE_REAL = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=2, norm_num_groups=32,
+)
+_VAE_TINY = dict(
+    in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+    block_out_channels=[16, 32],
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    layers_per_block=1, norm_num_groups=8,
+)
+_UNET_TINY = dict(
+    sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+    block_out_channels=[32, 64],
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+)
+_UNET_SD = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=[320, 640, 1280, 1280],
+    down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+)
+
 #: the scheduler prediction types the trainer knows the target of
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -52,20 +91,8 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
             num_hidden_layers=2, projection_dim=32,
         ),
-        "vae": dict(
-            in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
-            block_out_channels=[16, 32],
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            layers_per_block=1, norm_num_groups=8,
-        ),
-        "unet": dict(
-            sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=[32, 64],
-            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-            up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-            cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
-        ),
+        "vae": _VAE_TINY,
+        "unet": _UNET_TINY,
         "scheduler": SCHEDULER_CONFIG,
     },
     "sd15": {
@@ -73,31 +100,85 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
             TEXT_ENCODER_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
             num_hidden_layers=12, projection_dim=768,
         ),
-        "vae": dict(
-            in_channels=3, out_channels=3, latent_channels=4, sample_size=512,
-            block_out_channels=[128, 256, 512, 512],
-            down_block_types=["DownEncoderBlock2D"] * 4,
-            up_block_types=["UpDecoderBlock2D"] * 4,
-            layers_per_block=2, norm_num_groups=32, scaling_factor=0.18215,
+        "vae": dict(_VAE_REAL, sample_size=512, scaling_factor=0.18215),
+        "unet": _UNET_SD,
+        "scheduler": SCHEDULER_CONFIG,
+    },
+    # SD 2.x: OpenCLIP text side (gelu, "!" padding), linear attention projections, v-prediction
+    "sd2-tiny": {
+        "tokenizer": OPENCLIP_TOKENIZER,
+        "text_encoder": dict(
+            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
         ),
+        "vae": _VAE_TINY,
+        "unet": dict(_UNET_TINY, use_linear_projection=True),
+        "scheduler": SCHEDULER_CONFIG_V,
+    },
+    "sd2": {  # stable-diffusion-2-1: OpenCLIP ViT-H/14 with its last layer dropped (23 of 24), 768 px
+        "tokenizer": OPENCLIP_TOKENIZER,
+        "text_encoder": dict(
+            TEXT_ENCODER_COMMON, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+            num_hidden_layers=23, projection_dim=512, hidden_act="gelu",
+        ),
+        "vae": dict(_VAE_REAL, sample_size=768, scaling_factor=0.18215),
+        "unet": dict(_UNET_SD, sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
+                     use_linear_projection=True),
+        "scheduler": SCHEDULER_CONFIG_V,
+    },
+    # SDXL: two text encoders of distinct widths (32 + 48 here, 768 + 1280 for real), pooled projection
+    # and micro-conditioning as added embeddings (6 time ids × addition_time_embed_dim + pooled width)
+    "sdxl-tiny": {
+        "text_encoder": dict(
+            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, projection_dim=32,
+        ),
+        "tokenizer_2": OPENCLIP_TOKENIZER,
+        "text_encoder_2": dict(
+            TEXT_ENCODER_COMMON, hidden_size=48, intermediate_size=64, num_attention_heads=4,
+            num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
+        ),
+        "vae": dict(_VAE_TINY, scaling_factor=0.13025, force_upcast=True),
+        "unet": dict(_UNET_TINY, layers_per_block=2, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
+                     cross_attention_dim=32 + 48, use_linear_projection=True, addition_embed_type="text_time",
+                     addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32),
+        "scheduler": SCHEDULER_CONFIG,
+    },
+    "sdxl": {  # stable-diffusion-xl-base-1.0: CLIP ViT-L + OpenCLIP ViT-bigG/14, 1024 px
+        "text_encoder": dict(
+            TEXT_ENCODER_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+            num_hidden_layers=12, projection_dim=768,
+        ),
+        "tokenizer_2": OPENCLIP_TOKENIZER,
+        "text_encoder_2": dict(
+            TEXT_ENCODER_COMMON, hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
+            num_hidden_layers=32, projection_dim=1280, hidden_act="gelu",
+        ),
+        "vae": dict(_VAE_REAL, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         "unet": dict(
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=[320, 640, 1280, 1280],
-            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-            cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=[320, 640, 1280],
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
+            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816, norm_num_groups=32,
         ),
         "scheduler": SCHEDULER_CONFIG,
     },
 }
 
 #: CLI names of the random-weight models ``sstar model`` can write.
-RANDOM_MODELS = {"tiny": "tiny", "sd15-random": "sd15"}
+RANDOM_MODELS = {"tiny": "tiny", "sd15-random": "sd15", "sd2-tiny": "sd2-tiny", "sd2-random": "sd2",
+                 "sdxl-tiny": "sdxl-tiny", "sdxl-random": "sdxl"}
 
 
 @dataclass
 class DiffusionComponents:
-    """The parts of a latent diffusion pipeline that Textual Inversion uses. All weights are frozen."""
+    """The parts of a latent diffusion pipeline that Textual Inversion uses. All weights are frozen.
+
+    ``tokenizer_2``/``text_encoder_2`` are SDXL's second text side (OpenCLIP bigG), ``None`` otherwise.
+    """
 
     tokenizer: Any  # transformers.CLIPTokenizer
     text_encoder: Any  # transformers.CLIPTextModel
@@ -105,9 +186,24 @@ class DiffusionComponents:
     unet: Any  # diffusers.UNet2DConditionModel
     noise_scheduler: Any  # diffusers.DDPMScheduler built from the model's scheduler config
     source: str
+    tokenizer_2: Any = None  # transformers.CLIPTokenizer (SDXL)
+    text_encoder_2: Any = None  # transformers.CLIPTextModelWithProjection (SDXL)
     #: held while a trainer or renderer temporarily swaps the text encoder's token embedding
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _compiled_unet: Any = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def family(self) -> str:
+        """``sd1``, ``sd2`` or ``sdxl`` (see :mod:`inversion.families`)."""
+        from .families import family_of
+
+        return family_of(self)
+
+    @property
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        """Every weight-holding part: the text encoder(s), the VAE and the UNet."""
+        texts = (self.text_encoder,) + ((self.text_encoder_2,) if self.text_encoder_2 is not None else ())
+        return (*texts, self.vae, self.unet)
 
     @property
     def resolution(self) -> int:
@@ -135,7 +231,7 @@ class DiffusionComponents:
 
     @property
     def latent_scaling(self) -> float:
-        """The VAE's latent scaling factor (its config's ``scaling_factor``; SD 1.x's 0.18215 if unset)."""
+        """The VAE's latent scaling factor, from its config (SDXL's 0.13025; SD 1.x's 0.18215 if unset)."""
         return float(getattr(self.vae.config, "scaling_factor", 0.18215))
 
     def compiled_unet(self) -> torch.nn.Module:
@@ -149,7 +245,7 @@ class DiffusionComponents:
 
     def freeze(self) -> None:
         """Switch every weight to inference: no gradients, eval mode."""
-        for module in (self.text_encoder, self.vae, self.unet):
+        for module in self.modules:
             module.requires_grad_(False)
             module.eval()
 
@@ -160,7 +256,7 @@ class DiffusionComponents:
         faster in under bf16/fp16 (cuDNN's NHWC kernels); results are unchanged.
         """
         device = torch.device(device)
-        for module in (self.text_encoder, self.vae, self.unet):
+        for module in self.modules:
             first = next(module.parameters())
             if first.device != device or first.dtype != dtype:
                 module.to(device=device, dtype=dtype)
@@ -181,12 +277,13 @@ def build_random_components(architecture: str | Mapping[str, dict], seed: int = 
     """Build a pipeline with random weights (seeded), no download.
 
     ``architecture`` is a key of :data:`ARCHITECTURES` or a mapping of the same shape (``text_encoder``,
-    ``vae``, ``unet``, ``scheduler`` config dicts) — e.g. a model to be trained from scratch.
+    ``vae``, ``unet``, ``scheduler`` config dicts; optionally ``tokenizer`` settings, and SDXL's
+    ``text_encoder_2``/``tokenizer_2``) — e.g. a model to be trained from scratch.
     """
     import tempfile
 
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if isinstance(architecture, Mapping):
         configs, name = architecture, "custom"
@@ -195,32 +292,31 @@ def build_random_components(architecture: str | Mapping[str, dict], seed: int = 
     else:
         raise InputError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
 
+    sdxl = "text_encoder_2" in configs
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(Path(tmp)))
+        folder = write_clip_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(folder, **configs.get("tokenizer", {}))
+        tokenizer_2 = CLIPTokenizer.from_pretrained(folder, **configs.get("tokenizer_2", {})) if sdxl else None
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])) if sdxl else None
     vae = AutoencoderKL(**configs["vae"])
     unet = UNet2DConditionModel(**configs["unet"])
     scheduler = DDPMScheduler(**configs["scheduler"])
-    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, f"random:{name}")
+    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, f"random:{name}",
+                                     tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
     components.freeze()
     return components
 
 
 def save_pipeline(components: DiffusionComponents, out: Path) -> Path:
-    """Save components as a diffusers ``StableDiffusionPipeline`` folder loadable by diffusers itself."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    """Save components as a diffusers folder (``StableDiffusionPipeline``, or ``StableDiffusionXLPipeline``
+    for SDXL) loadable by diffusers itself."""
+    from diffusers import DDIMScheduler
 
-    pipeline = StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        unet=components.unet,
-        scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    from .families import build_pipeline
+
+    pipeline = build_pipeline(components, DDIMScheduler.from_config(components.noise_scheduler.config))
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out
@@ -233,23 +329,31 @@ def write_random_model(name: str, out: Path, seed: int = 0) -> Path:
     return save_pipeline(build_random_components(RANDOM_MODELS[name], seed=seed), out)
 
 
+_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+_SDXL_PARTS = ("tokenizer_2", "text_encoder_2")
+
+
 def _check_model_folder(path: Path) -> None:
     if not path.is_dir():
         raise InputError(f"model folder not found: {path}")
     if not (path / "model_index.json").is_file():
         raise InputError(f"not a diffusers model folder (no model_index.json): {path}")
-    for part in ("tokenizer", "text_encoder", "vae", "unet", "scheduler"):
+    for part in _PARTS:
         if not (path / part).is_dir():
             raise InputError(f"diffusers model folder {path} lacks its {part}/ subfolder")
 
 
 def load_components(model: str | Path) -> DiffusionComponents:
-    """Load a Stable-Diffusion-1.x/2.x-style model from a local diffusers folder or a hub id.
+    """Load a Stable Diffusion 1.x, 2.x or SDXL model from a local diffusers folder or a hub id.
 
-    Weights are loaded in fp32 on the CPU and frozen; callers move them with :meth:`DiffusionComponents.to`.
+    The family comes from the folder (:func:`inversion.families.read_family`); for SDXL the second
+    tokenizer and text encoder are loaded too. Weights are
+    loaded in fp32 on the CPU and frozen; callers move them with :meth:`DiffusionComponents.to`.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from .families import read_family
 
     source = str(model)
     path = Path(source).expanduser()
@@ -258,14 +362,23 @@ def load_components(model: str | Path) -> DiffusionComponents:
         _check_model_folder(path)
         source = str(path.resolve())
     try:
+        sdxl = read_family(source) == "sdxl"
+        if sdxl and looks_local:
+            for part in _SDXL_PARTS:
+                if not (path / part).is_dir():
+                    raise InputError(f"SDXL model folder {path} lacks its {part}/ subfolder")
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+        tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2") if sdxl else None
+        text_encoder_2 = (CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2")
+                          if sdxl else None)
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load model {source}: {first_line}") from exc
-    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, source)
+    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, source,
+                                     tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
     components.freeze()
     return components

@@ -1,6 +1,7 @@
 """Rendering prompts with learned words, and assembling labelled grids.
 
-:class:`Renderer` wraps the frozen components in a diffusers ``StableDiffusionPipeline`` once and
+:class:`Renderer` wraps the frozen components in their family's diffusers pipeline
+(``StableDiffusionPipeline``, or ``StableDiffusionXLPipeline`` for SDXL) once and
 renders any number of prompts over seeds with any set of learned embeddings installed — the shared
 model is never modified (tokens go into a copy of the tokenizer, vectors into a swapped-in
 embedding layer), so one loaded model serves every concept of a worker process.
@@ -8,7 +9,6 @@ embedding layer), so one loaded model serves every concept of a worker process.
 
 from __future__ import annotations
 
-import copy
 import math
 import textwrap
 from collections.abc import Callable, Sequence
@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .device import resolve_device, resolve_dtype
 from .formats import LearnedEmbedding
 from .models import DiffusionComponents
-from .tokens import encode_text, expand_token, placeholder_embedding, register_token
+from .families import PromptEncoder, build_pipeline
+from .tokens import expand_token
 
 
 @dataclass(frozen=True)
@@ -39,22 +40,13 @@ class Renderer:
     """Renders prompts (which may contain learned tokens) with a frozen diffusion model."""
 
     def __init__(self, components: DiffusionComponents, settings: RenderSettings | None = None) -> None:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler
 
         self.components = components
         self.settings = settings or RenderSettings()
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.precision, self.device)
-        self._pipeline = StableDiffusionPipeline(
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            unet=components.unet,
-            scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        self._pipeline = build_pipeline(components, DDIMScheduler.from_config(components.noise_scheduler.config))
         self._pipeline.set_progress_bar_config(disable=True)
 
     def render(
@@ -70,8 +62,10 @@ class Renderer:
         """
         s = self.settings
         resolution = s.resolution or self.components.resolution
-        tokenizer = copy.deepcopy(self.components.tokenizer)
-        placeholders = [register_token(tokenizer, e.token, e.num_vectors) for e in embeddings]
+        text = PromptEncoder(self.components)
+        for embedding in embeddings:
+            text.check(embedding)
+        placeholders = [text.register(e.token, e.num_vectors) for e in embeddings]
         expanded = list(prompts)
         for emb in embeddings:
             expanded = [expand_token(p, emb.token, emb.num_vectors) for p in expanded]
@@ -79,16 +73,14 @@ class Renderer:
         images: dict[tuple[int, int], Image.Image] = {}
         with self.components.lock:
             self.components.to(self.device, self.dtype)
-            with placeholder_embedding(self.components.text_encoder) as layer, torch.no_grad():
-                layer.set_vectors(placeholders, [e.vectors.to(self.device) for e in embeddings])
-                negative = encode_text(tokenizer, self.components.text_encoder, [""])
+            with text.learned(placeholders, [e.vectors.to(self.device) for e in embeddings]), torch.no_grad():
+                negative = text.negative()
                 for start in range(0, len(jobs), s.batch_size):
                     chunk = jobs[start : start + s.batch_size]
-                    hidden = encode_text(tokenizer, self.components.text_encoder, [expanded[p] for p, _ in chunk])
+                    embeds = text.encode([expanded[p] for p, _ in chunk])
                     latents = torch.cat([self._initial_noise(seed, resolution) for _, seed in chunk])
                     out = self._pipeline(
-                        prompt_embeds=hidden,
-                        negative_prompt_embeds=negative.expand_as(hidden),
+                        **text.pipeline_kwargs(embeds, negative),
                         latents=latents,
                         num_inference_steps=s.steps,
                         guidance_scale=s.guidance,

@@ -99,20 +99,26 @@ class PlaceholderEmbedding(torch.nn.Module):
         self.base = base
         self.vectors: list[torch.Tensor] = []
         self._ids: list[int] = []
+        self._columns = slice(None)
         self.register_buffer("_slot", torch.empty(0, dtype=torch.long), persistent=False)
 
     @property
     def weight(self) -> torch.Tensor:  # transformers reads .weight for dtype/device and size checks
         return self.base.weight
 
-    def set_vectors(self, placeholders: list[PlaceholderToken], vectors: list[torch.Tensor]) -> None:
-        """Use ``vectors[k]`` (``[N_k, dim]``, may require grad) for the ids of ``placeholders[k]``."""
+    def set_vectors(self, placeholders: list[PlaceholderToken], vectors: list[torch.Tensor],
+                    columns: slice = slice(None)) -> None:
+        """Use ``vectors[k][:, columns]`` (``[N_k, dim]``, may require grad) for the ids of ``placeholders[k]``.
+
+        ``columns`` picks this encoder's part of vectors that serve several text encoders (SDXL).
+        """
         ids = [i for p in placeholders for i in p.ids]
         size = max([self.base.num_embeddings - 1, *ids]) + 1
         slot = torch.full((size,), -1, dtype=torch.long)
         slot[torch.tensor(ids, dtype=torch.long)] = torch.arange(len(ids))
         self._slot = slot.to(self.base.weight.device)
         self._ids = ids
+        self._columns = columns
         self.vectors = list(vectors)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -120,7 +126,7 @@ class PlaceholderEmbedding(torch.nn.Module):
         if not self._ids:
             return frozen
         slot = self._slot[input_ids]
-        table = torch.cat(self.vectors).to(dtype=frozen.dtype, device=frozen.device)
+        table = torch.cat(self.vectors)[:, self._columns].to(dtype=frozen.dtype, device=frozen.device)
         learned = table[slot.clamp(min=0)]
         return torch.where((slot >= 0).unsqueeze(-1), learned, frozen)
 

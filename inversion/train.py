@@ -16,7 +16,6 @@ The checkpoint format lives in :mod:`inversion.checkpoint`, the device and preci
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,8 @@ from .formats import LearnedEmbedding, save_embedding_files
 from .images import load_training_images
 from .models import DiffusionComponents
 from .templates import templates_for
-from .tokens import PlaceholderToken, encode_text, initial_vectors, placeholder_embedding, register_token
+from .families import PromptEncoder
+from .tokens import PlaceholderToken
 
 # Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
 # at 512 px the VAE's activations, not the UNet's, set the trainer's peak memory otherwise.
@@ -95,8 +95,10 @@ class _ConceptRun:
     """Mutable training state of one concept in a pack."""
 
     def __init__(self, concept: ConceptConfig, placeholder: PlaceholderToken, start: torch.Tensor,
-                 config: TrainConfig, device: torch.device, output_dir: Path | None) -> None:
+                 config: TrainConfig, device: torch.device, output_dir: Path | None,
+                 widths: tuple[int, ...] | None = None) -> None:
         self.concept = concept
+        self.widths = widths  # columns of ``vectors`` per text encoder (SDXL: two), see inversion.families
         self.placeholder = placeholder
         self.vectors = torch.nn.Parameter(start.to(device=device, dtype=torch.float32).clone())
         self.optimizer = torch.optim.AdamW([self.vectors], lr=config.effective_lr, weight_decay=config.weight_decay,
@@ -112,6 +114,7 @@ class _ConceptRun:
         self.failure: TrainingDivergedError | None = None
         self.latent_mean: torch.Tensor | None = None
         self.latent_std: torch.Tensor | None = None
+        self.time_ids: torch.Tensor | None = None  # SDXL micro-conditioning per cached view
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_path(self) -> Path | None:
@@ -166,16 +169,18 @@ class _ConceptRun:
 
     # -- results -----------------------------------------------------------------------------
     def embedding(self) -> LearnedEmbedding:
-        return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone())
+        return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone(), self.widths)
 
     def result(self) -> TrainResult:
         return TrainResult(self.concept.token, self.embedding(), self.step, list(self.losses), self.seconds,
                            self.output_dir, {}, self.resumed_from, self.failure)
 
 
-def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int) -> None:
-    """Encode every training image (and its mirror image) once; keep the latent distributions."""
-    _, pixels = load_training_images(run.concept.images, resolution)
+def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int, text: PromptEncoder) -> None:
+    """Encode every training image (and its mirror image) once; keep the latent distributions
+    (and, for SDXL, each view's micro-conditioning)."""
+    files, pixels = load_training_images(run.concept.images, resolution)
+    run.time_ids = text.time_ids(files, resolution, run.concept.flip)
     if run.concept.flip:
         pixels = torch.cat([pixels, torch.flip(pixels, dims=[-1])])
     means, stds = [], []
@@ -190,12 +195,13 @@ def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution
 
 @dataclass
 class _Batch:
-    """Noised training examples: scaled latents, noise, timesteps and their prompts."""
+    """Noised training examples: scaled latents, noise, timesteps, their prompts (and SDXL time ids)."""
 
     latents: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
     prompts: list[str]
+    time_ids: torch.Tensor | None = None
 
 
 def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device, scaling: float) -> _Batch:
@@ -211,7 +217,8 @@ def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.devi
     views = views.to(device)
     latents = run.latent_mean[views] + run.latent_std[views] * latent_eps.to(device)
     prompts = [run.templates[i].format(run.prompt_word) for i in templates.tolist()]
-    return _Batch(latents * scaling, noise.to(device), timesteps.to(device), prompts)
+    time_ids = None if run.time_ids is None else run.time_ids[views.cpu()]
+    return _Batch(latents * scaling, noise.to(device), timesteps.to(device), prompts, time_ids)
 
 
 def noise_target(components: DiffusionComponents, latents: torch.Tensor, noise: torch.Tensor,
@@ -226,26 +233,26 @@ def noise_target(components: DiffusionComponents, latents: torch.Tensor, noise: 
     return noise
 
 
-def _example_losses(components: DiffusionComponents, unet: torch.nn.Module, tokenizer, batch: _Batch,
+def _example_losses(components: DiffusionComponents, unet: torch.nn.Module, text: PromptEncoder, batch: _Batch,
                     dtype: torch.dtype) -> torch.Tensor:
     """The denoising MSE of every example of ``batch`` (``[B]``, fp32); the learned vectors get its gradient."""
     noisy = components.noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     target = noise_target(components, batch.latents, batch.noise, batch.timesteps)
-    hidden = encode_text(tokenizer, components.text_encoder, batch.prompts)
-    pred = unet(noisy.to(dtype), batch.timesteps, hidden).sample
+    conditioning = text.unet_kwargs(text.encode(batch.prompts), dtype, batch.time_ids)
+    pred = unet(noisy.to(dtype), batch.timesteps, **conditioning).sample
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
 
 
-def _prepare_runs(components, concepts, config, tokenizer, device, output_dirs, resume) -> list[_ConceptRun]:
+def _prepare_runs(components, concepts, config, text: PromptEncoder, device, output_dirs, resume) -> list[_ConceptRun]:
     tokens = [c.token for c in concepts]
     duplicates = sorted({t for t in tokens if tokens.count(t) > 1})
     if duplicates:
         raise ConfigError(f"token {duplicates[0]} appears more than once in one pack")
     runs = []
     for concept, out in zip(concepts, output_dirs):
-        start = initial_vectors(components.text_encoder, tokenizer, concept.initializer, concept.num_vectors)
-        placeholder = register_token(tokenizer, concept.token, concept.num_vectors)
-        run = _ConceptRun(concept, placeholder, start, config, device, out)
+        start = text.initial_vectors(concept.initializer, concept.num_vectors)
+        placeholder = text.register(concept.token, concept.num_vectors)
+        run = _ConceptRun(concept, placeholder, start, config, device, out, widths=text.widths)
         if resume:
             run.load_checkpoint(config)
         runs.append(run)
@@ -292,23 +299,22 @@ def train_concepts(
 
     with components.lock:
         components.to(device, dtype)
-        tokenizer = copy.deepcopy(components.tokenizer)
-        runs = _prepare_runs(components, concepts, config, tokenizer, device, output_dirs, resume)
+        text = PromptEncoder(components)
+        runs = _prepare_runs(components, concepts, config, text, device, output_dirs, resume)
         for run in runs:
-            _cache_latents(components, run, resolution)
+            _cache_latents(components, run, resolution, text)
         scheduler = components.noise_scheduler
         num_timesteps = int(scheduler.config.num_train_timesteps)
         scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
         unet = components.compiled_unet() if config.compile else components.unet
         total = max(0, max(config.steps - run.step for run in runs))
         started = time.perf_counter()
-        with placeholder_embedding(components.text_encoder) as layer:
-            layer.set_vectors([r.placeholder for r in runs], [r.vectors for r in runs])
+        with text.learned([r.placeholder for r in runs], [r.vectors for r in runs]):
             for pack_step in range(total):
                 active = [r for r in runs if r.step < config.steps and r.failure is None]
                 if not active:
                     break
-                _optimizer_step(components, unet, tokenizer, active, config, device, dtype, num_timesteps)
+                _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
                 for run in active:
                     if run.failure is None and run.output_dir is not None and config.checkpoint_every and \
                             run.step % config.checkpoint_every == 0 and run.step < config.steps:
@@ -329,7 +335,7 @@ def train_concepts(
         return results
 
 
-def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, num_timesteps) -> None:
+def _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps) -> None:
     """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
     tick = time.perf_counter()
     step_losses = {id(r): 0.0 for r in active}
@@ -339,8 +345,9 @@ def _optimizer_step(components, unet, tokenizer, active, config, device, dtype, 
             return
         samples = [_sample(r, config.batch_size, num_timesteps, device, components.latent_scaling) for r in live]
         batch = _Batch(torch.cat([s.latents for s in samples]), torch.cat([s.noise for s in samples]),
-                       torch.cat([s.timesteps for s in samples]), [p for s in samples for p in s.prompts])
-        per_example = _example_losses(components, unet, tokenizer, batch, dtype)
+                       torch.cat([s.timesteps for s in samples]), [p for s in samples for p in s.prompts],
+                       None if samples[0].time_ids is None else torch.cat([s.time_ids for s in samples]))
+        per_example = _example_losses(components, unet, text, batch, dtype)
         per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)
         values = per_concept.detach().cpu().tolist()
         total = None
@@ -401,14 +408,13 @@ def evaluation_loss(
     device, dtype = components.device, components.dtype
     resolution = resolution or components.resolution
     with components.lock:
-        tokenizer = copy.deepcopy(components.tokenizer)
-        placeholder = register_token(tokenizer, concept.token, int(vectors.shape[0]))
+        text = PromptEncoder(components)
+        placeholder = text.register(concept.token, int(vectors.shape[0]))
         eval_concept = ConceptConfig(concept.token, concept.initializer, concept.images, int(vectors.shape[0]),
                                      concept.property, concept.flip, seed)
-        run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None)
-        _cache_latents(components, run, resolution)
+        run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None, widths=text.widths)
+        _cache_latents(components, run, resolution, text)
         num_timesteps = int(components.noise_scheduler.config.num_train_timesteps)
-        with placeholder_embedding(components.text_encoder) as layer, torch.no_grad():
-            layer.set_vectors([placeholder], [run.vectors])
+        with text.learned([placeholder], [run.vectors]), torch.no_grad():
             batch = _sample(run, samples, num_timesteps, device, components.latent_scaling)
-            return float(_example_losses(components, components.unet, tokenizer, batch, dtype).mean())
+            return float(_example_losses(components, components.unet, text, batch, dtype).mean())

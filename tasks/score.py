@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from inversion.checkpoint import CHECKPOINT_FILENAME
 from inversion.errors import SstarError
 from inversion.formats import load_embedding
 from inversion.images import list_images, open_rgb
@@ -51,7 +52,10 @@ def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluati
     out_dir = Path(outcome.staged.work_dir) / "result"
     written = write_scores(scores, out_dir)
     embedding_dir = Path(outcome.embedding_path).parent
-    extras = [*sorted(embedding_dir.glob("*.pt")), embedding_dir / TRAINING_LOG]
+    # every embedding file the trainer wrote (the .pt, or SDXL's learned_embeds_2 and clip_l/clip_g file)
+    extras = [*(p for p in sorted(embedding_dir.iterdir()) if p.suffix in (".pt", ".safetensors")
+                and p.name not in (CHECKPOINT_FILENAME, Path(outcome.embedding_path).name)),
+              embedding_dir / TRAINING_LOG]
     files = [outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values())]
     get_run_logger().info("%s: image similarity %.3f vs baseline %.3f (lift %+.3f)", record.concept_id,
                           scores.image_similarity, scores.baseline_image_similarity, scores.inversion_lift)

@@ -51,6 +51,22 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return write_random_model("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def sd2_tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD 2.x-structured pipeline folder (OpenCLIP-style text side, v-prediction)."""
+    from inversion.models import write_random_model
+
+    return write_random_model("sd2-tiny", tmp_path_factory.mktemp("models") / "sd2-tiny")
+
+
+@pytest.fixture(scope="session")
+def sdxl_tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SDXL pipeline folder (two text encoders of widths 32 and 48)."""
+    from inversion.models import write_random_model
+
+    return write_random_model("sdxl-tiny", tmp_path_factory.mktemp("models") / "sdxl-tiny")
+
+
 def write_shape_images(folder: Path, count: int = 4, color=(200, 40, 40), size: int = 80, seed: int = 0) -> Path:
     """A concept folder: a coloured square at varying positions on a gray background."""
     folder.mkdir(parents=True, exist_ok=True)

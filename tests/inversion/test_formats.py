@@ -138,3 +138,55 @@ def test_diffusers_pipeline_loads_both_files_we_write(tiny_model_dir, embedding,
         image = pipe("a photo of <my-cat> on a beach", num_inference_steps=2, height=64, width=64,
                      generator=torch.Generator().manual_seed(0)).images[0]
         assert image.size == (64, 64)
+
+
+def _sdxl_word(n: int = 2) -> LearnedEmbedding:
+    vectors = torch.randn(n, 768 + 1280, generator=torch.Generator().manual_seed(1))
+    return LearnedEmbedding("<xl-cat>", vectors, (768, 1280))
+
+
+def test_sdxl_files_every_client_loads(tmp_path):
+    from safetensors.torch import load_file
+
+    embedding = _sdxl_word()
+    files = save_embedding_files(embedding, tmp_path)
+    assert {k: p.name for k, p in files.items()} == {
+        "diffusers": "learned_embeds.safetensors", "diffusers_2": "learned_embeds_2.safetensors",
+        "sdxl": "xl-cat.safetensors"}
+    single = load_file(str(files["sdxl"]))  # a plain dict with both keys: what A1111 requires
+    assert set(single) == {"clip_l", "clip_g"}
+    assert single["clip_l"].shape == (2, 768) and single["clip_g"].shape == (2, 1280)
+    assert load_file(str(files["diffusers"]))["<xl-cat>"].shape == (2, 768)
+    assert load_file(str(files["diffusers_2"]))["<xl-cat>"].shape == (2, 1280)
+    for path, token in ((files["sdxl"], "<xl-cat>"), (files["diffusers"], "<xl-cat>")):
+        loaded = load_embedding(path)
+        assert loaded.token == token and loaded.widths == (768, 1280)
+        assert torch.equal(loaded.vectors, embedding.vectors)
+
+
+def test_sdxl_file_names_never_clash_with_the_other_files():
+    from inversion.formats import sdxl_filename
+
+    assert sdxl_filename("<checkpoint>") == "checkpoint-sdxl.safetensors"
+    assert sdxl_filename("<learned_embeds_2>") == "learned_embeds_2-sdxl.safetensors"
+
+
+def test_sd2_a1111_file_has_width_1024(tmp_path):
+    embedding = LearnedEmbedding("<sd2-cat>", torch.randn(1, 1024))
+    files = save_embedding_files(embedding, tmp_path)
+    raw = torch.load(files["a1111"], weights_only=True)
+    assert raw["string_to_param"]["*"].shape == (1, 1024)
+    a1111_safe_check(files["a1111"])
+
+
+def test_bad_sdxl_files(tmp_path):
+    half = tmp_path / "half.safetensors"
+    save_file({"clip_l": torch.zeros(1, 768)}, str(half))
+    with pytest.raises(EmbeddingFormatError, match="half.safetensors: SDXL embedding lacks its clip_g tensor"):
+        load_embedding(half)
+    save_diffusers(LearnedEmbedding("<a>", torch.zeros(1, 768)), tmp_path / "learned_embeds.safetensors")
+    save_diffusers(LearnedEmbedding("<b>", torch.zeros(1, 1280)), tmp_path / "learned_embeds_2.safetensors")
+    with pytest.raises(EmbeddingFormatError, match=r"learned_embeds_2.safetensors: holds <b> .* holds <a>"):
+        load_embedding(tmp_path / "learned_embeds.safetensors")
+    with pytest.raises(EmbeddingFormatError, match="an A1111 .pt holds one"):
+        save_a1111(_sdxl_word(), tmp_path / "xl.pt")
