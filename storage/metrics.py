@@ -56,6 +56,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
         pa.field("model", pa.string()),
+        pa.field("model_family", pa.string()),
         pa.field("steps", pa.int32()),
         pa.field("vectors", pa.int32()),
         pa.field("lr", pa.float64()),
@@ -86,7 +87,7 @@ _FLOAT_FIELDS = (
     "lr", "image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
     "inversion_lift", "final_loss", "train_seconds", "eval_seconds",
 )
-_STR_FIELDS = ("digest", "token", "model", "embedding_uri", "grid_uri")
+_STR_FIELDS = ("digest", "token", "model", "model_family", "embedding_uri", "grid_uri")
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class MetricsRow:
     token: str | None = None
     error: str | None = None
     model: str | None = None
+    model_family: str | None = None
     steps: int | None = None
     vectors: int | None = None
     lr: float | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from inversion.families import family_or_none
 from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
@@ -27,7 +28,8 @@ SCORE_COLUMNS = ("image_similarity", "text_similarity", "baseline_image_similari
 def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn: LearnSettings) -> dict:
     return dict(
         run_id=run_id, concept_id=concept_id, digest=record.digest if record else None,
-        token=record.token if record else None, model=learn.model, steps=learn.steps,
+        token=record.token if record else None, model=learn.model, model_family=family_or_none(learn.model),
+        steps=learn.steps,
         vectors=record.vectors if record else None, lr=learn.lr,
     )
 

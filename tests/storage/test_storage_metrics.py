@@ -35,6 +35,7 @@ EXPECTED = [
     ("status", pa.string(), False),
     ("error", pa.string(), True),
     ("model", pa.string(), True),
+    ("model_family", pa.string(), True),
     ("steps", pa.int32(), True),
     ("vectors", pa.int32(), True),
     ("lr", pa.float64(), True),
