@@ -161,7 +161,8 @@ class PromptEncoder:
         if embedding.widths != self.widths:
             raise EmbeddingFormatError(
                 f"embedding {embedding.token} has vectors of width {'+'.join(map(str, embedding.widths))}, but "
-                f"this {self.family} model's text encoders take {'+'.join(map(str, self.widths))}")
+                f"this {self.family} model's text encoders take {'+'.join(map(str, self.widths))}: "
+                f"it was learned for another model")
 
     @contextmanager
     def learned(self, placeholders: Sequence[PlaceholderToken], vectors: Sequence[torch.Tensor]) -> Iterator[None]:

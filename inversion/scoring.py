@@ -35,6 +35,7 @@ from common.atomic import atomic_write_bytes
 from .clip import ClipModel
 from .config import PROPERTIES
 from .errors import ConfigError, InputError
+from .families import PromptEncoder
 from .formats import LearnedEmbedding
 from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill
 from .render import Renderer, RenderSettings, make_grid
@@ -341,10 +342,7 @@ def score_concept(
     if not class_word or not class_word.strip():
         raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
     class_word = class_word.strip()
-    expected = int(renderer.components.text_encoder.get_input_embeddings().weight.shape[1])
-    if embedding.vectors.ndim != 2 or int(embedding.vectors.shape[1]) != expected:
-        raise InputError(f"embedding {embedding.token} has vectors of size {tuple(embedding.vectors.shape)[1:]}, "
-                         f"but the model's text encoder uses {expected}; it was learned for another model")
+    PromptEncoder(renderer.components).check(embedding)  # one table per text encoder, of its width
     if reference_embeds is None:
         reference_embeds = embed_reference_images(clip, reference_images, settings.clip_batch_size)
     reference_embeds = _as_embeddings(reference_embeds, "reference image embeddings")
