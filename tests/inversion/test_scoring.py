@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from inversion import scoring
 from inversion.clip import TINY_ARCH, ClipSpec, load_clip, write_tiny_clip
-from inversion.errors import ConfigError, InputError
+from inversion.errors import ConfigError, EmbeddingFormatError, InputError
 from inversion.formats import LearnedEmbedding, save_diffusers
 from inversion.images import list_images, open_rgb
 from inversion.models import load_components
@@ -194,7 +194,7 @@ def test_score_concept_input_errors(renderer, clip, components, reference_images
         score_concept(renderer, clip, embedding, reference_images, " ", None, "object", settings)
     with pytest.raises(InputError, match="contains the learned token <thing>"):
         score_concept(renderer, clip, embedding, reference_images, "cat", ["a photo of a <thing>"], "object", settings)
-    with pytest.raises(InputError, match=r"vectors of size \(768,\).*uses 32"):
+    with pytest.raises(EmbeddingFormatError, match=r"width 768, but this sd1 model's text encoders take 32"):
         score_concept(renderer, clip, LearnedEmbedding("<big>", torch.zeros(1, 768)), reference_images, "cat",
                       None, "object", settings)
     with pytest.raises(ConfigError, match="property"):
