@@ -1,7 +1,7 @@
 """The workflow DAGs: ``learn_catalog`` (the scheduled, catalog-wide job) and ``learn_concept`` (ad hoc).
 
-learn_catalog: preflight (model, CLIP, catalog, output: fail in seconds, before any training) → scan
-the catalog's listings → skip concepts whose digest already has a complete result (one listing of
+learn_catalog: preflight (catalog and model; after the scan, the scoring CLIP when anything is to be
+learned and the output: fail in seconds, before any training) → scan the catalog's listings → skip concepts whose digest already has a complete result (one listing of
 ``<out>/embeddings/``) → stage images (a concept changed since the last scan reads its images here,
 once, and is skipped after all when identical bytes were re-uploaded) → invert (packs of ``concepts_per_batch``; GPU work under a global concurrency limit) → render
 and score against the words-only baseline → publish write-once → append the run's metrics once,
@@ -32,7 +32,7 @@ from storage.scanstate import ConceptState
 
 from tasks.concurrency import ensure_gpu_limit
 from tasks.ingest import remember_scan, scan_catalog, stage_concept
-from tasks.preflight import preflight
+from tasks.preflight import check_inputs, check_outputs, preflight
 from tasks.invert import invert_pack
 from tasks.publish import (failed_row, publish_concept, row_from_json, row_to_json, rows_key, scan_from_json, skipped_row,
                            write_metrics)
@@ -184,12 +184,12 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
-    preflight(catalog, out, learn, evaluation, run)
+    check_inputs(catalog, learn)
     ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions, update=False)
     scan = scan_catalog(catalog, learn, out_uri=out)
     unusable = scan.unusable
     rows: list[MetricsRow] = [failed_row(run_id, cid, reason, learn) for cid, reason in unusable]
-    done = ResultStore.open(out).completed()  # one paginated listing, not a request per concept
+    done = scan.done  # from one paginated listing of <out>/embeddings/, not a request per concept
     index = {r["concept_id"]: r for r in read_embeddings_index(out).to_pylist()}
     todo = []
     for record in scan.records:
@@ -199,6 +199,7 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
             todo.append(record)
     logger.info("run %s: %d to stage (%d changed since the last scan), %d already done, %d unusable", run_id,
                 len(todo), sum(r.digest is None for r in todo), len(scan.records) - len(todo), len(unusable))
+    check_outputs(out, evaluation if todo and not run.deployment else None, run)  # before any training
     progress_id = create_progress_artifact(progress=0.0, key="sstar-run-progress",
                                            description=f"concepts finished in run {run_id}")
     finished = [0]

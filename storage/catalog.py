@@ -20,7 +20,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -369,7 +369,7 @@ def discover_catalog(
     *,
     concept_ids: Iterable[str] | None = None,
     previous: ScanState | None = None,
-    read_changed: bool = True,
+    read_changed: bool | Callable[[str], bool] = True,
     max_workers: int = 8,
 ) -> CatalogScan:
     """Scan ``store`` (the catalog root) for concepts.
@@ -383,8 +383,8 @@ def discover_catalog(
     ``previous`` is the state the last scan left (see :mod:`storage.scanstate`): a concept whose
     images' listing entries are unchanged gets its digest without reading any image, and an
     unchanged ``concept.json`` is not read again. The images of the other concepts are read here
-    (``read_changed``, the default) or left to the caller: their specs come back pending
-    (``digest=None``) for :func:`read_concept`. Without ``previous`` every image is read.
+    (``read_changed``, the default; a callable decides per concept id) or left to the caller: their
+    specs come back pending (``digest=None``) for :func:`read_concept`.
 
     ``concept_ids`` limits the scan to those concepts: only their folders are listed and read,
     so learning one concept of a large catalog costs one listing, not a download of the catalog.
@@ -475,7 +475,7 @@ def discover_catalog(
         last = known.concepts.get(concept_id)
         if last is not None and last.listing == listing:
             return replace(spec, digest=digest_of(last.images, meta, settings)), found, meta_state, last
-        if not read_changed:
+        if not (read_changed(concept_id) if callable(read_changed) else read_changed):
             return spec, found, meta_state, None
         read = read_concept(store, spec)
         found.extend(read.problems)

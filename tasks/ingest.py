@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -21,6 +21,7 @@ from inversion.tokens import vector_names
 from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog, read_concept
 from storage.images import ingest_concept, write_pngs
 from storage.objectstore import open_store
+from storage.results import ResultStore
 from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
 
 from . import runtime
@@ -59,6 +60,7 @@ class ScanResult:
     unusable: list[tuple[str, str]]
     state: ScanState
     previous: ScanState
+    done: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 def _vocabulary_problem(vocabulary: frozenset[str], record: ConceptRecord, model: str) -> str | None:
@@ -72,17 +74,22 @@ def _vocabulary_problem(vocabulary: frozenset[str], record: ConceptRecord, model
 @task(name="scan-catalog", **RETRY)
 def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None,
                  out_uri: str | None = None) -> ScanResult:
-    """Discover the concepts of the catalog (all, or only ``concept_ids``) without reading images.
+    """Discover the concepts of the catalog (all, or only ``concept_ids``) from listings.
 
-    With ``out_uri`` the previous scan's state is read from there; changed concepts come back pending
-    (``digest=None``) for :func:`stage_concept`. Tokens the pipeline cannot carry (see
-    :func:`storage.catalog.token_problem`) or that the model's vocabulary already holds make their
-    concept unusable here, before any image is read or any GPU time spent.
+    With ``out_uri`` the previous scan's state is read from there, and the completed results are
+    listed once (``done``: concept id → digests). Changed or new concepts come back pending
+    (``digest=None``) for :func:`stage_concept`, which reads their images anyway. Only when there is
+    no state at all (a first run, or a lost one) are the concepts that have some completed result
+    read here, in parallel: most of them are skippable, and one full scan beats a task per concept.
+    Tokens the pipeline cannot carry (see :func:`storage.catalog.token_problem`) or that the
+    model's vocabulary already holds make their concept unusable here, before any GPU time is spent.
     """
     store = open_store(catalog_uri)
     previous = load_scan_state(open_store(out_uri), store.uri) if out_uri else ScanState(store.uri)
+    done = ResultStore.open(out_uri).completed() if out_uri else {}
+    lost = out_uri is not None and not previous.concepts
     scan = discover_catalog(store, learning_identity(learn), concept_ids=concept_ids, previous=previous,
-                            read_changed=False)
+                            read_changed=(lambda concept_id: concept_id in done) if lost else False)
     vocabulary = runtime.vocabulary(learn.model)
     records: list[ConceptRecord] = []
     fatal: dict[str, list[str]] = {}
@@ -101,7 +108,8 @@ def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] 
     get_run_logger().info("catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",
                           catalog_uri, len(records), pending, len(fatal))
     state = scan.state if scan.state is not None else ScanState(store.uri)
-    return ScanResult(records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous)
+    return ScanResult(records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous,
+                      done)
 
 
 @task(name="remember-scan", **RETRY)

@@ -7,7 +7,10 @@ configs and tokenizer, the scoring CLIP loads, and the output accepts a write an
 nothing under ``out`` unless every other check passed, and then only a probe it deletes at once.
 
 A failure is a :class:`PreflightError` whose one-line message names the command-line option to fix
-(``--catalog``, ``--model``, ``--clip-checkpoint``, ``--out``).
+(``--catalog``, ``--model``, ``--clip-checkpoint``, ``--out``). A catalog run checks its inputs
+(:func:`check_inputs`) before scanning and its outputs (:func:`check_outputs`) right after, before any
+training; the scoring CLIP is loaded only when some concept is to be learned, so a run where nothing
+changed does not pay for it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from storage.objectstore import open_store, parse_uri
 from . import runtime
 from .settings import EvalSettings, LearnSettings, RunSettings
 
-__all__ = ["PreflightError", "preflight", "check_catalog", "check_model", "check_clip", "check_output"]
+__all__ = ["PreflightError", "preflight", "check_inputs", "check_outputs", "check_catalog", "check_model",
+           "check_clip", "check_output"]
 
 #: the config each weighted component folder of a diffusers model holds (the tokenizer is loaded instead)
 _COMPONENT_CONFIGS = {"text_encoder": "config.json", "vae": "config.json", "unet": "config.json",
@@ -138,10 +142,22 @@ def check_output(out: str) -> None:
         raise PreflightError("--out", f"cannot write to {out}: {_first_line(exc)}") from None
 
 
-def preflight(catalog: str, out: str, learn: LearnSettings, evaluation: EvalSettings, run: RunSettings) -> None:
-    """Run every check (catalog, model, CLIP, output — the output last, so nothing is written when
-    another check fails); :class:`PreflightError` on the first failure."""
+def check_inputs(catalog: str, learn: LearnSettings) -> None:
+    """What a scan needs: the catalog lists, the model's configs and tokenizer load."""
     check_catalog(catalog)
     check_model(learn.model)
-    check_clip(evaluation, run.device)
+
+
+def check_outputs(out: str, evaluation: EvalSettings | None, run: RunSettings) -> None:
+    """What learning and publishing need: the scoring CLIP loads (skipped with ``evaluation=None``,
+    for a run with nothing to score), then the output accepts a write and a delete — last, so
+    nothing is written when another check fails."""
+    if evaluation is not None:
+        check_clip(evaluation, run.device)
     check_output(out)
+
+
+def preflight(catalog: str, out: str, learn: LearnSettings, evaluation: EvalSettings, run: RunSettings) -> None:
+    """Every check, in order (catalog, model, CLIP, output); :class:`PreflightError` on the first failure."""
+    check_inputs(catalog, learn)
+    check_outputs(out, evaluation, run)

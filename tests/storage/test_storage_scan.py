@@ -138,3 +138,12 @@ def test_tokens_the_pipeline_cannot_carry_are_refused_at_scan(store: ObjectStore
     assert scan.specs == ()
     (problem,) = scan.problems
     assert problem.file == "c/concept.json" and why in problem.reason
+
+
+def test_read_changed_can_choose_per_concept(store: ObjectStore, monkeypatch) -> None:
+    _catalog(store)
+    full = discover_catalog(store, SETTINGS).by_id()
+    reads = Counting(store, monkeypatch)
+    scan = discover_catalog(store, SETTINGS, read_changed=lambda concept_id: concept_id == "dog").by_id()
+    assert sorted(k for k in reads.keys if not k.endswith(".json")) == ["dog/1.jpg"]
+    assert scan["dog"].digest == full["dog"].digest and scan["cat"].pending and scan["emu"].pending
