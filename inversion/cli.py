@@ -96,11 +96,11 @@ def cmd_invert(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .formats import load_embedding
+    from .formats import load_embeddings
     from .models import load_components
     from .render import Renderer, RenderSettings, make_grid
 
-    embeddings = [load_embedding(Path(p)) for p in args.embedding]
+    embeddings = load_embeddings(args.embedding)
     settings = RenderSettings(steps=args.render_steps, guidance=args.guidance, resolution=args.resolution,
                               precision=args.precision, device=args.device)
     renderer = Renderer(load_components(args.model), settings)
@@ -214,8 +214,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("render", help="render prompts with learned embeddings into a labelled grid")
     p.add_argument("--model", required=True)
-    p.add_argument("--embedding", nargs="*", default=[], help="embedding file(s): diffusers, A1111 or kohya")
-    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeatable)")
+    p.add_argument("--embedding", nargs="*", default=[], action="extend",
+                   help="embedding file(s) of one model family: diffusers, A1111, kohya or SDXL (repeatable)")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="a prompt (repeatable); (<tok>:0.7) gives a word a strength, as in A1111")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3])
     add_arguments(p, [_EVAL["render_steps"], _EVAL["guidance"]], flags={"render_steps": "--steps"})
     p.add_argument("--resolution", type=int, default=None, help="image size in px (default: the model's)")

@@ -182,10 +182,15 @@ class PromptEncoder:
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> PromptEmbeds:
         """Encode ``prompts`` exactly as the family's diffusers pipeline does (padded to 77 tokens)."""
+        return self.encode_ids([tokenizer(list(prompts), padding="max_length", truncation=True,
+                                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+                                for tokenizer in self.tokenizers])
+
+    def encode_ids(self, token_ids: Sequence[torch.Tensor]) -> PromptEmbeds:
+        """Encode tokenized prompts: ``token_ids[i]`` ``[B, 77]`` for text encoder i (as :meth:`encode` does
+        after tokenizing; :mod:`inversion.weighting` tokenizes weighted prompts itself)."""
         states, pooled = [], None
-        for tokenizer, encoder in zip(self.tokenizers, self.encoders):
-            ids = tokenizer(list(prompts), padding="max_length", truncation=True,
-                            max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+        for ids, encoder in zip(token_ids, self.encoders):
             ids = ids.to(next(encoder.parameters()).device)
             if self.family != "sdxl":
                 states.append(encoder(ids)[0])

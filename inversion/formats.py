@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,3 +252,27 @@ def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 
         "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1),
         "sdxl": save_sdxl(embedding, folder / sdxl_filename(embedding.token)),
     }
+
+
+def load_embeddings(paths: Sequence[Path | str], tokens: Sequence[str | None] = ()) -> list[LearnedEmbedding]:
+    """Read several embedding files to use together (:func:`load_embedding` each; ``tokens[i]``, where
+    given and not ``None``, overrides the token of ``paths[i]``).
+
+    Two files holding the same token are refused with one line naming both, and so are words of
+    different widths (learned for different model families).
+    """
+    seen: dict[str, Path] = {}
+    embeddings: list[LearnedEmbedding] = []
+    for i, path in enumerate(map(Path, paths)):
+        embedding = load_embedding(path, token=tokens[i] if i < len(tokens) else None)
+        if embedding.token in seen:
+            raise EmbeddingFormatError(f"{seen[embedding.token]} and {path} both hold the token {embedding.token}; "
+                                       f"give one of them another token")
+        if embeddings and embedding.widths != embeddings[0].widths:
+            first = seen[embeddings[0].token]
+            raise EmbeddingFormatError(f"{first} (width {'+'.join(map(str, embeddings[0].widths))}) and {path} "
+                                       f"(width {'+'.join(map(str, embedding.widths))}) were learned for different "
+                                       f"model families")
+        seen[embedding.token] = path
+        embeddings.append(embedding)
+    return embeddings

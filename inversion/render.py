@@ -22,6 +22,7 @@ from .formats import LearnedEmbedding
 from .models import DiffusionComponents
 from .families import PromptEncoder, build_pipeline
 from .tokens import expand_token
+from .weighting import encode_weighted
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class Renderer:
     ) -> list[list[Image.Image]]:
         """Render every prompt with every seed: ``result[p][s]`` is prompt p with seed s.
 
-        The same seed gives the same starting noise for every prompt, so rows are comparable.
+        The same seed gives the same starting noise for every prompt, so rows are comparable. A prompt
+        may give words strengths, ``(<tok>:0.7)``, with A1111's meaning (:mod:`inversion.weighting`).
         """
         s = self.settings
         resolution = s.resolution or self.components.resolution
@@ -77,7 +79,7 @@ class Renderer:
                 negative = text.negative()
                 for start in range(0, len(jobs), s.batch_size):
                     chunk = jobs[start : start + s.batch_size]
-                    embeds = text.encode([expanded[p] for p, _ in chunk])
+                    embeds = encode_weighted(text, [expanded[p] for p, _ in chunk])
                     latents = torch.cat([self._initial_noise(seed, resolution) for _, seed in chunk])
                     out = self._pipeline(
                         **text.pipeline_kwargs(embeds, negative),
