@@ -1,4 +1,5 @@
-"""Command-line commands of the ML core: ``sstar model``, ``sstar invert``, ``sstar render``, ``sstar score``.
+"""Command-line commands of the ML core: ``sstar model``, ``sstar invert``, ``sstar render``, ``sstar score``,
+``sstar merge``.
 
 Registered on the ``sstar`` entry point by :mod:`flows.cli`. User errors print one line and exit 2.
 """
@@ -190,6 +191,16 @@ def run_score_command(
     return result
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_files, parse_source
+
+    files = merge_files([parse_source(text) for text in args.sources], args.token, Path(args.out), args.mode)
+    print(f"merged {len(args.sources)} word(s) into {args.token} ({args.mode})")
+    for kind, path in files.items():
+        print(f"  {kind}: {path}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
     p = sub.add_parser("model", help="write a random-weight diffusers model folder (no download)")
@@ -238,3 +249,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, [_TRAIN["device"]])
     p.add_argument("--out", required=True, help="folder for grid.png, baseline_grid.png and scores.json")
     p.set_defaults(func=cmd_score)
+
+    from .merge import MERGE_MODES
+
+    p = sub.add_parser("merge", help="write a new word from learned words (weighted sum, slerp or concatenation)")
+    p.add_argument("--from", dest="sources", action="append", required=True, metavar="FILE[:WEIGHT]",
+                   help="a parent embedding file and its weight (default 1; repeatable)")
+    p.add_argument("--token", required=True, help="the new word, e.g. '<ab>'")
+    p.add_argument("--mode", choices=MERGE_MODES, default="sum",
+                   help=("sum: weighted sum of matched vectors; slerp: spherical interpolation of two words' "
+                         "matched vectors; concat: one multi-vector word (default sum)"))
+    p.add_argument("--out", required=True, help="folder for the new word's files (every format sstar writes)")
+    p.set_defaults(func=cmd_merge)

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from common.atomic import atomic_write
@@ -42,6 +43,8 @@ DIFFUSERS_FILENAME_2 = "learned_embeds_2.safetensors"
 SDXL_KEYS = ("clip_l", "clip_g")
 A1111_PLACEHOLDER = "*"
 A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, as A1111 writes it
+#: where an A1111 ``.pt`` keeps sstar's metadata (A1111 ignores keys it does not know)
+A1111_METADATA_KEY = "sstar_metadata"
 
 
 @dataclass(frozen=True)
@@ -80,25 +83,28 @@ def _clean(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
 
 
-def save_diffusers(embedding: LearnedEmbedding, path: Path, encoder: int = 0) -> Path:
-    """Write the diffusers ``{token: [N, dim]}`` safetensors file of text encoder ``encoder`` (atomically)."""
+def save_diffusers(embedding: LearnedEmbedding, path: Path, encoder: int = 0,
+                   metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the diffusers ``{token: [N, dim]}`` safetensors file of text encoder ``encoder`` (atomically),
+    with ``metadata`` in the safetensors header (:func:`read_metadata`)."""
     tensors = {embedding.token: _clean(embedding.tables[encoder])}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
     return Path(path)
 
 
-def save_sdxl(embedding: LearnedEmbedding, path: Path) -> Path:
+def save_sdxl(embedding: LearnedEmbedding, path: Path, metadata: Mapping[str, str] | None = None) -> Path:
     """Write the SDXL ``{"clip_l": [N, 768], "clip_g": [N, 1280]}`` safetensors file (atomically):
     what AUTOMATIC1111, ComfyUI and kohya load for SDXL."""
     if len(embedding.tables) != len(SDXL_KEYS):
         raise EmbeddingFormatError(f"embedding {embedding.token} has {len(embedding.tables)} table(s); "
                                    f"an SDXL file needs {len(SDXL_KEYS)}")
     tensors = {key: _clean(table) for key, table in zip(SDXL_KEYS, embedding.tables)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
     return Path(path)
 
 
-def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str | None = None) -> Path:
+def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str | None = None,
+               metadata: Mapping[str, str] | None = None) -> Path:
     """Write an AUTOMATIC1111-style ``.pt`` embedding (also loadable by diffusers), atomically.
 
     It is written in torch's legacy (non-zip) serialization: AUTOMATIC1111's default safe-unpickle
@@ -117,6 +123,8 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
         "sd_checkpoint": None,
         "sd_checkpoint_name": None,
     }
+    if metadata:
+        payload[A1111_METADATA_KEY] = {str(k): str(v) for k, v in metadata.items()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp, _use_new_zipfile_serialization=False))
     return Path(path)
 
@@ -231,8 +239,9 @@ def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
                             embedding.widths + other.widths)
 
 
-def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 0) -> dict[str, Path]:
-    """Write the files a user needs into ``folder``, by kind.
+def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 0,
+                         metadata: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Write the files a user needs into ``folder``, by kind, each carrying ``metadata`` (:func:`read_metadata`).
 
     One text encoder (SD 1.x/2.x): ``diffusers`` (``learned_embeds.safetensors``) and ``a1111``
     (``<token-slug>.pt``). Two (SDXL): ``diffusers`` and ``diffusers_2`` (``learned_embeds_2.safetensors``)
@@ -241,16 +250,16 @@ def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 
     folder = Path(folder)
     if len(embedding.tables) == 1:
         return {
-            "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME),
-            "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step),
+            "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME, metadata=metadata),
+            "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step, metadata=metadata),
         }
     if len(embedding.tables) != len(SDXL_KEYS):
         raise EmbeddingFormatError(f"embedding {embedding.token}: no file format for {len(embedding.tables)} "
                                    f"text encoders")
     return {
-        "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME),
-        "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1),
-        "sdxl": save_sdxl(embedding, folder / sdxl_filename(embedding.token)),
+        "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME, metadata=metadata),
+        "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1, metadata=metadata),
+        "sdxl": save_sdxl(embedding, folder / sdxl_filename(embedding.token), metadata=metadata),
     }
 
 
@@ -276,3 +285,15 @@ def load_embeddings(paths: Sequence[Path | str], tokens: Sequence[str | None] = 
         seen[embedding.token] = path
         embeddings.append(embedding)
     return embeddings
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The string metadata an embedding file carries: a safetensors header's, or an A1111 ``.pt``'s
+    :data:`A1111_METADATA_KEY` (empty when there is none)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _read_tensors(path)  # the same one-line errors for a missing or unreadable file
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    found = _read_tensors(path).get(A1111_METADATA_KEY)
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
