@@ -30,6 +30,7 @@ from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
 
+from flows.compositions import compose_catalog
 from tasks.concurrency import ensure_gpu_limit
 from tasks.ingest import remember_scan, scan_catalog, stage_concept
 from tasks.preflight import check_inputs, check_outputs, preflight
@@ -144,21 +145,23 @@ def run_concept_deployment(deployment: str, catalog: str, out: str, record: Conc
                           learn, record), None
 
 
-def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow]) -> dict:
-    """Metrics (one Parquet file), embeddings index, HTML report, dashboard, artifacts; returns the run summary."""
+def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], compositions: list | None = None) -> dict:
+    """Metrics (one Parquet file), embeddings index, HTML report (with ``compositions``' rows), dashboard,
+    artifacts; returns the run summary."""
     from flows.dashboard import refresh_dashboard
     from flows.report import write_report
 
     metrics_uri = write_metrics(out, rows)
     store = open_store(out)
     dict_rows = [r.to_dict() for r in rows]
-    report_uri = write_report(out, run_id, dict_rows)
+    report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions or ()])
     refresh_dashboard(out, dict_rows, get_run_logger())
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
     summary = dict(run_id=run_id, out=out, counts=counts, metrics_uri=metrics_uri, report_uri=report_uri,
                    mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
-                   failed={r.concept_id: r.error for r in rows if r.status == "failed"})
+                   failed={r.concept_id: r.error for r in rows if r.status == "failed"},
+                   compositions={c.composition_id: c.status for c in compositions or ()})
     store.put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     # artifacts list what this run did; skipped concepts (thousands on a quiet night) are only counted
     table = [{k: d[k] for k in ("concept_id", "status", "token", "image_similarity", "text_similarity",
@@ -211,6 +214,7 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
 
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
     learned: dict[str, ConceptState] = {}
+    records = {r.concept_id: r for r in scan.records}
     try:
         if run.deployment:
             with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
@@ -232,12 +236,14 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
                                               done, index)
             rows += new_rows
             learned.update({s.record.concept_id: s.scan for s in staged if s.scan is not None})
+            records.update({s.record.concept_id: s.record for s in staged})  # digests and images as read
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
     remember_scan(out, scan.state.merged(learned), scan.previous)
     update_progress_artifact(progress_id, 100.0)
-    summary = _publish_run_outputs(out, run_id, rows)
+    compositions = compose_catalog(catalog, out, run_id, rows, records, learn, evaluation, run)
+    summary = _publish_run_outputs(out, run_id, rows, compositions)
     logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
     if summary["counts"]["failed"]:
         failed = ", ".join(sorted(summary["failed"]))

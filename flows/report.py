@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -29,6 +29,7 @@ from urllib.parse import quote, urlsplit
 from flows.charts import bar_chart, chart, charts_script, histogram
 from inversion.scoring import (BASELINE_GRID_FILENAME, BASELINE_GRID_THUMBNAIL_FILENAME, GRID_FILENAME,
                                GRID_THUMBNAIL_FILENAME)
+from storage.compositions import composition_prefix
 from storage.objectstore import open_store
 from storage.results import ResultStore
 
@@ -208,10 +209,34 @@ def _skipped_summary(skipped: list[dict]) -> str:
             f"</p><p class='muted small'>{names}{more}</p>")
 
 
-def render_report(rows: list[dict], *, run_id: str, title: str, result_key: ResultKey) -> str:
+def _composition_card(row: dict) -> str:
+    """A composition's card: its grid thumbnail (relative link), per-concept image similarities, text similarity."""
+    cid = str(row.get("composition_id") or MISSING)
+    key = row.get("key")
+    grid = ""
+    if row.get("status") != "failed" and isinstance(key, str) and key:
+        try:
+            base = "../" + quote(composition_prefix(cid, key))
+            grid = _figure(f"{base}/{GRID_THUMBNAIL_FILENAME}", f"{base}/{GRID_FILENAME}", "composition", cid)
+        except Exception:  # noqa: BLE001 - an id the layout refuses only costs the card its picture
+            grid = ""
+    concepts = list(row.get("concepts") or ())
+    similarities = list(row.get("image_similarities") or ())
+    cells = "".join(f"<tr><td>image similarity to {escape(str(c))}</td><td class='num'>{_fmt(v)}</td></tr>"
+                    for c, v in zip(concepts, similarities))
+    cells += f"<tr><td>text similarity (class words)</td><td class='num'>{_fmt(row.get('text_similarity'))}</td></tr>"
+    error = f"<pre>{escape(str(row.get('error')))}</pre>" if row.get("error") else ""
+    return (f"<div class='card'><h3>{escape(cid)} <span class='small {escape(str(row.get('status')))}'>"
+            f"{escape(str(row.get('status')))}</span></h3><div><code>{escape(str(row.get('prompt') or ''))}</code></div>"
+            f"{error}<div class='grids'>{grid}</div><table>{cells}</table></div>")
+
+
+def render_report(rows: list[dict], *, run_id: str, title: str, result_key: ResultKey,
+                  compositions: Sequence[dict] = ()) -> str:
     """The report's HTML. ``rows`` are metrics rows as dicts (any value may be None); ``result_key``
     maps (concept id, digest, file name) to the file's key under the output root
-    (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails."""
+    (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
+    ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "skipped")}
     lifts = [v for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
     mean_lift = sum(lifts) / len(lifts) if lifts else None
@@ -250,6 +275,13 @@ def render_report(rows: list[dict], *, run_id: str, title: str, result_key: Resu
     skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)
     if skipped:
         html.append(_skipped_summary(skipped))
+    if compositions:
+        html.append(f"<h2>Compositions ({len(compositions)})</h2><p class='muted small'>Each prompt names several "
+                    "learned words; image similarity to each word's training images, text similarity with the prompt "
+                    "in class words. Skipped: unchanged prompt and concepts, the earlier rendering.</p>"
+                    "<div class='cards'>")
+        html.extend(_composition_card(c) for c in sorted(compositions, key=lambda c: str(c.get("composition_id"))))
+        html.append("</div>")
     if not rows:
         html.append("<p class='muted'>This run had no concepts.</p>")
     if "data-chart-for" in lift:
@@ -258,14 +290,14 @@ def render_report(rows: list[dict], *, run_id: str, title: str, result_key: Resu
     return "".join(html)
 
 
-def write_report(out_uri: str, run_id: str, rows: list[dict]) -> str:
+def write_report(out_uri: str, run_id: str, rows: list[dict], compositions: Sequence[dict] = ()) -> str:
     """Write ``reports/<run_id>.html`` and ``reports/latest.html`` under ``out_uri``; returns the run's report URL.
 
     Reads nothing: the grids' thumbnails were published with each result and are linked, not embedded.
     """
     store = open_store(out_uri)
-    page = render_report(rows, run_id=run_id, title=f"sstar run {run_id}",
-                         result_key=ResultStore(store).key).encode("utf-8")
+    page = render_report(rows, run_id=run_id, title=f"sstar run {run_id}", result_key=ResultStore(store).key,
+                         compositions=list(compositions)).encode("utf-8")
     key = f"reports/{run_id}.html"
     store.put(key, page)
     store.put("reports/latest.html", page)
