@@ -1,24 +1,38 @@
-"""The standard Textual Inversion recipe's per-step work, as a timing baseline.
+"""The standard Textual Inversion recipes' per-step work, as a timing baseline.
 
-Our own re-implementation of what the widely used diffusers example script
-(``examples/textual_inversion/textual_inversion.py``, default settings) does on every optimizer step,
-so that the benchmark compares our trainer with what users run today:
+Our own re-implementation of what the widely used diffusers example scripts do on every optimizer
+step, so that the benchmark compares our trainer with what users run today. One loop serves both
+recipes; the model family (:func:`inversion.families.family_of`) switches what differs:
 
-* the placeholder token is added to the tokenizer and the text encoder's embedding table is
-  resized; the new row starts as a copy of the initializer token's row;
-* the WHOLE input-embedding table is the trainable parameter (AdamW, betas 0.9/0.999, weight decay
-  1e-2, eps 1e-8, constant schedule); the rest of the text encoder is frozen but in train mode;
+* SD 1.x/2.x — ``examples/textual_inversion/textual_inversion.py`` (default settings);
+* SDXL — ``examples/textual_inversion/textual_inversion_sdxl.py`` (the version that trains both
+  text encoders; its README's ``--mixed_precision bf16``).
+
+What both do:
+
+* the placeholder token is added to the tokenizer(s) and each text encoder's embedding table is
+  resized; the new row starts as a copy of the initializer token's row (SDXL: in both encoders);
+* the WHOLE input-embedding table(s) are the trainable parameters (one AdamW, betas 0.9/0.999,
+  weight decay 1e-2, eps 1e-8, constant schedule); the rest of each text encoder is frozen but in
+  train mode;
 * every step the data loader (``num_workers=0``, the default) opens each image, crops/resizes it,
-  flips it with probability 0.5 and tokenizes a random template; the pixel batch goes through the
-  VAE (``latent_dist.sample() * scaling_factor``); random timesteps and noise; UNet prediction;
-  MSE in fp32; backward; optimizer step; then every row except the placeholder's is copied back
-  from the original table (``index_no_updates``);
-* precision: fp32 on the CPU; on a GPU the script's ``--mixed_precision fp16``: UNet and VAE
-  weights in fp16, text encoder weights fp32 with its forward under fp16 autocast (what
-  ``accelerator.prepare`` does) and a gradient scaler.
+  flips it with probability 0.5 and tokenizes a random template (SDXL: with both tokenizers); the
+  pixel batch goes through the VAE (``latent_dist.sample() * scaling_factor``); random timesteps
+  and noise; UNet prediction; MSE in fp32; backward; optimizer step; then every row except the
+  placeholder's is copied back from the original table(s) (``index_no_updates``), and the loss is read;
+* conditioning: SD 1.x/2.x the text encoder's last hidden state; SDXL the penultimate hidden states
+  of both encoders concatenated, the second encoder's pooled projection and the micro-conditioning
+  time ids ``(original h, w, crop top, left, target h, w)`` of each image (the script's
+  ``--center_crop`` view, which is also our trainer's: :func:`inversion.families.crop_conditioning`);
+* precision (:func:`recipe_precision`): ``no`` = everything fp32; ``fp16``/``bf16`` = UNet and VAE
+  weights in that dtype, the first text encoder fp32 with its forward under autocast (what
+  ``accelerate.prepare`` does), a gradient scaler for fp16; SDXL also casts its second text encoder
+  (its table included) to that dtype, as the script does — so SDXL cannot use fp16 (the scaler
+  refuses fp16 gradients) and the script's README runs it in bf16.
 
 It runs on the same :class:`~inversion.models.DiffusionComponents`, images and prompt templates as
-our trainer, and restores the components (embedding table, modes, ``requires_grad``) afterwards.
+our trainer, and restores the components exactly afterwards (embedding tables, modes, ``requires_grad``,
+placement; weights it casts to a narrower dtype from a copy taken before the cast).
 """
 
 from __future__ import annotations
@@ -27,22 +41,26 @@ import contextlib
 import copy
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from inversion.device import DTYPES, synchronize
+from inversion.families import Family, crop_conditioning, family_of
 from inversion.images import center_crop_resize, list_images, open_rgb, to_tensor
 from inversion.models import DiffusionComponents
 from inversion.templates import templates_for
 
-#: defaults of the example script
+#: defaults of the example scripts
 ADAM_BETAS = (0.9, 0.999)
 ADAM_WEIGHT_DECAY = 1e-2
 ADAM_EPS = 1e-8
+#: the mixed-precision settings the scripts take (accelerate's ``--mixed_precision``)
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -55,13 +73,101 @@ class BaselineResult:
     setup_seconds: float = 0.0
 
 
+def recipe_precision(family: Family, device: torch.device | str, requested: str | None = None) -> str:
+    """The baseline's ``--mixed_precision``: ``requested`` if given, else what each script is run with.
+
+    SD 1.x/2.x: ``fp16`` on CUDA, ``no`` (fp32) on the CPU. SDXL: ``bf16`` (its README's command) on
+    either. Raises ``ValueError`` for an unknown setting, or ``fp16`` with SDXL (see the module docstring).
+    """
+    if requested is None:
+        if family == "sdxl":
+            return "bf16"
+        return "fp16" if torch.device(device).type == "cuda" else "no"
+    if requested not in MIXED_PRECISIONS:
+        raise ValueError(f"unknown mixed precision {requested!r}; choose from {', '.join(MIXED_PRECISIONS)}")
+    if family == "sdxl" and requested == "fp16":
+        raise ValueError("the SDXL recipe cannot run in fp16: it casts its second text encoder's trained table to "
+                         "fp16, whose gradients the gradient scaler refuses; use bf16 or no")
+    return requested
+
+
+@dataclass
+class _TextSide:
+    """One text encoder as the script sets it up: its tokenizer copy, resized table and frozen rows."""
+
+    tokenizer: Any
+    encoder: Any
+    original_vocab: int
+    placeholder_ids: list[int] = field(default_factory=list)
+    orig_embeds: torch.Tensor | None = None
+
+    def add_token(self, token: str, initializer: str) -> None:
+        """Add ``token``, resize the table and copy the initializer's row into the new one."""
+        if self.tokenizer.add_tokens([token]) != 1:
+            raise ValueError(f"tokenizer already contains {token}")
+        initializer_ids = self.tokenizer.encode(initializer, add_special_tokens=False)
+        if len(initializer_ids) != 1:
+            raise ValueError(f"the initializer {initializer!r} must be a single token")
+        self.placeholder_ids = [self.tokenizer.convert_tokens_to_ids(token)]
+        self.encoder.resize_token_embeddings(len(self.tokenizer))
+        table = self.encoder.get_input_embeddings().weight.data
+        with torch.no_grad():
+            for token_id in self.placeholder_ids:
+                table[token_id] = table[initializer_ids[0]].clone()
+
+    def freeze_all_but_table(self) -> None:
+        self.encoder.requires_grad_(True)  # from_pretrained leaves everything trainable, as the script finds it
+        text_model = getattr(self.encoder, "text_model", self.encoder)  # transformers 5 flattened CLIPTextModel
+        text_model.encoder.requires_grad_(False)
+        text_model.final_layer_norm.requires_grad_(False)
+        text_model.embeddings.position_embedding.requires_grad_(False)
+
+    @property
+    def table(self) -> torch.nn.Parameter:
+        return self.encoder.get_input_embeddings().weight
+
+    def tokenize(self, text: str) -> torch.Tensor:
+        return self.tokenizer(text, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
+                              return_tensors="pt").input_ids[0]
+
+    def restore_rows(self) -> None:
+        """Copy every row but the placeholders' back from the original table (``index_no_updates``)."""
+        assert self.orig_embeds is not None
+        index_no_updates = torch.ones((len(self.tokenizer),), dtype=torch.bool)
+        index_no_updates[min(self.placeholder_ids): max(self.placeholder_ids) + 1] = False
+        with torch.no_grad():
+            self.table[index_no_updates] = self.orig_embeds[index_no_updates]
+
+    def undo(self) -> None:
+        """Shrink the table back to the original vocabulary (after the copy-back its first rows are the original ones)."""
+        embedding = self.encoder.get_input_embeddings()
+        if embedding.num_embeddings != self.original_vocab:
+            embedding.weight = torch.nn.Parameter(embedding.weight.data[:self.original_vocab].clone())
+            embedding.num_embeddings = self.original_vocab
+        self.encoder.config.vocab_size = self.original_vocab
+
+
+def _text_sides(components: DiffusionComponents) -> list[_TextSide]:
+    pairs = [(components.tokenizer, components.text_encoder)]
+    if components.text_encoder_2 is not None:
+        pairs.append((components.tokenizer_2, components.text_encoder_2))
+    return [_TextSide(copy.deepcopy(tokenizer), encoder, int(encoder.config.vocab_size)) for tokenizer, encoder in pairs]
+
+
+@dataclass
+class _Batch:
+    pixels: torch.Tensor  # [B, 3, R, R] in [-1, 1]
+    input_ids: list[torch.Tensor]  # per text encoder, [B, 77]
+    time_ids: torch.Tensor  # [B, 6]: original h, w, crop top, left, target h, w (used by SDXL only)
+
+
 class _Loader:
     """The script's ``TextualInversionDataset`` + ``DataLoader(shuffle=True, num_workers=0)``, per batch."""
 
-    def __init__(self, image_dir: Path, tokenizer, token: str, resolution: int, batch_size: int,
+    def __init__(self, image_dir: Path, sides: Sequence[_TextSide], token: str, resolution: int, batch_size: int,
                  seed: int, flip_p: float = 0.5) -> None:
         self.files = list_images(image_dir)
-        self.tokenizer = tokenizer
+        self.sides = sides
         self.token = token
         self.resolution = resolution
         self.batch_size = batch_size
@@ -70,25 +176,42 @@ class _Loader:
         self.rng = random.Random(seed)
         self.order: list[int] = []
 
-    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _item(self, index: int) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
         text = self.rng.choice(self.templates).format(self.token)
-        input_ids = self.tokenizer(text, padding="max_length", truncation=True,
-                                   max_length=self.tokenizer.model_max_length, return_tensors="pt").input_ids[0]
-        image = center_crop_resize(open_rgb(self.files[index]), self.resolution)
+        ids = [side.tokenize(text) for side in self.sides]
+        original = open_rgb(self.files[index])
+        time_ids = [*crop_conditioning(original, self.resolution), self.resolution, self.resolution]
+        image = center_crop_resize(original, self.resolution)
         if self.rng.random() < self.flip_p:
             image = image.transpose(0)  # PIL FLIP_LEFT_RIGHT, as torchvision's RandomHorizontalFlip
-        return to_tensor(image), input_ids
+        return to_tensor(image), ids, time_ids
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels, ids = [], []
+    def next_batch(self) -> _Batch:
+        items = []
         for _ in range(self.batch_size):
             if not self.order:  # a new shuffled epoch
                 self.order = list(range(len(self.files)))
                 self.rng.shuffle(self.order)
-            p, i = self._item(self.order.pop())
-            pixels.append(p)
-            ids.append(i)
-        return torch.stack(pixels), torch.stack(ids)
+            items.append(self._item(self.order.pop()))
+        return _Batch(torch.stack([p for p, _, _ in items]),
+                      [torch.stack([ids[k] for _, ids, _ in items]) for k in range(len(self.sides))],
+                      torch.tensor([t for _, _, t in items], dtype=torch.float32))
+
+
+def encode_conditioning(family: Family, encoders: Sequence[Any], input_ids: Sequence[torch.Tensor],
+                        time_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+    """The UNet's keyword arguments as the family's script computes them from tokenized prompts.
+
+    SD 1.x/2.x: the last hidden state. SDXL: both penultimate hidden states concatenated, the second
+    encoder's pooled projection (``text_embeds``) and ``time_ids``.
+    """
+    if family != "sdxl":
+        return {"encoder_hidden_states": encoders[0](input_ids[0])[0].float().to(dtype)}
+    hidden_1 = encoders[0](input_ids[0], output_hidden_states=True).hidden_states[-2].to(dtype)
+    out_2 = encoders[1](input_ids[1], output_hidden_states=True)
+    hidden_2 = out_2.hidden_states[-2].to(dtype)
+    return {"encoder_hidden_states": torch.cat([hidden_1, hidden_2], dim=-1),
+            "added_cond_kwargs": {"text_embeds": out_2[0], "time_ids": time_ids.to(hidden_1.device, dtype)}}
 
 
 def run_baseline(
@@ -107,63 +230,58 @@ def run_baseline(
     on_step: Callable[[int, float, float], None] | None = None,
     on_ready: Callable[[], None] | None = None,
 ) -> BaselineResult:
-    """Run ``steps`` optimizer steps of the standard recipe; time each one (wall clock, synchronized).
+    """Run ``steps`` optimizer steps of the family's standard recipe; time each one (wall clock, synchronized).
 
-    ``mixed_precision``: ``"no"`` (fp32) or ``"fp16"``/``"bf16"`` (UNet/VAE weights in that dtype,
-    text encoder fp32 under autocast, gradient scaler for fp16). Default: fp16 on CUDA, fp32 on CPU.
-    ``on_ready`` is called once set-up is done (models placed, table resized), before the first step;
-    ``on_step(step, seconds, loss)`` after every step.
+    ``mixed_precision``: ``"no"``, ``"fp16"`` or ``"bf16"`` (see :func:`recipe_precision`, which also
+    gives the default). ``on_ready`` is called once set-up is done (models placed, tables resized),
+    before the first step; ``on_step(step, seconds, loss)`` after every step.
     """
     from diffusers.optimization import get_scheduler
 
     device = torch.device(device)
-    if mixed_precision is None:
-        mixed_precision = "fp16" if device.type == "cuda" else "no"
+    family = family_of(components)
+    mixed_precision = recipe_precision(family, device, mixed_precision)
     weight_dtype = DTYPES["fp32" if mixed_precision == "no" else mixed_precision]
     result = BaselineResult()
     started = time.perf_counter()
 
-    tokenizer = copy.deepcopy(components.tokenizer)
-    text_encoder, vae, unet = components.text_encoder, components.vae, components.unet
-    scheduler = components.noise_scheduler
-    original_vocab = text_encoder.config.vocab_size
+    vae, unet, scheduler = components.vae, components.unet, components.noise_scheduler
+    sides = _text_sides(components)
     original_place = (components.device, components.dtype)
+    narrowed = [side.encoder for side in sides[1:]] + [vae, unet]  # what the recipe casts to weight_dtype
+    # a cast to a narrower dtype loses bits: keep what it would lose, to hand the components back exactly
+    # (bench/speed.py builds each variant's model in the dtype it runs in, so there this copies nothing)
+    snapshots = {module: {k: v.detach().clone() for k, v in module.state_dict().items()} for module in narrowed
+                 if next(module.parameters()).dtype.itemsize > weight_dtype.itemsize}
     try:
-        # -- set-up, as the script: add the token, resize the table, initialise the new row ---------
-        text_encoder.to(device=device, dtype=torch.float32)
-        if tokenizer.add_tokens([token]) != 1:
-            raise ValueError(f"tokenizer already contains {token}")
-        initializer_id = tokenizer.encode(initializer, add_special_tokens=False)[0]
-        placeholder_ids = [tokenizer.convert_tokens_to_ids(token)]
-        text_encoder.resize_token_embeddings(len(tokenizer))
-        token_embeds = text_encoder.get_input_embeddings().weight.data
-        with torch.no_grad():
-            for token_id in placeholder_ids:
-                token_embeds[token_id] = token_embeds[initializer_id].clone()
-
+        # -- set-up, as the script: add the token, resize the table(s), initialise the new rows ------
+        for side in sides:
+            side.encoder.to(device=device, dtype=torch.float32)
+            side.add_token(token, initializer)
         vae.requires_grad_(False)
         unet.requires_grad_(False)
-        text_encoder.requires_grad_(True)  # from_pretrained leaves everything trainable; freeze as the script does
-        text_model = getattr(text_encoder, "text_model", text_encoder)  # transformers 5 flattened CLIPTextModel
-        text_model.encoder.requires_grad_(False)
-        text_model.final_layer_norm.requires_grad_(False)
-        text_model.embeddings.position_embedding.requires_grad_(False)
+        for side in sides:
+            side.freeze_all_but_table()
 
-        optimizer = torch.optim.AdamW(text_encoder.get_input_embeddings().parameters(), lr=lr, betas=ADAM_BETAS,
+        optimizer = torch.optim.AdamW([side.table for side in sides], lr=lr, betas=ADAM_BETAS,
                                       weight_decay=ADAM_WEIGHT_DECAY, eps=ADAM_EPS)
         lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=steps)
         unet.to(device=device, dtype=weight_dtype)
         vae.to(device=device, dtype=weight_dtype)
-        orig_embeds_params = text_encoder.get_input_embeddings().weight.data.clone()
+        for side in sides[1:]:  # SDXL's second text encoder: cast with the frozen models, table included
+            side.encoder.to(device=device, dtype=weight_dtype)
+        for side in sides:
+            side.orig_embeds = side.table.data.clone()
         scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
         text_autocast = (torch.autocast(device.type, dtype=weight_dtype) if mixed_precision != "no"
                          else contextlib.nullcontext())
         scaling = float(vae.config.scaling_factor)
         num_timesteps = int(scheduler.config.num_train_timesteps)
         prediction = scheduler.config.prediction_type
-        loader = _Loader(Path(image_dir), tokenizer, token, resolution, batch_size, seed)
+        loader = _Loader(Path(image_dir), sides, token, resolution, batch_size, seed)
         torch.manual_seed(seed)
-        text_encoder.train()
+        for side in sides:
+            side.encoder.train()
         synchronize(device)
         result.setup_seconds = time.perf_counter() - started
         if on_ready is not None:
@@ -172,8 +290,9 @@ def run_baseline(
         # -- the training loop -------------------------------------------------------------------
         for step in range(steps):
             tick, cpu_tick = time.perf_counter(), time.process_time()
-            pixel_values, input_ids = loader.next_batch()
-            pixel_values, input_ids = pixel_values.to(device), input_ids.to(device)
+            batch = loader.next_batch()
+            pixel_values = batch.pixels.to(device)
+            input_ids = [ids.to(device) for ids in batch.input_ids]
 
             latents = vae.encode(pixel_values.to(dtype=weight_dtype)).latent_dist.sample().detach()
             latents = latents * scaling
@@ -183,10 +302,10 @@ def run_baseline(
             noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
             with text_autocast:
-                encoder_hidden_states = text_encoder(input_ids)[0]
-            encoder_hidden_states = encoder_hidden_states.float().to(dtype=weight_dtype)
+                conditioning = encode_conditioning(family, [side.encoder for side in sides], input_ids,
+                                                   batch.time_ids, weight_dtype)
 
-            model_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
+            model_pred = unet(noisy_latents, timesteps, **conditioning).sample
             if prediction == "epsilon":
                 target = noise
             elif prediction == "v_prediction":
@@ -204,12 +323,8 @@ def run_baseline(
                 optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad()
-
-            # only the placeholder rows may change: copy every other row back
-            index_no_updates = torch.ones((len(tokenizer),), dtype=torch.bool)
-            index_no_updates[min(placeholder_ids): max(placeholder_ids) + 1] = False
-            with torch.no_grad():
-                text_encoder.get_input_embeddings().weight[index_no_updates] = orig_embeds_params[index_no_updates]
+            for side in sides:  # only the placeholder rows may change
+                side.restore_rows()
 
             value = loss.detach().item()  # the script logs it every step
             synchronize(device)
@@ -221,12 +336,10 @@ def run_baseline(
                 on_step(step + 1, seconds, value)
         return result
     finally:
-        # leave the shared components as we found them: frozen, eval, original table. transformers
-        # resizes the table in place; after the copy-back its first rows are the original ones.
-        embedding = text_encoder.get_input_embeddings()
-        if embedding.num_embeddings != original_vocab:
-            embedding.weight = torch.nn.Parameter(embedding.weight.data[:original_vocab].clone())
-            embedding.num_embeddings = original_vocab
-        text_encoder.config.vocab_size = original_vocab
+        # leave the shared components as we found them: frozen, eval, original tables, placement
+        for side in sides:
+            side.undo()
         components.to(*original_place)
+        for module, state in snapshots.items():
+            module.load_state_dict(state)
         components.freeze()

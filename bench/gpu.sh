@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# GPU speed benchmark of issue 7 — one prepared run, at most ~8 minutes on an H100/H200.
+# GPU speed benchmark of issues 7 and 12 — one prepared run, at most ~13 minutes on an H100/H200.
 #
 #   SD-1.5 architecture (random weights, built in memory), 512 px, batch 1: the standard recipe
 #   (fp16 mixed precision, as the diffusers example script) vs our trainer in bf16 with K = 1, 4, 8, 16
 #   concepts per UNet batch. Writes $OUT/gpu.csv, $OUT/gpu-table.txt, $OUT/gpu-info.txt.
+#   SDXL architecture (random weights, built in bf16), 1024 px, batch 1: the SDXL recipe (bf16 mixed
+#   precision, as the diffusers SDXL script's README) vs ours in bf16 with K = 1 and 4. Writes
+#   $OUT/gpu-sdxl.csv and $OUT/gpu-sdxl-table.txt. SDXL=0 skips it.
 #
 # THE GPU MACHINE HAS NO NETWORK. This script installs and downloads nothing. The caller must
 # prepare a Python that can import: torch (with CUDA), diffusers, transformers, safetensors,
@@ -16,7 +19,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
 OUT="${OUT:-bench/gpu-out}"
-LIMIT_S="${LIMIT_S:-450}"   # hard stop for the benchmark itself; results are written after every run
+LIMIT_S="${LIMIT_S:-450}"   # hard stop for the SD-1.5 rows; results are written after every run
+SDXL_LIMIT_S="${SDXL_LIMIT_S:-330}"   # hard stop for the SDXL rows
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
@@ -38,15 +42,27 @@ PY
   "$PYTHON" -c 'import torch, diffusers, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__, "transformers", transformers.__version__)'; \
   date -u +"%Y-%m-%d %H:%M UTC"; } > "$OUT/gpu-info.txt"
 
-timeout --signal=INT "$LIMIT_S" "$PYTHON" -m bench.speed \
-    --models sd15 --resolutions 512 --batch 1 --packs 1,4,8,16 \
-    --device cuda --precision bf16 --steps 10 --warmup 3 \
-    --out "$OUT/gpu.csv" | tee "$OUT/gpu-table.txt"
+# bench LIMIT NAME ARGS…: python -m bench.speed ARGS… stopped after LIMIT seconds (it keeps the rows
+# measured so far), its CSV at $OUT/NAME.csv and its table at $OUT/NAME-table.txt; a stop at the
+# limit does not end this script (the next block still runs).
+bench() {
+    local limit="$1" name="$2"
+    shift 2
+    timeout --signal=INT "$limit" "$PYTHON" -m bench.speed "$@" --out "$OUT/$name.csv" \
+        | tee "$OUT/$name-table.txt" \
+        || echo "bench/gpu.sh: $name stopped (time limit $limit s or error); its CSV keeps the rows measured" >&2
+}
+
+bench "$LIMIT_S" gpu --models sd15 --resolutions 512 --batch 1 --packs 1,4,8,16 \
+    --device cuda --precision bf16 --steps 10 --warmup 3
+
+if [ "${SDXL:-1}" = 1 ]; then
+    bench "$SDXL_LIMIT_S" gpu-sdxl --models sdxl --resolutions 1024 --batch 1 --packs 1,4 \
+        --device cuda --precision bf16 --steps 5 --warmup 2
+fi
 
 # Optional (COMPILE=1, about 2 more minutes): our trainer with the torch.compile'd UNet, K = 1 and 8.
 if [ "${COMPILE:-0}" = 1 ]; then
-    timeout --signal=INT "${COMPILE_LIMIT_S:-240}" "$PYTHON" -m bench.speed \
-        --models sd15 --resolutions 512 --batch 1 --packs 1,8 --variants sstar,sstar-packed \
-        --device cuda --precision bf16 --compile --steps 10 --warmup 3 \
-        --out "$OUT/gpu-compile.csv" | tee "$OUT/gpu-compile-table.txt"
+    bench "${COMPILE_LIMIT_S:-240}" gpu-compile --models sd15 --resolutions 512 --batch 1 --packs 1,8 \
+        --variants sstar,sstar-packed --device cuda --precision bf16 --compile --steps 10 --warmup 3
 fi

@@ -2,14 +2,17 @@
 
     python -m bench.speed --models tiny,sd15 --resolutions 256,512 --batch 1 --packs 1,4 \\
         --steps 3 --warmup 1 --device auto --precision fp32 --out bench/results.csv
+    python -m bench.speed --models sdxl --packs 1 --steps 2 --warmup 1 --precision bf16   # SDXL, 1024 px
 
 For every model × resolution it runs the variants
 
-* ``baseline``      — the standard recipe (:mod:`bench.baseline`), one concept per step;
+* ``baseline``      — the model family's standard recipe (:mod:`bench.baseline`: the diffusers SD or
+  SDXL example script), one concept per step;
 * ``sstar``         — our trainer (:func:`inversion.train.train_concepts`) with one concept;
 * ``sstar-packed``  — our trainer with K concepts per UNet batch, for every K > 1 in ``--packs``;
 
-on random-weight models built in memory (no download) and synthetic training images (4 per concept,
+on random-weight models built in memory (no download; directly in bf16/fp16 when the variant
+places its weights in that dtype, so the 14 GB fp32 SDXL never has to fit) and synthetic training images (4 per concept,
 drawn with numpy/PIL into a temporary folder), and reports the median seconds per optimizer step
 after ``--warmup`` steps, concept-steps per second (K / seconds per step), peak memory and the ratios
 to the baseline and to the single-concept run. Each variant runs in a fresh subprocess (the same
@@ -66,6 +69,7 @@ class Cell:
     precision: str
     images: str  # folder holding concept-0/, concept-1/, …
     compile: bool = False  # our trainer with TrainConfig(compile=True); the compile falls in the warm-up
+    baseline_precision: str = ""  # the baseline's --mixed_precision; "": the recipe's (bench.baseline.recipe_precision)
 
     def label(self) -> str:
         res = f"{self.resolution}px" if self.resolution else "native"
@@ -108,19 +112,50 @@ def make_images(root: Path, concepts: int, size: int, seed: int = 0) -> Path:
     return root
 
 
-_COMPONENTS: dict[str, Any] = {}
+_COMPONENTS: dict[tuple[str, Any], Any] = {}
+
+#: resolutions run when ``--resolutions`` is not given: SD 1.x models at 256 and 512 px, others at their own
+DEFAULT_RESOLUTIONS = {"sd1": "256,512"}
 
 
-def get_components(model: str):
-    """The random-weight model ``model`` (``tiny`` or ``sd15``), built once per process."""
-    if model not in _COMPONENTS:
+def model_family(model: str) -> str:
+    """The family (``sd1``, ``sd2``, ``sdxl``) of the random-weight architecture ``model``, from its config alone."""
+    from inversion.families import classify
+    from inversion.models import ARCHITECTURES
+
+    if model not in ARCHITECTURES:
+        raise SystemExit(f"unknown model {model!r}; choose from {', '.join(ARCHITECTURES)}")
+    configs = ARCHITECTURES[model]
+    return classify("text_encoder_2" in configs, argparse.Namespace(**configs["text_encoder"]))
+
+
+def native_resolution(model: str) -> int:
+    """The image size the architecture ``model`` was built for (UNet sample size × VAE down-sampling)."""
+    from inversion.models import ARCHITECTURES
+
+    configs = ARCHITECTURES[model]
+    return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+
+
+def get_components(model: str, dtype=None):
+    """The random-weight model ``model`` (a key of ``inversion.models.ARCHITECTURES``), built once per
+    process and dtype; ``dtype`` (default fp32) is the dtype the weights are created in."""
+    import torch
+
+    dtype = dtype or torch.float32
+    if (model, dtype) not in _COMPONENTS:
         from inversion.models import build_random_components
 
         started = time.perf_counter()
-        log(f"building {model} (random weights, in memory)…")
-        _COMPONENTS[model] = build_random_components(model, seed=0)
+        log(f"building {model} (random weights, in memory, {dtype})…")
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            _COMPONENTS[model, dtype] = build_random_components(model, seed=0)
+        finally:
+            torch.set_default_dtype(default)
         log(f"built {model} in {time.perf_counter() - started:.1f} s")
-    return _COMPONENTS[model]
+    return _COMPONENTS[model, dtype]
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -188,14 +223,20 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     """Measure one cell in this process; returns a CSV row (ratios filled in later)."""
     import torch
 
-    from bench.baseline import run_baseline
+    from bench.baseline import recipe_precision, run_baseline
     from inversion.config import ConceptConfig, TrainConfig
-    from inversion.device import resolve_device, resolve_dtype, synchronize
+    from inversion.device import DTYPES, resolve_device, resolve_dtype, synchronize
     from inversion.train import train_concepts
 
     torch.manual_seed(0)
     device = resolve_device(cell.device)
-    components = get_components(cell.model)
+    if cell.variant == "baseline":
+        mixed = recipe_precision(model_family(cell.model), device, cell.baseline_precision or None)
+        weight_dtype = DTYPES["fp32" if mixed == "no" else mixed]
+    else:
+        weight_dtype = resolve_dtype(cell.precision, device)
+    # built in the dtype the variant runs its frozen weights in (a fresh process per variant, or cached per dtype)
+    components = get_components(cell.model, weight_dtype)
     resolution = cell.resolution or components.resolution
     images = Path(cell.images)
     total = cell.warmup + cell.steps
@@ -211,7 +252,6 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     kind = ""
     if cell.variant == "baseline":
-        mixed = "no" if device.type == "cpu" else "fp16"
         row["precision"] = "fp32" if mixed == "no" else f"{mixed}-amp"
         holder: dict[str, str] = {}
 
@@ -227,13 +267,12 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         setup = result.setup_seconds
         error = ""
     else:
-        dtype = resolve_dtype(cell.precision, device)
         row["precision"] = cell.precision + ("+compile" if cell.compile else "")
         concepts = [ConceptConfig(token=f"<bench-{i}>", initializer="cat", images=images / f"concept-{i}", seed=i)
                     for i in range(cell.concepts)]
         config = TrainConfig(steps=total, batch_size=cell.batch, resolution=resolution, precision=cell.precision,
                              device=str(device), seed=0, compile=cell.compile)
-        components.to(device, dtype)  # weights placed before the memory window, as for the baseline
+        components.to(device, weight_dtype)  # weights placed before the memory window, as for the baseline
         kind = _reset_peak(device)
         stamps: list[float] = []
         cpu_stamps: list[float] = []
@@ -384,9 +423,11 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,sd15", help="comma-separated: tiny, sd15 (default: both)")
-    parser.add_argument("--resolutions", default="256,512",
-                        help="comma-separated pixel sizes; 'native' = the model's own (default: 256,512)")
+    parser.add_argument("--models", default="tiny,sd15",
+                        help="comma-separated architectures: tiny, sd15, sdxl-tiny, sdxl, … (default: tiny,sd15)")
+    parser.add_argument("--resolutions", default=None,
+                        help="comma-separated pixel sizes; 'native' = the model's own "
+                             "(default: 256,512 for SD 1.x models, native for the others: 1024 px for sdxl)")
     parser.add_argument("--batch", type=int, default=1, help="images per concept per step (default: 1)")
     parser.add_argument("--packs", default="1,4", help="concepts per batch K; every K > 1 adds an sstar-packed row")
     parser.add_argument("--packed-resolutions", default=None,
@@ -396,7 +437,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CPU, 3 on GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="our trainer's precision (the baseline: fp32 on CPU, fp16 mixed precision on GPU)")
+                        help="our trainer's precision (default fp32)")
+    parser.add_argument("--baseline-precision", default="", choices=["", "no", "fp16", "bf16"],
+                        help="the baseline's --mixed_precision (default: the recipe's — SD 1.x: no on CPU, fp16 "
+                             "on GPU; SDXL: bf16)")
     parser.add_argument("--compile", action="store_true",
                         help="our trainer with torch.compile'd UNet (compiles during the warm-up steps)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.csv", help="CSV to write")
@@ -409,6 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace, device: str, image_root: Path) -> list[Cell]:
+    from bench.baseline import recipe_precision
+
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
@@ -423,11 +469,18 @@ def plan(args: argparse.Namespace, device: str, image_root: Path) -> list[Cell]:
         raise SystemExit("--steps must be >= 1 and --warmup >= 0")
     cells = []
     for model in models:
-        for resolution in _ints(args.resolutions):
+        resolutions = args.resolutions or DEFAULT_RESOLUTIONS.get(model_family(model), "native")
+        for resolution in _ints(resolutions):
+            resolution = resolution or native_resolution(model)
             common = dict(model=model, resolution=resolution, batch=args.batch, warmup=warmup, steps=steps,
                           device=device, precision=args.precision, images=str(image_root))
             if "baseline" in variants:
-                cells.append(Cell(variant="baseline", concepts=1, **common))
+                try:  # refuse a setting the recipe cannot run before anything is built
+                    recipe_precision(model_family(model), device, args.baseline_precision or None)
+                except ValueError as exc:
+                    raise SystemExit(f"--baseline-precision: {exc}") from exc
+                cells.append(Cell(variant="baseline", concepts=1, baseline_precision=args.baseline_precision,
+                                  **common))
             common["compile"] = args.compile
             if "sstar" in variants:
                 cells.append(Cell(variant="sstar", concepts=1, **common))

@@ -1,4 +1,5 @@
-"""Smoke test of the speed benchmark: 2 steps of each variant on the tiny model, table and CSV out."""
+"""Smoke tests of the speed benchmark: a few steps of each variant on the tiny SD 1.x and SDXL models,
+table and CSV out, and the baseline recipes' set-up, conditioning and clean-up."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from bench import speed
-from bench.baseline import run_baseline
+from bench.baseline import encode_conditioning, recipe_precision, run_baseline
+from inversion.families import PromptEncoder
 
 
 def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys):
@@ -57,19 +59,78 @@ def test_ratios_compare_throughput_with_the_same_models_baseline_and_single_run(
     assert [r["cpu_ratio_to_baseline"] for r in rows] == [1.0, 2.0, 2.5, 1.0, 2.0]
 
 
-def test_baseline_trains_only_the_placeholder_row_and_restores_the_model(tmp_path):
-    components = speed.get_components("tiny")  # built once per process, shared with the test above
+def test_sdxl_race_runs_on_sdxl_tiny_at_its_native_resolution(tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    code = speed.main([
+        "--models", "sdxl-tiny", "--batch", "1", "--packs", "1", "--steps", "2", "--warmup", "0",
+        "--device", "cpu", "--precision", "fp32", "--baseline-precision", "no", "--no-isolate",
+        "--images", str(tmp_path / "images"), "--out", str(out),
+    ])  # fp32 both: one model build shared with the tests below (the recipe's bf16 runs in the restore test)
+    assert code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["variant"], r["model"]) for r in rows] == [("baseline", "sdxl-tiny"), ("sstar", "sdxl-tiny")]
+    assert [r["precision"] for r in rows] == ["fp32", "fp32"]
+    for row in rows:
+        assert row["error"] == ""
+        assert row["resolution"] == "64"  # no --resolutions: an SDXL model runs at its own size
+        assert len(row["step_seconds"].split(";")) == 2 and float(row["s_per_step"]) > 0
+    assert float(rows[1]["ratio_to_baseline"]) == pytest.approx(
+        round(float(rows[1]["concept_steps_per_s"]) / float(rows[0]["concept_steps_per_s"]), 3), abs=1e-9)
+    assert "sdxl-tiny" in capsys.readouterr().out
+
+
+def test_recipe_precision_is_each_scripts_and_refuses_fp16_for_sdxl():
+    assert recipe_precision("sd1", "cpu") == "no" and recipe_precision("sd1", "cuda") == "fp16"
+    assert recipe_precision("sdxl", "cpu") == "bf16" and recipe_precision("sdxl", "cuda") == "bf16"
+    assert recipe_precision("sdxl", "cpu", "no") == "no"
+    with pytest.raises(ValueError, match="SDXL recipe cannot run in fp16"):
+        recipe_precision("sdxl", "cuda", "fp16")
+    with pytest.raises(ValueError, match="unknown mixed precision 'fp8'"):
+        recipe_precision("sd1", "cpu", "fp8")
+
+
+@pytest.mark.parametrize("model", ["tiny", "sdxl-tiny"])
+def test_baseline_trains_only_the_placeholder_rows_and_restores_the_model(tmp_path, model):
+    components = speed.get_components(model)  # built once per process, shared with the tests above
     speed.make_images(tmp_path, 1, 64)
-    table = components.text_encoder.get_input_embeddings().weight.detach().clone()
+    encoders = [e for e in (components.text_encoder, components.text_encoder_2) if e is not None]
+    tables = [e.get_input_embeddings().weight.detach().clone() for e in encoders]
+    initializer_rows = [table[components.tokenizer.encode("cat", add_special_tokens=False)[0]] for table in tables]
     seen = []
+
+    def inspect(step, seconds, loss):  # mid-run: every table has one more row, and only that row moved
+        seen.append(step)
+        for encoder, table, start in zip(encoders, tables, initializer_rows):
+            live = encoder.get_input_embeddings().weight.detach()
+            assert live.shape[0] == table.shape[0] + 1
+            assert torch.equal(live[:-1], table.to(live.dtype))
+            assert not torch.equal(live[-1], start.to(live.dtype))
+
     result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu",
-                          on_step=lambda step, seconds, loss: seen.append(step))
+                          on_step=inspect)
     assert seen == [1, 2] and len(result.step_seconds) == 2
     assert all(torch.isfinite(torch.tensor(result.losses)))
-    after = components.text_encoder.get_input_embeddings()
-    assert after.weight.shape == table.shape and torch.equal(after.weight, table)
-    assert not any(p.requires_grad for p in components.text_encoder.parameters())
-    assert not components.text_encoder.training
+    for encoder, table in zip(encoders, tables):
+        after = encoder.get_input_embeddings()
+        assert after.weight.shape == table.shape and torch.equal(after.weight, table)
+        assert not any(p.requires_grad for p in encoder.parameters())
+        assert not encoder.training and after.weight.dtype == torch.float32
+
+
+def test_sdxl_baseline_conditions_the_unet_as_the_pipeline_does():
+    """Both penultimate hidden states, the bigG pooled projection and the time ids: what our PromptEncoder
+    (the diffusers pipeline's encoding, checked by the interop tests) gives for the same prompt."""
+    components = speed.get_components("sdxl-tiny")
+    encoder = PromptEncoder(components)
+    prompt = "a photo of a cat on a beach"
+    ids = [t(prompt, padding="max_length", truncation=True, max_length=t.model_max_length,
+             return_tensors="pt").input_ids for t in encoder.tokenizers]
+    time_ids = torch.tensor([[80.0, 96.0, 0.0, 16.0, 64.0, 64.0]])
+    kwargs = encode_conditioning("sdxl", encoder.encoders, ids, time_ids, torch.float32)
+    expected = encoder.encode([prompt])
+    assert torch.equal(kwargs["encoder_hidden_states"], expected.hidden)
+    assert torch.equal(kwargs["added_cond_kwargs"]["text_embeds"], expected.pooled)
+    assert torch.equal(kwargs["added_cond_kwargs"]["time_ids"], time_ids)
 
 
 def test_baseline_gpu_recipe_path_runs_on_cpu(tmp_path):
