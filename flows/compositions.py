@@ -60,9 +60,9 @@ def compose_catalog(catalog: str, out: str, run_id: str, rows: Sequence[MetricsR
                 results.append(CompositionRow(run_id=run_id, composition_id=spec.composition_id, prompt=spec.prompt,
                                               status="failed", concepts=spec.concepts, error=problem))
                 continue
-            futures.append((spec, runner.submit(compose_task, dict(
-                spec=spec, concepts=concepts, catalog_uri=catalog, out_uri=out, run_id=run_id, learn=learn,
-                evaluation=evaluation, run=run))))
+            futures.append((spec, runner.submit(compose_task, {
+                "spec": spec, "concepts": concepts, "catalog_uri": catalog, "out_uri": out, "run_id": run_id,
+                "learn": learn, "evaluation": evaluation, "run": run})))
         for spec, future in futures:
             row = future.result(raise_on_failure=False)
             if isinstance(row, BaseException):

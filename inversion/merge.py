@@ -87,7 +87,10 @@ def merge_embeddings(parents: Sequence[Parent], token: str, mode: MergeMode = "s
     if not token or any(c.isspace() for c in token):
         raise ConfigError(f"token must be one word without spaces, got {token!r}")
     first = parents[0]
-    name = lambda p: p.source or p.embedding.token  # noqa: E731
+
+    def name(parent: Parent) -> str:
+        return parent.source or parent.embedding.token
+
     for other in parents[1:]:
         if other.embedding.widths != first.embedding.widths:
             raise EmbeddingFormatError(f"{name(first)} and {name(other)} were learned for different model families "

@@ -52,7 +52,7 @@ _ATTENTION = re.compile(r"""
 \)|\]|                         # closing brackets
 [^\\()\[\]:]+|                 # plain text
 :                              # a colon that is not a weight
-""", re.X)
+""", re.VERBOSE)
 
 
 @dataclass(frozen=True)
