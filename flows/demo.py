@@ -80,13 +80,15 @@ def write_sample_catalog(folder: Path, images_per_concept: int = 4, seed: int = 
     return folder
 
 
-def write_world_catalog(folder: Path, images_per_concept: int = WORLD_IMAGES_PER_CONCEPT) -> Path:
-    """Write the toy world's held-out concepts as a catalog: per concept, seeded PNGs at the world's
-    resolution and a ``concept.json`` whose initializer and class are the shape word (it says nothing
-    about hue) and whose only caption is the best one the world's grammar allows."""
+def write_world_catalog(folder: Path, images_per_concept: int = WORLD_IMAGES_PER_CONCEPT,
+                        concepts: tuple | None = None) -> Path:
+    """Write the toy world's held-out concepts (or ``concepts``, :class:`toyworld.scenes.HeldOutConcept`)
+    as a catalog: per concept, seeded PNGs at the world's resolution and a ``concept.json`` whose
+    initializer and class are the shape word (it says nothing about hue) and whose only caption is the
+    best one the world's grammar allows."""
     from toyworld.scenes import HELD_OUT, concept_images
 
-    for i, concept in enumerate(HELD_OUT):
+    for i, concept in enumerate(HELD_OUT if concepts is None else concepts):
         target = folder / concept.name
         target.mkdir(parents=True, exist_ok=True)
         meta = {"token": f"<{concept.name}>", "initializer": concept.shape, "class": concept.shape,

@@ -38,7 +38,7 @@ from tasks.invert import invert_pack
 from tasks.publish import (failed_row, publish_concept, row_from_json, row_to_json, rows_key, scan_from_json, skipped_row,
                            write_metrics)
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
-from tasks.score import score_concept_task
+from tasks.score import score_pack_task
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 
@@ -55,6 +55,20 @@ def new_run_id() -> str:
 
 def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+#: concepts per inversion task, in packs of ``concepts_per_batch``: a longer queue keeps a continuous
+#: pack full for longer (stopped concepts hand their slots on); a shorter one starts scoring sooner
+#: and bounds what a retried task re-runs
+QUEUE_PACKS = 8
+
+
+def inversion_queues(concepts: list, run: RunSettings) -> list[list]:
+    """Split the concepts to learn into the queues of the inversion tasks: one per GPU slot
+    (``max_concurrent_inversions``), each at most :data:`QUEUE_PACKS` packs long."""
+    longest = run.concepts_per_batch * QUEUE_PACKS
+    per_slot = -(-len(concepts) // run.max_concurrent_inversions) if concepts else 1
+    return _chunks(concepts, max(1, min(longest, per_slot)))
 
 
 def fan_out_threads(run: RunSettings) -> int:
@@ -97,29 +111,29 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
                 on_done(row)
         learning = [s for s in staged if not s.done]
         invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
-                          for pack in _chunks(learning, run.concepts_per_batch)}
+                          for pack in inversion_queues(learning, run)}
         score_futures = {}
         for future in as_completed(list(invert_futures)):
             outcomes = future.result(raise_on_failure=False)
             if isinstance(outcomes, BaseException):
                 outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}")
                             for s in invert_futures[future]]
-            for outcome in outcomes:
-                score_futures[_submit(runner, score_concept_task, outcome=outcome, learn=learn, evaluation=evaluation,
-                                      run=run)] = outcome
+            for pack in _chunks(outcomes, run.concepts_per_batch):  # one batched rendering per pack
+                score_futures[_submit(runner, score_pack_task, outcomes=pack, learn=learn, evaluation=evaluation,
+                                      run=run, out_uri=out)] = pack
         for future in as_completed(list(score_futures)):
-            outcome = score_futures[future]
-            record = outcome.staged.record
-            scored = future.result(raise_on_failure=False)
-            if isinstance(scored, BaseException):
-                row = failed_row(run_id, record.concept_id, f"scoring failed: {scored}", learn, record)
-            else:
-                row = _submit(runner, publish_concept, scored=scored, out_uri=out, run_id=run_id,
-                              learn=learn).result(raise_on_failure=False)
-                if isinstance(row, BaseException):
-                    row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
-            rows.append(row)
-            on_done(row)
+            results = future.result(raise_on_failure=False)
+            for i, outcome in enumerate(score_futures[future]):
+                record = outcome.staged.record
+                if isinstance(results, BaseException):
+                    row = failed_row(run_id, record.concept_id, f"scoring failed: {results}", learn, record)
+                else:
+                    row = _submit(runner, publish_concept, scored=results[i], out_uri=out, run_id=run_id,
+                                  learn=learn).result(raise_on_failure=False)
+                    if isinstance(row, BaseException):
+                        row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
+                rows.append(row)
+                on_done(row)
     return rows, staged
 
 

@@ -3,8 +3,10 @@
 Tensors: ``vectors`` (the learned vectors, fp32), the AdamW moments ``exp_avg`` and ``exp_avg_sq``
 (zeros before the first step) and ``rng_state`` (the concept's random generator). Metadata:
 ``sstar_checkpoint`` (the format version) and ``state``, a JSON object with ``step``, ``adam_step``,
-``losses``, ``seconds``, ``token``, ``num_vectors``, ``initializer`` and ``train_config`` (the
-:meth:`TrainConfig.to_dict` of the run that wrote it). Enough to continue exactly where it stopped.
+``losses``, ``seconds``, ``token``, ``num_vectors``, ``initializer``, ``train_config`` (the
+:meth:`TrainConfig.to_dict` of the run that wrote it) and ``stopping`` (the stopping rule's
+:class:`~inversion.stopping.StopState`; absent in checkpoints written before it existed). Enough to
+continue exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from .errors import ConfigError, InputError
 __all__ = ["CHECKPOINT_FILENAME", "CHECKPOINT_VERSION", "RESUMABLE_CHANGES", "Checkpoint", "read_checkpoint",
            "write_checkpoint"]
 
-CHECKPOINT_FILENAME = "checkpoint.safetensors"
 CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "device", "compile"})
+CHECKPOINT_FILENAME = "checkpoint.safetensors"
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "device", "compile", "stop"})
 _TENSORS = ("vectors", "exp_avg", "exp_avg_sq", "rng_state")
 
 
@@ -62,14 +64,15 @@ class Checkpoint:
     def check_resumable(self, token: str, num_vectors: int, config: TrainConfig) -> None:
         """Raise :class:`ConfigError` unless a run of ``token`` with ``config`` may continue from here.
 
-        The token, its number of vectors and every setting outside :data:`RESUMABLE_CHANGES` must match.
+        The token, its number of vectors and every setting outside :data:`RESUMABLE_CHANGES` must match
+        (a setting the checkpoint predates counts as its default).
         """
         if self.token != token or self.num_vectors != num_vectors:
             raise ConfigError(
                 f"checkpoint {self.path} is for {self.token} with {self.num_vectors} vector(s), "
                 f"not {token} with {num_vectors}"
             )
-        saved, current = self.state["train_config"], config.to_dict()
+        saved, current = {**TrainConfig().to_dict(), **self.state["train_config"]}, config.to_dict()
         changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
         if changed:
             k = changed[0]

@@ -103,7 +103,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     embeddings = load_embeddings(args.embedding)
     settings = RenderSettings(steps=args.render_steps, guidance=args.guidance, resolution=args.resolution,
-                              precision=args.precision, device=args.device)
+                              precision=args.precision, device=args.device, sampler=args.sampler)
     renderer = Renderer(load_components(args.model), settings)
     with tqdm(total=len(args.prompt) * len(args.seeds), desc="rendering", unit="img") as bar:
         rows = renderer.render(args.prompt, args.seeds, embeddings, progress=lambda done, _: bar.update(done - bar.n))
@@ -119,11 +119,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     evaluation = EvalConfig(**values_from_args(args, _EVAL.values()))
     scores = run_score_command(
-        args.model, args.embedding, args.images, args.out,
+        args.model, args.embedding[0], args.images, args.out,
         clip_spec(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained), args.class_word,
         prompts_file=args.prompts, samples=evaluation.samples, captions=args.caption or None, property=args.property,
-        token=args.token,
-        render=RenderSettings(steps=evaluation.render_steps, guidance=evaluation.guidance, device=args.device),
+        token=args.token, words=args.embedding[1:],
+        render=RenderSettings(steps=evaluation.render_steps, guidance=evaluation.guidance, device=args.device,
+                              sampler=evaluation.sampler),
         clip_device=args.device, log=lambda message: print(message, flush=True),
     )
     print(f"image similarity {scores['image_similarity']:.4f} (words only {scores['baseline_image_similarity']:.4f}, "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from .errors import ConfigError
 from .fields import setting, validate
+from .stopping import PlateauRule, StopPolicy
 
 if TYPE_CHECKING:
     from .clip import ClipSpec
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 Property = Literal["object", "style"]
 Precision = Literal["fp32", "bf16", "fp16"]
 LrSchedule = Literal["constant", "cosine"]
+Sampler = Literal["ddim", "dpm"]  # inversion.render.make_scheduler
 PROPERTIES: tuple[str, ...] = get_args(Property)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
@@ -93,7 +95,8 @@ class TrainConfig:
     it runs (flags of both commands, the flows' ``RunSettings``); the others are set from Python.
     """
 
-    steps: int = setting(600, help="optimizer steps per concept", group="learn", ge=1)
+    steps: int = setting(600, help="the cap: most optimizer steps per concept (--steps is the old name)",
+                         group="learn", ge=1, aliases=("max_steps",))
     batch_size: int = setting(4, help="images per concept per micro-batch", group="learn", ge=1)
     grad_accum: int = setting(1, help="micro-batches accumulated per optimizer step", group="learn", ge=1)
     lr: float = setting(5e-3, help="AdamW learning rate (per step, before --scale-lr)", group="learn", gt=0, lt=1)
@@ -111,6 +114,16 @@ class TrainConfig:
     checkpoint_every: int = setting(0, help="save a resumable checkpoint every K steps (0: only at the end)",
                                     group="run", ge=0)
     device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]", group="run", pattern=DEVICE_PATTERN)
+    stop: StopPolicy = setting("fixed", help=(
+        "fixed: train every concept to the cap; plateau: stop a concept once its held-out denoising loss "
+        "stops improving (see inversion.stopping)"), group="run")
+    stop_every: int = setting(25, help="plateau: measure the held-out loss every K steps", ge=1)
+    stop_patience: int = setting(3, help="plateau: stop after this many checks in a row without improvement", ge=1)
+    stop_min_delta: float = setting(0.01, help="plateau: relative improvement of the best loss that counts", ge=0,
+                                    lt=1)
+    stop_min_steps: int = setting(50, help="plateau: never stop before this many steps", ge=0)
+    stop_samples: int = setting(16, help="plateau: fixed noised examples of the concept's images per check", ge=1,
+                                le=256)
     compile: bool = setting(False, help=("torch.compile the UNet: a one-off compile (about a minute per model and "
                                          "batch shape) for faster steps on long GPU runs; changes neither the loss "
                                          "nor the checkpoints"), group="run")
@@ -123,6 +136,13 @@ class TrainConfig:
         """The learning rate AdamW uses, after optional scaling by the batch size."""
         return self.lr * (self.batch_size * self.grad_accum if self.scale_lr else 1)
 
+    @property
+    def plateau(self) -> PlateauRule | None:
+        """The plateau rule when ``stop`` is ``plateau``, else ``None``."""
+        if self.stop != "plateau":
+            return None
+        return PlateauRule(self.stop_every, self.stop_patience, self.stop_min_delta, self.stop_min_steps)
+
     def to_dict(self) -> dict[str, Any]:
         """Every setting by name (recorded in checkpoints and ``training.json``)."""
         return asdict(self)
@@ -134,6 +154,7 @@ class EvalConfig:
     the flows' ``EvalSettings``). Not part of a concept's digest."""
 
     samples: int = setting(4, help="images per evaluation prompt", ge=1, le=64)
+    sampler: Sampler = setting("ddim", help="ddim or dpm (DPM-Solver++ multistep: as good in fewer steps)")
     render_steps: int = setting(25, help="denoising steps per image", ge=1, le=500)
     guidance: float = setting(7.5, help="classifier-free guidance scale", ge=0, le=50)
     clip_arch: str = setting(DEFAULT_CLIP_ARCH, help="open_clip architecture of the scoring CLIP")

@@ -51,17 +51,21 @@ class Spec:
     lt: float | None = None
     multiple_of: int | None = None
     pattern: str | None = None
+    aliases: tuple[str, ...] = ()
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, group: Group = None, ge: float | None = None,
             gt: float | None = None, le: float | None = None, lt: float | None = None,
-            multiple_of: int | None = None, pattern: str | None = None) -> Any:
+            multiple_of: int | None = None, pattern: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field declaring one setting (no ``default``: the setting is required).
 
     ``ge``/``gt``/``le``/``lt`` bound numbers, ``multiple_of`` integers, ``pattern`` (a regular
     expression matched in full) strings; a ``Literal[...]`` type lists the allowed values.
+    ``aliases`` are other names the setting answers to: more flags (``--alias-name``, shown first)
+    and more keys of the flows' parameter models.
     """
-    spec = Spec(help=help, group=group, ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, pattern=pattern)
+    spec = Spec(help=help, group=group, ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, pattern=pattern,
+                aliases=tuple(aliases))
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
@@ -108,6 +112,11 @@ class Setting:
     def flag(self) -> str:
         """The default command-line flag: ``--name-with-dashes``."""
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def alias_flags(self) -> tuple[str, ...]:
+        """The flags of the setting's aliases (``--alias-name``)."""
+        return tuple("--" + alias.replace("_", "-") for alias in self.spec.aliases)
 
     def help_text(self) -> str:
         """The flag's help: the setting's help plus its default, when it has one worth showing."""
@@ -188,15 +197,15 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting], 
     error naming the setting. A ``bool`` setting (default ``False``) becomes a switch.
     """
     for declared in settings:
-        flag = (flags or {}).get(declared.name, declared.flag)
+        names = (*declared.alias_flags, (flags or {}).get(declared.name, declared.flag))
         help_text = declared.help_text().replace("%", "%%")
         if declared.kind is bool:
             if declared.default is not False:
                 raise TypeError(f"setting {declared.name}: a command-line switch needs default False")
-            parser.add_argument(flag, dest=declared.name, action="store_true", help=help_text)
+            parser.add_argument(*names, dest=declared.name, action="store_true", help=help_text)
             continue
         parser.add_argument(
-            flag, dest=declared.name, type=_converter(declared), choices=declared.choices,
+            *names, dest=declared.name, type=_converter(declared), choices=declared.choices,
             required=declared.required, default=None if declared.required else declared.default, help=help_text,
         )
 

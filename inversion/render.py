@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -25,9 +26,26 @@ from .tokens import expand_token
 from .weighting import encode_weighted
 
 
+Sampler = Literal["ddim", "dpm"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+
+
+def make_scheduler(sampler: str, config: Any) -> Any:
+    """The diffusers scheduler of ``sampler`` over the model's scheduler ``config``: ``ddim`` (DDIM) or
+    ``dpm`` (DPM-Solver++ multistep, 2nd order: the same images in fewer steps)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if sampler == "ddim":
+        return DDIMScheduler.from_config(config)
+    if sampler == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+
+
 @dataclass(frozen=True)
 class RenderSettings:
-    """How to sample: denoising steps, classifier-free guidance scale, image size (None: the model's)."""
+    """How to sample: denoising steps, classifier-free guidance scale, image size (None: the model's),
+    and the sampler (:func:`make_scheduler`)."""
 
     steps: int = 25
     guidance: float = 7.5
@@ -35,19 +53,19 @@ class RenderSettings:
     precision: str = "fp32"
     device: str = "auto"
     batch_size: int = 8
+    sampler: Sampler = "ddim"
 
 
 class Renderer:
     """Renders prompts (which may contain learned tokens) with a frozen diffusion model."""
 
     def __init__(self, components: DiffusionComponents, settings: RenderSettings | None = None) -> None:
-        from diffusers import DDIMScheduler
-
         self.components = components
         self.settings = settings or RenderSettings()
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.precision, self.device)
-        self._pipeline = build_pipeline(components, DDIMScheduler.from_config(components.noise_scheduler.config))
+        self._pipeline = build_pipeline(components, make_scheduler(self.settings.sampler,
+                                                                   components.noise_scheduler.config))
         self._pipeline.set_progress_bar_config(disable=True)
 
     def render(

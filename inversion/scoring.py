@@ -13,19 +13,22 @@ do not compare our numbers with those without converting.
 The **words-only baseline** renders the same prompts with the token replaced by the concept's
 caption phrase(s) ("a photo of a fluffy ginger cat" → "a photo of a fluffy ginger cat on the
 beach"), with the same seeds, and is scored by exactly the same function as the learned word
-(:func:`_score_variant`). ``inversion_lift`` = image similarity − baseline image similarity: how
-much closer to the training images the learned word gets than a description does.
+(:func:`_score_images`). It does not depend on the learned word, so its renderings can be kept and
+reused (:class:`BaselineCache`); :func:`score_concepts` scores a pack's words with batched renders.
+``inversion_lift`` = image similarity − baseline image similarity: how much closer to the training
+images the learned word gets than a description does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -39,6 +42,7 @@ from .families import PromptEncoder
 from .formats import LearnedEmbedding
 from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill
 from .render import Renderer, RenderSettings, make_grid
+from .weighting import plain_text
 
 SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
 SCORES_FILENAME = "scores.json"
@@ -100,6 +104,9 @@ class ScoreSettings:
         seeds: explicit seeds, one image per seed per prompt; overrides ``samples``.
         render: sampler settings for the renderer the caller builds (``sstar score``).
         clip_batch_size: images per CLIP forward pass.
+        words: other learned words installed while rendering (the learned word's and the baseline's
+            prompts may name their tokens: ``{} in the style of <brand-style>``); a baseline that
+            renders them is not kept in the baseline cache.
     """
 
     prompts: tuple[str, ...] | None = None
@@ -107,6 +114,7 @@ class ScoreSettings:
     seeds: tuple[int, ...] | None = None
     render: RenderSettings = field(default_factory=RenderSettings)
     clip_batch_size: int = 32
+    words: tuple[LearnedEmbedding, ...] = ()
 
     def __post_init__(self) -> None:
         if self.prompts is not None:
@@ -264,29 +272,53 @@ def embed_reference_images(clip: ClipModel, images: Sequence[Image.Image], batch
     return clip.embed_images(list(images), batch_size=batch_size)
 
 
-def _score_variant(
-    renderer: Renderer,
+class BaselineCache(Protocol):
+    """Rendered words-only baselines kept across concepts and runs (the tasks layer keeps them under
+    ``<out>/baselines/``). A baseline does not depend on the learned word, so concepts sharing captions
+    and prompts, and every re-learning of a concept, reuse one rendering."""
+
+    #: the diffusion model's identity by content (:func:`inversion.fingerprint.model_fingerprint`)
+    scope: str
+
+    def get(self, key: str) -> list[list[Image.Image]] | None:
+        """The images stored under ``key`` (``images[prompt][seed]``), or ``None``."""
+        ...
+
+    def put(self, key: str, images: list[list[Image.Image]]) -> None:
+        """Keep ``images`` under ``key``."""
+        ...
+
+
+def baseline_key(scope: str, prompts: Sequence[str], seeds: Sequence[int], render: RenderSettings,
+                 resolution: int) -> str:
+    """The cache key of a words-only rendering: the model, the exact prompts (captions in the
+    evaluation prompts), the seeds and every sampler setting that changes the pixels."""
+    identity = {"model": scope, "prompts": list(prompts), "seeds": [int(x) for x in seeds], "steps": render.steps,
+                "guidance": render.guidance, "sampler": render.sampler, "precision": render.precision,
+                "resolution": resolution}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def _score_images(
     clip: ClipModel,
     templates: Sequence[str],
     phrase: str,
-    seeds: Sequence[int],
-    embeddings: Sequence[LearnedEmbedding],
+    images: list[list[Image.Image]],
     reference_embeds: torch.Tensor,
     text_prompts: Sequence[str],
     text_embeds: torch.Tensor,
     clip_batch_size: int,
 ) -> VariantScores:
-    """Render ``templates`` with ``phrase`` in place of ``{}`` over ``seeds`` and score the images.
+    """Score ``images[prompt][seed]``, rendered from ``templates`` with ``phrase`` in place of ``{}``.
 
     The one code path of both the learned word (``phrase`` = its token) and the words-only
-    baseline (``phrase`` = a caption's noun phrase): same renderer, seeds, installed embeddings,
-    reference embeddings and class-word text embeddings.
+    baseline (``phrase`` = a caption's noun phrase): same CLIP, reference embeddings and
+    class-word text embeddings.
     """
     prompts = [fill(t, phrase) for t in templates]
-    images = renderer.render(prompts, list(seeds), embeddings)
     flat = [image for row in images for image in row]
     embeds = clip.embed_images(flat, batch_size=clip_batch_size)
-    n = len(seeds)
+    n = len(images[0])
     index = [p for p in range(len(templates)) for _ in range(n)]
     per_prompt = [
         PromptScore(
@@ -308,6 +340,132 @@ def _score_variant(
     )
 
 
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One concept to score: its learned word, training images (or their CLIP embeddings), class
+    word, words-only captions and property (see :func:`score_concept` for each)."""
+
+    embedding: LearnedEmbedding
+    class_word: str
+    reference_images: Sequence[Image.Image] = ()
+    captions: Sequence[str] | None = None
+    property: str = "object"
+    reference_embeds: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one request renders and is compared with."""
+
+    request: ScoreRequest
+    class_word: str
+    templates: tuple[str, ...]
+    phrases: list[str]
+    reference_embeds: torch.Tensor
+    text_prompts: list[str]
+    text_embeds: torch.Tensor
+
+
+def _plan(renderer: Renderer, clip: ClipModel, request: ScoreRequest, settings: ScoreSettings) -> _Plan:
+    embedding, property = request.embedding, request.property
+    if property not in PROPERTIES:
+        raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {property!r}")
+    if not request.class_word or not request.class_word.strip():
+        raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
+    class_word = request.class_word.strip()
+    PromptEncoder(renderer.components).check(embedding)  # one table per text encoder, of its width
+    reference_embeds = request.reference_embeds
+    if reference_embeds is None:
+        reference_embeds = embed_reference_images(clip, request.reference_images, settings.clip_batch_size)
+    reference_embeds = _as_embeddings(reference_embeds, "reference image embeddings")
+    templates = tuple(settings.prompts_for(property))
+    captions = list(request.captions) if request.captions else default_captions(class_word, property)
+    phrases = [caption_phrase(c, property) for c in captions]
+    for caption, phrase in zip(captions, phrases):
+        if embedding.token in phrase:
+            raise InputError(f"caption {caption!r} contains the learned token {embedding.token}; "
+                             f"the baseline must use words only")
+    text_prompts = [plain_text(fill(t, class_word)) for t in templates]
+    return _Plan(request, class_word, templates, phrases, reference_embeds, text_prompts,
+                 clip.embed_texts(text_prompts))
+
+
+def _render_groups(renderer: Renderer, groups: Sequence[Sequence[str]], seeds: Sequence[int],
+                   embeddings: Sequence[LearnedEmbedding] = ()) -> list[list[list[Image.Image]]]:
+    """Render several prompt lists in one call (full batches across them); the images of each list."""
+    flat = [prompt for group in groups for prompt in group]
+    images = renderer.render(flat, list(seeds), embeddings) if flat else []
+    out, start = [], 0
+    for group in groups:
+        out.append(images[start : start + len(group)])
+        start += len(group)
+    return out
+
+
+def _baseline_images(renderer: Renderer, groups: Sequence[Sequence[str]], seeds: Sequence[int],
+                     cache: BaselineCache | None,
+                     words: Sequence[LearnedEmbedding] = ()) -> list[list[list[Image.Image]]]:
+    """The words-only renderings of each prompt list: from ``cache`` where kept, the rest rendered in
+    one call (each distinct list once, with ``words`` installed) and kept."""
+    resolution = renderer.settings.resolution or renderer.components.resolution
+    keys = [baseline_key(cache.scope, g, seeds, renderer.settings, resolution) if cache else None for g in groups]
+    found: dict[tuple[str, ...], list[list[Image.Image]]] = {}
+    for group, key in zip(groups, keys):
+        if key is not None and tuple(group) not in found:
+            images = cache.get(key)  # type: ignore[union-attr]
+            if images is not None:
+                found[tuple(group)] = images
+    missing = list(dict.fromkeys(tuple(g) for g in groups if tuple(g) not in found))
+    for group, images in zip(missing, _render_groups(renderer, missing, seeds, words)):
+        found[group] = images
+        if cache is not None:
+            cache.put(baseline_key(cache.scope, group, seeds, renderer.settings, resolution), images)
+    return [found[tuple(g)] for g in groups]
+
+
+def score_concepts(
+    renderer: Renderer,
+    clip: ClipModel,
+    requests: Sequence[ScoreRequest],
+    settings: ScoreSettings | None = None,
+    baseline_cache: BaselineCache | None = None,
+) -> list[ConceptScores]:
+    """Score several learned words (e.g. a pack's) as :func:`score_concept` scores one, with their
+    renders batched: every learned word's prompts go through the renderer in one call (all words
+    installed; their tokens must be distinct), and every distinct words-only baseline in another —
+    or not at all when ``baseline_cache`` holds it."""
+    settings = settings or ScoreSettings()
+    tokens = [r.embedding.token for r in requests] + [w.token for w in settings.words]
+    repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+    if repeated:
+        raise InputError(f"token {repeated[0]} appears more than once among the words to score together")
+    plans = [_plan(renderer, clip, r, settings) for r in requests]
+    seeds = settings.seed_list
+    learned = _render_groups(renderer, [[fill(t, p.request.embedding.token) for t in p.templates] for p in plans],
+                             seeds, [r.embedding for r in requests] + list(settings.words))
+    groups = [[fill(t, phrase) for t in p.templates] for p in plans for phrase in p.phrases]
+    baselines = iter(_baseline_images(renderer, groups, seeds, None if settings.words else baseline_cache,
+                                      settings.words))
+    results = []
+    for plan, learned_images in zip(plans, learned):
+        shared = dict(clip=clip, templates=plan.templates, reference_embeds=plan.reference_embeds,
+                      text_prompts=plan.text_prompts, text_embeds=plan.text_embeds,
+                      clip_batch_size=settings.clip_batch_size)
+        token = plan.request.embedding.token
+        results.append(ConceptScores(
+            token=token,
+            class_word=plan.class_word,
+            property=plan.request.property,
+            clip=clip.spec.describe(),
+            templates=plan.templates,
+            seeds=tuple(seeds),
+            num_reference_images=int(plan.reference_embeds.shape[0]),
+            learned=_score_images(phrase=token, images=learned_images, **shared),
+            baselines=[_score_images(phrase=phrase, images=next(baselines), **shared) for phrase in plan.phrases],
+        ))
+    return results
+
+
 def score_concept(
     renderer: Renderer,
     clip: ClipModel,
@@ -318,11 +476,12 @@ def score_concept(
     property: str = "object",
     settings: ScoreSettings | None = None,
     reference_embeds: torch.Tensor | None = None,
+    baseline_cache: BaselineCache | None = None,
 ) -> ConceptScores:
     """Score a learned word against its training images, and the words-only baseline the same way.
 
     Args:
-        renderer: renders the prompts (its settings decide steps, guidance, device).
+        renderer: renders the prompts (its settings decide sampler, steps, guidance, device).
         clip: the scoring CLIP (:func:`~inversion.clip.load_clip`).
         embedding: the learned word; its token must appear as ``{}`` in the prompts.
         reference_images: the concept's training images (unused when ``reference_embeds`` is given).
@@ -332,48 +491,14 @@ def score_concept(
         property: ``object`` or ``style`` (picks the default prompts and how captions are read).
         settings: prompts, seeds, CLIP batch size.
         reference_embeds: precomputed :func:`embed_reference_images` of the training images.
+        baseline_cache: where words-only renderings are kept and reused (:class:`BaselineCache`).
 
     Returns:
         :class:`ConceptScores` with raw-cosine scores, per-prompt details and the rendered images.
     """
-    settings = settings or ScoreSettings()
-    if property not in PROPERTIES:
-        raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {property!r}")
-    if not class_word or not class_word.strip():
-        raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
-    class_word = class_word.strip()
-    PromptEncoder(renderer.components).check(embedding)  # one table per text encoder, of its width
-    if reference_embeds is None:
-        reference_embeds = embed_reference_images(clip, reference_images, settings.clip_batch_size)
-    reference_embeds = _as_embeddings(reference_embeds, "reference image embeddings")
-    templates = settings.prompts_for(property)
-    seeds = settings.seed_list
-    captions = list(captions) if captions else default_captions(class_word, property)
-    phrases = [caption_phrase(c, property) for c in captions]
-    for caption, phrase in zip(captions, phrases):
-        if embedding.token in phrase:
-            raise InputError(f"caption {caption!r} contains the learned token {embedding.token}; "
-                             f"the baseline must use words only")
-    text_prompts = [fill(t, class_word) for t in templates]
-    text_embeds = clip.embed_texts(text_prompts)
-    shared = dict(
-        renderer=renderer, clip=clip, templates=templates, seeds=seeds, embeddings=[embedding],
-        reference_embeds=reference_embeds, text_prompts=text_prompts, text_embeds=text_embeds,
-        clip_batch_size=settings.clip_batch_size,
-    )
-    learned = _score_variant(phrase=embedding.token, **shared)
-    baselines = [_score_variant(phrase=phrase, **shared) for phrase in phrases]
-    return ConceptScores(
-        token=embedding.token,
-        class_word=class_word,
-        property=property,
-        clip=clip.spec.describe(),
-        templates=tuple(templates),
-        seeds=tuple(seeds),
-        num_reference_images=int(reference_embeds.shape[0]),
-        learned=learned,
-        baselines=baselines,
-    )
+    request = ScoreRequest(embedding, class_word, reference_images, captions, property, reference_embeds)
+    (scores,) = score_concepts(renderer, clip, [request], settings, baseline_cache)
+    return scores
 
 
 def _finite(data: Any) -> Any:

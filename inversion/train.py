@@ -10,6 +10,10 @@ their latent distributions are cached (a fresh latent is sampled from them every
 training distribution is unchanged); only the new vectors are parameters, nothing is copied back
 into the frozen table.
 
+When to stop: at the step cap (``stop="fixed"``) or, per concept, when its held-out loss plateaus
+(``stop="plateau"``, :mod:`inversion.stopping`). With ``slots``, the pack is *continuous*: a
+concept that stops hands its place in the batch to the next waiting one.
+
 The checkpoint format lives in :mod:`inversion.checkpoint`, the device and precision choice in
 :mod:`inversion.device`.
 """
@@ -32,6 +36,7 @@ from .errors import ConfigError, TrainingDivergedError
 from .formats import LearnedEmbedding, save_embedding_files
 from .images import load_training_images
 from .models import DiffusionComponents
+from .stopping import HELD_OUT_SEED_OFFSET, MAX_STEPS, StopState
 from .templates import templates_for
 from .families import PromptEncoder
 from .tokens import PlaceholderToken
@@ -46,9 +51,10 @@ class StepReport:
     """Progress after one optimizer step of the pack."""
 
     step: int
-    total_steps: int
+    total_steps: int  # at most this many pack steps in all (concepts may stop sooner)
     losses: dict[str, float]
     elapsed: float
+    stopped: dict[str, str] = field(default_factory=dict)  # token → stop reason, of concepts that stopped now
 
 
 @dataclass
@@ -64,6 +70,8 @@ class TrainResult:
     files: dict[str, Path] = field(default_factory=dict)
     resumed_from: int = 0
     failure: TrainingDivergedError | None = None
+    stop_reason: str | None = None  # ``max_steps`` or ``plateau`` (inversion.stopping); None when it failed
+    held_out_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of the plateau checks
 
     @property
     def error(self) -> str | None:
@@ -115,6 +123,18 @@ class _ConceptRun:
         self.latent_mean: torch.Tensor | None = None
         self.latent_std: torch.Tensor | None = None
         self.time_ids: torch.Tensor | None = None  # SDXL micro-conditioning per cached view
+        self.stopping = StopState()
+        self.held_out: _Batch | None = None  # the plateau rule's fixed examples
+
+    def finished(self, config: TrainConfig) -> bool:
+        """Whether this concept trains no further: failed, at the cap, or stopped by its rule."""
+        return self.failure is not None or self.step >= config.steps or self.stopping.reason is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        if self.failure is not None:
+            return None
+        return self.stopping.reason or MAX_STEPS
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint_path(self) -> Path | None:
@@ -141,6 +161,7 @@ class _ConceptRun:
             "num_vectors": self.concept.num_vectors,
             "initializer": self.concept.initializer,
             "train_config": config.to_dict(),
+            "stopping": self.stopping.to_dict(),
         }
         write_checkpoint(path, tensors, meta)
         save_embedding_files(self.embedding(), self.output_dir, step=self.step)
@@ -165,6 +186,9 @@ class _ConceptRun:
         self.step = self.resumed_from = checkpoint.step
         self.losses = [float(x) for x in meta["losses"]]
         self.seconds = float(meta["seconds"])
+        self.stopping = StopState.from_dict(meta.get("stopping"))
+        if config.plateau is None:  # the cap alone decides now (a change allowed on resume)
+            self.stopping.reason = None
         return True
 
     # -- results -----------------------------------------------------------------------------
@@ -173,7 +197,8 @@ class _ConceptRun:
 
     def result(self) -> TrainResult:
         return TrainResult(self.concept.token, self.embedding(), self.step, list(self.losses), self.seconds,
-                           self.output_dir, {}, self.resumed_from, self.failure)
+                           self.output_dir, {}, self.resumed_from, self.failure, self.stop_reason,
+                           list(self.stopping.history))
 
 
 def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int, text: PromptEncoder) -> None:
@@ -204,10 +229,11 @@ class _Batch:
     time_ids: torch.Tensor | None = None
 
 
-def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device, scaling: float) -> _Batch:
-    """Draw one concept's micro-batch from its own generator, in a fixed order (for exact resume)."""
+def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device, scaling: float,
+            generator: torch.Generator | None = None) -> _Batch:
+    """Draw one concept's micro-batch from its own generator (or ``generator``), in a fixed order (for exact resume)."""
     assert run.latent_mean is not None and run.latent_std is not None
-    g = run.generator
+    g = run.generator if generator is None else generator
     shape = (batch, *run.latent_mean.shape[1:])
     views = torch.randint(run.latent_mean.shape[0], (batch,), generator=g)
     templates = torch.randint(len(run.templates), (batch,), generator=g)
@@ -268,25 +294,31 @@ def train_concepts(
     resume: bool = False,
     callback: Callable[[StepReport], None] | None = None,
     on_checkpoint: Callable[[str, Path], None] | None = None,
+    slots: int | None = None,
 ) -> list[TrainResult]:
     """Learn each concept's token vectors; K concepts share every UNet forward/backward.
 
     Args:
         components: the frozen model (moved to the configured device and precision here).
         concepts: one or more concepts; their tokens must be distinct and new to the vocabulary.
-        config: training settings shared by the pack.
+        config: training settings shared by the pack (``config.stop`` decides when each concept stops).
         output_dirs: per concept, where the embedding files and checkpoints go (``None``: keep in memory).
         resume: continue each concept from the checkpoint in its output folder, when there is one.
         callback: called after every optimizer step with the per-concept losses.
         on_checkpoint: called with (token, checkpoint path) after each periodic checkpoint is saved —
             e.g. to upload it, so a run killed mid-training can resume elsewhere.
+        slots: continuous packing: train at most this many concepts per step, in order; when one
+            stops, the next waiting concept takes its slot (``None``: all of them at once).
 
     Returns one :class:`TrainResult` per concept, in order. A concept whose loss turns NaN/inf stops
     with ``failure`` set (the others go on); see :func:`train_concept` for the raising variant.
+    Each concept stops on its own (its cap or its plateau), whatever else shares its batch.
     Raises :class:`ConfigError` for settings the model cannot train with (e.g. an unknown prediction type).
     """
     if not concepts:
         raise ConfigError("no concepts to train")
+    if slots is not None and slots < 1:
+        raise ConfigError(f"slots must be at least 1, got {slots}")
     output_dirs = list(output_dirs) if output_dirs is not None else [None] * len(concepts)
     if len(output_dirs) != len(concepts):
         raise ConfigError("output_dirs must have one entry per concept")
@@ -301,29 +333,37 @@ def train_concepts(
         components.to(device, dtype)
         text = PromptEncoder(components)
         runs = _prepare_runs(components, concepts, config, text, device, output_dirs, resume)
-        for run in runs:
-            _cache_latents(components, run, resolution, text)
         scheduler = components.noise_scheduler
         num_timesteps = int(scheduler.config.num_train_timesteps)
         scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
         unet = components.compiled_unet() if config.compile else components.unet
-        total = max(0, max(config.steps - run.step for run in runs))
+        slots = len(runs) if slots is None else slots
+        total = pack_steps([0 if r.finished(config) else config.steps - r.step for r in runs], slots)
         started = time.perf_counter()
+        pack_step = 0
         with text.learned([r.placeholder for r in runs], [r.vectors for r in runs]):
-            for pack_step in range(total):
-                active = [r for r in runs if r.step < config.steps and r.failure is None]
-                if not active:
-                    break
+            while active := [r for r in runs if not r.finished(config)][:slots]:
+                for run in active:
+                    if run.latent_mean is None:  # a concept entering its slot
+                        _cache_latents(components, run, resolution, text)
+                        if config.plateau is not None:
+                            generator = torch.Generator().manual_seed(run.concept.seed + HELD_OUT_SEED_OFFSET)
+                            run.held_out = _sample(run, config.stop_samples, num_timesteps, device,
+                                                   components.latent_scaling, generator)
                 _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
+                stopped = _check_plateau(components, unet, text, active, config, dtype)
+                pack_step += 1
                 for run in active:
                     if run.failure is None and run.output_dir is not None and config.checkpoint_every and \
-                            run.step % config.checkpoint_every == 0 and run.step < config.steps:
+                            run.step % config.checkpoint_every == 0 and not run.finished(config):
                         path = run.save_checkpoint(config)
                         if on_checkpoint is not None and path is not None:
                             on_checkpoint(run.concept.token, path)
                 if callback is not None:
                     losses = {r.concept.token: r.losses[-1] for r in active if r.failure is None and r.losses}
-                    callback(StepReport(pack_step + 1, total, losses, time.perf_counter() - started))
+                    stopped.update({r.concept.token: MAX_STEPS for r in active
+                                    if r.failure is None and r.step >= config.steps})
+                    callback(StepReport(pack_step, total, losses, time.perf_counter() - started, stopped))
         results = []
         for run in runs:
             if run.failure is None and run.output_dir is not None:
@@ -333,6 +373,43 @@ def train_concepts(
                 result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
             results.append(result)
         return results
+
+
+def pack_steps(remaining: Sequence[int], slots: int) -> int:
+    """Pack steps needed to train ``remaining[i]`` more steps of concept ``i``, ``slots`` concepts at a
+    time in queue order (continuous packing); an upper bound when concepts may stop early."""
+    queue = [r for r in remaining if r > 0]
+    active: list[int] = []
+    steps = 0
+    while queue or active:
+        while queue and len(active) < slots:
+            active.append(queue.pop(0))
+        advance = min(active)
+        steps += advance
+        active = [r - advance for r in active if r > advance]
+    return steps
+
+
+def _check_plateau(components, unet, text, active, config, dtype) -> dict[str, str]:
+    """Measure the held-out loss of every active concept due for a check; returns those that stopped.
+
+    Each concept is measured alone on its own fixed examples (no gradient), so its verdict does not
+    depend on which concepts share its batch.
+    """
+    rule = config.plateau
+    stopped: dict[str, str] = {}
+    if rule is None:
+        return stopped
+    for run in active:
+        if run.failure is not None or not rule.due(run.step):
+            continue
+        tick = time.perf_counter()
+        with torch.no_grad():
+            loss = float(_example_losses(components, unet, text, run.held_out, dtype).mean())
+        run.seconds += time.perf_counter() - tick
+        if run.stopping.observe(run.step, loss, rule):
+            stopped[run.concept.token] = run.stopping.reason
+    return stopped
 
 
 def _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps) -> None:

@@ -58,6 +58,8 @@ METRICS_SCHEMA = pa.schema(
         pa.field("model", pa.string()),
         pa.field("model_family", pa.string()),
         pa.field("steps", pa.int32()),
+        pa.field("steps_run", pa.int32()),
+        pa.field("stop_reason", pa.string()),
         pa.field("vectors", pa.int32()),
         pa.field("lr", pa.float64()),
         pa.field("image_similarity", pa.float64()),
@@ -82,12 +84,12 @@ _INDEX_COLUMNS = (
 INDEX_SCHEMA = pa.schema([METRICS_SCHEMA.field(name) for name in _INDEX_COLUMNS])
 _FILE_SCHEMA = METRICS_SCHEMA.remove(METRICS_SCHEMA.get_field_index("run_date"))
 _PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
-_INT_FIELDS = ("steps", "vectors")
+_INT_FIELDS = ("steps", "steps_run", "vectors")
 _FLOAT_FIELDS = (
     "lr", "image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
     "inversion_lift", "final_loss", "train_seconds", "eval_seconds",
 )
-_STR_FIELDS = ("digest", "token", "model", "model_family", "embedding_uri", "grid_uri")
+_STR_FIELDS = ("digest", "token", "model", "model_family", "stop_reason", "embedding_uri", "grid_uri")
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,8 @@ class MetricsRow:
     model: str | None = None
     model_family: str | None = None
     steps: int | None = None
+    steps_run: int | None = None
+    stop_reason: str | None = None
     vectors: int | None = None
     lr: float | None = None
     image_similarity: float | None = None

@@ -1,7 +1,12 @@
-"""The GPU task: learn the token vectors of a pack of concepts (one concept when not packing).
+"""The GPU task: learn the token vectors of a queue of concepts, ``concepts_per_batch`` at a time.
+
+Continuous packing: the queue trains in one pack of ``concepts_per_batch`` slots, and a concept that
+stops (its cap, or its loss plateau) hands its slot to the next waiting one, so the batch stays full
+until the queue is empty (:func:`inversion.train.train_concepts` with ``slots``).
 
 Checkpoints go to the output store every K steps, so a run killed mid-inversion resumes from the
-last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency limit.
+last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency limit. The trainer (torch) is imported by the
+task body: the coordinator imports this module without it.
 """
 
 from __future__ import annotations
@@ -9,14 +14,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from inversion.checkpoint import CHECKPOINT_FILENAME
-from inversion.config import ConceptConfig
 from inversion.errors import SstarError
+from inversion.checkpoint import CHECKPOINT_FILENAME
 from inversion.formats import DIFFUSERS_FILENAME
-from inversion.train import StepReport, train_concepts
 from storage.results import ResultStore
 
 from . import runtime
@@ -24,6 +28,9 @@ from .concurrency import gpu_slot
 from .records import InversionOutcome, StagedConcept
 from .retry import RETRY
 from .settings import LearnSettings, RunSettings
+
+if TYPE_CHECKING:
+    from inversion.train import StepReport
 
 #: published next to the embedding: the loss curve and whether the run resumed from a checkpoint
 TRAINING_LOG = "training.json"
@@ -41,7 +48,10 @@ def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Pa
 
 @task(name="invert-concepts", **RETRY)
 def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str) -> list[InversionOutcome]:
-    """Learn every staged concept of the pack together (one UNet batch serves the pack)."""
+    """Learn every staged concept of the queue, ``run.concepts_per_batch`` at a time in one UNet batch."""
+    from inversion.config import ConceptConfig
+    from inversion.train import train_concepts  # torch: imported by the task body, never by the coordinator
+
     logger = get_run_logger()
     live = [s for s in staged if s.error is None]
     outcomes: dict[str, InversionOutcome] = {
@@ -71,12 +81,15 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
                 last_log[0] = time.monotonic()
                 losses = ", ".join(f"{t} {v:.4f}" for t, v in report.losses.items())
                 logger.info("step %d/%d (%.1f s): %s", report.step, report.total_steps, report.elapsed, losses)
+            for token, reason in report.stopped.items():
+                logger.info("%s: stopped (%s) at pack step %d", by_token[token].record.concept_id, reason, report.step)
 
         try:
             components = runtime.diffusion_components(learn.model)
             with gpu_slot(run.gpu_limit_name):
                 trained = train_concepts(components, concepts, config, output_dirs=out_dirs, resume=True,
-                                         callback=progress, on_checkpoint=upload_checkpoint)
+                                         callback=progress, on_checkpoint=upload_checkpoint,
+                                         slots=run.concepts_per_batch)
         except SstarError as exc:  # deterministic (bad settings, unreadable image): fail the pack's concepts
             trained = None
             for s in live:
@@ -87,13 +100,16 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
                 continue
             if result.resumed_from:
                 logger.info("%s: resumed at step %d of %d", s.record.concept_id, result.resumed_from, result.steps)
-            training = dict(token=result.token, steps=result.steps, resumed_from=result.resumed_from,
-                            final_loss=result.final_loss, train_seconds=result.seconds, losses=result.losses,
-                            settings=config.to_dict() | {"images": s.num_images, "concepts_in_pack": len(live)})
+            training = dict(token=result.token, steps=result.steps, stop_reason=result.stop_reason,
+                            resumed_from=result.resumed_from, final_loss=result.final_loss,
+                            train_seconds=result.seconds, losses=result.losses,
+                            held_out_losses=result.held_out_losses,
+                            settings=config.to_dict() | {"images": s.num_images, "concepts_in_queue": len(live),
+                                                         "slots": run.concepts_per_batch})
             (out_dir / TRAINING_LOG).write_text(json.dumps(training, indent=1, default=str))
             outcomes[s.record.concept_id] = InversionOutcome(
                 s, str(out_dir / DIFFUSERS_FILENAME), result.steps, result.resumed_from, result.final_loss,
-                result.seconds,
+                result.seconds, stop_reason=result.stop_reason,
             )
     return [outcomes[s.record.concept_id] for s in staged]
 

@@ -83,7 +83,7 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
     return MetricsRow(
         status="ok", error=None, final_loss=inversion.final_loss, train_seconds=inversion.train_seconds,
-        eval_seconds=scored.eval_seconds,
+        eval_seconds=scored.eval_seconds, steps_run=inversion.steps, stop_reason=inversion.stop_reason,
         embedding_uri=published.uris.get("learned_embeds.safetensors"), grid_uri=published.uris.get("grid.png"),
         **{k: scored.scores.get(k) for k in SCORE_COLUMNS},
         **_base_row(run_id, record, record.concept_id, learn),

@@ -52,7 +52,8 @@ class StagedConcept:
 
 @dataclass(frozen=True)
 class InversionOutcome:
-    """What inverting one concept produced (the embedding files sit in ``work_dir``)."""
+    """What inverting one concept produced (the embedding files sit in ``work_dir``); ``steps`` is
+    the number of steps it actually ran."""
 
     staged: StagedConcept
     embedding_path: str | None
@@ -61,6 +62,7 @@ class InversionOutcome:
     final_loss: float | None = None
     train_seconds: float = 0.0
     error: str | None = None
+    stop_reason: str | None = None  # why training stopped: ``max_steps`` or ``plateau`` (inversion.stopping)
 
 
 @dataclass(frozen=True)

@@ -1,54 +1,36 @@
-"""The evaluation task: render the learned word and its words-only baseline, score both with CLIP."""
+"""The evaluation tasks: render the learned words and their words-only baselines, score both with CLIP.
+
+A pack's words are scored together (one batched rendering) and the baselines come from the output's
+cache when an earlier concept or run already rendered them (:mod:`tasks.baselines`). The renderer and
+CLIP (torch) are imported by the task bodies: the coordinator imports this module without them.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from inversion.checkpoint import CHECKPOINT_FILENAME
 from inversion.errors import SstarError
-from inversion.formats import load_embedding
-from inversion.images import list_images, open_rgb
-from inversion.scoring import ScoreSettings, score_concept, write_scores
+from inversion.checkpoint import CHECKPOINT_FILENAME
 
 from . import runtime
+from .baselines import StoreBaselineCache
 from .concurrency import gpu_slot
 from .invert import TRAINING_LOG
 from .records import InversionOutcome, ScoredConcept
 from .retry import RETRY
 from .settings import EvalSettings, LearnSettings, RunSettings
 
+if TYPE_CHECKING:
+    from inversion.scoring import ConceptScores
 
-@task(name="score-concept", **RETRY)
-def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluation: EvalSettings,
-                       run: RunSettings) -> ScoredConcept:
-    """Render the evaluation prompts with the learned token and with the concept's captions, score both.
 
-    Returns the files to publish (embeddings, grids, ``scores.json``); deterministic failures come
-    back as ``error`` rather than an exception, so they are not retried.
-    """
-    if outcome.error is not None or outcome.embedding_path is None:
-        return ScoredConcept(outcome, error=outcome.error or "no embedding was learned")
-    record = outcome.staged.record
-    try:
-        embedding = load_embedding(Path(outcome.embedding_path))
-        references = [open_rgb(p) for p in list_images(Path(outcome.staged.image_dir))]
-        renderer = runtime.renderer(learn.model, evaluation.render_steps, evaluation.guidance, run.device,
-                                    learn.precision)
-        clip = runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained,
-                                  run.device)
-        settings = ScoreSettings(prompts=tuple(evaluation.prompts) if evaluation.prompts else None,
-                                 samples=evaluation.samples)
-        with gpu_slot(run.gpu_limit_name):
-            started = time.perf_counter()
-            scores = score_concept(renderer, clip, embedding, references, record.class_name,
-                                   captions=list(record.captions) or None, property=record.property,
-                                   settings=settings)
-            eval_seconds = time.perf_counter() - started
-    except SstarError as exc:
-        return ScoredConcept(outcome, error=f"scoring failed: {exc}")
+def _files_to_publish(outcome: InversionOutcome, scores: ConceptScores) -> tuple[str, ...]:
+    from inversion.scoring import write_scores
+
     out_dir = Path(outcome.staged.work_dir) / "result"
     written = write_scores(scores, out_dir)
     embedding_dir = Path(outcome.embedding_path).parent
@@ -56,7 +38,72 @@ def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluati
     extras = [*(p for p in sorted(embedding_dir.iterdir()) if p.suffix in (".pt", ".safetensors")
                 and p.name not in (CHECKPOINT_FILENAME, Path(outcome.embedding_path).name)),
               embedding_dir / TRAINING_LOG]
-    files = [outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values())]
-    get_run_logger().info("%s: image similarity %.3f vs baseline %.3f (lift %+.3f)", record.concept_id,
-                          scores.image_similarity, scores.baseline_image_similarity, scores.inversion_lift)
-    return ScoredConcept(outcome, scores.to_json(), tuple(files), eval_seconds=eval_seconds)
+    return (outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values()))
+
+
+def score_outcomes(outcomes: list[InversionOutcome], learn: LearnSettings, evaluation: EvalSettings,
+                   run: RunSettings, out_uri: str | None = None) -> list[ScoredConcept]:
+    """Render and score every learned word of ``outcomes`` together (batched renders, one GPU slot);
+    with ``out_uri``, words-only baselines are kept and reused under ``<out>/baselines/``.
+
+    Each concept's ``eval_seconds`` is its share of the whole. Deterministic failures come back as
+    ``error`` (for all of them: they share one rendering), so they are not retried.
+    """
+    from inversion.formats import load_embedding  # torch: imported by the task body, never by the coordinator
+    from inversion.images import list_images, open_rgb
+    from inversion.scoring import ScoreRequest, ScoreSettings, score_concepts
+
+    scored: dict[int, ScoredConcept] = {}
+    live = []
+    for i, outcome in enumerate(outcomes):
+        if outcome.error is not None or outcome.embedding_path is None:
+            scored[i] = ScoredConcept(outcome, error=outcome.error or "no embedding was learned")
+        else:
+            live.append(i)
+    if live:
+        try:
+            requests = []
+            for i in live:
+                record = outcomes[i].staged.record
+                references = [open_rgb(p) for p in list_images(Path(outcomes[i].staged.image_dir))]
+                requests.append(ScoreRequest(load_embedding(Path(outcomes[i].embedding_path)), record.class_name,
+                                             references, list(record.captions) or None, record.property))
+            renderer = runtime.renderer(learn.model, evaluation.render_steps, evaluation.guidance, run.device,
+                                        learn.precision, evaluation.sampler)
+            clip = runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained,
+                                      run.device)
+            settings = ScoreSettings(prompts=tuple(evaluation.prompts) if evaluation.prompts else None,
+                                     samples=evaluation.samples)
+            cache = StoreBaselineCache(out_uri, learn.model) if out_uri is not None else None
+            with gpu_slot(run.gpu_limit_name):
+                started = time.perf_counter()
+                all_scores = score_concepts(renderer, clip, requests, settings, cache)
+                eval_seconds = (time.perf_counter() - started) / len(live)
+        except SstarError as exc:
+            for i in live:
+                scored[i] = ScoredConcept(outcomes[i], error=f"scoring failed: {exc}")
+            all_scores = []
+        for i, scores in zip(live, all_scores):
+            outcome = outcomes[i]
+            get_run_logger().info("%s: image similarity %.3f vs baseline %.3f (lift %+.3f)",
+                                  outcome.staged.record.concept_id, scores.image_similarity,
+                                  scores.baseline_image_similarity, scores.inversion_lift)
+            scored[i] = ScoredConcept(outcome, scores.to_json(), _files_to_publish(outcome, scores),
+                                      eval_seconds=eval_seconds)
+    return [scored[i] for i in range(len(outcomes))]
+
+
+@task(name="score-concepts", **RETRY)
+def score_pack_task(outcomes: list[InversionOutcome], learn: LearnSettings, evaluation: EvalSettings,
+                    run: RunSettings, out_uri: str | None = None) -> list[ScoredConcept]:
+    """Render the evaluation prompts with each learned token of a pack and with each concept's
+    captions, score both (:func:`score_outcomes`); returns the files to publish per concept."""
+    return score_outcomes(outcomes, learn, evaluation, run, out_uri)
+
+
+@task(name="score-concept", **RETRY)
+def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluation: EvalSettings,
+                       run: RunSettings, out_uri: str | None = None) -> ScoredConcept:
+    """One concept's :func:`score_outcomes`."""
+    (scored,) = score_outcomes([outcome], learn, evaluation, run, out_uri)
+    return scored

@@ -8,7 +8,7 @@ parameters; a bad value fails with a message naming the field. They are *generat
   changing one re-learns the catalog.
 * :data:`EvalSettings` — every setting of :class:`inversion.config.EvalConfig` plus the prompts.
 * :data:`RunSettings` — every ``run`` setting of ``TrainConfig`` (a pipeline checkpoints every 50
-  steps by default) plus the pipeline-only settings of :class:`PipelineConfig`.
+  steps and stops each concept at its loss plateau by default) plus the pipeline-only settings of :class:`PipelineConfig`.
 
 The same tuples (:data:`LEARN_SETTINGS`, :data:`EVAL_SETTINGS`, :data:`RUN_SETTINGS`) give the
 flags of ``sstar learn`` and ``sstar serve``, so a default or help text lives in exactly one place.
@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator
 
 from inversion.config import EvalConfig, TrainConfig
 from inversion.fields import Setting, setting, settings_of
@@ -57,8 +57,14 @@ class PipelineConfig:
         None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')")
 
 
+#: a pipeline stops each concept when its held-out loss plateaus unless told otherwise (``sstar invert``: fixed)
+PIPELINE_STOP = "plateau"
+_PIPELINE_DEFAULTS = {"checkpoint_every": PIPELINE_CHECKPOINT_EVERY, "stop": PIPELINE_STOP}
+
+
 def _with_pipeline_defaults(declared: Setting) -> Setting:
-    return declared.with_default(PIPELINE_CHECKPOINT_EVERY) if declared.name == "checkpoint_every" else declared
+    default = _PIPELINE_DEFAULTS.get(declared.name, declared.default)
+    return declared.with_default(default) if default != declared.default else declared
 
 
 _TRAIN_LEARN = tuple(settings_of(TrainConfig, "learn").values())
@@ -75,8 +81,9 @@ def pydantic_field(declared: Setting) -> tuple[Any, Any]:
     s = declared.spec
     default = ... if declared.required else declared.default
     pattern = f"^(?:{s.pattern})$" if s.pattern is not None else None
+    alias = AliasChoices(declared.name, *s.aliases) if s.aliases else None
     return declared.annotation, Field(default, description=s.help, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt,
-                                      multiple_of=s.multiple_of, pattern=pattern)
+                                      multiple_of=s.multiple_of, pattern=pattern, validation_alias=alias)
 
 
 def _parameters(name: str, base: type[_Parameters], settings: Iterable[Setting], doc: str) -> type[_Parameters]:

@@ -67,6 +67,7 @@ class QualitySettings:
     pack: bool = False  # train all concepts in one pack (no curves): the regression test's cheap mode
     device: str = "auto"
     train_images: int = 4
+    stop: str = "fixed"  # TrainConfig.stop: fixed (to the cap) or plateau (inversion.stopping)
 
 
 FAST = QualitySettings(concepts=2, samples=4, steps=6, render_steps=4, curve_every=3, curve_samples=2)
@@ -75,7 +76,7 @@ FAST = QualitySettings(concepts=2, samples=4, steps=6, render_steps=4, curve_eve
 def defaults_config(settings: QualitySettings, resolution: int):
     from inversion.config import TrainConfig
 
-    base = TrainConfig(resolution=resolution, device=settings.device)
+    base = TrainConfig(resolution=resolution, device=settings.device, stop=settings.stop)
     return base if settings.steps is None else replace(base, steps=settings.steps)
 
 
@@ -241,7 +242,8 @@ def run_quality(world: Path, out: Path | None, settings: QualitySettings, log=pr
             result, curve, recipe = learned[cfg.token]
             row = {"concept": concept.name, "hue": concept.hue, "shape": concept.shape,
                    "background": concept.background, "best_caption": concept.best_caption(),
-                   "initializer": cfg.initializer, "train_steps": result.steps,
+                   "initializer": cfg.initializer, "train_steps": result.steps, "stop_reason": result.stop_reason,
+                   "held_out_losses": result.held_out_losses,
                    "train_seconds": result.seconds, "final_loss": result.final_loss}
             row.update(evaluate(renderer, clip, concept, result.embedding, reference, settings))
             strips = row.pop("strips")
@@ -274,6 +276,8 @@ def _save_strips(path: Path, reference, learned, caption) -> None:
 TABLE = (
     ("concept", "concept", "{}"),
     ("hue", "hue", "{:.1f}"),
+    ("steps", "train_steps", "{}"),
+    ("train s", "train_seconds", "{:.1f}"),
     ("learned err°", "learned_median_hue_error", "{:.1f}"),
     ("caption err°", "caption_median_hue_error", "{:.1f}"),
     ("ratio", "hue_error_ratio", "{:.2f}"),
@@ -309,7 +313,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("concept", "hue", "shape", "background", "best_caption", "initializer", "train_steps", "train_seconds",
+CSV_FIELDS = ("concept", "hue", "shape", "background", "best_caption", "initializer", "train_steps", "stop_reason",
+              "train_seconds",
               "final_loss", "learned_median_hue_error", "caption_median_hue_error", "hue_error_ratio",
               "oracle_lift_deg", "learned_within_10", "caption_within_10", "learned_background_accuracy",
               "caption_background_accuracy", "learned_shape_found", "caption_shape_found", "clip_image_similarity",
@@ -341,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--concepts", type=int, default=None, help=f"how many held-out concepts (max {len(G.HELD_OUT)})")
     p.add_argument("--samples", type=int, default=None, help="images per variant for the final evaluation")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: TrainConfig's)")
+    p.add_argument("--steps", type=int, default=None, help="the step cap (default: TrainConfig's)")
+    p.add_argument("--stop", choices=("fixed", "plateau"), default=None, help="stopping policy (default fixed)")
     p.add_argument("--render-steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--curve-every", type=int, default=None)
@@ -359,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in dict(concepts=args.concepts, samples=args.samples, steps=args.steps,
                                        render_steps=args.render_steps, guidance=args.guidance,
                                        curve_every=args.curve_every, curve_samples=args.curve_samples,
-                                       device=args.device).items() if v is not None}
+                                       device=args.device, stop=args.stop).items() if v is not None}
     if args.no_recipe:
         overrides["recipe_curve"] = False
     if args.no_clip:

@@ -17,6 +17,7 @@ from tasks.settings import (
     EVAL_SETTINGS,
     LEARN_SETTINGS,
     PIPELINE_CHECKPOINT_EVERY,
+    PIPELINE_STOP,
     RUN_SETTINGS,
     EvalSettings,
     LearnSettings,
@@ -80,6 +81,18 @@ def test_pipeline_checkpoints_by_default_a_lone_inversion_does_not():
     assert RunSettings().checkpoint_every == PIPELINE_CHECKPOINT_EVERY == _actions("learn")["checkpoint_every"].default
 
 
+def test_catalog_runs_stop_at_the_plateau_by_default_a_lone_inversion_runs_to_the_cap():
+    assert TrainConfig().stop == "fixed" == _actions("invert")["stop"].default
+    assert RunSettings().stop == PIPELINE_STOP == "plateau" == _actions("learn")["stop"].default
+
+
+@pytest.mark.parametrize("command", ["invert", "learn"])
+def test_max_steps_is_the_cap_and_steps_its_old_name(command):
+    assert {"--max-steps", "--steps"} <= set(_actions(command)["steps"].option_strings)
+    assert LearnSettings(model="m", max_steps=7) == LearnSettings(model="m", steps=7)
+    assert LearnSettings(model="m", max_steps=7).model_dump()["steps"] == 7
+
+
 @pytest.mark.parametrize("model, settings, source", [
     (LearnSettings, LEARN_SETTINGS, TrainConfig),
     (EvalSettings, EVAL_SETTINGS, EvalConfig),
@@ -90,7 +103,7 @@ def test_parameter_models_are_their_settings(model, settings, source):
     assert [s.name for s in settings] == [name for name in fields if name != "prompts"]
     for declared in settings:
         assert fields[declared.name].description == declared.help
-        if declared.name in settings_of(source) and declared.name != "checkpoint_every":
+        if declared.name in settings_of(source) and declared.name not in ("checkpoint_every", "stop"):
             assert fields[declared.name].default == getattr(source(), declared.name), declared.name
     assert model.__module__ == "tasks.settings"
 
@@ -123,7 +136,7 @@ def test_bad_parameters_name_the_field(model, kwargs, field):
 
 def test_parameter_models_and_dataclasses_accept_the_same_edge_values():
     learn = LearnSettings(model="m", steps=1, lr=0.999, resolution=8, precision="bf16")
-    run = RunSettings(device="cuda:1", checkpoint_every=0, compile=True)
+    run = RunSettings(device="cuda:1", checkpoint_every=0, compile=True, stop="fixed")
     assert learn.train_config(run) == TrainConfig(steps=1, lr=0.999, resolution=8, precision="bf16",
                                                   device="cuda:1", checkpoint_every=0, compile=True)
     assert EvalSettings(samples=64, guidance=0).samples == EvalConfig(samples=64, guidance=0).samples

@@ -118,7 +118,7 @@ def test_score_command_missing_embedding(tiny_model_dir, concept_images, tmp_pat
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "argument --steps: steps must be >= 1, got 0"),
+    (["--steps", "0"], "argument --max-steps/--steps: steps must be >= 1, got 0"),
     (["--lr", "1.5"], "argument --lr: lr must be in (0, 1), got 1.5"),
     (["--resolution", "100"], "argument --resolution: resolution must be a multiple of 8, got 100"),
     (["--device", "gpu"], "argument --device: device must match"),

@@ -139,13 +139,13 @@ def test_learned_word_equal_to_its_initializer_scores_like_the_words_only_baseli
 def test_learned_and_baseline_run_through_the_same_function(renderer, clip, components, reference_images,
                                                               monkeypatch):
     calls = []
-    real = scoring._score_variant
+    real = scoring._score_images
 
     def spy(**kwargs):
         calls.append(kwargs)
         return real(**kwargs)
 
-    monkeypatch.setattr(scoring, "_score_variant", spy)
+    monkeypatch.setattr(scoring, "_score_images", spy)
     embedding = LearnedEmbedding("<thing>", _vector(components, "dog"))
     captions = ["a photo of a fluffy ginger cat", "a small striped cat"]
     scores = score_concept(renderer, clip, embedding, reference_images, "cat", captions, "object",
@@ -155,9 +155,9 @@ def test_learned_and_baseline_run_through_the_same_function(renderer, clip, comp
     for call in calls[1:]:
         assert set(call) == set(first)
         for key in first:
-            if key != "phrase":
-                assert call[key] is first[key], key  # the very same renderer, seeds, embeddings, references…
-    assert tuple(first["seeds"]) == (3, 5)
+            if key not in ("phrase", "images"):
+                assert call[key] is first[key], key  # the very same CLIP, templates, references…
+    assert [len(call["images"][0]) for call in calls] == [2, 2, 2]  # one image per seed
     assert first["text_prompts"] == ["a photo of a cat on the beach"]  # text similarity uses the class word
     assert len(scores.baselines) == 2
     assert scores.baseline_image_similarity == pytest.approx(
@@ -293,3 +293,59 @@ def test_captions_and_their_phrases():
     assert caption_phrase("ukiyo-e woodblock prints", "style") == "ukiyo-e woodblock prints"
     with pytest.raises(InputError, match="leaves no words"):
         caption_phrase("a photo of ")
+
+
+# --- batched scoring and the words-only baseline cache ----------------------------------------------------------
+
+
+class _DictCache:
+    """The smallest :class:`inversion.scoring.BaselineCache`: a dict, counting what it serves and keeps."""
+
+    scope = "tiny-model"
+
+    def __init__(self) -> None:
+        self.kept: dict[str, list] = {}
+        self.hits = 0
+
+    def get(self, key):
+        if key in self.kept:
+            self.hits += 1
+        return self.kept.get(key)
+
+    def put(self, key, images):
+        self.kept[key] = images
+
+
+def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(renderer, clip, components,
+                                                                               reference_images, monkeypatch):
+    from inversion.scoring import ScoreRequest, score_concepts
+
+    settings = ScoreSettings(prompts=TEMPLATES, seeds=(1, 2))
+    words = [LearnedEmbedding("<a>", _vector(components, "dog")), LearnedEmbedding("<b>", _vector(components, "cup"))]
+    alone = [score_concept(renderer, clip, w, reference_images, "cat", ["a red square"], "object", settings)
+             for w in words]
+    rendered: list[list[str]] = []
+    real_render = renderer.render
+    monkeypatch.setattr(renderer, "render", lambda prompts, *a, **k: rendered.append(list(prompts))
+                        or real_render(prompts, *a, **k))
+    cache = _DictCache()
+    requests = [ScoreRequest(w, "cat", reference_images, ["a red square"]) for w in words]
+    packed = score_concepts(renderer, clip, requests, settings, cache)
+    # one call renders both learned words, one the shared caption's baseline (once, though two concepts use it)
+    assert rendered == [[t.format(w) for w in ("<a>", "<b>") for t in TEMPLATES],
+                        [t.format("red square") for t in TEMPLATES]]
+    for p, a in zip(packed, alone):
+        assert p.image_similarity == pytest.approx(a.image_similarity, abs=1e-5)
+        assert p.inversion_lift == pytest.approx(a.inversion_lift, abs=1e-5)
+    # scoring again (a re-learned word) renders only the learned word: the baseline comes from the cache
+    rendered.clear()
+    again = score_concepts(renderer, clip, requests[:1], settings, cache)[0]
+    assert rendered == [[t.format("<a>") for t in TEMPLATES]] and cache.hits == 1
+    assert again.baseline_image_similarity == pytest.approx(packed[0].baseline_image_similarity, abs=1e-6)
+    # another sampler setting is another rendering: a different key
+    from inversion.scoring import baseline_key
+
+    prompts = [t.format("red square") for t in TEMPLATES]
+    assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key("m", prompts, (1, 2),
+                                                                          RenderSettings(steps=3, sampler="dpm"), 64)
+    assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key("other", prompts, (1, 2), FAST, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,50 @@ def test_packed_concepts_match_training_each_alone(components, tmp_path):
         assert p.token == a.token
         torch.testing.assert_close(p.embedding.vectors, a.embedding.vectors, rtol=1e-4, atol=1e-5)
         assert p.losses == pytest.approx(a.losses, rel=1e-4)
+
+
+#: a plateau rule that fires quickly on the tiny model: a check every 2 steps must beat the best by 50%
+QUICK_PLATEAU = dict(stop="plateau", stop_every=2, stop_patience=2, stop_min_delta=0.5, stop_min_steps=0,
+                     stop_samples=4)
+
+
+def test_continuous_packing_with_plateau_stops_matches_training_each_alone(components, tmp_path):
+    """Three concepts, two slots: each stops at its own plateau, the third takes a freed slot, and
+    every concept's result (vectors, losses, stop step and reason) equals training it alone."""
+    concepts = [ConceptConfig(f"<c{i}>", "square", write_shape_images(tmp_path / f"c{i}", color=color, seed=i),
+                              seed=i)
+                for i, color in enumerate([(200, 40, 40), (30, 30, 220), (40, 200, 40)])]
+    config = TrainConfig(steps=12, batch_size=2, **QUICK_PLATEAU)
+    reports = []
+    packed = train_concepts(components, concepts, config, slots=2, callback=reports.append)
+    alone = [train_concept(components, c, config) for c in concepts]
+    for p, a in zip(packed, alone):
+        assert (p.token, p.steps, p.stop_reason) == (a.token, a.steps, a.stop_reason)
+        torch.testing.assert_close(p.embedding.vectors, a.embedding.vectors, rtol=1e-4, atol=1e-5)
+        assert p.losses == pytest.approx(a.losses, rel=1e-4)
+        assert [s for s, _ in p.held_out_losses] == list(range(2, p.steps + 1, 2))
+    assert all(p.stop_reason == "plateau" and p.steps < config.steps for p in packed), "the rule must fire here"
+    # two slots: at most two concepts per step, and the third trains only after one of the first two stopped
+    assert max(len(r.losses) for r in reports) <= 2
+    first_third = next(i for i, r in enumerate(reports) if "<c2>" in r.losses)
+    assert any(r.stopped for r in reports[: first_third]), "the third concept took a freed slot"
+    assert len(reports) < reports[0].total_steps == 24, "early stops shorten the queue's 2 × 12 pack steps"
+
+
+def test_plateau_resume_continues_exactly(components, concept_images, tmp_path):
+    """The stopping state goes into the checkpoint: interrupted at step 4 and resumed, a concept stops
+    at the same step with the same vectors as an uninterrupted run."""
+    concept = ConceptConfig("<red-square>", "square", concept_images)
+    config = TrainConfig(steps=12, batch_size=2, checkpoint_every=4, **QUICK_PLATEAU)
+    whole = train_concept(components, concept, config, output_dir=tmp_path / "whole")
+    train_concept(components, concept, replace(config, steps=4), output_dir=tmp_path / "split")
+    saved = read_checkpoint(tmp_path / "split" / CHECKPOINT_FILENAME)
+    assert [s for s, _ in saved.state["stopping"]["history"]] == [2, 4]
+    resumed = train_concept(components, concept, config, output_dir=tmp_path / "split", resume=True)
+    assert whole.stop_reason == "plateau" and whole.steps < 12
+    assert (resumed.steps, resumed.stop_reason, resumed.resumed_from) == (whole.steps, "plateau", 4)
+    assert torch.equal(whole.embedding.vectors, resumed.embedding.vectors)
+    assert resumed.held_out_losses == whole.held_out_losses
 
 
 def test_diverging_loss_stops_with_a_clear_error(tiny_model_dir, concept_images, tmp_path):

@@ -37,6 +37,8 @@ EXPECTED = [
     ("model", pa.string(), True),
     ("model_family", pa.string(), True),
     ("steps", pa.int32(), True),
+    ("steps_run", pa.int32(), True),
+    ("stop_reason", pa.string(), True),
     ("vectors", pa.int32(), True),
     ("lr", pa.float64(), True),
     ("image_similarity", pa.float64(), True),
