@@ -49,16 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         prog="create_gpu_limit",
         description="Create or update the Prefect global concurrency limit guarding sstar's GPU work.",
     )
-    parser.add_argument("--name", default="sstar-gpu",
-                        help="limit name; must match run.gpu_limit_name of the flows (default: %(default)s)")
-    parser.add_argument("--slots", type=_positive, default=1,
-                        help="inversions at once across all workers = GPUs x inversions per GPU (default: %(default)s)")
+    parser.add_argument(
+        "--name",
+        default="sstar-gpu",
+        help="limit name; must match run.gpu_limit_name of the flows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--slots",
+        type=_positive,
+        default=1,
+        help="inversions at once across all workers = GPUs x inversions per GPU (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     try:
         action = ensure_gpu_limit(args.name, args.slots)
     except Exception as exc:  # noqa: BLE001 - one line for the operator, not a traceback
-        print(f"create_gpu_limit: error: could not set limit {args.name!r}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
+        print(
+            f"create_gpu_limit: error: could not set limit {args.name!r}: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
         return 1
     print(f"global concurrency limit {args.name!r}: {action} ({args.slots} slot{'s' if args.slots != 1 else ''})")
     return 0

@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from html import escape
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-__all__ = ["CHART_JS_VERSION", "bar_chart", "chart", "charts_script", "histogram", "json_for_script",
-           "line_chart", "stacked_bar_chart"]
+__all__ = [
+    "CHART_JS_VERSION",
+    "bar_chart",
+    "chart",
+    "charts_script",
+    "histogram",
+    "json_for_script",
+    "line_chart",
+    "stacked_bar_chart",
+]
 
 CHART_JS_VERSION = "4.6.1"
 _ASSET = Path(__file__).resolve().parent / "assets" / "chart.umd.min.js"
@@ -39,8 +48,13 @@ document.querySelectorAll('script[type="application/json"][data-chart-for]').for
 def json_for_script(data: Any) -> str:
     """``data`` as JSON that is safe inside a ``<script>`` element (``<``, ``>``, ``&`` escaped)."""
     text = json.dumps(data, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 @lru_cache(maxsize=1)
@@ -59,51 +73,92 @@ def charts_script() -> str:
 
 def chart(chart_id: str, config: dict[str, Any], *, height: int = 300, label: str = "") -> str:
     """A canvas drawn by Chart.js from ``config`` (a Chart.js configuration of plain data), ``height`` px tall."""
-    config = {**config, "options": {"animation": False, "responsive": True, "maintainAspectRatio": False,
-                                     **config.get("options", {})}}
-    return (f"<div class='chart-box' style='position:relative;height:{int(height)}px'>"
-            f"<canvas id='{escape(chart_id, quote=True)}' role='img' aria-label='{escape(label, quote=True)}'>"
-            f"</canvas></div>"
-            f"<script type='application/json' data-chart-for='{escape(chart_id, quote=True)}'>"
-            f"{json_for_script(config)}</script>")
+    config = {
+        **config,
+        "options": {"animation": False, "responsive": True, "maintainAspectRatio": False, **config.get("options", {})},
+    }
+    return (
+        f"<div class='chart-box' style='position:relative;height:{int(height)}px'>"
+        f"<canvas id='{escape(chart_id, quote=True)}' role='img' aria-label='{escape(label, quote=True)}'>"
+        f"</canvas></div>"
+        f"<script type='application/json' data-chart-for='{escape(chart_id, quote=True)}'>"
+        f"{json_for_script(config)}</script>"
+    )
 
 
 def _axis(title: str) -> dict[str, Any]:
     return {"title": {"display": bool(title), "text": title}}
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], *, series: str, x_title: str = "",
-              y_title: str = "", horizontal: bool = False, signed_colours: bool = False) -> dict[str, Any]:
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    series: str,
+    x_title: str = "",
+    y_title: str = "",
+    horizontal: bool = False,
+    signed_colours: bool = False,
+) -> dict[str, Any]:
     """One series of bars; with ``signed_colours`` negative bars are red and the others green."""
     colours = [UP if v >= 0 else DOWN for v in values] if signed_colours else NEUTRAL
     return {
         "type": "bar",
-        "data": {"labels": list(labels), "datasets": [{"label": series, "data": list(values),
-                                                       "backgroundColor": colours}]},
-        "options": {"indexAxis": "y" if horizontal else "x", "plugins": {"legend": {"display": False}},
-                    "scales": {"x": _axis(x_title), "y": _axis(y_title)}},
+        "data": {
+            "labels": list(labels),
+            "datasets": [{"label": series, "data": list(values), "backgroundColor": colours}],
+        },
+        "options": {
+            "indexAxis": "y" if horizontal else "x",
+            "plugins": {"legend": {"display": False}},
+            "scales": {"x": _axis(x_title), "y": _axis(y_title)},
+        },
     }
 
 
-def stacked_bar_chart(labels: Sequence[str], series: dict[str, Sequence[float]], *, x_title: str = "",
-                      y_title: str = "", colours: dict[str, str] | None = None) -> dict[str, Any]:
+def stacked_bar_chart(
+    labels: Sequence[str],
+    series: dict[str, Sequence[float]],
+    *,
+    x_title: str = "",
+    y_title: str = "",
+    colours: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Bars stacked per label, one dataset per entry of ``series``."""
     colours = colours or {}
     return {
         "type": "bar",
-        "data": {"labels": list(labels), "datasets": [
-            {"label": name, "data": list(values), "backgroundColor": colours.get(name, NEUTRAL)}
-            for name, values in series.items()]},
+        "data": {
+            "labels": list(labels),
+            "datasets": [
+                {"label": name, "data": list(values), "backgroundColor": colours.get(name, NEUTRAL)}
+                for name, values in series.items()
+            ],
+        },
         "options": {"scales": {"x": {**_axis(x_title), "stacked": True}, "y": {**_axis(y_title), "stacked": True}}},
     }
 
 
-def line_chart(labels: Sequence[str], series: dict[str, Sequence[float | None]], *, x_title: str = "",
-               y_title: str = "", right_axis: Sequence[str] = ()) -> dict[str, Any]:
+def line_chart(
+    labels: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    *,
+    x_title: str = "",
+    y_title: str = "",
+    right_axis: Sequence[str] = (),
+) -> dict[str, Any]:
     """One line per entry of ``series`` (``None`` leaves a gap); the series named in ``right_axis`` use a
     second y axis on the right."""
-    datasets = [{"label": name, "data": list(values), "spanGaps": True, "pointRadius": 2,
-                 "yAxisID": "y2" if name in right_axis else "y"} for name, values in series.items()]
+    datasets = [
+        {
+            "label": name,
+            "data": list(values),
+            "spanGaps": True,
+            "pointRadius": 2,
+            "yAxisID": "y2" if name in right_axis else "y",
+        }
+        for name, values in series.items()
+    ]
     scales: dict[str, Any] = {"x": _axis(x_title), "y": _axis(y_title)}
     if right_axis:
         scales["y2"] = {**_axis(", ".join(right_axis)), "position": "right", "grid": {"drawOnChartArea": False}}

@@ -21,8 +21,9 @@ from tasks.records import ConceptRecord
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 
-def _concepts(spec: CompositionSpec, rows: Mapping[str, MetricsRow],
-              records: Mapping[str, ConceptRecord]) -> tuple[list[LearnedConcept], str | None]:
+def _concepts(
+    spec: CompositionSpec, rows: Mapping[str, MetricsRow], records: Mapping[str, ConceptRecord]
+) -> tuple[list[LearnedConcept], str | None]:
     """The learned concepts ``spec`` names, or why it cannot be composed (naming the concept)."""
     found = []
     for concept_id in spec.concepts:
@@ -37,17 +38,35 @@ def _concepts(spec: CompositionSpec, rows: Mapping[str, MetricsRow],
     return found, None
 
 
-def compose_catalog(catalog: str, out: str, run_id: str, rows: Sequence[MetricsRow],
-                    records: Mapping[str, ConceptRecord], learn: LearnSettings, evaluation: EvalSettings,
-                    run: RunSettings) -> list[CompositionRow]:
+def compose_catalog(
+    catalog: str,
+    out: str,
+    run_id: str,
+    rows: Sequence[MetricsRow],
+    records: Mapping[str, ConceptRecord],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+) -> list[CompositionRow]:
     """Render and score the catalog's compositions; append their rows (one Parquet file) and return them."""
     logger = get_run_logger()
     try:
         specs = read_compositions(catalog)
     except StorageError as exc:
         logger.error("compositions: %s", exc)
-        specs, unreadable = [], [CompositionRow(run_id=run_id, composition_id="_compositions.json", prompt="",
-                                                status="failed", concepts=(), error=str(exc))]
+        specs, unreadable = (
+            [],
+            [
+                CompositionRow(
+                    run_id=run_id,
+                    composition_id="_compositions.json",
+                    prompt="",
+                    status="failed",
+                    concepts=(),
+                    error=str(exc),
+                )
+            ],
+        )
     else:
         unreadable = []
     by_concept = {row.concept_id: row for row in rows}
@@ -57,17 +76,46 @@ def compose_catalog(catalog: str, out: str, run_id: str, rows: Sequence[MetricsR
         for spec in specs:
             concepts, problem = _concepts(spec, by_concept, records)
             if problem is not None:
-                results.append(CompositionRow(run_id=run_id, composition_id=spec.composition_id, prompt=spec.prompt,
-                                              status="failed", concepts=spec.concepts, error=problem))
+                results.append(
+                    CompositionRow(
+                        run_id=run_id,
+                        composition_id=spec.composition_id,
+                        prompt=spec.prompt,
+                        status="failed",
+                        concepts=spec.concepts,
+                        error=problem,
+                    )
+                )
                 continue
-            futures.append((spec, runner.submit(compose_task, {
-                "spec": spec, "concepts": concepts, "catalog_uri": catalog, "out_uri": out, "run_id": run_id,
-                "learn": learn, "evaluation": evaluation, "run": run})))
+            futures.append(
+                (
+                    spec,
+                    runner.submit(
+                        compose_task,
+                        {
+                            "spec": spec,
+                            "concepts": concepts,
+                            "catalog_uri": catalog,
+                            "out_uri": out,
+                            "run_id": run_id,
+                            "learn": learn,
+                            "evaluation": evaluation,
+                            "run": run,
+                        },
+                    ),
+                )
+            )
         for spec, future in futures:
             row = future.result(raise_on_failure=False)
             if isinstance(row, BaseException):
-                row = CompositionRow(run_id=run_id, composition_id=spec.composition_id, prompt=spec.prompt,
-                                     status="failed", concepts=spec.concepts, error=f"composition failed: {row}")
+                row = CompositionRow(
+                    run_id=run_id,
+                    composition_id=spec.composition_id,
+                    prompt=spec.prompt,
+                    status="failed",
+                    concepts=spec.concepts,
+                    error=f"composition failed: {row}",
+                )
             results.append(row)
     for row in results:
         logger.info("composition %s: %s%s", row.composition_id, row.status, f" ({row.error})" if row.error else "")

@@ -20,8 +20,12 @@ EPHEMERAL_STARTUP_TIMEOUT_S = 180
 
 #: ``(environment variable, section path in prefect's settings, field, value)`` of each default
 _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", ("server", "ephemeral"), "startup_timeout_seconds",
-     str(EPHEMERAL_STARTUP_TIMEOUT_S)),
+    (
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+        ("server", "ephemeral"),
+        "startup_timeout_seconds",
+        str(EPHEMERAL_STARTUP_TIMEOUT_S),
+    ),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", ("server",), "analytics_enabled", "false"),
 )
 

@@ -175,8 +175,11 @@ def _first_line(exc: BaseException) -> str:
 def _check_arch(open_clip, arch: str) -> None:
     known = open_clip.list_models()
     if arch not in known:
-        common = [name for name in (DEFAULT_ARCH, "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14", "RN50", TINY_ARCH)
-                  if name in known]
+        common = [
+            name
+            for name in (DEFAULT_ARCH, "ViT-B-32-quickgelu", "ViT-B-16", "ViT-L-14", "RN50", TINY_ARCH)
+            if name in known
+        ]
         raise InputError(
             f"unknown CLIP architecture {arch!r}; known ones include {', '.join(common)} "
             f"({len(known)} in all, see open_clip.list_models())"
@@ -196,9 +199,7 @@ def _create(spec: ClipSpec, device: torch.device):
         except Exception as exc:  # torch and open_clip raise RuntimeError, KeyError, ValueError, pickle errors…
             detail = _first_line(exc)
             if any(s in detail for s in ("size mismatch", "Missing key", "Unexpected key", "shape")):
-                raise InputError(
-                    f"CLIP checkpoint {path} does not match architecture {spec.arch}: {detail}"
-                ) from exc
+                raise InputError(f"CLIP checkpoint {path} does not match architecture {spec.arch}: {detail}") from exc
             if detail.startswith("Weights only load failed"):
                 detail = "not a state-dict file of tensors (pickled objects are not loaded)"
             raise InputError(f"cannot load CLIP checkpoint {path} as architecture {spec.arch}: {detail}") from exc

@@ -55,8 +55,13 @@ class CompositionScores:
         return make_grid([self.images], [self.prompt], title=title)
 
     def to_json(self) -> dict:
-        return {"prompt": self.prompt, "text_prompt": self.text_prompt, "image_similarities": self.image_similarities,
-                "min_image_similarity": self.min_image_similarity, "text_similarity": self.text_similarity}
+        return {
+            "prompt": self.prompt,
+            "text_prompt": self.text_prompt,
+            "image_similarities": self.image_similarities,
+            "min_image_similarity": self.min_image_similarity,
+            "text_similarity": self.text_similarity,
+        }
 
 
 def class_prompt(prompt: str, words: Sequence[Word]) -> str:
@@ -68,8 +73,14 @@ def class_prompt(prompt: str, words: Sequence[Word]) -> str:
     return text
 
 
-def score_composition(renderer: Renderer, clip: ClipModel, prompt: str, words: Sequence[Word],
-                      seeds: Sequence[int], clip_batch_size: int = 32) -> CompositionScores:
+def score_composition(
+    renderer: Renderer,
+    clip: ClipModel,
+    prompt: str,
+    words: Sequence[Word],
+    seeds: Sequence[int],
+    clip_batch_size: int = 32,
+) -> CompositionScores:
     """Render ``prompt`` over ``seeds`` with every word installed and score it (module docstring)."""
     if not words:
         raise InputError(f"composition {prompt!r} names no learned word")

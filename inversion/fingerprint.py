@@ -34,7 +34,8 @@ _lock = threading.Lock()
 def default_cache_file() -> Path:
     """``$SSTAR_CACHE_DIR/model-fingerprints.json``, else under ``$XDG_CACHE_HOME/sstar`` or ``~/.cache/sstar``."""
     base = os.environ.get("SSTAR_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstar")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sstar"
+    )
     return Path(base) / "model-fingerprints.json"
 
 
@@ -69,7 +70,8 @@ def _hub_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
     return Path(home) / "hub"
 
 

@@ -24,15 +24,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 
+from .config import MERGE_MODES, MergeMode
 from .errors import ConfigError, EmbeddingFormatError
 from .formats import LearnedEmbedding, load_embeddings, save_embedding_files
 
-MergeMode = Literal["sum", "slerp", "concat"]
-MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 #: the metadata key of a merged word's files (a JSON object; see the module docstring)
 MERGE_METADATA_KEY = "sstar.merge"
 
@@ -47,8 +45,9 @@ class Parent:
 
     def __post_init__(self) -> None:
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
-            raise ConfigError(f"weight of {self.source or self.embedding.token} must be a finite number, "
-                              f"got {self.weight!r}")
+            raise ConfigError(
+                f"weight of {self.source or self.embedding.token} must be a finite number, got {self.weight!r}"
+            )
 
 
 def parse_source(text: str) -> tuple[str, float]:
@@ -93,12 +92,16 @@ def merge_embeddings(parents: Sequence[Parent], token: str, mode: MergeMode = "s
 
     for other in parents[1:]:
         if other.embedding.widths != first.embedding.widths:
-            raise EmbeddingFormatError(f"{name(first)} and {name(other)} were learned for different model families "
-                                       f"(widths {first.embedding.widths} and {other.embedding.widths})")
+            raise EmbeddingFormatError(
+                f"{name(first)} and {name(other)} were learned for different model families "
+                f"(widths {first.embedding.widths} and {other.embedding.widths})"
+            )
         if mode != "concat" and other.embedding.num_vectors != first.embedding.num_vectors:
-            raise EmbeddingFormatError(f"{name(first)} has {first.embedding.num_vectors} vector(s) but {name(other)} "
-                                       f"{other.embedding.num_vectors}: {mode} matches vectors one to one "
-                                       f"(use --mode concat)")
+            raise EmbeddingFormatError(
+                f"{name(first)} has {first.embedding.num_vectors} vector(s) but {name(other)} "
+                f"{other.embedding.num_vectors}: {mode} matches vectors one to one "
+                f"(use --mode concat)"
+            )
     widths = first.embedding.widths
     if mode == "concat":
         vectors = torch.cat([p.weight * p.embedding.vectors for p in parents])
@@ -117,18 +120,25 @@ def merge_embeddings(parents: Sequence[Parent], token: str, mode: MergeMode = "s
 
 def merge_record(parents: Sequence[Parent], token: str, mode: MergeMode) -> dict[str, str]:
     """The metadata a merged word's files carry (:data:`MERGE_METADATA_KEY` → JSON)."""
+
     def sha256(source: str) -> str | None:
         path = Path(source)
         return hashlib.sha256(path.read_bytes()).hexdigest() if source and path.is_file() else None
 
-    record = {"mode": mode, "token": token, "parents": [
-        {"file": p.source, "token": p.embedding.token, "weight": p.weight, "sha256": sha256(p.source)}
-        for p in parents]}
+    record = {
+        "mode": mode,
+        "token": token,
+        "parents": [
+            {"file": p.source, "token": p.embedding.token, "weight": p.weight, "sha256": sha256(p.source)}
+            for p in parents
+        ],
+    }
     return {MERGE_METADATA_KEY: json.dumps(record, sort_keys=True)}
 
 
-def merge_files(sources: Sequence[tuple[str | Path, float]], token: str, out: Path,
-                mode: MergeMode = "sum") -> dict[str, Path]:
+def merge_files(
+    sources: Sequence[tuple[str | Path, float]], token: str, out: Path, mode: MergeMode = "sum"
+) -> dict[str, Path]:
     """``sstar merge``: read the parent files (tokens must be distinct), merge, and write every format
     into the folder ``out`` with the merge in each file's metadata. Returns the files by kind."""
     paths = [Path(path) for path, _ in sources]

@@ -108,7 +108,8 @@ def default_captions(initializer: str, property: str = "object") -> list[str]:
 
 _OBJECT_LEAD = re.compile(
     r"^(?:(?:a|an|the)\s+)?(?:(?:close-up|good|clear|cropped)\s+)?"
-    r"(?:photo|photograph|picture|image|snapshot)\s+of(?:\s+|$)", re.IGNORECASE,
+    r"(?:photo|photograph|picture|image|snapshot)\s+of(?:\s+|$)",
+    re.IGNORECASE,
 )
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.IGNORECASE)
 _STYLE_LEAD = re.compile(r"^.*?\bin\s+the\s+style\s+of(?:\s+|$)", re.IGNORECASE)

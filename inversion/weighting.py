@@ -45,14 +45,17 @@ if TYPE_CHECKING:
 #: A1111's factor of ``(text)``; ``[text]`` divides by it
 ROUND_BRACKET = 1.1
 
-_ATTENTION = re.compile(r"""
+_ATTENTION = re.compile(
+    r"""
 \\\(|\\\)|\\\[|\\\]|\\\\|\\|   # escapes, and a lone backslash
 \(|\[|                         # opening brackets
 :\s*([+-]?[.\d]+)\s*\)|        # ":weight)" closes a round bracket with that weight
 \)|\]|                         # closing brackets
 [^\\()\[\]:]+|                 # plain text
 :                              # a colon that is not a weight
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 
 @dataclass(frozen=True)

@@ -45,22 +45,24 @@ MAX_COMPOSITIONS_BYTES = 1024 * 1024
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _STATUSES = ("ok", "failed", "skipped")
 
-COMPOSITIONS_SCHEMA = pa.schema([
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("run_date", pa.date32(), nullable=False),
-    pa.field("composition_id", pa.string(), nullable=False),
-    pa.field("prompt", pa.string(), nullable=False),
-    pa.field("key", pa.string()),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string()),
-    pa.field("concepts", pa.list_(pa.string()), nullable=False),
-    pa.field("digests", pa.list_(pa.string())),
-    pa.field("image_similarities", pa.list_(pa.float64())),
-    pa.field("min_image_similarity", pa.float64()),
-    pa.field("text_similarity", pa.float64()),
-    pa.field("grid_uri", pa.string()),
-    pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
-])
+COMPOSITIONS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("run_date", pa.date32(), nullable=False),
+        pa.field("composition_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("concepts", pa.list_(pa.string()), nullable=False),
+        pa.field("digests", pa.list_(pa.string())),
+        pa.field("image_similarities", pa.list_(pa.float64())),
+        pa.field("min_image_similarity", pa.float64()),
+        pa.field("text_similarity", pa.float64()),
+        pa.field("grid_uri", pa.string()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
 _PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
 
 
@@ -85,7 +87,7 @@ def parse_compositions(raw: bytes, where: str = COMPOSITIONS_FILE) -> list[Compo
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
-        raise InvalidInput(f"{where}: expected a JSON list of {{\"id\", \"prompt\"}} objects")
+        raise InvalidInput(f'{where}: expected a JSON list of {{"id", "prompt"}} objects')
     specs: dict[str, CompositionSpec] = {}
     for i, entry in enumerate(data):
         if not isinstance(entry, dict) or set(entry) != {"id", "prompt"}:
@@ -165,17 +167,26 @@ def append_compositions(out_uri: str, rows: Iterable[CompositionRow], s3: S3Sett
     rows = list(rows)
     if not rows or len({(r.run_id, r.run_date) for r in rows}) != 1:
         raise InvalidInput("append_compositions needs rows of one run on one date")
-    table = pa.table({name: pa.array([getattr(r, name) for r in rows], type=COMPOSITIONS_SCHEMA.field(name).type)
-                      for name in COMPOSITIONS_SCHEMA.names if name != "run_date"})
+    table = pa.table(
+        {
+            name: pa.array([getattr(r, name) for r in rows], type=COMPOSITIONS_SCHEMA.field(name).type)
+            for name in COMPOSITIONS_SCHEMA.names
+            if name != "run_date"
+        }
+    )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     store = open_store(out_uri, s3)
     for _ in range(3):
-        key = (f"{COMPOSITION_METRICS_DIR}/run_date={rows[0].run_date.isoformat()}/"  # type: ignore[union-attr]
-               f"{rows[0].run_id}-{uuid.uuid4().hex[:8]}.parquet")
+        key = (
+            f"{COMPOSITION_METRICS_DIR}/run_date={rows[0].run_date.isoformat()}/"  # type: ignore[union-attr]
+            f"{rows[0].run_id}-{uuid.uuid4().hex[:8]}.parquet"
+        )
         if store.put_once(key, sink.getvalue().to_pybytes()):
             return store.url(key)
-    raise StorageError(f"could not find a free file name under {store.url(COMPOSITION_METRICS_DIR)}")  # pragma: no cover
+    raise StorageError(
+        f"could not find a free file name under {store.url(COMPOSITION_METRICS_DIR)}"
+    )  # pragma: no cover
 
 
 def read_composition_rows(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
@@ -185,10 +196,18 @@ def read_composition_rows(out_uri: str, s3: S3Settings | None = None) -> pa.Tabl
     try:
         if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
             return COMPOSITIONS_SCHEMA.empty_table()
-        table = ds.dataset(path, filesystem=filesystem, format="parquet", schema=COMPOSITIONS_SCHEMA,
-                           partitioning=_PARTITIONING, ignore_prefixes=[".", "_"]).to_table()
+        table = ds.dataset(
+            path,
+            filesystem=filesystem,
+            format="parquet",
+            schema=COMPOSITIONS_SCHEMA,
+            partitioning=_PARTITIONING,
+            ignore_prefixes=[".", "_"],
+        ).to_table()
     except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot read composition rows under {out_uri.rstrip('/')}/{COMPOSITION_METRICS_DIR}: "
-                           f"{exc}") from None
-    return table.select(COMPOSITIONS_SCHEMA.names).sort_by([("created_at", "ascending"),
-                                                            ("composition_id", "ascending")])
+        raise StorageError(
+            f"cannot read composition rows under {out_uri.rstrip('/')}/{COMPOSITION_METRICS_DIR}: {exc}"
+        ) from None
+    return table.select(COMPOSITIONS_SCHEMA.names).sort_by(
+        [("created_at", "ascending"), ("composition_id", "ascending")]
+    )

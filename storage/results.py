@@ -90,7 +90,9 @@ class ResultManifest:
         try:
             body = json.loads(raw)
             files = {name: FileEntry(int(e["size"]), str(e["sha256"])) for name, e in body["files"].items()}
-            return cls(str(body["concept_id"]), str(body["digest"]), str(body["run_id"]), str(body["created_at"]), files)
+            return cls(
+                str(body["concept_id"]), str(body["digest"]), str(body["run_id"]), str(body["created_at"]), files
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"corrupt manifest {where}: {type(exc).__name__}: {exc}") from None
 
@@ -246,7 +248,9 @@ class ResultStore:
             raise StorageError(f"{self.uri(concept_id, digest, SUCCESS)} disappeared while publishing")
         return self._settle(concept_id, digest, entries, existing)
 
-    def _settle(self, concept_id: str, digest: str, entries: Mapping[str, FileEntry], existing: ResultManifest) -> PublishedResult:
+    def _settle(
+        self, concept_id: str, digest: str, entries: Mapping[str, FileEntry], existing: ResultManifest
+    ) -> PublishedResult:
         if dict(existing.files) != dict(entries):
             raise AlreadyExists(
                 f"{self.store.url(self.prefix(concept_id, digest))} was already published by run "
@@ -287,10 +291,9 @@ class ResultStore:
     def list_checkpoints(self, concept_id: str, digest: str) -> list[str]:
         """Names of the stored checkpoint files."""
         base = self.checkpoint_prefix(concept_id, digest) + "/"
-        return [k[len(base):] for k in self.store.list(base)]
+        return [k[len(base) :] for k in self.store.list(base)]
 
     def clear_checkpoints(self, concept_id: str, digest: str) -> int:
         """Delete every checkpoint of ``concept_id``/``digest``; returns how many."""
         base = self.checkpoint_prefix(concept_id, digest) + "/"
         return self.store.delete_many(list(self.store.list(base)))
-

@@ -30,7 +30,9 @@ _CONFLICT_ATTEMPTS = 6
 class S3Store(ObjectStore):
     """Objects under ``s3://bucket/prefix/``; keys are relative to the prefix."""
 
-    def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None, *, client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", settings: S3Settings | None = None, *, client: Any = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._root = f"{self.prefix}/" if self.prefix else ""

@@ -84,8 +84,10 @@ class ScanState:
                 if not (isinstance(listing, str) and isinstance(images, str)):
                     raise ValueError(f"bad entry for {cid!r}")
                 concepts[str(cid)] = ConceptState(listing, images)
-            metas = {str(cid): MetaState(int(size), str(etag), str(text))
-                     for cid, (size, etag, text) in body["metas"].items()}
+            metas = {
+                str(cid): MetaState(int(size), str(etag), str(text))
+                for cid, (size, etag, text) in body["metas"].items()
+            }
             return cls(str(body["catalog"]), concepts, metas)
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"not a catalog scan state: {type(exc).__name__}: {exc}") from None
@@ -103,8 +105,12 @@ def load_scan_state(out: ObjectStore, catalog_uri: str) -> ScanState:
         log.warning("ignoring the catalog scan state %s (%s); this scan reads every image", out.url(STATE_KEY), exc)
         return empty
     if state.catalog != catalog_uri:
-        log.info("the scan state in %s is for %s, not %s; this scan reads every image",
-                 out.url(STATE_KEY), state.catalog, catalog_uri)
+        log.info(
+            "the scan state in %s is for %s, not %s; this scan reads every image",
+            out.url(STATE_KEY),
+            state.catalog,
+            catalog_uri,
+        )
         return empty
     return state
 
@@ -112,7 +118,10 @@ def load_scan_state(out: ObjectStore, catalog_uri: str) -> ScanState:
 def save_scan_state(out: ObjectStore, state: ScanState, previous: ScanState | None = None) -> bool:
     """Atomically replace the stored state with ``state``; skipped (``False``) when it equals ``previous``."""
     if previous is not None and (previous.catalog, dict(previous.concepts), dict(previous.metas)) == (
-            state.catalog, dict(state.concepts), dict(state.metas)):
+        state.catalog,
+        dict(state.concepts),
+        dict(state.metas),
+    ):
         return False
     out.put(STATE_KEY, state.to_bytes())
     return True

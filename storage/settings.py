@@ -85,7 +85,11 @@ class S3Settings:
             raise InvalidSettings("access_key_id and secret_access_key must be given together")
         if self.session_token is not None and self.access_key_id is None:
             raise InvalidSettings("session_token requires access_key_id and secret_access_key")
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or not 1 <= self.max_attempts <= 20:
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or not 1 <= self.max_attempts <= 20
+        ):
             raise InvalidSettings(f"max_attempts must be an integer in 1..20, got {self.max_attempts!r}")
         for name in ("connect_timeout", "read_timeout"):
             value = getattr(self, name)

@@ -31,8 +31,10 @@ def chromium_binary() -> str:
     explicit = os.environ.get("SSTAR_CHROMIUM")
     found = explicit or next((path for name in BROWSERS if (path := shutil.which(name))), None)
     if not found:
-        pytest.fail("headless Chromium is required for the browser tests: install Debian's `chromium` package "
-                    "(apt-get install -y chromium) or set SSTAR_CHROMIUM to a Chrome/Chromium binary")
+        pytest.fail(
+            "headless Chromium is required for the browser tests: install Debian's `chromium` package "
+            "(apt-get install -y chromium) or set SSTAR_CHROMIUM to a Chrome/Chromium binary"
+        )
     return found
 
 
@@ -87,17 +89,31 @@ def _errors(events: list[dict]) -> list[str]:
     return errors
 
 
-def open_page(path: Path, expression: str, *, width: int = 1400, height: int = 1000,
-              settle_s: float = 0.5) -> PageResult:
+def open_page(
+    path: Path, expression: str, *, width: int = 1400, height: int = 1000, settle_s: float = 0.5
+) -> PageResult:
     """Load ``path`` (a local HTML file) in headless Chromium, wait for its load event and ``settle_s``,
     evaluate ``expression`` (its value must be JSON-serialisable) and collect the page's errors."""
     binary = chromium_binary()
     profile = tempfile.mkdtemp(prefix="sstar-chromium-")
     proc = subprocess.Popen(
-        [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-         "--disable-extensions", "--remote-debugging-port=0", f"--user-data-dir={profile}",
-         f"--window-size={width},{height}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            binary,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         deadline, port = time.monotonic() + 60, None

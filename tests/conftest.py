@@ -21,8 +21,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DREAMBOOTH = Path(os.environ.get("SSTAR_DREAMBOOTH_DIR")
-                  or REPO_ROOT.parent / "shared" / "datasets" / "dreambooth" / "dataset")
+DREAMBOOTH = Path(
+    os.environ.get("SSTAR_DREAMBOOTH_DIR") or REPO_ROOT.parent / "shared" / "datasets" / "dreambooth" / "dataset"
+)
 
 
 @pytest.fixture(scope="session")
@@ -85,15 +86,26 @@ def concept_images(tmp_path) -> Path:
 
 
 # --- a real S3 endpoint: moto's server on 127.0.0.1 in a child process -----------------------------
-from tests.storage.helpers import ACCESS_KEY, BUCKET, SECRET_KEY, make_settings  # noqa: E402
 from storage.settings import S3Settings  # noqa: E402
+from tests.storage.helpers import ACCESS_KEY, BUCKET, SECRET_KEY, make_settings  # noqa: E402
 
 MOTO_SERVER = Path(__file__).resolve().parent / "storage" / "moto_s3_server.py"
 
 _AWS_VARS = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_MAX_ATTEMPTS",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_MAX_ATTEMPTS",
 )
 
 
@@ -166,7 +178,6 @@ def s3_client(s3_settings: S3Settings):
     client = s3_settings.s3_client()
     client.create_bucket(Bucket=BUCKET)
     return client
-
 
 
 @pytest.fixture(scope="session")

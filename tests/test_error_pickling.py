@@ -26,8 +26,11 @@ def _error_classes() -> list[type[BaseException]]:
         for name in names:
             module = importlib.import_module(name)
             for value in vars(module).values():
-                if inspect.isclass(value) and issubclass(value, BaseException) and \
-                        value.__module__.split(".")[0] in PACKAGES:
+                if (
+                    inspect.isclass(value)
+                    and issubclass(value, BaseException)
+                    and value.__module__.split(".")[0] in PACKAGES
+                ):
                     found[f"{value.__module__}.{value.__qualname__}"] = value
     return [found[key] for key in sorted(found)]
 

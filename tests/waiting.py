@@ -13,8 +13,14 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, *, interval: float = 0.05,
-               abort: Callable[[], str | None] | None = None) -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.05,
+    abort: Callable[[], str | None] | None = None,
+) -> T:
     """Return ``predicate()``'s first truthy value, checked every ``interval`` seconds.
 
     Raises :class:`AssertionError` naming ``what`` once ``timeout`` seconds pass, or as soon as

@@ -84,8 +84,12 @@ class HeldOutConcept:
         return BEST_TEMPLATE.format(phrase(self.size_word, self.hue_word, self.shape, self.background))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "hue_word": self.hue_word, "size_word": self.size_word,
-                "best_caption": self.best_caption()}
+        return {
+            **asdict(self),
+            "hue_word": self.hue_word,
+            "size_word": self.size_word,
+            "best_caption": self.best_caption(),
+        }
 
 
 #: the held-out concepts; each hue is exactly half-way between two bin centres
@@ -106,7 +110,6 @@ def phrase(size_word: str | None, hue_word_: str | None, shape: str, background:
     return text
 
 
-
 def concept_attributes(concept: HeldOutConcept, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     """``n`` scenes of ``concept`` (fixed hue, shape, size, background) at random positions."""
     size = np.full(n, concept.size)
@@ -122,6 +125,7 @@ def concept_attributes(concept: HeldOutConcept, rng: np.random.Generator, n: int
 
 
 # -- pixels -------------------------------------------------------------------------------------------
+
 
 def render(attrs: dict[str, np.ndarray], resolution: int = DEFAULT_RESOLUTION, supersample: int = 4) -> np.ndarray:
     """Draw the scenes ``attrs`` as uint8 images ``[N, resolution, resolution, 3]``.
@@ -149,11 +153,9 @@ def render(attrs: dict[str, np.ndarray], resolution: int = DEFAULT_RESOLUTION, s
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
-
-
-def concept_images(concept: HeldOutConcept, n: int, seed: int = 0, resolution: int = DEFAULT_RESOLUTION,
-                   supersample: int = 4) -> np.ndarray:
+def concept_images(
+    concept: HeldOutConcept, n: int, seed: int = 0, resolution: int = DEFAULT_RESOLUTION, supersample: int = 4
+) -> np.ndarray:
     """``n`` training images of a held-out concept (seeded; positions vary)."""
     rng = np.random.default_rng(seed)
     return render(concept_attributes(concept, rng, n), resolution, supersample)
-

@@ -15,25 +15,47 @@ from inversion.families import PromptEncoder
 
 def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys):
     out = tmp_path / "results.csv"
-    code = speed.main([
-        "--models", "tiny", "--resolutions", "native", "--batch", "1", "--packs", "1,2",
-        "--steps", "2", "--warmup", "0", "--device", "cpu", "--precision", "fp32",
-        "--no-isolate", "--images", str(tmp_path / "images"), "--out", str(out),
-    ])
+    code = speed.main(
+        [
+            "--models",
+            "tiny",
+            "--resolutions",
+            "native",
+            "--batch",
+            "1",
+            "--packs",
+            "1,2",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--no-isolate",
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for header in ("variant", "s/step", "concept-steps/s", "peak mem", "× baseline"):
         assert header in printed
     rows = list(csv.DictReader(out.open()))
     assert [(r["variant"], r["model"], r["concepts_per_batch"]) for r in rows] == [
-        ("baseline", "tiny", "1"), ("sstar", "tiny", "1"), ("sstar-packed", "tiny", "2")]
+        ("baseline", "tiny", "1"),
+        ("sstar", "tiny", "1"),
+        ("sstar-packed", "tiny", "2"),
+    ]
     for row in rows:
         assert row["error"] == ""
         assert row["resolution"] == "64" and row["batch"] == "1"
         assert len(row["step_seconds"].split(";")) == 2
         assert float(row["s_per_step"]) > 0 and float(row["peak_memory_mb"]) > 0
-        assert abs(float(row["concept_steps_per_s"]) * float(row["s_per_step"])
-                   - int(row["concepts_per_batch"])) < 0.01
+        assert abs(float(row["concept_steps_per_s"]) * float(row["s_per_step"]) - int(row["concepts_per_batch"])) < 0.01
         assert row["variant"] in printed
     baseline, single = rows[0], rows[1]
     for row in rows:  # each ratio from the row's own throughput and its reference row's, as the CSV holds them
@@ -47,11 +69,24 @@ def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys)
 
 def test_ratios_compare_throughput_with_the_same_models_baseline_and_single_run():
     def row(variant, k, steps_per_s, cpu_s, resolution=64):
-        return dict(variant=variant, model="tiny", resolution=resolution, batch=1, device="cpu", concepts_per_batch=k,
-                    concept_steps_per_s=steps_per_s, cpu_s_per_step=cpu_s)
+        return dict(
+            variant=variant,
+            model="tiny",
+            resolution=resolution,
+            batch=1,
+            device="cpu",
+            concepts_per_batch=k,
+            concept_steps_per_s=steps_per_s,
+            cpu_s_per_step=cpu_s,
+        )
 
-    rows = [row("baseline", 1, 2.0, 0.5), row("sstar", 1, 3.0, 0.25), row("sstar-packed", 2, 5.0, 0.4),
-            row("baseline", 1, 1.0, 1.0, resolution=128), row("sstar", 1, 4.0, 0.5, resolution=128)]
+    rows = [
+        row("baseline", 1, 2.0, 0.5),
+        row("sstar", 1, 3.0, 0.25),
+        row("sstar-packed", 2, 5.0, 0.4),
+        row("baseline", 1, 1.0, 1.0, resolution=128),
+        row("sstar", 1, 4.0, 0.5, resolution=128),
+    ]
     speed.fill_ratios(rows)
     assert [r["ratio_to_baseline"] for r in rows] == [1.0, 1.5, 2.5, 1.0, 4.0]
     assert [r["ratio_to_single"] for r in rows] == [0.667, 1.0, 1.667, 0.25, 1.0]
@@ -61,11 +96,31 @@ def test_ratios_compare_throughput_with_the_same_models_baseline_and_single_run(
 
 def test_sdxl_race_runs_on_sdxl_tiny_at_its_native_resolution(tmp_path, capsys):
     out = tmp_path / "results.csv"
-    code = speed.main([
-        "--models", "sdxl-tiny", "--batch", "1", "--packs", "1", "--steps", "2", "--warmup", "0",
-        "--device", "cpu", "--precision", "fp32", "--baseline-precision", "no", "--no-isolate",
-        "--images", str(tmp_path / "images"), "--out", str(out),
-    ])  # fp32 both: one model build shared with the tests below (the recipe's bf16 runs in the restore test)
+    code = speed.main(
+        [
+            "--models",
+            "sdxl-tiny",
+            "--batch",
+            "1",
+            "--packs",
+            "1",
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--precision",
+            "fp32",
+            "--baseline-precision",
+            "no",
+            "--no-isolate",
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+        ]
+    )  # fp32 both: one model build shared with the tests below (the recipe's bf16 runs in the restore test)
     assert code == 0
     rows = list(csv.DictReader(out.open()))
     assert [(r["variant"], r["model"]) for r in rows] == [("baseline", "sdxl-tiny"), ("sstar", "sdxl-tiny")]
@@ -75,7 +130,8 @@ def test_sdxl_race_runs_on_sdxl_tiny_at_its_native_resolution(tmp_path, capsys):
         assert row["resolution"] == "64"  # no --resolutions: an SDXL model runs at its own size
         assert len(row["step_seconds"].split(";")) == 2 and float(row["s_per_step"]) > 0
     assert float(rows[1]["ratio_to_baseline"]) == pytest.approx(
-        round(float(rows[1]["concept_steps_per_s"]) / float(rows[0]["concept_steps_per_s"]), 3), abs=1e-9)
+        round(float(rows[1]["concept_steps_per_s"]) / float(rows[0]["concept_steps_per_s"]), 3), abs=1e-9
+    )
     assert "sdxl-tiny" in capsys.readouterr().out
 
 
@@ -106,8 +162,7 @@ def test_baseline_trains_only_the_placeholder_rows_and_restores_the_model(tmp_pa
             assert torch.equal(live[:-1], table.to(live.dtype))
             assert not torch.equal(live[-1], start.to(live.dtype))
 
-    result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu",
-                          on_step=inspect)
+    result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu", on_step=inspect)
     assert seen == [1, 2] and len(result.step_seconds) == 2
     assert all(torch.isfinite(torch.tensor(result.losses)))
     for encoder, table in zip(encoders, tables):
@@ -123,8 +178,10 @@ def test_sdxl_baseline_conditions_the_unet_as_the_pipeline_does():
     components = speed.get_components("sdxl-tiny")
     encoder = PromptEncoder(components)
     prompt = "a photo of a cat on a beach"
-    ids = [t(prompt, padding="max_length", truncation=True, max_length=t.model_max_length,
-             return_tensors="pt").input_ids for t in encoder.tokenizers]
+    ids = [
+        t(prompt, padding="max_length", truncation=True, max_length=t.model_max_length, return_tensors="pt").input_ids
+        for t in encoder.tokenizers
+    ]
     time_ids = torch.tensor([[80.0, 96.0, 0.0, 16.0, 64.0, 64.0]])
     kwargs = encode_conditioning("sdxl", encoder.encoders, ids, time_ids, torch.float32)
     expected = encoder.encode([prompt])
@@ -138,8 +195,9 @@ def test_baseline_gpu_recipe_path_runs_on_cpu(tmp_path):
     exercised here so that bench/gpu.sh's baseline is not first run on a rented GPU."""
     components = speed.get_components("tiny")
     speed.make_images(tmp_path, 1, 64)
-    result = run_baseline(components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu",
-                          mixed_precision="fp16")
+    result = run_baseline(
+        components, tmp_path / "concept-0", resolution=64, steps=2, device="cpu", mixed_precision="fp16"
+    )
     assert len(result.losses) == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     assert components.unet.dtype == components.dtype and components.vae.dtype == components.dtype
 

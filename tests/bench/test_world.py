@@ -34,7 +34,9 @@ def test_captions_follow_the_grammar():
         assert named <= {scene["hue_word"], scene["shape"], scene["background"], scene["size_word"]}, caption
         if scene["background"] in words:
             assert f"on a {scene['background']} background" in caption
-    assert any(c.startswith("a photo of") for c in captions) and any(c.split()[0] in G.SIZE_WORDS for c in captions if c)
+    assert any(c.startswith("a photo of") for c in captions) and any(
+        c.split()[0] in G.SIZE_WORDS for c in captions if c
+    )
 
 
 def test_hue_words_bin_the_hue_and_are_single_clip_tokens():
@@ -52,12 +54,14 @@ def test_held_out_concepts_sit_half_way_between_bins_and_are_never_generated():
     assert len(G.HELD_OUT) >= 4
     for concept in G.HELD_OUT:
         assert G.circular_distance(concept.hue, np.array(G.HUE_CENTRES)).min() == pytest.approx(G.HUE_BIN_WIDTH / 2)
-        assert concept.best_caption() == (f"a photo of a {concept.size_word} {concept.hue_word} {concept.shape} "
-                                          f"on a {concept.background} background")
+        assert concept.best_caption() == (
+            f"a photo of a {concept.size_word} {concept.hue_word} {concept.shape} on a {concept.background} background"
+        )
     attrs = G.sample_attributes(np.random.default_rng(1), 30_000)
     for concept in G.HELD_OUT:
-        same = (attrs["shape"] == G.SHAPES.index(concept.shape)) & \
-               (attrs["background"] == G.BACKGROUNDS.index(concept.background))
+        same = (attrs["shape"] == G.SHAPES.index(concept.shape)) & (
+            attrs["background"] == G.BACKGROUNDS.index(concept.background)
+        )
         assert same.sum() > 500
         assert G.circular_distance(attrs["hue"][same], concept.hue).min() > G.EXCLUSION_DEGREES
     # other shapes/backgrounds still get that hue
@@ -85,8 +89,10 @@ def test_oracle_recovers_hue_background_and_size(seed):
     assert m.background_names == [s["background"] for s in info]
     large = np.array([s["size_word"] == "large" for s in info])
     assert m.size[large].mean() > 2 * m.size[~large].mean()
-    assert m.hue_words == [s["hue_word"] for s in info] or \
-        np.mean([w == s["hue_word"] for w, s in zip(m.hue_words, info)]) > 0.97  # bin edges may round
+    assert (
+        m.hue_words == [s["hue_word"] for s in info]
+        or np.mean([w == s["hue_word"] for w, s in zip(m.hue_words, info)]) > 0.97
+    )  # bin edges may round
 
 
 def test_oracle_accepts_pil_images_and_finds_no_shape_in_a_blank_image():
@@ -114,9 +120,35 @@ def test_world_training_command_writes_a_loadable_model(tmp_path):
     from inversion.models import load_components
 
     out = tmp_path / "world"
-    assert main(["--out", str(out), "--device", "cpu", "--dataset-size", "256", "--vae-steps", "2",
-                 "--diffusion-steps", "2", "--clip-steps", "2", "--vae-batch", "8", "--diffusion-batch", "8",
-                 "--clip-batch", "8", "--eval-samples", "4", "--eval-steps", "2"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--dataset-size",
+                "256",
+                "--vae-steps",
+                "2",
+                "--diffusion-steps",
+                "2",
+                "--clip-steps",
+                "2",
+                "--vae-batch",
+                "8",
+                "--diffusion-batch",
+                "8",
+                "--clip-batch",
+                "8",
+                "--eval-samples",
+                "4",
+                "--eval-steps",
+                "2",
+            ]
+        )
+        == 0
+    )
     components = load_components(out)
     assert components.resolution == 32
     clip = load_clip(ClipSpec(WORLD_CLIP_ARCH, checkpoint=out / "clip" / f"{WORLD_CLIP_ARCH}.safetensors"), "cpu")

@@ -18,8 +18,9 @@ def _decoded_png(image: Image.Image) -> Image.Image:
     return decoded
 
 
-@pytest.mark.parametrize(("value", "expected"), [(0, 0), (200, 1), (257, 1), (32767, 127), (32768, 128),
-                                                 (60000, 233), (65535, 255)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0, 0), (200, 1), (257, 1), (32767, 127), (32768, 128), (60000, 233), (65535, 255)]
+)
 def test_sixteen_bit_grey_scales_by_the_full_range(value: int, expected: int) -> None:
     """round(v * 255 / 65535), however dark the picture: a 16-bit value of 200 is almost black."""
     image = _decoded_png(Image.new("I;16", (4, 4), value))

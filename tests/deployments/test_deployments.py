@@ -47,6 +47,7 @@ def template() -> dict:
 
 # --- prefect.yaml -----------------------------------------------------------------------------------
 
+
 def test_project_file_is_a_valid_prefect_project(project: dict) -> None:
     from prefect.cli.deploy._models import PrefectYamlModel
 
@@ -62,11 +63,19 @@ def test_both_deployments_point_at_existing_flow_functions(deployments: dict[str
         assert deployments[name]["entrypoint"] == entrypoint
         path, function = entrypoint.split(":")
         source = (REPO / path).read_text()
-        functions = {node.name: node for node in ast.walk(ast.parse(source))
-                     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        functions = {
+            node.name: node
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        }
         assert function in functions, f"{path} has no def {function}"
-        flow_names = [kw.value.value for dec in functions[function].decorator_list if isinstance(dec, ast.Call)
-                      for kw in dec.keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)]
+        flow_names = [
+            kw.value.value
+            for dec in functions[function].decorator_list
+            if isinstance(dec, ast.Call)
+            for kw in dec.keywords
+            if kw.arg == "name" and isinstance(kw.value, ast.Constant)
+        ]
         assert flow_names == [flow_name]
         assert deployments[name]["work_pool"]["name"] == "gpu-pool"
 
@@ -95,8 +104,14 @@ def test_parameters_validate_against_the_settings_models(deployments: dict[str, 
         assert run.gpu_limit_name == "sstar-gpu"
     nightly = deployments["learn-catalog-nightly"]
     assert nightly["parameters"]["run"]["deployment"] == "learn-concept/learn-concept"
-    assert set(deployments["learn-concept"]["parameters"]) == {"catalog", "out", "learn", "evaluation", "run",
-                                                              "parent_run_id"}
+    assert set(deployments["learn-concept"]["parameters"]) == {
+        "catalog",
+        "out",
+        "learn",
+        "evaluation",
+        "run",
+        "parent_run_id",
+    }
 
 
 def test_gpu_requests_per_deployment(deployments: dict[str, dict], template: dict) -> None:
@@ -109,6 +124,7 @@ def test_gpu_requests_per_deployment(deployments: dict[str, dict], template: dic
 
 
 # --- the Kubernetes base job template ----------------------------------------------------------------
+
 
 def _render(template: dict, **values) -> dict:
     """What the worker does: the variables' defaults, overridden by ``values``, applied to the template."""
@@ -151,6 +167,7 @@ def test_gpu_limit_references_gpu_count(template: dict) -> None:
 
 # --- against a Prefect server ------------------------------------------------------------------------
 
+
 def test_ensure_gpu_limit_creates_then_updates(prefect_harness) -> None:
     from prefect.client.orchestration import get_client
 
@@ -174,13 +191,18 @@ def test_prefect_deploy_creates_both_deployments(prefect_harness, template: dict
     from prefect.settings import PREFECT_API_URL
 
     with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name="gpu-pool", type="kubernetes", base_job_template=template),
-                                overwrite=True)
+        client.create_work_pool(
+            WorkPoolCreate(name="gpu-pool", type="kubernetes", base_job_template=template), overwrite=True
+        )
     env = {k: v for k, v in os.environ.items() if k != "SSTAR_SOURCE_DIR"}
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     done = subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with get_client(sync_client=True) as client:
@@ -191,6 +213,8 @@ def test_prefect_deploy_creates_both_deployments(prefect_harness, template: dict
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
     assert not adhoc.schedules
     assert adhoc.job_variables == {"gpu_count": 1} and nightly.job_variables["gpu_count"] == 0
-    assert nightly.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == \
-        "{{ $SSTAR_SOURCE_DIR }}"
+    assert (
+        nightly.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+        == "{{ $SSTAR_SOURCE_DIR }}"
+    )
     assert set(adhoc.parameter_openapi_schema["properties"]) >= {"catalog", "concept_id", "out", "learn", "run"}

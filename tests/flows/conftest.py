@@ -37,11 +37,19 @@ def two_runs(prefect_harness, tiny_model_dir, tmp_path_factory) -> TwoRuns:
     (catalog / "corrupt" / "00.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     clip = write_tiny_clip(root / "tiny-clip.pt")
     learn = LearnSettings(model=str(tiny_model_dir), steps=4, batch_size=2)
-    evaluation = EvalSettings(prompts=["a photo of {}"], samples=2, render_steps=2, clip_arch="sstar-tiny-clip",
-                              clip_checkpoint=str(clip))
+    evaluation = EvalSettings(
+        prompts=["a photo of {}"], samples=2, render_steps=2, clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip)
+    )
     run = RunSettings(device="cpu", checkpoint_every=0, workers=2, concepts_per_batch=2)
     for run_id in RUN_IDS:
-        learn_catalog(catalog=str(catalog), out=str(out), learn=learn, evaluation=evaluation, run=run, run_id=run_id,
-                      return_state=True)
+        learn_catalog(
+            catalog=str(catalog),
+            out=str(out),
+            learn=learn,
+            evaluation=evaluation,
+            run=run,
+            run_id=run_id,
+            return_state=True,
+        )
     summaries = {r: json.loads((out / "runs" / r / "summary.json").read_text()) for r in RUN_IDS}
     return TwoRuns(out, RUN_IDS, summaries)

@@ -24,10 +24,12 @@ def _charts_drawn(charts: list[dict], expected: set[str]) -> None:
 
 
 def test_dashboard_renders_in_chromium(two_runs: TwoRuns) -> None:
-    page = open_page(two_runs.out / "reports" / "dashboard.html",
-                     "({charts: " + CHARTS + ", rows: document.querySelectorAll('#concepts tbody tr').length,"
-                     " info: document.getElementById('concepts-info').textContent,"
-                     " links: Array.from(document.querySelectorAll('#concepts a')).map(a => a.getAttribute('href'))})")
+    page = open_page(
+        two_runs.out / "reports" / "dashboard.html",
+        "({charts: " + CHARTS + ", rows: document.querySelectorAll('#concepts tbody tr').length,"
+        " info: document.getElementById('concepts-info').textContent,"
+        " links: Array.from(document.querySelectorAll('#concepts a')).map(a => a.getAttribute('href'))})",
+    )
     assert page.errors == []
     _charts_drawn(page.value["charts"], {"runs-counts", "runs-seconds", "lift-histogram", "slowest"})
     assert page.value["rows"] == 3 and page.value["info"].startswith("3 of 3 concepts")
@@ -35,9 +37,11 @@ def test_dashboard_renders_in_chromium(two_runs: TwoRuns) -> None:
 
 
 def test_run_report_renders_in_chromium_with_its_thumbnails(two_runs: TwoRuns) -> None:
-    page = open_page(two_runs.out / "reports" / "views-run-1.html",
-                     "({charts: " + CHARTS + ", images: Array.from(document.images).map(i => "
-                     "({src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}))})")
+    page = open_page(
+        two_runs.out / "reports" / "views-run-1.html",
+        "({charts: " + CHARTS + ", images: Array.from(document.images).map(i => "
+        "({src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}))})",
+    )
     assert page.errors == []
     _charts_drawn(page.value["charts"], {"lift-chart"})
     images = page.value["images"]
@@ -54,9 +58,14 @@ def test_dashboard_with_10000_concepts_renders(tmp_path) -> None:
 
     page_path = tmp_path / "reports" / "dashboard.html"
     page_path.parent.mkdir()
-    page_path.write_text(render_dashboard(summarise(synthetic_rows(10_000)), results=ResultStore(open_store(str(tmp_path)))))
-    page = open_page(page_path, "({charts: " + CHARTS + ", rows: document.querySelectorAll('#concepts tbody tr')"
-                                ".length, info: document.getElementById('concepts-info').textContent})")
+    page_path.write_text(
+        render_dashboard(summarise(synthetic_rows(10_000)), results=ResultStore(open_store(str(tmp_path))))
+    )
+    page = open_page(
+        page_path,
+        "({charts: " + CHARTS + ", rows: document.querySelectorAll('#concepts tbody tr')"
+        ".length, info: document.getElementById('concepts-info').textContent})",
+    )
     assert page.errors == []
     assert page.value["rows"] == 100 and page.value["info"].startswith("10000 of 10000 concepts")
     _charts_drawn(page.value["charts"], {"runs-counts", "runs-seconds", "lift-histogram", "slowest"})

@@ -45,11 +45,13 @@ def _run(catalog, out, model, clip, run_id):
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
     learn = LearnSettings(model=str(model), steps=1, batch_size=1)
-    evaluation = EvalSettings(prompts=["a photo of {}"], samples=1, render_steps=1, clip_arch="sstar-tiny-clip",
-                              clip_checkpoint=str(clip))
+    evaluation = EvalSettings(
+        prompts=["a photo of {}"], samples=1, render_steps=1, clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip)
+    )
     run = RunSettings(device="cpu", checkpoint_every=0, workers=2, concepts_per_batch=2)
-    return learn_catalog(catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id,
-                         return_state=True)
+    return learn_catalog(
+        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True
+    )
 
 
 def _statuses(out, run_id):
@@ -68,12 +70,20 @@ def test_nightly_runs_read_what_changed(prefect_harness, proxy, s3_client, tiny_
     prefix = f"{root}/catalog"
     images = {
         "red": _upload_concept(s3_client, prefix, "red", write_shape_images(tmp_path / "red", 2, (200, 40, 40))),
-        "blue": _upload_concept(s3_client, prefix, "blue", write_shape_images(tmp_path / "blue", 2, (40, 40, 200), seed=1),
-                                {"token": "<café-猫>", "class": "square"}),
-        "green": _upload_concept(s3_client, prefix, "green", write_shape_images(tmp_path / "green", 2, (40, 200, 40), seed=2)),
+        "blue": _upload_concept(
+            s3_client,
+            prefix,
+            "blue",
+            write_shape_images(tmp_path / "blue", 2, (40, 40, 200), seed=1),
+            {"token": "<café-猫>", "class": "square"},
+        ),
+        "green": _upload_concept(
+            s3_client, prefix, "green", write_shape_images(tmp_path / "green", 2, (40, 200, 40), seed=2)
+        ),
     }
-    spaced = _upload_concept(s3_client, prefix, "spaced", write_shape_images(tmp_path / "spaced", 2, seed=3),
-                             {"token": "<two words>"})
+    spaced = _upload_concept(
+        s3_client, prefix, "spaced", write_shape_images(tmp_path / "spaced", 2, seed=3), {"token": "<two words>"}
+    )
     catalog, out = f"s3://{BUCKET}/{prefix}", f"s3://{BUCKET}/{root}/out"
 
     # first run: every usable concept's images are read once, by its own staging
@@ -96,13 +106,18 @@ def test_nightly_runs_read_what_changed(prefect_harness, proxy, s3_client, tiny_
     per_concept = [r for r in requests if r.kind in ("GET", "HEAD") and r.key.startswith(f"{root}/out/embeddings/")]
     assert per_concept == [], "the skip check is one listing, not a request per concept"
     read = {r.key.removeprefix(f"{root}/out/") for r in requests if r.kind in ("GET", "HEAD")}
-    assert {k for k in read if not k.startswith("reports/")} == {"state/catalog-scan.json.gz",
-                                                                 "embeddings_index/index.parquet"}, read
+    assert {k for k in read if not k.startswith("reports/")} == {
+        "state/catalog-scan.json.gz",
+        "embeddings_index/index.parquet",
+    }, read
     assert by_kind(requests)["LIST"] <= 4, "preflight, the catalog, embeddings/ (one page each here)"
 
     # one image of one concept changes: only that concept's images are read, once each
-    s3_client.put_object(Bucket=BUCKET, Key=images["green"][0],
-                         Body=(write_shape_images(tmp_path / "green2", 1, (10, 90, 10), seed=7) / "00.png").read_bytes())
+    s3_client.put_object(
+        Bucket=BUCKET,
+        Key=images["green"][0],
+        Body=(write_shape_images(tmp_path / "green2", 1, (10, 90, 10), seed=7) / "00.png").read_bytes(),
+    )
     _run(catalog, out, tiny_model_dir, clip, "run-3")
     requests = proxy.reset()
     assert _statuses(out, "run-3") == {"red": "skipped", "blue": "skipped", "green": "ok", "spaced": "failed"}

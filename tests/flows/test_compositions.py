@@ -49,8 +49,11 @@ def s3_catalog(s3_client, moto_endpoint, monkeypatch):
     for concept_id, color, class_name in (("mug", (200, 40, 40), "mug"), ("brand", (40, 40, 200), "painting")):
         for i in range(2):
             s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/{i:02d}.png", Body=_png(color, i))
-        s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/concept.json",
-                             Body=json.dumps({"initializer": class_name, "class": class_name}))
+        s3_client.put_object(
+            Bucket=BUCKET,
+            Key=f"{prefix}/catalog/{concept_id}/concept.json",
+            Body=json.dumps({"initializer": class_name, "class": class_name}),
+        )
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/broken/00.jpg", Body=b"\xff\xd8\xff not a jpeg")
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/_compositions.json", Body=json.dumps(COMPOSITIONS))
     return prefix, f"s3://{BUCKET}/{prefix}/catalog", f"s3://{BUCKET}/{prefix}/out"
@@ -61,11 +64,13 @@ def _run(catalog, out, model, clip, run_id):
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
     learn = LearnSettings(model=str(model), steps=2, batch_size=2)
-    evaluation = EvalSettings(prompts=["a photo of {}"], samples=2, render_steps=2, clip_arch="sstar-tiny-clip",
-                              clip_checkpoint=str(clip))
+    evaluation = EvalSettings(
+        prompts=["a photo of {}"], samples=2, render_steps=2, clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip)
+    )
     run = RunSettings(device="cpu", workers=1, concepts_per_batch=2)
-    return learn_catalog(catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id,
-                         return_state=True)
+    return learn_catalog(
+        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True
+    )
 
 
 def _rows(out, run_id):
@@ -74,8 +79,9 @@ def _rows(out, run_id):
     return {r["composition_id"]: r for r in read_composition_rows(out).to_pylist() if r["run_id"] == run_id}
 
 
-def test_compositions_are_rendered_scored_reported_and_reused(prefect_harness, s3_catalog, s3_client, tiny_model_dir,
-                                                             clip_checkpoint):
+def test_compositions_are_rendered_scored_reported_and_reused(
+    prefect_harness, s3_catalog, s3_client, tiny_model_dir, clip_checkpoint
+):
     from storage.compositions import composition_prefix
     from storage.metrics import read_metrics
     from tests.conftest import BUCKET
@@ -85,7 +91,11 @@ def test_compositions_are_rendered_scored_reported_and_reused(prefect_harness, s
     assert first.is_failed()  # the broken concept
     rows = _rows(out, "run-1")
     assert {cid: r["status"] for cid, r in rows.items()} == {
-        "mug-in-brand": "ok", "mug-alone": "ok", "with-broken": "failed", "with-ghost": "failed"}
+        "mug-in-brand": "ok",
+        "mug-alone": "ok",
+        "with-broken": "failed",
+        "with-ghost": "failed",
+    }
     assert rows["with-broken"]["error"].startswith("concept broken failed: ")
     assert rows["with-ghost"]["error"] == "concept ghost is not a usable concept of the catalog"
     blend = rows["mug-in-brand"]

@@ -18,13 +18,30 @@ EVIL = "<script>alert('x')</script>"
 
 
 def _row(run: int, concept_id: str, status: str, lift: float | None = None, **extra) -> dict:
-    row = dict(run_id=f"run-{run}", run_date=(T0 + timedelta(days=run)).date(), concept_id=concept_id,
-               digest="cd" * 8, token=f"<{concept_id}>", status=status, error=None, model="m", steps=10, vectors=1,
-               lr=5e-3, image_similarity=None if lift is None else 0.8, text_similarity=0.3,
-               baseline_image_similarity=None if lift is None else 0.8 - lift, baseline_text_similarity=0.3,
-               inversion_lift=lift, final_loss=0.1, train_seconds=10.0 if status == "ok" else None,
-               eval_seconds=2.0 if status == "ok" else None, embedding_uri=None, grid_uri=None,
-               created_at=T0 + timedelta(days=run, seconds=len(concept_id)))
+    row = dict(
+        run_id=f"run-{run}",
+        run_date=(T0 + timedelta(days=run)).date(),
+        concept_id=concept_id,
+        digest="cd" * 8,
+        token=f"<{concept_id}>",
+        status=status,
+        error=None,
+        model="m",
+        steps=10,
+        vectors=1,
+        lr=5e-3,
+        image_similarity=None if lift is None else 0.8,
+        text_similarity=0.3,
+        baseline_image_similarity=None if lift is None else 0.8 - lift,
+        baseline_text_similarity=0.3,
+        inversion_lift=lift,
+        final_loss=0.1,
+        train_seconds=10.0 if status == "ok" else None,
+        eval_seconds=2.0 if status == "ok" else None,
+        embedding_uri=None,
+        grid_uri=None,
+        created_at=T0 + timedelta(days=run, seconds=len(concept_id)),
+    )
     row.update(extra)
     return row
 
@@ -46,8 +63,13 @@ def rows() -> list[dict]:
 def test_summary_latest_runs_reasons_and_slowest(rows: list[dict]) -> None:
     dashboard = summarise(rows)
     latest = {r["concept_id"]: (r["status"], r["run_id"]) for r in dashboard.latest}
-    assert latest == {"cat": ("skipped", "run-2"), "dog": ("ok", "run-2"), "vase": ("failed", "run-2"),
-                      "pot": ("failed", "run-2"), "cup": ("failed", "run-2")}
+    assert latest == {
+        "cat": ("skipped", "run-2"),
+        "dog": ("ok", "run-2"),
+        "vase": ("failed", "run-2"),
+        "pot": ("failed", "run-2"),
+        "cup": ("failed", "run-2"),
+    }
     assert [r["run_id"] for r in dashboard.runs] == ["run-1", "run-2"]
     first, second = dashboard.runs
     assert (first["ok"], first["failed"], first["skipped"], first["concepts"]) == (2, 1, 0, 3)
@@ -55,8 +77,10 @@ def test_summary_latest_runs_reasons_and_slowest(rows: list[dict]) -> None:
     assert first["mean_lift"] == pytest.approx(0.04) and second["mean_lift"] == pytest.approx(0.04)
     assert first["train_seconds"] == 80.0 and first["eval_seconds"] == 4.0
     assert [(g["reason"], g["concepts"]) for g in dashboard.reasons] == [
-        ("NaN loss at step #", 1), ("ingest failed: pot/#.jpg: truncated '…'", 1),
-        ("ingest failed: vase/#.jpg: truncated '…'", 1)]
+        ("NaN loss at step #", 1),
+        ("ingest failed: pot/#.jpg: truncated '…'", 1),
+        ("ingest failed: vase/#.jpg: truncated '…'", 1),
+    ]
     # the latest ok learning per concept: dog's run-2 (20 s) replaces its run-1 (50 s)
     assert [(r["concept_id"], r["train_seconds"]) for r in dashboard.slowest] == [("cat", 30.0), ("dog", 20.0)]
 
@@ -94,8 +118,9 @@ def test_page_links_escapes_and_charts(rows: list[dict], tmp_path) -> None:
 def test_page_stays_under_5_mb_at_10000_concepts(tmp_path) -> None:
     from bench.dashboard_size import synthetic_rows
 
-    html = render_dashboard(summarise(synthetic_rows(10_000, runs=30, changed=300)),
-                            results=ResultStore(open_store(str(tmp_path))))
+    html = render_dashboard(
+        summarise(synthetic_rows(10_000, runs=30, changed=300)), results=ResultStore(open_store(str(tmp_path)))
+    )
     size = len(html.encode())
     assert len(_data(html)["rows"]) == 10_000
     assert size < 5_000_000, size
@@ -107,8 +132,11 @@ def test_catalog_runs_refresh_it_and_the_command_rebuilds_it(two_runs) -> None:
     page = two_runs.out / DASHBOARD_KEY
     assert page.is_file(), "every catalog run refreshes the dashboard"
     data = _data(page.read_text(encoding="utf-8"))
-    assert {r[0]: r[1] for r in data["rows"]} == {"red-square": "skipped", "blue-square": "skipped",
-                                                   "corrupt": "failed"}
+    assert {r[0]: r[1] for r in data["rows"]} == {
+        "red-square": "skipped",
+        "blue-square": "skipped",
+        "corrupt": "failed",
+    }
     page.unlink()
     assert main(["dashboard", "--out", str(two_runs.out)]) == 0
     assert page.is_file() and "views-run-2" in page.read_text(encoding="utf-8")

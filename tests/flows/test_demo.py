@@ -23,8 +23,14 @@ def test_demo_shows_the_method_working(tmp_path) -> None:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
     env.pop("PREFECT_API_URL", None)
     demo_dir = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--dir", str(demo_dir)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=1100)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "demo", "--dir", str(demo_dir)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from storage.metrics import read_metrics
 
@@ -48,8 +54,12 @@ def test_world_demo_catalog_and_settings(tmp_path) -> None:
     concepts = sorted(p.name for p in demo.catalog.iterdir())
     assert concepts == sorted(c.name for c in HELD_OUT)
     meta = json.loads((demo.catalog / HELD_OUT[0].name / "concept.json").read_text())
-    assert meta == {"token": f"<{HELD_OUT[0].name}>", "initializer": HELD_OUT[0].shape, "class": HELD_OUT[0].shape,
-                    "captions": [HELD_OUT[0].best_caption()]}
+    assert meta == {
+        "token": f"<{HELD_OUT[0].name}>",
+        "initializer": HELD_OUT[0].shape,
+        "class": HELD_OUT[0].shape,
+        "captions": [HELD_OUT[0].best_caption()],
+    }
     assert len(list((demo.catalog / HELD_OUT[0].name).glob("*.png"))) == 4
     assert demo.learn.model == str(toyworld.MODEL_DIR) and demo.evaluation.clip_arch == toyworld.CLIP_ARCH
     assert Path(demo.evaluation.clip_checkpoint).is_file()

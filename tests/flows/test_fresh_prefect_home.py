@@ -38,16 +38,20 @@ def _apply_defaults(tmp_path: Path, env: dict[str, str]) -> dict:
         " 'analytics': s.analytics_enabled}))\n"
     )
     env = {**env, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_defaults_apply_where_the_user_set_nothing(tmp_path):
     seen = _apply_defaults(tmp_path, _fresh_env(tmp_path / "home"))
-    assert seen["applied"] == {"DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-                               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    assert seen["applied"] == {
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     assert seen["timeout"] == 180 and seen["analytics"] is False
 
 
@@ -85,10 +89,40 @@ def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path
     assert not home.exists()
 
     done = subprocess.run(
-        [str(SSTAR), "learn", "--catalog", str(catalog), "--out", str(out), "--model", str(tiny_model_dir),
-         "--steps", "1", "--batch-size", "1", "--samples", "1", "--render-steps", "1", "--prompts", str(prompts),
-         "--clip-arch", "sstar-tiny-clip", "--clip-checkpoint", str(clip), "--device", "cpu", "--workers", "1"],
-        env=_fresh_env(home), cwd=tmp_path, capture_output=True, text=True, timeout=540, check=False,
+        [
+            str(SSTAR),
+            "learn",
+            "--catalog",
+            str(catalog),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--samples",
+            "1",
+            "--render-steps",
+            "1",
+            "--prompts",
+            str(prompts),
+            "--clip-arch",
+            "sstar-tiny-clip",
+            "--clip-checkpoint",
+            str(clip),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+        ],
+        env=_fresh_env(home),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "1 learned, 0 skipped, 0 failed" in done.stdout

@@ -12,7 +12,6 @@ import uuid
 
 import pytest
 
-
 pytestmark = pytest.mark.slow
 
 REAL_CONCEPTS = {"can": "can", "candle": "candle"}
@@ -35,13 +34,18 @@ def s3_catalog(s3_client, moto_endpoint, monkeypatch, dreambooth_dir):
     for concept_id, class_name in REAL_CONCEPTS.items():
         photos = sorted((dreambooth_dir / concept_id).glob("*.jpg"))[:3]
         for photo in photos:
-            s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/{photo.name}", Body=photo.read_bytes())
+            s3_client.put_object(
+                Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/{photo.name}", Body=photo.read_bytes()
+            )
         meta = {"initializer": class_name, "class": class_name}
         s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/{concept_id}/concept.json", Body=json.dumps(meta))
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/corrupt/00.jpg", Body=b"\xff\xd8\xff not really a jpeg")
-    s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/00.jpg",
-                         Body=(dreambooth_dir / "can" / "00.jpg").read_bytes())
-    s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/concept.json", Body=b'{"property": "sculpture"}')
+    s3_client.put_object(
+        Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/00.jpg", Body=(dreambooth_dir / "can" / "00.jpg").read_bytes()
+    )
+    s3_client.put_object(
+        Bucket=BUCKET, Key=f"{prefix}/catalog/bad-meta/concept.json", Body=b'{"property": "sculpture"}'
+    )
     s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/catalog/no-images/notes.txt", Body=b"nothing to learn")
     return f"s3://{BUCKET}/{prefix}/catalog", f"s3://{BUCKET}/{prefix}/out"
 
@@ -51,11 +55,17 @@ def _run(catalog, out, model, clip, run_id):
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
     learn = LearnSettings(model=str(model), steps=4, batch_size=2)
-    evaluation = EvalSettings(prompts=["a photo of {}", "a watercolor of {} on a beach"], samples=1, render_steps=2,
-                              clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip))
+    evaluation = EvalSettings(
+        prompts=["a photo of {}", "a watercolor of {} on a beach"],
+        samples=1,
+        render_steps=2,
+        clip_arch="sstar-tiny-clip",
+        clip_checkpoint=str(clip),
+    )
     run = RunSettings(device="cpu", checkpoint_every=2, workers=2, concepts_per_batch=2)
-    return learn_catalog(catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id,
-                         return_state=True)
+    return learn_catalog(
+        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True
+    )
 
 
 def _rows(out, run_id):
@@ -65,7 +75,9 @@ def _rows(out, run_id):
     return {r["concept_id"]: r for r in table if r["run_id"] == run_id}
 
 
-def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_dir, s3_client, tiny_model_dir, clip_checkpoint):
+def test_catalog_runs_skip_and_relearn(
+    prefect_harness, s3_catalog, dreambooth_dir, s3_client, tiny_model_dir, clip_checkpoint
+):
     from storage.metrics import read_embeddings_index
     from storage.objectstore import open_store
     from storage.results import ResultStore
@@ -77,7 +89,12 @@ def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_d
     assert "3 concept(s) failed" in first.message or "3 concept(s) failed" in str(first.result(raise_on_failure=False))
     rows = _rows(out, "run-1")
     assert {cid: r["status"] for cid, r in rows.items()} == {
-        "can": "ok", "candle": "ok", "corrupt": "failed", "bad-meta": "failed", "no-images": "failed"}
+        "can": "ok",
+        "candle": "ok",
+        "corrupt": "failed",
+        "bad-meta": "failed",
+        "no-images": "failed",
+    }
     assert "property must be one of object, style" in rows["bad-meta"]["error"]
     assert "corrupt/00.jpg" in rows["corrupt"]["error"]
     assert "no-images" in rows["no-images"]["error"] or "no image" in rows["no-images"]["error"]
@@ -92,7 +109,8 @@ def test_catalog_runs_skip_and_relearn(prefect_harness, s3_catalog, dreambooth_d
         assert results.is_complete(cid, row["digest"])
         assert results.verify(cid, row["digest"]) == []
         assert row["embedding_uri"].startswith(f"s3://{BUCKET}/") and row["embedding_uri"].endswith(
-            "learned_embeds.safetensors")
+            "learned_embeds.safetensors"
+        )
         names = set(results.read_manifest(cid, row["digest"]).files)
         assert {"learned_embeds.safetensors", f"{cid}.pt", "grid.png", "baseline_grid.png", "scores.json"} <= names
         assert not results.list_checkpoints(cid, row["digest"]), "checkpoints are cleared once published"
@@ -136,26 +154,42 @@ def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, c
 
     catalog, out = s3_catalog
     learn = LearnSettings(model=str(tiny_model_dir), steps=2, batch_size=1)
-    evaluation = EvalSettings(prompts=["a photo of {}"], samples=1, render_steps=2,
-                              clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip_checkpoint))
+    evaluation = EvalSettings(
+        prompts=["a photo of {}"],
+        samples=1,
+        render_steps=2,
+        clip_arch="sstar-tiny-clip",
+        clip_checkpoint=str(clip_checkpoint),
+    )
     run = RunSettings(device="cpu", workers=1)
 
     def learn_one(concept_id):
-        return learn_concept(catalog=catalog, concept_id=concept_id, out=out, learn=learn, evaluation=evaluation,
-                             run=run, return_state=True)
+        return learn_concept(
+            catalog=catalog,
+            concept_id=concept_id,
+            out=out,
+            learn=learn,
+            evaluation=evaluation,
+            run=run,
+            return_state=True,
+        )
 
     state = learn_one("can")
     row = state.result()
     assert row["concept_id"] == "can" and row["status"] == "ok" and row["steps"] == 2
     assert {"scan-catalog", "ingest-concept", "invert-concepts", "score-concept", "publish-concept"} <= set(
-        _task_names(state.state_details.flow_run_id)), "tasks run on the run's own runner still belong to the flow run"
+        _task_names(state.state_details.flow_run_id)
+    ), "tasks run on the run's own runner still belong to the flow run"
     bad = learn_one("bad-meta")
     assert bad.is_failed() and "property must be one of object, style" in str(bad.result(raise_on_failure=False))
     missing = learn_one("nope")
     assert missing.is_failed() and "no concept 'nope'" in str(missing.result(raise_on_failure=False))
     table = read_metrics(out).to_pylist()
     assert sorted((r["concept_id"], r["status"]) for r in table) == [
-        ("bad-meta", "failed"), ("can", "ok"), ("nope", "failed")]
+        ("bad-meta", "failed"),
+        ("can", "ok"),
+        ("nope", "failed"),
+    ]
 
 
 def test_fan_out_threads_follow_the_run_settings():

@@ -27,14 +27,33 @@ def _learn(catalog, out, model, *extra: str) -> tuple[int, str, float]:
     err = io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stderr(err):
-        code = main(["learn", "--catalog", str(catalog), "--out", str(out), "--model", str(model), "--steps", "1",
-                     "--samples", "1", "--render-steps", "1", "--device", "cpu", *extra])
+        code = main(
+            [
+                "learn",
+                "--catalog",
+                str(catalog),
+                "--out",
+                str(out),
+                "--model",
+                str(model),
+                "--steps",
+                "1",
+                "--samples",
+                "1",
+                "--render-steps",
+                "1",
+                "--device",
+                "cpu",
+                *extra,
+            ]
+        )
     return code, err.getvalue(), time.monotonic() - started
 
 
 @pytest.mark.parametrize("case", ["default-clip-offline", "clip-file", "model", "catalog", "out"])
-def test_learn_fails_fast_naming_the_option(case, prefect_harness, monkeypatch, tmp_path, tiny_model_dir,
-                                            clip_checkpoint):
+def test_learn_fails_fast_naming_the_option(
+    case, prefect_harness, monkeypatch, tmp_path, tiny_model_dir, clip_checkpoint
+):
     import huggingface_hub.constants
 
     catalog = tmp_path / "catalog"
@@ -46,8 +65,10 @@ def test_learn_fails_fast_naming_the_option(case, prefect_harness, monkeypatch, 
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         clip, option = [], "--clip-checkpoint"
     elif case == "clip-file":
-        clip, option = ["--clip-arch", "sstar-tiny-clip", "--clip-checkpoint", str(tmp_path / "no-such.pt")], \
-            "--clip-checkpoint"
+        clip, option = (
+            ["--clip-arch", "sstar-tiny-clip", "--clip-checkpoint", str(tmp_path / "no-such.pt")],
+            "--clip-checkpoint",
+        )
     elif case == "model":
         model, option = tmp_path / "no-model", "--model"
     elif case == "catalog":
@@ -70,6 +91,11 @@ def test_preflight_passes_and_leaves_no_probe(tmp_path, tiny_model_dir, clip_che
 
     catalog = write_shape_images(tmp_path / "catalog" / "red", 2).parent
     out = tmp_path / "out"
-    preflight(str(catalog), str(out), LearnSettings(model=str(tiny_model_dir)),
-              EvalSettings(clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip_checkpoint)), RunSettings(device="cpu"))
+    preflight(
+        str(catalog),
+        str(out),
+        LearnSettings(model=str(tiny_model_dir)),
+        EvalSettings(clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip_checkpoint)),
+        RunSettings(device="cpu"),
+    )
     assert out.is_dir() and list(out.iterdir()) == []

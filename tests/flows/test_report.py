@@ -17,12 +17,28 @@ DIGEST = "ab" * 8
 
 
 def _row(concept_id: str, status: str = "ok", lift: float | None = 0.05, **extra) -> dict:
-    row = dict(run_id="run-1", run_date="2024-05-01", concept_id=concept_id, digest=DIGEST, token=f"<{concept_id}>",
-               status=status, error=None, model="tiny", steps=20, vectors=1, lr=5e-3, image_similarity=0.81,
-               text_similarity=0.27, baseline_image_similarity=0.76, baseline_text_similarity=0.25,
-               inversion_lift=lift, final_loss=0.1234, train_seconds=12.5,
-               embedding_uri=f"s3://bucket/results/{concept_id}/learned_embeds.safetensors",
-               grid_uri=f"s3://bucket/results/{concept_id}/grid.png")
+    row = dict(
+        run_id="run-1",
+        run_date="2024-05-01",
+        concept_id=concept_id,
+        digest=DIGEST,
+        token=f"<{concept_id}>",
+        status=status,
+        error=None,
+        model="tiny",
+        steps=20,
+        vectors=1,
+        lr=5e-3,
+        image_similarity=0.81,
+        text_similarity=0.27,
+        baseline_image_similarity=0.76,
+        baseline_text_similarity=0.25,
+        inversion_lift=lift,
+        final_loss=0.1234,
+        train_seconds=12.5,
+        embedding_uri=f"s3://bucket/results/{concept_id}/learned_embeds.safetensors",
+        grid_uri=f"s3://bucket/results/{concept_id}/grid.png",
+    )
     row.update(extra)
     return row
 
@@ -128,9 +144,9 @@ def test_grids_are_linked_thumbnails_never_embedded(rows: list[dict], key) -> No
 def test_failures_listed_and_skipped_summarised(rows: list[dict], key) -> None:
     html = _render(rows, key)
     assert "Failures (2)" in html and "NaN loss at step 3" in html
-    skipped = html[html.index("Skipped"):]
+    skipped = html[html.index("Skipped") :]
     assert "Skipped — already learned (2)" in skipped
-    assert "mean <span class=\"up\">+0.020</span>" in skipped
+    assert 'mean <span class="up">+0.020</span>' in skipped
     assert "old-1" in skipped and "old-2" in skipped
     assert "<h3>old-1</h3>" not in html  # no card for a skipped concept
     assert 'href="s3://bucket/results/cat/learned_embeds.safetensors"' in html
@@ -139,9 +155,11 @@ def test_failures_listed_and_skipped_summarised(rows: list[dict], key) -> None:
 def test_report_stays_small_at_catalog_size(key) -> None:
     """1,000 learned concepts, 5,000 skipped and 500 failures: cards link their thumbnails, skipped
     concepts are a summary, failures past MAX_LISTED are counted."""
-    rows = ([_row(f"new-{i:04d}", lift=0.01 * (i % 7 - 2)) for i in range(1000)]
-            + [_row(f"old-{i:05d}", status="skipped", lift=0.05) for i in range(5000)]
-            + [_row(f"bad-{i:04d}", status="failed", lift=None, error="x" * 2000) for i in range(500)])
+    rows = (
+        [_row(f"new-{i:04d}", lift=0.01 * (i % 7 - 2)) for i in range(1000)]
+        + [_row(f"old-{i:05d}", status="skipped", lift=0.05) for i in range(5000)]
+        + [_row(f"bad-{i:04d}", status="failed", lift=None, error="x" * 2000) for i in range(500)]
+    )
     html = _render(rows, key)
     assert html.count("<div class='card'>") == 1000
     assert html.count("<div class='fail'>") == MAX_LISTED and f"… and {500 - MAX_LISTED} more failures" in html

@@ -21,10 +21,35 @@ STEPS = 100
 
 
 def _learn_args(catalog, out, model, clip):
-    return ["learn", "--catalog", str(catalog), "--out", str(out), "--model", str(model), "--steps", str(STEPS),
-            "--batch-size", "1", "--checkpoint-every", "5", "--samples", "1", "--render-steps", "2",
-            "--prompts", str(clip.parent / "prompts.txt"), "--clip-arch", "sstar-tiny-clip",
-            "--clip-checkpoint", str(clip), "--device", "cpu", "--workers", "1"]
+    return [
+        "learn",
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "1",
+        "--checkpoint-every",
+        "5",
+        "--samples",
+        "1",
+        "--render-steps",
+        "2",
+        "--prompts",
+        str(clip.parent / "prompts.txt"),
+        "--clip-arch",
+        "sstar-tiny-clip",
+        "--clip-checkpoint",
+        str(clip),
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+    ]
 
 
 def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_dir, tmp_path):
@@ -46,18 +71,28 @@ def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_di
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "killed.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *_learn_args(catalog, out, tiny_model_dir, clip)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *_learn_args(catalog, out, tiny_model_dir, clip)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     checkpoints = out / "checkpoints" / "red-square"
     try:
-        wait_until(lambda: list(checkpoints.rglob("checkpoint.safetensors")), 240, "a checkpoint upload",
-                   abort=lambda: proc.poll() is not None and (tmp_path / "killed.log").read_text()[-3000:])
+        wait_until(
+            lambda: list(checkpoints.rglob("checkpoint.safetensors")),
+            240,
+            "a checkpoint upload",
+            abort=lambda: proc.poll() is not None and (tmp_path / "killed.log").read_text()[-3000:],
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
-    assert not (out / "embeddings").exists() or not list((out / "embeddings").rglob("*")), \
+    assert not (out / "embeddings").exists() or not list((out / "embeddings").rglob("*")), (
         "a killed run must leave no visible result"
+    )
     # the dead process still holds its GPU slot until its lease expires; the test server does not run
     # Prefect's lease repossessor, so free the slot as an operator would
     from tasks.concurrency import release_all_slots
@@ -76,9 +111,11 @@ def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_di
     # the same concept trained without interruption ends with exactly the same vectors on the CPU
     staged_like = tmp_path / "reference-images"
     write_shape_images(staged_like)
-    reference = train_concept(load_components(tiny_model_dir),
-                              ConceptConfig("<red-square>", "square", staged_like, seed=0),
-                              TrainConfig(steps=STEPS, batch_size=1, checkpoint_every=5, device="cpu"))
+    reference = train_concept(
+        load_components(tiny_model_dir),
+        ConceptConfig("<red-square>", "square", staged_like, seed=0),
+        TrainConfig(steps=STEPS, batch_size=1, checkpoint_every=5, device="cpu"),
+    )
     learned = load_embedding(digest_dir / "learned_embeds.safetensors")
     torch.testing.assert_close(learned.vectors, reference.embedding.vectors, rtol=0, atol=0)
     assert training["losses"] == pytest.approx(reference.losses, rel=1e-6)

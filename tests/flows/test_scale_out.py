@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -52,16 +51,32 @@ def prefect_server(tmp_path):
     """A real ``prefect server start`` on 127.0.0.1 with its own SQLite database."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": url,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_UI_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_UI_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     try:
-        wait_until(lambda: _healthy(url), 90, "prefect server health",
-                   abort=lambda: proc.poll() is not None and f"it exited: {log.read_text()[-2000:]}")
+        wait_until(
+            lambda: _healthy(url),
+            90,
+            "prefect server health",
+            abort=lambda: proc.poll() is not None and f"it exited: {log.read_text()[-2000:]}",
+        )
         yield url, env
     finally:
         _stop(proc)
@@ -81,8 +96,13 @@ def test_two_workers_share_the_catalog(prefect_server, tiny_model_dir, tmp_path)
 
     clip = write_tiny_clip(tmp_path / "tiny-clip.pt")
 
-    subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "local-gpu", "--type", "process"],
-                   env=env, check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "prefect", "work-pool", "create", "local-gpu", "--type", "process"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     with temporary_settings(updates={PREFECT_API_URL: url}):
         deployment_id = prefect_flow.from_source(
             source=str(REPO_ROOT), entrypoint="flows/learn.py:learn_concept"
@@ -93,22 +113,48 @@ def test_two_workers_share_the_catalog(prefect_server, tiny_model_dir, tmp_path)
     for i in range(2):
         log = tmp_path / f"worker-{i}.log"
         logs.append(log)
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "local-gpu", "--limit", "1",
-             "--name", f"worker-{i}"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            start_new_session=True))
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "prefect",
+                    "worker",
+                    "start",
+                    "--pool",
+                    "local-gpu",
+                    "--limit",
+                    "1",
+                    "--name",
+                    f"worker-{i}",
+                ],
+                env=env,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        )
     try:
         from flows.learn import learn_catalog
         from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
         with temporary_settings(updates={PREFECT_API_URL: url}):
             state = learn_catalog(
-                catalog=str(catalog), out=str(out),
+                catalog=str(catalog),
+                out=str(out),
                 learn=LearnSettings(model=str(tiny_model_dir), steps=3, batch_size=1),
-                evaluation=EvalSettings(prompts=["a photo of {}"], samples=1, render_steps=2,
-                                        clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip)),
+                evaluation=EvalSettings(
+                    prompts=["a photo of {}"],
+                    samples=1,
+                    render_steps=2,
+                    clip_arch="sstar-tiny-clip",
+                    clip_checkpoint=str(clip),
+                ),
                 run=RunSettings(device="cpu", workers=4, deployment="learn-concept/learn-concept"),
-                run_id="scale-out", return_state=True)
+                run_id="scale-out",
+                return_state=True,
+            )
         assert state.is_completed(), state.message
     finally:
         for proc in workers:

@@ -50,11 +50,17 @@ def _check_views(con, runs: TwoRuns) -> None:
     assert by_run["views-run-1"]["train_seconds"] > 0 and by_run["views-run-1"]["eval_seconds"] > 0
     latest = {r["concept_id"]: r for r in _dicts(con, "SELECT * FROM latest_per_concept")}
     assert {c: r["status"] for c, r in latest.items()} == {
-        "red-square": "skipped", "blue-square": "skipped", "corrupt": "failed"}
+        "red-square": "skipped",
+        "blue-square": "skipped",
+        "corrupt": "failed",
+    }
     assert all(r["run_id"] == "views-run-2" for r in latest.values())
     assert latest["red-square"]["inversion_lift"] is not None  # a skipped row carries the learning run's scores
     failures = _dicts(con, "SELECT * FROM failures ORDER BY run_id")
-    assert [(f["run_id"], f["concept_id"]) for f in failures] == [("views-run-1", "corrupt"), ("views-run-2", "corrupt")]
+    assert [(f["run_id"], f["concept_id"]) for f in failures] == [
+        ("views-run-1", "corrupt"),
+        ("views-run-2", "corrupt"),
+    ]
     assert failures[0]["reason"] and "corrupt/00.jpg" in failures[0]["error"]
     assert str(con.execute("SELECT typeof(run_date) FROM metrics LIMIT 1").fetchone()[0]) == "DATE"
 
@@ -86,18 +92,23 @@ def test_dashboard_agrees_with_the_views(two_runs: TwoRuns) -> None:
 
     con = _connect(str(two_runs.out))
     dashboard = summarise(read_metrics(str(two_runs.out)).to_pylist())
-    views_latest = _dicts(con, "SELECT concept_id, status, run_id, inversion_lift FROM latest_per_concept "
-                               "ORDER BY concept_id")
-    assert [{k: r[k] for k in ("concept_id", "status", "run_id", "inversion_lift")} for r in dashboard.latest] == \
-        views_latest
+    views_latest = _dicts(
+        con, "SELECT concept_id, status, run_id, inversion_lift FROM latest_per_concept ORDER BY concept_id"
+    )
+    assert [
+        {k: r[k] for k in ("concept_id", "status", "run_id", "inversion_lift")} for r in dashboard.latest
+    ] == views_latest
     views_runs = _dicts(con, "SELECT * FROM runs ORDER BY started_at, run_id")
     for mine, theirs in zip(dashboard.runs, views_runs, strict=True):
         for key in ("run_id", "concepts", "ok", "failed", "skipped"):
             assert mine[key] == theirs[key], key
         for key in ("train_seconds", "eval_seconds", "mean_lift"):
             assert mine[key] == pytest.approx(theirs[key]), key
-    reasons = _dicts(con, "SELECT reason, count(*) AS n FROM latest_per_concept WHERE status = 'failed' "
-                          "GROUP BY reason ORDER BY n DESC, reason")
+    reasons = _dicts(
+        con,
+        "SELECT reason, count(*) AS n FROM latest_per_concept WHERE status = 'failed' "
+        "GROUP BY reason ORDER BY n DESC, reason",
+    )
     assert [(g["reason"], g["concepts"]) for g in dashboard.reasons] == [(r["reason"], r["n"]) for r in reasons]
 
 
@@ -106,11 +117,16 @@ def test_failure_reason_masks_particulars_like_the_sql() -> None:
 
     from flows.dashboard import failure_reason
 
-    errors = ["ingest failed: corrupt/00.jpg: cannot identify image 'x 12.jpg'\nTraceback …",
-              'scoring failed: cannot load CLIP "ViT-B-32" with 3 retries', "NaN loss at step 37", "", "é" * 300]
+    errors = [
+        "ingest failed: corrupt/00.jpg: cannot identify image 'x 12.jpg'\nTraceback …",
+        'scoring failed: cannot load CLIP "ViT-B-32" with 3 retries',
+        "NaN loss at step 37",
+        "",
+        "é" * 300,
+    ]
     con = duckdb.connect()
     sql = VIEWS.read_text(encoding="utf-8")
-    reason_sql = sql[sql.index("CASE WHEN error IS NULL"):sql.index("END AS reason") + len("END")]
+    reason_sql = sql[sql.index("CASE WHEN error IS NULL") : sql.index("END AS reason") + len("END")]
     for error in errors:
         (theirs,) = con.execute(f"SELECT {reason_sql} FROM (SELECT ?::VARCHAR AS error)", [error]).fetchone()
         assert failure_reason(error) == theirs, error

@@ -59,8 +59,9 @@ def test_embeddings_are_normalised_and_shaped(tiny):
 
 def test_batching_does_not_change_embeddings(tiny):
     images = _images(5, seed=1)
-    torch.testing.assert_close(tiny.embed_images(images, batch_size=2), tiny.embed_images(images, batch_size=32),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        tiny.embed_images(images, batch_size=2), tiny.embed_images(images, batch_size=32), atol=1e-5, rtol=1e-5
+    )
     texts = ["a", "a photo of a cat", "b c d"]
     torch.testing.assert_close(tiny.embed_texts(texts, batch_size=1), tiny.embed_texts(texts), atol=1e-5, rtol=1e-5)
 
@@ -118,8 +119,9 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 def test_unreadable_checkpoint_is_refused(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot load CLIP checkpoint .*junk.pt as architecture sstar-tiny-clip: "
-                                         "not a state-dict"):
+    with pytest.raises(
+        InputError, match="cannot load CLIP checkpoint .*junk.pt as architecture sstar-tiny-clip: not a state-dict"
+    ):
         load_clip(ClipSpec(TINY_ARCH, checkpoint=path), "cpu")
 
 
@@ -157,4 +159,3 @@ def test_spec_validation(tmp_path):
         ClipSpec("  ", pretrained="openai")
     assert ClipSpec(TINY_ARCH, checkpoint="x.pt").checkpoint.is_absolute()
     assert ClipSpec.default().describe() == "ViT-B-32/openai"
-

@@ -17,8 +17,10 @@ def _word(token: str, class_word: str) -> Word:
 
 def test_class_prompt_replaces_tokens_and_their_vector_names_and_drops_strengths():
     words = [_word("<mug>", "mug"), _word("<brand>", "painting")]
-    assert class_prompt("a (<mug>:0.7) in the style of <brand> <brand>_1", words) == \
-        "a mug in the style of painting painting"
+    assert (
+        class_prompt("a (<mug>:0.7) in the style of <brand> <brand>_1", words)
+        == "a mug in the style of painting painting"
+    )
 
 
 def test_a_prompt_missing_a_word_is_refused_before_rendering():
@@ -40,7 +42,12 @@ def test_composition_key_follows_the_prompt_and_the_concept_digests():
     base = composition_key(spec, [concept("a", "1" * 16), concept("b", "2" * 16)], learn, evaluation)
     assert base == composition_key(spec, [concept("a", "1" * 16), concept("b", "2" * 16)], learn, evaluation)
     assert base != composition_key(spec, [concept("a", "1" * 16), concept("b", "3" * 16)], learn, evaluation)
-    assert base != composition_key(CompositionSpec("c", "a {a} or {b}", ("a", "b")),
-                                   [concept("a", "1" * 16), concept("b", "2" * 16)], learn, evaluation)
-    assert base != composition_key(spec, [concept("a", "1" * 16), concept("b", "2" * 16)], learn,
-                                   EvalSettings(samples=evaluation.samples + 1))
+    assert base != composition_key(
+        CompositionSpec("c", "a {a} or {b}", ("a", "b")),
+        [concept("a", "1" * 16), concept("b", "2" * 16)],
+        learn,
+        evaluation,
+    )
+    assert base != composition_key(
+        spec, [concept("a", "1" * 16), concept("b", "2" * 16)], learn, EvalSettings(samples=evaluation.samples + 1)
+    )

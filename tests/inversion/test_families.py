@@ -82,7 +82,9 @@ def test_sdxl_pack_matches_alone_and_resume_is_exact(sdxl, tmp_path):
 
     config = TrainConfig(steps=4, batch_size=2, lr=5e-2, device="cpu")
     whole = train_concept(sdxl, concepts[0], config)
-    train_concept(sdxl, concepts[0], TrainConfig(steps=2, batch_size=2, lr=5e-2, device="cpu"), output_dir=tmp_path / "r")
+    train_concept(
+        sdxl, concepts[0], TrainConfig(steps=2, batch_size=2, lr=5e-2, device="cpu"), output_dir=tmp_path / "r"
+    )
     resumed = train_concept(sdxl, concepts[0], config, output_dir=tmp_path / "r", resume=True)
     assert resumed.resumed_from == 2
     torch.testing.assert_close(resumed.embedding.vectors, whole.embedding.vectors)
@@ -93,8 +95,9 @@ def test_sdxl_render_uses_the_word_and_refuses_a_one_encoder_embedding(sdxl, tmp
 
     renderer = Renderer(sdxl, RenderSettings(steps=2, guidance=2.0, device="cpu"))
     word = LearnedEmbedding("<xl-w>", torch.randn(1, 80, generator=torch.Generator().manual_seed(0)) * 3, (32, 48))
-    [[with_word]], [[plain]] = (renderer.render([p], [0], e) for p, e in
-                                (("a photo of <xl-w>", [word]), ("a photo of <xl-w>", [])))
+    [[with_word]], [[plain]] = (
+        renderer.render([p], [0], e) for p, e in (("a photo of <xl-w>", [word]), ("a photo of <xl-w>", []))
+    )
     assert with_word.size == (64, 64)
     assert with_word.tobytes() != plain.tobytes(), "the learned vectors must reach the image"
     sd1_word = LearnedEmbedding("<sd1-w>", torch.zeros(1, 32))
@@ -145,9 +148,11 @@ def test_diffusers_sdxl_pipeline_loads_our_files_with_the_conditioning_we_traine
     for first, second in sources.values():
         pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_tiny_model_dir)
         pipe.load_textual_inversion(first, token="<xl-cat>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
-        pipe.load_textual_inversion(second, token="<xl-cat>", text_encoder=pipe.text_encoder_2,
-                                    tokenizer=pipe.tokenizer_2)
-        hidden, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
+        pipe.load_textual_inversion(
+            second, token="<xl-cat>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+        )
+        hidden, _, pooled, _ = pipe.encode_prompt(
+            prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
         torch.testing.assert_close(hidden, ours.hidden)
         torch.testing.assert_close(pooled, ours.pooled)

@@ -41,8 +41,13 @@ def test_a1111_round_trip_uses_file_stem_as_token(embedding, tmp_path):
 # only if every entry name matches this; a legacy-format .pt passes if its five leading pickles
 # (magic, protocol, system info, the object, the storage keys) use only tensor-rebuilding globals.
 A1111_ZIP_ENTRY = re.compile(r"^([^/]+)/((data/\d+)|version|byteorder|.data/serialization_id|(data\.pkl))$")
-A1111_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
-                 ("torch._utils", "_rebuild_parameter"), ("torch", "FloatStorage"), ("torch", "HalfStorage")}
+A1111_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+}
 
 
 class _A1111Unpickler(pickle.Unpickler):
@@ -135,8 +140,13 @@ def test_diffusers_pipeline_loads_both_files_we_write(tiny_model_dir, embedding,
         ids = pipe.tokenizer.convert_tokens_to_ids(["<my-cat>", "<my-cat>_1", "<my-cat>_2"])
         table = pipe.text_encoder.get_input_embeddings().weight
         torch.testing.assert_close(table[ids], embedding.vectors)
-        image = pipe("a photo of <my-cat> on a beach", num_inference_steps=2, height=64, width=64,
-                     generator=torch.Generator().manual_seed(0)).images[0]
+        image = pipe(
+            "a photo of <my-cat> on a beach",
+            num_inference_steps=2,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
         assert image.size == (64, 64)
 
 
@@ -151,8 +161,10 @@ def test_sdxl_files_every_client_loads(tmp_path):
     embedding = _sdxl_word()
     files = save_embedding_files(embedding, tmp_path)
     assert {k: p.name for k, p in files.items()} == {
-        "diffusers": "learned_embeds.safetensors", "diffusers_2": "learned_embeds_2.safetensors",
-        "sdxl": "xl-cat.safetensors"}
+        "diffusers": "learned_embeds.safetensors",
+        "diffusers_2": "learned_embeds_2.safetensors",
+        "sdxl": "xl-cat.safetensors",
+    }
     single = load_file(str(files["sdxl"]))  # a plain dict with both keys: what A1111 requires
     assert set(single) == {"clip_l", "clip_g"}
     assert single["clip_l"].shape == (2, 768) and single["clip_g"].shape == (2, 1280)

@@ -37,8 +37,10 @@ def test_slerp_follows_the_great_circle_and_interpolates_lengths():
         assert angle == pytest.approx(t * math.pi / 2, abs=1e-5)  # a quarter circle, evenly
         assert merged.norm().item() == pytest.approx((1 - t) * 2 + t * 4, rel=1e-5)
     # weights are normalised: 1 and 3 is t = 0.75
-    torch.testing.assert_close(merge_embeddings([Parent(a, 1), Parent(b, 3)], "<x>", "slerp").vectors,
-                               merge_embeddings([Parent(a, 0.25), Parent(b, 0.75)], "<x>", "slerp").vectors)
+    torch.testing.assert_close(
+        merge_embeddings([Parent(a, 1), Parent(b, 3)], "<x>", "slerp").vectors,
+        merge_embeddings([Parent(a, 0.25), Parent(b, 0.75)], "<x>", "slerp").vectors,
+    )
 
 
 def test_slerp_of_sdxl_words_interpolates_each_encoder_on_its_own():
@@ -94,7 +96,9 @@ def test_merge_command_writes_every_format_with_parents_and_weights(tmp_path, ca
         record = json.loads(read_metadata(out / name)[MERGE_METADATA_KEY])
         assert record["mode"] == "sum" and record["token"] == "<ab>"
         assert [(p["file"], p["token"], p["weight"]) for p in record["parents"]] == [
-            (str(a_path), "<a>", 0.5), (str(b_path), "<b>", 0.5)]
+            (str(a_path), "<a>", 0.5),
+            (str(b_path), "<b>", 0.5),
+        ]
         assert all(len(p["sha256"]) == 64 for p in record["parents"])
     a1111_safe_check(out / "ab.pt")  # the metadata keeps the .pt loadable by the UI
 

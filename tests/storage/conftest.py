@@ -12,6 +12,7 @@ from storage.settings import S3Settings
 
 from .helpers import FaultProxy, unique_s3_uri
 
+
 @pytest.fixture(params=["local", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param

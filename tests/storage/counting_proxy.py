@@ -72,15 +72,21 @@ def by_kind(requests: list[Request]) -> dict[str, int]:
 
 def bytes_read(requests: list[Request], key_prefix: str, suffixes: tuple[str, ...] = ()) -> int:
     """Bytes of object GET responses whose key starts with ``key_prefix`` (and ends with one of ``suffixes``)."""
-    return sum(r.response_bytes for r in requests if r.kind == "GET" and r.key.startswith(key_prefix)
-               and (not suffixes or r.key.lower().endswith(suffixes)))
+    return sum(
+        r.response_bytes
+        for r in requests
+        if r.kind == "GET" and r.key.startswith(key_prefix) and (not suffixes or r.key.lower().endswith(suffixes))
+    )
 
 
 def keys_read(requests: list[Request], key_prefix: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     """Keys of the object GETs under ``key_prefix`` (ending with one of ``suffixes``), in request order
     (repeats kept)."""
-    return [r.key for r in requests if r.kind == "GET" and r.key.startswith(key_prefix)
-            and (not suffixes or r.key.lower().endswith(suffixes))]
+    return [
+        r.key
+        for r in requests
+        if r.kind == "GET" and r.key.startswith(key_prefix) and (not suffixes or r.key.lower().endswith(suffixes))
+    ]
 
 
 class _Handler(BaseHTTPRequestHandler):

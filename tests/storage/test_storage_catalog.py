@@ -7,18 +7,23 @@ import re
 
 import pytest
 
-from . import imagegen
 from storage.catalog import ConceptMeta, concept_digest, discover_catalog, validate_concept_id
 from storage.errors import InvalidConcept, InvalidInput
 from storage.images import ingest_concept
 from storage.objectstore import ObjectStore
 
+from . import imagegen
+
 
 def test_meta_defaults_for_objects_and_styles() -> None:
     meta = ConceptMeta.defaults("simba")
     assert meta.to_dict() == {
-        "token": "<simba>", "initializer": "object", "class": "object", "property": "object",
-        "vectors": 1, "captions": [],
+        "token": "<simba>",
+        "initializer": "object",
+        "class": "object",
+        "property": "object",
+        "vectors": 1,
+        "captions": [],
     }
     style = ConceptMeta.from_dict("monet", {"property": "style"})
     assert (style.initializer, style.class_name, style.token) == ("painting", "painting", "<monet>")
@@ -26,12 +31,25 @@ def test_meta_defaults_for_objects_and_styles() -> None:
     assert (by_class.initializer, by_class.class_name) == ("cat", "cat")
     by_init = ConceptMeta.from_dict("c", {"initializer": "kitten"})
     assert (by_init.initializer, by_init.class_name) == ("kitten", "kitten")
-    full = ConceptMeta.from_json("c", json.dumps({
-        "initializer": "cat", "property": "object", "vectors": 3, "class": "feline",
-        "captions": ["a ginger cat on a sofa"], "token": "<simba>",
-    }).encode())
+    full = ConceptMeta.from_json(
+        "c",
+        json.dumps(
+            {
+                "initializer": "cat",
+                "property": "object",
+                "vectors": 3,
+                "class": "feline",
+                "captions": ["a ginger cat on a sofa"],
+                "token": "<simba>",
+            }
+        ).encode(),
+    )
     assert full.to_dict() == {
-        "token": "<simba>", "initializer": "cat", "class": "feline", "property": "object", "vectors": 3,
+        "token": "<simba>",
+        "initializer": "cat",
+        "class": "feline",
+        "property": "object",
+        "vectors": 3,
         "captions": ["a ginger cat on a sofa"],
     }
 
@@ -77,8 +95,10 @@ def test_digest_is_stable_and_sensitive() -> None:
     settings = {"steps": 100, "lr": 0.005, "model": "sd15"}
     digest = concept_digest(images, meta, settings)
     assert re.fullmatch(r"[0-9a-f]{16}", digest), digest  # what result keys accept (embeddings/<id>/<digest>)
-    assert concept_digest({k: bytes(bytearray(v)) for k, v in images.items()}, ConceptMeta.defaults("c"),
-                          dict(settings)) == digest  # equal content, other objects: the same digest
+    assert (
+        concept_digest({k: bytes(bytearray(v)) for k, v in images.items()}, ConceptMeta.defaults("c"), dict(settings))
+        == digest
+    )  # equal content, other objects: the same digest
     assert concept_digest(dict(reversed(images.items())), meta, dict(reversed(settings.items()))) == digest
     assert concept_digest(images, meta.to_dict(), settings) == digest
     changed = [

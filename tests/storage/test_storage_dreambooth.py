@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import unique_s3_uri
 from storage.catalog import IMAGE_EXTENSIONS, discover_catalog
 from storage.images import ingest_concept, write_pngs
 from storage.objectstore import open_store
+
+from .helpers import unique_s3_uri
 
 SETTINGS = {"model": "sd15", "steps": 3000, "lr": 0.005, "vectors": 1}
 
@@ -40,8 +41,12 @@ def dreambooth(s3_client, s3_settings, dreambooth_dir):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(upload, photos))
-        list(pool.map(lambda item: store.put(f"{item[0]}/concept.json", json.dumps({"class": item[1]}).encode()),
-                      classes.items()))
+        list(
+            pool.map(
+                lambda item: store.put(f"{item[0]}/concept.json", json.dumps({"class": item[1]}).encode()),
+                classes.items(),
+            )
+        )
     return store, photos, classes
 
 

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import date
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 import pytest
 
-from . import imagegen
-from .helpers import make_settings, unique_s3_uri
 from storage.catalog import discover_catalog
 from storage.images import ingest_concept
 from storage.metrics import MetricsRow, append_metrics, read_embeddings_index, read_metrics, update_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
+
+from . import imagegen
+from .helpers import make_settings, unique_s3_uri
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,9 @@ def _upload_catalog(store) -> None:
 def test_ingest_and_publish_complete_through_faults(s3_client, s3_settings, fault_proxy) -> None:
     root = unique_s3_uri("faults")
     _upload_catalog(open_store(f"{root}/catalog", s3_settings))
-    expected = {s.concept_id: s.digest for s in discover_catalog(open_store(f"{root}/catalog", s3_settings), SETTINGS).specs}
+    expected = {
+        s.concept_id: s.digest for s in discover_catalog(open_store(f"{root}/catalog", s3_settings), SETTINGS).specs
+    }
 
     proxy = fault_proxy(rate=0.25, seed=20240601)
     flaky = make_settings(proxy.endpoint, max_attempts=10, connect_timeout=5, read_timeout=20)
@@ -64,8 +67,16 @@ def test_ingest_and_publish_complete_through_faults(s3_client, s3_settings, faul
         result = results.publish(spec.concept_id, spec.digest, files, run_id="flaky-run")
         assert results.clear_checkpoints(spec.concept_id, spec.digest) == 1
         published[spec.concept_id] = (spec.digest, files)
-        rows.append(MetricsRow(run_id="flaky-run", concept_id=spec.concept_id, status="ok", digest=spec.digest,
-                               embedding_uri=result.uris["learned_embeds.safetensors"], grid_uri=result.uris["grid.png"]))
+        rows.append(
+            MetricsRow(
+                run_id="flaky-run",
+                concept_id=spec.concept_id,
+                status="ok",
+                digest=spec.digest,
+                embedding_uri=result.uris["learned_embeds.safetensors"],
+                grid_uri=result.uris["grid.png"],
+            )
+        )
     append_metrics(out, rows, flaky)
     update_embeddings_index(out, flaky)  # reads the dataset with pyarrow through the proxy
     assert read_metrics(out, flaky).num_rows == 3
@@ -98,8 +109,14 @@ def test_conditional_write_conflicts_are_retried(s3_client, fault_proxy) -> None
 def test_pyarrow_reads_retry_through_faults(s3_client, s3_settings, fault_proxy) -> None:
     out = unique_s3_uri("pyarrow-faults")
     for day in range(3):
-        append_metrics(out, [MetricsRow(run_id=f"r{day}", concept_id=f"c{i}", status="ok", steps=i,
-                                        run_date=date(2025, 1, 1 + day)) for i in range(5)], s3_settings)
+        append_metrics(
+            out,
+            [
+                MetricsRow(run_id=f"r{day}", concept_id=f"c{i}", status="ok", steps=i, run_date=date(2025, 1, 1 + day))
+                for i in range(5)
+            ],
+            s3_settings,
+        )
     proxy = fault_proxy(rate=0.3, seed=5)
     flaky = make_settings(proxy.endpoint, max_attempts=10, connect_timeout=5, read_timeout=20)
     for _ in range(3):

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from . import imagegen
 from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import InvalidImage, InvalidInput
 from storage.images import ingest_concept, validate_image, write_pngs
 from storage.local import LocalStore
+
+from . import imagegen
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,9 @@ def test_max_side_shrinks_keeping_aspect() -> None:
 
 
 def _spec(concept_id: str, names: list[str]) -> ConceptSpec:
-    return ConceptSpec(concept_id, ConceptMeta.defaults(concept_id), tuple(f"{concept_id}/{n}" for n in names), "0" * 16)
+    return ConceptSpec(
+        concept_id, ConceptMeta.defaults(concept_id), tuple(f"{concept_id}/{n}" for n in names), "0" * 16
+    )
 
 
 def test_ingest_reports_bad_files_and_keeps_good_ones(tmp_path: Path) -> None:

@@ -11,11 +11,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from .helpers import BUCKET
 from storage.errors import InvalidKey, InvalidURI, NotFound
 from storage.local import TEMP_PREFIX, LocalStore
 from storage.objectstore import ObjectStore, open_store, parse_uri, pyarrow_filesystem
 from storage.s3 import S3Store
+
+from .helpers import BUCKET
 
 
 def test_put_get_exists_delete(store: ObjectStore, backend: str) -> None:
@@ -62,12 +63,15 @@ def test_put_once_creates_only_once(store: ObjectStore) -> None:
     assert store.get("x/once.bin") == b"first"
 
 
-@pytest.mark.parametrize(
-    "key", ["", "/abs", "a/../b", "..", "a\\b", "a//b", "./a", "a/", "a/.", "nul\x00", "tab\tkey"]
-)
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "..", "a\\b", "a//b", "./a", "a/", "a/.", "nul\x00", "tab\tkey"])
 def test_unsafe_keys_are_rejected(store: ObjectStore, key: str) -> None:
-    for op in (lambda: store.get(key), lambda: store.put(key, b"x"), lambda: store.put_once(key, b"x"),
-               lambda: store.exists(key), lambda: store.url(key)):
+    for op in (
+        lambda: store.get(key),
+        lambda: store.put(key, b"x"),
+        lambda: store.put_once(key, b"x"),
+        lambda: store.exists(key),
+        lambda: store.url(key),
+    ):
         with pytest.raises(InvalidKey):
             op()
 
@@ -164,8 +168,17 @@ def test_parse_and_open_store(tmp_path: Path, s3_settings) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["", "gs://bucket/x", "s3://ab/x", "s3://Bad_Bucket/x", "s3:///nobucket", "s3://bkt-ok/a/../b",
-     "s3://user:secret@bucket-name/x", "file://host/x", "s3://bucket-name/x?versionId=1"],
+    [
+        "",
+        "gs://bucket/x",
+        "s3://ab/x",
+        "s3://Bad_Bucket/x",
+        "s3:///nobucket",
+        "s3://bkt-ok/a/../b",
+        "s3://user:secret@bucket-name/x",
+        "file://host/x",
+        "s3://bucket-name/x?versionId=1",
+    ],
 )
 def test_bad_uris_are_rejected(uri: str) -> None:
     with pytest.raises(InvalidURI) as info:
@@ -173,7 +186,9 @@ def test_bad_uris_are_rejected(uri: str) -> None:
     assert "secret@" not in str(info.value)
 
 
-def test_pyarrow_filesystem_reads_what_the_store_wrote(store: ObjectStore, root_uri: str, settings_for, backend: str) -> None:
+def test_pyarrow_filesystem_reads_what_the_store_wrote(
+    store: ObjectStore, root_uri: str, settings_for, backend: str
+) -> None:
     table = pa.table({"x": [1, 2, 3]})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .helpers import SECRET_KEY
 from storage.errors import AlreadyExists, InvalidConcept, InvalidInput, NotFound
 from storage.objectstore import ObjectStore
 from storage.results import ResultStore
+
+from .helpers import SECRET_KEY
 
 DIGEST = "0123456789abcdef"
 FILES = {
@@ -40,7 +41,9 @@ def test_publish_then_complete(store: ObjectStore, backend: str) -> None:
     manifest = json.loads(store.get(f"embeddings/simba/{DIGEST}/_SUCCESS"))
     assert manifest["run_id"] == "run-1" and manifest["concept_id"] == "simba" and manifest["digest"] == DIGEST
     assert manifest["files"]["simba.pt"] == {
-        "size": len(FILES["simba.pt"]), "sha256": hashlib.sha256(FILES["simba.pt"]).hexdigest()}
+        "size": len(FILES["simba.pt"]),
+        "sha256": hashlib.sha256(FILES["simba.pt"]).hexdigest(),
+    }
     assert manifest["created_at"].endswith("+00:00")
     assert results.read_manifest("simba", DIGEST) == published.manifest
     assert results.verify("simba", DIGEST) == []

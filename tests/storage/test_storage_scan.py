@@ -6,13 +6,19 @@ import json
 
 import pytest
 
-from . import imagegen
 from storage.catalog import (
-    MAX_IMAGE_BYTES, MAX_META_BYTES, ConceptMeta, discover_catalog, read_concept, token_problem,
+    MAX_IMAGE_BYTES,
+    MAX_META_BYTES,
+    ConceptMeta,
+    discover_catalog,
+    read_concept,
+    token_problem,
 )
 from storage.errors import InvalidConcept
 from storage.objectstore import ObjectStore
 from storage.scanstate import STATE_KEY, ScanState, load_scan_state, save_scan_state
+
+from . import imagegen
 
 SETTINGS = {"steps": 10}
 
@@ -125,10 +131,18 @@ def test_printable_tokens_are_accepted(token: str) -> None:
     assert ConceptMeta.from_dict("c", {"token": token}).token == token
 
 
-@pytest.mark.parametrize(("token", "why"), [
-    ("", "empty"), ("<two words>", "whitespace"), ("<tab\there>", "whitespace"), ("<nb\u00a0sp>", "whitespace"),
-    ("<zero\u200bwidth>", "U+200B"), ("<bell\x07>", "U+0007"), ("<" + "x" * 70 + ">", "characters"),
-])
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("", "empty"),
+        ("<two words>", "whitespace"),
+        ("<tab\there>", "whitespace"),
+        ("<nb\u00a0sp>", "whitespace"),
+        ("<zero\u200bwidth>", "U+200B"),
+        ("<bell\x07>", "U+0007"),
+        ("<" + "x" * 70 + ">", "characters"),
+    ],
+)
 def test_tokens_the_pipeline_cannot_carry_are_refused_at_scan(store: ObjectStore, token: str, why: str) -> None:
     with pytest.raises(InvalidConcept, match="token must be one word"):
         ConceptMeta.from_dict("c", {"token": token})

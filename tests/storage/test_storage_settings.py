@@ -7,10 +7,11 @@ import socket
 
 import pytest
 
-from .helpers import BUCKET, SECRET_KEY, make_settings
 from storage.errors import BackendError, InvalidSettings, NotFound, StorageError, redact
 from storage.objectstore import open_store
 from storage.settings import S3Settings
+
+from .helpers import BUCKET, SECRET_KEY, make_settings
 
 
 def test_from_env_reads_the_standard_variables() -> None:
@@ -29,7 +30,10 @@ def test_from_env_reads_the_standard_variables() -> None:
     assert settings.region == "eu-west-1"
     assert settings.profile == "batch"
     assert (settings.access_key_id, settings.secret_access_key, settings.session_token) == (
-        "AKIDEXAMPLE", "shh-env-secret", "tok-env-secret")
+        "AKIDEXAMPLE",
+        "shh-env-secret",
+        "tok-env-secret",
+    )
     assert settings.max_attempts == 5
     assert S3Settings.from_env({"AWS_ENDPOINT_URL": "http://generic:9000"}).endpoint_url == "http://generic:9000"
     assert S3Settings.from_env({"AWS_REGION": "ap-south-1", "AWS_DEFAULT_REGION": "x"}).region == "ap-south-1"

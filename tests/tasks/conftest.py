@@ -61,6 +61,7 @@ def run_count(prefect_harness):
     def count(state) -> int:
         task_run_id = state.state_details.task_run_id
         with get_client(sync_client=True) as client:
+
             def final_run():
                 try:
                     task_run = client.read_task_run(task_run_id)

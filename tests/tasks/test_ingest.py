@@ -30,7 +30,12 @@ def test_scan_finds_usable_concepts_and_says_why_others_are_not(catalog: Path, l
     assert [r.concept_id for r in scan.records] == ["broken", "half", "red-square"]
     square = next(r for r in scan.records if r.concept_id == "red-square")
     assert (square.token, square.initializer, square.class_name, square.property, square.vectors) == (
-        "<red-square>", "square", "square", "object", 1)
+        "<red-square>",
+        "square",
+        "square",
+        "object",
+        1,
+    )
     assert square.images == ("red-square/00.png", "red-square/01.png")
     ((concept_id, reason),) = scan.unusable
     assert concept_id == "bad-meta" and "property must be one of" in reason
@@ -56,8 +61,7 @@ def test_digests_follow_the_learning_settings(catalog: Path, learn, tmp_path: Pa
     assert first.keys() == other.keys() and all(first[c] != other[c] for c in first)
 
 
-def test_a_remembered_scan_knows_unchanged_digests_without_reading_images(catalog: Path, learn,
-                                                                          tmp_path: Path) -> None:
+def test_a_remembered_scan_knows_unchanged_digests_without_reading_images(catalog: Path, learn, tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     scan = scan_catalog.fn(str(catalog), learn, out_uri=out)
     staged = [stage_concept.fn(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
@@ -106,8 +110,9 @@ def test_a_concept_already_done_is_not_decoded(catalog: Path, learn, tmp_path: P
     assert not Path(staged.image_dir).exists()
 
 
-def test_stage_of_a_concept_without_usable_images_is_an_error_not_an_exception(catalog: Path, learn,
-                                                                               tmp_path: Path) -> None:
+def test_stage_of_a_concept_without_usable_images_is_an_error_not_an_exception(
+    catalog: Path, learn, tmp_path: Path
+) -> None:
     staged = _staged(catalog, learn, tmp_path / "work", ["broken"])["broken"]
     assert staged.num_images == 0 and staged.error.startswith("no usable image (broken/junk.png: ")
     assert not Path(staged.image_dir).exists()

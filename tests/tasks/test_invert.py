@@ -42,13 +42,17 @@ def test_a_pack_learns_each_live_concept_and_passes_failures_through(catalog: Pa
         assert embedding.token == record.token and tuple(embedding.vectors.shape)[0] == record.vectors
         training = json.loads((Path(outcome.embedding_path).parent / TRAINING_LOG).read_text())
         assert (training["steps"], training["resumed_from"], len(training["losses"])) == (2, 0, 2)
-        assert training["settings"]["concepts_in_pack"] == 2 and training["settings"]["images"] == outcome.staged.num_images
+        assert (
+            training["settings"]["concepts_in_pack"] == 2
+            and training["settings"]["images"] == outcome.staged.num_images
+        )
         assert results.list_checkpoints(record.concept_id, record.digest), "checkpoints go to the output store"
     assert not results.list_checkpoints("broken", staged[1].record.digest)
 
 
-def test_a_later_attempt_on_a_fresh_worker_resumes_from_the_stored_checkpoint(catalog: Path, learn,
-                                                                              tmp_path: Path) -> None:
+def test_a_later_attempt_on_a_fresh_worker_resumes_from_the_stored_checkpoint(
+    catalog: Path, learn, tmp_path: Path
+) -> None:
     out = str(tmp_path / "out")
     (first,) = invert_pack.fn(_stage(catalog, learn, tmp_path / "worker-1", ["red-square"]), learn, RUN, out)
     first_losses = json.loads((Path(first.embedding_path).parent / TRAINING_LOG).read_text())["losses"]

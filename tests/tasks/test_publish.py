@@ -14,21 +14,35 @@ from storage.results import SUCCESS, ResultStore
 from tasks.publish import SCORE_COLUMNS, publish_concept, skipped_row, write_metrics
 from tasks.records import ConceptRecord, InversionOutcome, ScoredConcept, StagedConcept
 
-SCORES = {"image_similarity": 0.75, "text_similarity": 0.25, "baseline_image_similarity": 0.5,
-          "baseline_text_similarity": 0.375, "inversion_lift": 0.25}
-RECORD = ConceptRecord("red-square", "0123456789abcdef", "<red-square>", "square", "square", "object", 1,
-                       ("red-square/00.png",))
+SCORES = {
+    "image_similarity": 0.75,
+    "text_similarity": 0.25,
+    "baseline_image_similarity": 0.5,
+    "baseline_text_similarity": 0.375,
+    "inversion_lift": 0.25,
+}
+RECORD = ConceptRecord(
+    "red-square", "0123456789abcdef", "<red-square>", "square", "square", "object", 1, ("red-square/00.png",)
+)
 
 
 def _scored(work: Path, embedding: bytes = b"vectors", error: str | None = None) -> ScoredConcept:
     """A scored concept whose files (embedding, grid, scores) lie in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
-    files = {"learned_embeds.safetensors": embedding, "grid.png": b"grid pixels",
-             "scores.json": json.dumps(SCORES).encode()}
+    files = {
+        "learned_embeds.safetensors": embedding,
+        "grid.png": b"grid pixels",
+        "scores.json": json.dumps(SCORES).encode(),
+    }
     for name, data in files.items():
         (work / name).write_bytes(data)
-    outcome = InversionOutcome(StagedConcept(RECORD, str(work), str(work / "images"), 1), str(work / "learned_embeds.safetensors"),
-                               steps=2, final_loss=0.5, train_seconds=1.25)
+    outcome = InversionOutcome(
+        StagedConcept(RECORD, str(work), str(work / "images"), 1),
+        str(work / "learned_embeds.safetensors"),
+        steps=2,
+        final_loss=0.5,
+        train_seconds=1.25,
+    )
     return ScoredConcept(outcome, dict(SCORES), tuple(str(work / name) for name in files), error=error)
 
 
@@ -46,16 +60,29 @@ def test_publish_writes_every_file_then_success_and_clears_checkpoints(tmp_path:
     scored = _scored(tmp_path / "work")
     row = publish_concept.fn(scored, out, "run-1", learn)
 
-    assert (row.status, row.error, row.run_id, row.concept_id, row.digest) == ("ok", None, "run-1", "red-square",
-                                                                               RECORD.digest)
+    assert (row.status, row.error, row.run_id, row.concept_id, row.digest) == (
+        "ok",
+        None,
+        "run-1",
+        "red-square",
+        RECORD.digest,
+    )
     assert {k: getattr(row, k) for k in SCORE_COLUMNS} == SCORES
-    assert (row.final_loss, row.train_seconds, row.model, row.steps, row.lr) == (0.5, 1.25, learn.model, learn.steps,
-                                                                                 learn.lr)
+    assert (row.final_loss, row.train_seconds, row.model, row.steps, row.lr) == (
+        0.5,
+        1.25,
+        learn.model,
+        learn.steps,
+        learn.lr,
+    )
     assert row.embedding_uri == results.uri(RECORD.concept_id, RECORD.digest, "learned_embeds.safetensors")
     assert row.grid_uri == results.uri(RECORD.concept_id, RECORD.digest, "grid.png")
     manifest = results.read_manifest(RECORD.concept_id, RECORD.digest)
-    assert manifest.run_id == "run-1" and sorted(manifest.files) == ["grid.png", "learned_embeds.safetensors",
-                                                                     "scores.json"]
+    assert manifest.run_id == "run-1" and sorted(manifest.files) == [
+        "grid.png",
+        "learned_embeds.safetensors",
+        "scores.json",
+    ]
     assert results.verify(RECORD.concept_id, RECORD.digest) == []
     assert Path(row.embedding_uri).read_bytes() == b"vectors"
     assert results.list_checkpoints(RECORD.concept_id, RECORD.digest) == []
@@ -70,11 +97,13 @@ def test_publishing_the_same_bytes_again_is_a_no_op(tmp_path: Path, out: str, le
     assert success.read_bytes() == manifest  # still run-1's manifest: nothing was rewritten
 
 
-def test_different_bytes_for_a_completed_result_are_refused_and_not_retried(tmp_path: Path, out: str, learn,
-                                                                            run_count) -> None:
+def test_different_bytes_for_a_completed_result_are_refused_and_not_retried(
+    tmp_path: Path, out: str, learn, run_count
+) -> None:
     publish_concept.fn(_scored(tmp_path / "a"), out, "run-1", learn)
     state = publish_concept.with_options(retry_delay_seconds=0)(
-        _scored(tmp_path / "b", embedding=b"other vectors"), out, "run-2", learn, return_state=True)
+        _scored(tmp_path / "b", embedding=b"other vectors"), out, "run-2", learn, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(AlreadyExists, match="already published by run run-1"):
         state.result()
@@ -122,8 +151,11 @@ def test_write_metrics_appends_rows_and_indexes_complete_results(tmp_path: Path,
     table = read_metrics(out).to_pylist()
     assert sorted((r["concept_id"], r["status"]) for r in table) == [("bad-meta", "failed"), ("red-square", "ok")]
     (indexed,) = read_embeddings_index(out).to_pylist()
-    assert (indexed["concept_id"], indexed["digest"], indexed["embedding_uri"]) == ("red-square", RECORD.digest,
-                                                                                    ok.embedding_uri)
+    assert (indexed["concept_id"], indexed["digest"], indexed["embedding_uri"]) == (
+        "red-square",
+        RECORD.digest,
+        ok.embedding_uri,
+    )
     second = write_metrics.fn(out, [skipped_row("run-2", RECORD, learn, out)])
     assert second != uri and Path(uri).is_file()  # a new file per append; the first is untouched
     assert len(read_metrics(out).to_pylist()) == 3

@@ -14,9 +14,16 @@ from tasks.ingest import scan_catalog
 from tasks.retry import RETRY, is_transient
 
 TRANSIENT = [BackendError("s3 said 503 SlowDown"), ConnectionError("reset by peer"), TimeoutError("read timed out")]
-DETERMINISTIC = [InvalidImage("cut.jpg is truncated"), InvalidURI("gs://x"), AlreadyExists("different bytes"),
-                 NotFound("no such object"), ConfigError("lr must be > 0"), TrainingDivergedError("<t>", 3, float("nan")),
-                 ValueError("bad"), KeyError("k")]
+DETERMINISTIC = [
+    InvalidImage("cut.jpg is truncated"),
+    InvalidURI("gs://x"),
+    AlreadyExists("different bytes"),
+    NotFound("no such object"),
+    ConfigError("lr must be > 0"),
+    TrainingDivergedError("<t>", 3, float("nan")),
+    ValueError("bad"),
+    KeyError("k"),
+]
 
 
 @pytest.mark.parametrize("exc", TRANSIENT, ids=lambda e: type(e).__name__)
@@ -59,8 +66,9 @@ def scan_now():
     return scan_catalog.with_options(retry_delay_seconds=0)
 
 
-def test_transient_storage_errors_are_retried_until_the_task_succeeds(prefect_harness, flaky_discovery, scan_now,
-                                                                      run_count, catalog: Path, learn) -> None:
+def test_transient_storage_errors_are_retried_until_the_task_succeeds(
+    prefect_harness, flaky_discovery, scan_now, run_count, catalog: Path, learn
+) -> None:
     calls = flaky_discovery(BackendError("503 SlowDown"), ConnectionError("reset"))
     state = scan_now(str(catalog), learn, return_state=True)
     assert state.is_completed(), state.message
@@ -68,8 +76,9 @@ def test_transient_storage_errors_are_retried_until_the_task_succeeds(prefect_ha
     assert len(calls) == 3 and run_count(state) == 3
 
 
-def test_a_deterministic_error_fails_at_once(prefect_harness, flaky_discovery, scan_now, run_count,
-                                             catalog: Path, learn) -> None:
+def test_a_deterministic_error_fails_at_once(
+    prefect_harness, flaky_discovery, scan_now, run_count, catalog: Path, learn
+) -> None:
     calls = flaky_discovery(InvalidImage("cut.jpg is truncated"))
     state = scan_now(str(catalog), learn, return_state=True)
     assert state.is_failed()
@@ -78,8 +87,9 @@ def test_a_deterministic_error_fails_at_once(prefect_harness, flaky_discovery, s
     assert len(calls) == 1 and run_count(state) == 1
 
 
-def test_retries_stop_after_the_policy_is_spent(prefect_harness, flaky_discovery, scan_now, run_count,
-                                                catalog: Path, learn) -> None:
+def test_retries_stop_after_the_policy_is_spent(
+    prefect_harness, flaky_discovery, scan_now, run_count, catalog: Path, learn
+) -> None:
     calls = flaky_discovery(*[BackendError(f"503 number {i}") for i in range(10)])
     state = scan_now(str(catalog), learn, return_state=True)
     assert state.is_failed()

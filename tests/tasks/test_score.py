@@ -25,8 +25,13 @@ RUN = RunSettings(device="cpu")
 
 @pytest.fixture
 def evaluation(tiny_clip: Path) -> EvalSettings:
-    return EvalSettings(prompts=["a photo of {}", "a drawing of {}"], samples=1, render_steps=2,
-                        clip_arch="sstar-tiny-clip", clip_checkpoint=str(tiny_clip))
+    return EvalSettings(
+        prompts=["a photo of {}", "a drawing of {}"],
+        samples=1,
+        render_steps=2,
+        clip_arch="sstar-tiny-clip",
+        clip_checkpoint=str(tiny_clip),
+    )
 
 
 def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
@@ -37,8 +42,17 @@ def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
     vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
     files = save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
     (work / "embedding" / TRAINING_LOG).write_text(json.dumps({"steps": 2}))
-    record = ConceptRecord("red-square", "0123456789abcdef", "<red-square>", "square", "square", "object", 1,
-                           ("red-square/00.png", "red-square/01.png"), ("a red square",))
+    record = ConceptRecord(
+        "red-square",
+        "0123456789abcdef",
+        "<red-square>",
+        "square",
+        "square",
+        "object",
+        1,
+        ("red-square/00.png", "red-square/01.png"),
+        ("a red square",),
+    )
     staged = StagedConcept(record, str(work), str(images), 2)
     return InversionOutcome(staged, str(work / "embedding" / DIFFUSERS_FILENAME), steps=2)
 
@@ -48,14 +62,21 @@ def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSett
     scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
     assert scored.error is None and scored.inversion == outcome
     names = {Path(f).name for f in scored.files}
-    assert {DIFFUSERS_FILENAME, a1111_filename("<red-square>"), TRAINING_LOG, "grid.png", "baseline_grid.png",
-            "scores.json"} <= names
+    assert {
+        DIFFUSERS_FILENAME,
+        a1111_filename("<red-square>"),
+        TRAINING_LOG,
+        "grid.png",
+        "baseline_grid.png",
+        "scores.json",
+    } <= names
     assert all(Path(f).is_file() for f in scored.files)
     for column in SCORE_COLUMNS:
         bound = 2.0 if column == "inversion_lift" else 1.0  # cosines; the lift is a difference of two
         assert -bound <= scored.scores[column] <= bound, column
-    assert scored.scores["inversion_lift"] == pytest.approx(scored.scores["image_similarity"]
-                                                            - scored.scores["baseline_image_similarity"])
+    assert scored.scores["inversion_lift"] == pytest.approx(
+        scored.scores["image_similarity"] - scored.scores["baseline_image_similarity"]
+    )
     assert scored.scores["baselines"][0]["phrase"] == "red square"  # the record's caption, not the class word
     saved = json.loads(next(Path(f) for f in scored.files if f.endswith("scores.json")).read_text())
     assert {k: saved[k] for k in SCORE_COLUMNS} == {k: scored.scores[k] for k in SCORE_COLUMNS}
