@@ -5,7 +5,8 @@
   does not change its hue, so on generated images of the world this is exact up to uint8 rounding;
 * **background**: black / gray / white, the level nearest to the median of the unsaturated border
   pixels;
-* **size**: the fraction of saturated pixels.
+* **size**: the fraction of saturated pixels; :func:`size_words` turns it into the size word for a
+  known shape.
 
 Vectorised numpy over a batch ``[N, H, W, 3]`` (uint8 or floats in [0, 255]).
 """
@@ -17,12 +18,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .generate import BACKGROUND_LEVELS, BACKGROUNDS, HUE_WORDS, circular_distance, hue_bin
+from .generate import BACKGROUND_LEVELS, BACKGROUNDS, HUE_WORDS, SIZE_RANGES, circular_distance, hue_bin
 
 SATURATION_MIN = 0.35
 VALUE_MIN = 0.25
 #: below this fraction of saturated pixels an image has no measurable shape (hue = NaN)
 MIN_SHAPE_FRACTION = 0.01
+#: a shape's area as a fraction of its extent squared (the triangle's base and height equal its extent)
+SHAPE_AREA = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
+#: extents below this are ``small``, above it ``large``: half-way between the two words' ranges
+SIZE_THRESHOLD = (SIZE_RANGES[0][1] + SIZE_RANGES[1][0]) / 2
 
 
 @dataclass
@@ -99,6 +104,15 @@ def measure(images: np.ndarray | Sequence[Any]) -> Measurement:
     levels = np.asarray(BACKGROUND_LEVELS, dtype=np.float32)
     background = np.abs(level[:, None] - levels[None, :]).argmin(axis=1)
     return Measurement(mean_hue, concentration, background, fraction)
+
+
+def size_words(measurement: Measurement, shape: str) -> np.ndarray:
+    """Index into ``SIZE_WORDS`` of each image's size word, for images of ``shape``: the extent
+    ``sqrt(size / SHAPE_AREA[shape])`` against :data:`SIZE_THRESHOLD` (an image without a shape is ``small``)."""
+    if shape not in SHAPE_AREA:
+        raise ValueError(f"shape must be one of {', '.join(SHAPE_AREA)}, got {shape!r}")
+    extent = np.sqrt(np.asarray(measurement.size, dtype=np.float64) / SHAPE_AREA[shape])
+    return (extent > SIZE_THRESHOLD).astype(np.int64)
 
 
 def hue_error(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
