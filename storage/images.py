@@ -47,7 +47,7 @@ def validate_image(
     if not data:
         raise InvalidImage(f"{name}: empty file")
     try:
-        image = Image.open(io.BytesIO(data), formats=_FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=_FORMATS)
         width, height = image.size
         if width < 1 or height < 1:
             raise InvalidImage(f"{name}: image has no pixels ({width}x{height})")
@@ -67,11 +67,11 @@ def validate_image(
         raise InvalidImage(f"{name}: not a decodable JPEG, PNG or WebP image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImage(f"{name}: cannot decode image ({_short(exc)}); truncated or corrupt?") from None
-    except Exception as exc:  # a hostile file can trip odd errors in a decoder; never let them escape
+    except Exception as exc:  # noqa: BLE001 - a hostile file can trip any error in a decoder; it is a bad image
         raise InvalidImage(f"{name}: cannot decode image ({type(exc).__name__}: {_short(exc)})") from None
     try:
         image = normalise_image(image)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: a conversion failure rejects the image, never escapes
         raise InvalidImage(f"{name}: cannot convert mode {image.mode} to RGB ({_short(exc)})") from None
     if max_side is not None and max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
@@ -115,20 +115,21 @@ def ingest_concept(
     images are read once; keys missing from it are read from ``store``.
     """
 
-    def load(key: str) -> tuple[str, Image.Image | None, str | None]:
+    def load(key: str) -> tuple[str, Image.Image | str]:
+        """``key`` with its image, or with the reason it cannot be used."""
         try:
             body = data.get(key) if data is not None else None
             raw = body if body is not None else store.get(key)
-            return key, validate_image(key, raw, max_pixels=max_pixels, max_side=max_side), None
+            return key, validate_image(key, raw, max_pixels=max_pixels, max_side=max_side)
         except InvalidImage as exc:
-            return key, None, str(exc).removeprefix(f"{key}: ")
+            return key, str(exc).removeprefix(f"{key}: ")
         except StorageError as exc:
-            return key, None, f"cannot read: {exc}"
+            return key, f"cannot read: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(spec.images) or 1))) as pool:
         results = list(pool.map(load, spec.images))
-    images = tuple((key, image) for key, image, _ in results if image is not None)
-    problems = [ConceptProblem(spec.concept_id, key, reason) for key, image, reason in results if image is None]
+    images = tuple((key, outcome) for key, outcome in results if isinstance(outcome, Image.Image))
+    problems = [ConceptProblem(spec.concept_id, key, outcome) for key, outcome in results if isinstance(outcome, str)]
     if not images:
         problems.append(ConceptProblem(spec.concept_id, None, "no usable image"))
     return IngestedConcept(spec, images, tuple(problems))

@@ -46,7 +46,8 @@ def _check_digest(digest: str) -> str:
 def _check_name(name: str, what: str = "file name") -> str:
     if not isinstance(name, str) or not _FILE_RE.match(name) or name == SUCCESS or ".." in name:
         raise InvalidInput(
-            f"{what} must be a plain name (letters, digits, . _ - + =, starting with a letter or digit; not {SUCCESS!r}), got {name!r}"
+            f"{what} must be a plain name (letters, digits, . _ - + =, starting with a letter or digit; "
+            f"not {SUCCESS!r}), got {name!r}"
         )
     return name
 

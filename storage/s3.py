@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
 from .errors import BackendError, NotFound, StorageError
 from .objectstore import ObjectInfo, ObjectStore, _validate_prefix, validate_key
 from .settings import S3Settings
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 _BODY_READ_ATTEMPTS = 4
 _CONFLICT_ATTEMPTS = 6
+# What a boto3 call raises: a service error response, or a client-side failure (connection,
+# timeout, dropped or short body, credentials, configuration).
+_BOTO_ERRORS = (BotoCoreError, ClientError)
 
 
 class S3Store(ObjectStore):
@@ -45,7 +50,7 @@ class S3Store(ObjectStore):
         if self._client is None:
             try:
                 self._client = self.settings.s3_client()
-            except Exception as exc:  # botocore raises many types for bad profiles/config
+            except (BotoCoreError, ValueError) as exc:  # unknown profile, bad config; bad endpoint URL
                 raise BackendError(f"cannot create S3 client for {self.uri}: {type(exc).__name__}: {exc}") from None
         return self._client
 
@@ -74,7 +79,7 @@ class S3Store(ObjectStore):
                     key = item["Key"]
                     if not key.endswith("/"):  # skip "folder" placeholder objects
                         yield ObjectInfo(key[start:], int(item.get("Size", 0)), _etag(item.get("ETag")))
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             raise _translate(exc, "list", f"s3://{self.bucket}/{full_prefix}") from None
 
     def get(self, key: str) -> bytes:
@@ -85,11 +90,11 @@ class S3Store(ObjectStore):
         for attempt in range(1, _BODY_READ_ATTEMPTS + 1):
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
-            except Exception as exc:
+            except _BOTO_ERRORS as exc:
                 raise _translate(exc, "get", self.url(key)) from None
             try:
                 data = response["Body"].read()
-            except Exception as exc:  # connection dropped mid-body: botocore does not retry that
+            except (*_BOTO_ERRORS, OSError) as exc:  # connection dropped mid-body: botocore does not retry that
                 if attempt == _BODY_READ_ATTEMPTS:
                     raise _translate(exc, "get", self.url(key)) from None
                 log.debug("retrying read of %s after %s", self.url(key), type(exc).__name__)
@@ -105,7 +110,7 @@ class S3Store(ObjectStore):
     def exists(self, key: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             if _code(exc) in _MISSING_CODES:
                 return False
             raise _translate(exc, "head", self.url(key)) from None
@@ -124,7 +129,7 @@ class S3Store(ObjectStore):
         args = self._put_args(key, data)
         try:
             self.client.put_object(**args)
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             raise _translate(exc, "put", self.url(key)) from None
         return self.url(key)
 
@@ -134,7 +139,7 @@ class S3Store(ObjectStore):
             try:
                 self.client.put_object(IfNoneMatch="*", **args)
                 return True
-            except Exception as exc:
+            except _BOTO_ERRORS as exc:
                 code = _code(exc)
                 if code in ("PreconditionFailed", "412"):
                     return False
@@ -149,7 +154,7 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except Exception as exc:
+        except _BOTO_ERRORS as exc:
             if _code(exc) in _MISSING_CODES:
                 return
             raise _translate(exc, "delete", self.url(key)) from None
@@ -163,7 +168,7 @@ class S3Store(ObjectStore):
                 return
             try:
                 response = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
-            except Exception as exc:
+            except _BOTO_ERRORS as exc:
                 raise _translate(exc, "delete", self.uri) from None
             errors = response.get("Errors") or []
             if errors:
@@ -201,21 +206,18 @@ def _code(exc: BaseException) -> str | None:
     return None
 
 
-def _translate(exc: BaseException, op: str, where: str) -> StorageError:
+def _translate(exc: Exception, op: str, where: str) -> StorageError:
     """A :class:`StorageError` for a boto3/botocore exception (message without credentials)."""
-    if isinstance(exc, StorageError):
-        return exc
     code = _code(exc)
     if code in _MISSING_CODES:
         return NotFound(f"no such object: {where}")
     if code == "NoSuchBucket":
         return NotFound(f"no such bucket for {where}")
-    name = type(exc).__name__
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return BackendError(f"S3 {op} of {where} failed: no AWS credentials found (env, profile or metadata)")
     if code is not None:
         response = getattr(exc, "response", {}) or {}
         status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         message = (response.get("Error") or {}).get("Message") or ""
         return BackendError(f"S3 {op} of {where} failed: {code} (HTTP {status}) {message}".rstrip())
-    return BackendError(f"S3 {op} of {where} failed: {name}: {exc}")
+    return BackendError(f"S3 {op} of {where} failed: {type(exc).__name__}: {exc}")

@@ -11,10 +11,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from storage.errors import InvalidKey, InvalidURI, NotFound
+from storage.errors import BackendError, InvalidKey, InvalidURI, NotFound
 from storage.local import TEMP_PREFIX, LocalStore
 from storage.objectstore import ObjectStore, open_store, parse_uri, pyarrow_filesystem
 from storage.s3 import S3Store
+from storage.settings import S3Settings
 
 from .helpers import BUCKET
 
@@ -87,21 +88,42 @@ def test_listing_paginates_past_1000_keys(store: ObjectStore) -> None:
     assert list(store.list()) == ["other/z.txt"]
 
 
+def _race_put_once(store: ObjectStore, key: str, payloads: list[bytes]) -> list[bool]:
+    """Each payload's ``put_once`` result, all writers released at once."""
+    barrier = threading.Barrier(len(payloads))
+
+    def write(payload: bytes) -> bool:
+        barrier.wait()
+        return store.put_once(key, payload)
+
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        return list(pool.map(write, payloads))
+
+
 def test_put_once_race_exactly_one_writer_wins(store: ObjectStore) -> None:
     writers = 8
     for round_ in range(4):
         key = f"race/{round_}.bin"
-        barrier = threading.Barrier(writers)
         payloads = [bytes([i]) * (50_000 + i) for i in range(writers)]
-
-        def write(i: int) -> bool:
-            barrier.wait()
-            return store.put_once(key, payloads[i])
-
-        with ThreadPoolExecutor(max_workers=writers) as pool:
-            won = list(pool.map(write, range(writers)))
+        won = _race_put_once(store, key, payloads)
         assert won.count(True) == 1, won
         assert store.get(key) == payloads[won.index(True)]  # the winner's bytes, intact
+
+
+def test_s3_client_failures_are_backend_errors(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An unknown profile and missing credentials each become one BackendError naming the store."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    unreachable = "http://127.0.0.1:9"  # never contacted: both fail before a request is sent
+    no_profile = S3Store(BUCKET, "p", S3Settings(endpoint_url=unreachable, region="us-east-1", profile="nope"))
+    with pytest.raises(BackendError, match=rf"^cannot create S3 client for s3://{BUCKET}/p: ProfileNotFound"):
+        no_profile.exists("k")
+    anonymous = S3Store(BUCKET, "p", S3Settings(endpoint_url=unreachable, region="us-east-1"))
+    with pytest.raises(BackendError, match=rf"^S3 get of s3://{BUCKET}/p/k failed: no AWS credentials found"):
+        anonymous.get("k")
 
 
 def test_local_writes_leave_no_temp_files(tmp_path: Path) -> None:
