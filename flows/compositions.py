@@ -71,7 +71,7 @@ def compose_catalog(
         unreadable = []
     by_concept = {row.concept_id: row for row in rows}
     results: list[CompositionRow] = list(unreadable)
-    with ThreadPoolTaskRunner(max_workers=max(1, run.workers)) as runner:
+    with ThreadPoolTaskRunner[CompositionRow](max_workers=max(1, run.workers)) as runner:
         futures = []
         for spec in specs:
             concepts, problem = _concepts(spec, by_concept, records)

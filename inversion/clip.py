@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -104,6 +104,16 @@ class ClipSpec:
         }
 
 
+class ClipNetwork(Protocol):
+    """What :class:`ClipModel` uses of an open_clip model (``CLIP``, ``CustomTextCLIP``…)."""
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+
 class ClipModel:
     """A loaded open_clip model with its inference preprocessing and tokenizer.
 
@@ -111,7 +121,14 @@ class ClipModel:
     is a (raw) cosine similarity.
     """
 
-    def __init__(self, model: torch.nn.Module, preprocess, tokenizer, spec: ClipSpec, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: ClipNetwork,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        spec: ClipSpec,
+        device: torch.device,
+    ) -> None:
         self.model = model
         self.preprocess = preprocess
         self.tokenizer = tokenizer
