@@ -27,7 +27,10 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 def chromium_binary() -> str:
-    """The Chromium executable (``SSTAR_CHROMIUM`` or the first of :data:`BROWSERS` on ``PATH``); fails the test if none."""
+    """The Chromium executable (``SSTAR_CHROMIUM``, else the first of :data:`BROWSERS` on ``PATH``).
+
+    Fails the test if there is none.
+    """
     explicit = os.environ.get("SSTAR_CHROMIUM")
     found = explicit or next((path for name in BROWSERS if (path := shutil.which(name))), None)
     if not found:

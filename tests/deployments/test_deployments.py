@@ -95,7 +95,7 @@ def test_nightly_schedule_is_a_valid_utc_cron(deployments: dict[str, dict]) -> N
 def test_parameters_validate_against_the_settings_models(deployments: dict[str, dict]) -> None:
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
-    for name, deployment in deployments.items():
+    for deployment in deployments.values():
         params = deployment["parameters"]
         assert params["catalog"].startswith("s3://") and params["out"].startswith("s3://")
         LearnSettings(**params["learn"])

@@ -1,6 +1,7 @@
 """Run moto's S3 server on 127.0.0.1 in its own process (started by ``conftest.py``).
 
-Usage: ``python moto_s3_server.py PORT`` (0 = any free port; the bound port is printed). Identical to ``moto_server`` except for one thing:
+Usage: ``python moto_s3_server.py PORT`` (0 = any free port; the bound port is printed). Identical
+to ``moto_server`` except for one thing:
 conditional PUTs (``If-None-Match``/``If-Match``) are serialised. moto checks the condition and
 then stores the object in two steps, so two racing ``IfNoneMatch="*"`` writers could both
 succeed, whereas real S3 evaluates the condition atomically. The lock restores S3's guarantee

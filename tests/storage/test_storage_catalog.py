@@ -174,7 +174,7 @@ def test_discover_reports_problems_without_stopping_others(store: ObjectStore) -
     half = ingest_concept(store, specs["half"])
     assert [k for k, _ in half.images] == ["half/ok.jpg"]
     assert [p.file for p in half.problems] == ["half/cut.jpg"]
-    for key, image in ingest_concept(store, good).images:
+    for _key, image in ingest_concept(store, good).images:
         assert image.mode == "RGB"
 
 

@@ -84,7 +84,7 @@ def test_ingest_every_concept(dreambooth, tmp_path: Path) -> None:
     for spec in scan.specs:
         ingested = ingest_concept(store, spec, max_side=256)
         assert ingested.problems == (), ingested.problems
-        for key, image in ingested.images:
+        for _key, image in ingested.images:
             assert image.mode == "RGB" and max(image.size) <= 256
         total += len(ingested.images)
     assert total == len(photos)

@@ -40,7 +40,7 @@ def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
     images = write_shape_images(work / "images", count=2)
     width = dim or runtime.diffusion_components(learn.model).text_encoder.get_input_embeddings().weight.shape[1]
     vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
-    files = save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
+    save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
     (work / "embedding" / TRAINING_LOG).write_text(json.dumps({"steps": 2}))
     record = ConceptRecord(
         "red-square",
