@@ -80,8 +80,9 @@ def write_sample_catalog(folder: Path, images_per_concept: int = 4, seed: int = 
     return folder
 
 
-def write_world_catalog(folder: Path, images_per_concept: int = WORLD_IMAGES_PER_CONCEPT,
-                        concepts: tuple | None = None) -> Path:
+def write_world_catalog(
+    folder: Path, images_per_concept: int = WORLD_IMAGES_PER_CONCEPT, concepts: tuple | None = None
+) -> Path:
     """Write the toy world's held-out concepts (or ``concepts``, :class:`toyworld.scenes.HeldOutConcept`)
     as a catalog: per concept, seeded PNGs at the world's resolution and a ``concept.json`` whose
     initializer and class are the shape word (it says nothing about hue) and whose only caption is the
@@ -91,8 +92,12 @@ def write_world_catalog(folder: Path, images_per_concept: int = WORLD_IMAGES_PER
     for i, concept in enumerate(HELD_OUT if concepts is None else concepts):
         target = folder / concept.name
         target.mkdir(parents=True, exist_ok=True)
-        meta = {"token": f"<{concept.name}>", "initializer": concept.shape, "class": concept.shape,
-                "captions": [concept.best_caption()]}
+        meta = {
+            "token": f"<{concept.name}>",
+            "initializer": concept.shape,
+            "class": concept.shape,
+            "captions": [concept.best_caption()],
+        }
         (target / "concept.json").write_text(json.dumps(meta, indent=2))
         for j, pixels in enumerate(concept_images(concept, images_per_concept, seed=i)):
             Image.fromarray(pixels).save(target / f"{j:02d}.png")
@@ -117,8 +122,9 @@ def _catalog(catalog: Path, expected: set[str], write) -> Path:
         return write(catalog)
     found = {p.name for p in catalog.iterdir() if p.is_dir()}
     if found != expected:
-        raise InputError(f"{catalog} holds another catalog ({', '.join(sorted(found)) or 'empty'}); "
-                         "give the demo another --dir")
+        raise InputError(
+            f"{catalog} holds another catalog ({', '.join(sorted(found)) or 'empty'}); give the demo another --dir"
+        )
     return catalog
 
 
@@ -128,11 +134,17 @@ def _world_demo(root: Path, steps: int | None) -> Demo:
 
     catalog = _catalog(root / "catalog", {c.name for c in HELD_OUT}, write_world_catalog)
     return Demo(
-        catalog=catalog, out=root / "out",
+        catalog=catalog,
+        out=root / "out",
         learn=LearnSettings(model=str(toyworld.MODEL_DIR), steps=steps or WORLD_STEPS, batch_size=4),
-        evaluation=EvalSettings(prompts=list(WORLD_PROMPTS), samples=WORLD_SAMPLES, render_steps=WORLD_RENDER_STEPS,
-                                guidance=WORLD_GUIDANCE, clip_arch=toyworld.CLIP_ARCH,
-                                clip_checkpoint=str(toyworld.CLIP_CHECKPOINT)),
+        evaluation=EvalSettings(
+            prompts=list(WORLD_PROMPTS),
+            samples=WORLD_SAMPLES,
+            render_steps=WORLD_RENDER_STEPS,
+            guidance=WORLD_GUIDANCE,
+            clip_arch=toyworld.CLIP_ARCH,
+            clip_checkpoint=str(toyworld.CLIP_CHECKPOINT),
+        ),
         run=RunSettings(device="cpu", concepts_per_batch=len(HELD_OUT), checkpoint_every=50, workers=2),
         torch_threads=WORLD_TORCH_THREADS,
     )
@@ -150,10 +162,12 @@ def _random_demo(root: Path, steps: int | None) -> Demo:
         clip.parent.mkdir(parents=True, exist_ok=True)
         write_tiny_clip(clip)
     return Demo(
-        catalog=catalog, out=root / "out",
+        catalog=catalog,
+        out=root / "out",
         learn=LearnSettings(model=str(model), steps=steps or RANDOM_STEPS, batch_size=2),
-        evaluation=EvalSettings(samples=2, render_steps=8, guidance=3.0, clip_arch="sstar-tiny-clip",
-                                clip_checkpoint=str(clip)),
+        evaluation=EvalSettings(
+            samples=2, render_steps=8, guidance=3.0, clip_arch="sstar-tiny-clip", clip_checkpoint=str(clip)
+        ),
         run=RunSettings(device="cpu", concepts_per_batch=2, checkpoint_every=20, workers=2),
     )
 

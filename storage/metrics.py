@@ -77,17 +77,37 @@ METRICS_SCHEMA = pa.schema(
 )
 
 _INDEX_COLUMNS = (
-    "concept_id", "digest", "token", "embedding_uri", "grid_uri", "image_similarity", "text_similarity",
-    "baseline_image_similarity", "baseline_text_similarity", "inversion_lift", "model", "steps", "vectors",
-    "run_id", "run_date", "created_at",
+    "concept_id",
+    "digest",
+    "token",
+    "embedding_uri",
+    "grid_uri",
+    "image_similarity",
+    "text_similarity",
+    "baseline_image_similarity",
+    "baseline_text_similarity",
+    "inversion_lift",
+    "model",
+    "steps",
+    "vectors",
+    "run_id",
+    "run_date",
+    "created_at",
 )
 INDEX_SCHEMA = pa.schema([METRICS_SCHEMA.field(name) for name in _INDEX_COLUMNS])
 _FILE_SCHEMA = METRICS_SCHEMA.remove(METRICS_SCHEMA.get_field_index("run_date"))
 _PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
 _INT_FIELDS = ("steps", "steps_run", "vectors")
 _FLOAT_FIELDS = (
-    "lr", "image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
-    "inversion_lift", "final_loss", "train_seconds", "eval_seconds",
+    "lr",
+    "image_similarity",
+    "text_similarity",
+    "baseline_image_similarity",
+    "baseline_text_similarity",
+    "inversion_lift",
+    "final_loss",
+    "train_seconds",
+    "eval_seconds",
 )
 _STR_FIELDS = ("digest", "token", "model", "model_family", "stop_reason", "embedding_uri", "grid_uri")
 
@@ -138,7 +158,9 @@ class MetricsRow:
                 raise InvalidInput(f"{name} must be a string or None, got {type(value).__name__}")
         for name in _INT_FIELDS:
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not -2**31 <= value < 2**31):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not -(2**31) <= value < 2**31
+            ):
                 raise InvalidInput(f"{name} must be a 32-bit integer or None, got {value!r}")
         for name in _FLOAT_FIELDS:
             value = getattr(self, name)
@@ -169,7 +191,10 @@ class MetricsRow:
 def _rows_table(rows: list[MetricsRow]) -> pa.Table:
     names = [f.name for f in fields(MetricsRow)]
     columns = {name: [getattr(r, name) for r in rows] for name in names}
-    return pa.table({name: pa.array(columns[name], type=METRICS_SCHEMA.field(name).type) for name in METRICS_SCHEMA.names}, schema=METRICS_SCHEMA)
+    return pa.table(
+        {name: pa.array(columns[name], type=METRICS_SCHEMA.field(name).type) for name in METRICS_SCHEMA.names},
+        schema=METRICS_SCHEMA,
+    )
 
 
 def _to_parquet(table: pa.Table) -> bytes:
@@ -194,7 +219,8 @@ def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | No
     run_dates = {r.run_date for r in rows}
     if len(run_ids) != 1 or len(run_dates) != 1:
         raise InvalidInput(
-            f"one append holds one run on one date, got run_ids {sorted(run_ids)} and run_dates {sorted(map(str, run_dates))}"
+            f"one append holds one run on one date, "
+            f"got run_ids {sorted(run_ids)} and run_dates {sorted(map(str, run_dates))}"
         )
     run_id, run_date = rows[0].run_id, rows[0].run_date
     assert run_date is not None
@@ -216,8 +242,14 @@ def metrics_dataset(out_uri: str, s3: S3Settings | None = None) -> ds.Dataset | 
     try:
         if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
             return None
-        return ds.dataset(path, filesystem=filesystem, format="parquet", schema=METRICS_SCHEMA,
-                          partitioning=_PARTITIONING, ignore_prefixes=[".", "_"])
+        return ds.dataset(
+            path,
+            filesystem=filesystem,
+            format="parquet",
+            schema=METRICS_SCHEMA,
+            partitioning=_PARTITIONING,
+            ignore_prefixes=[".", "_"],
+        )
     except (OSError, pa.ArrowException) as exc:
         raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None
 
@@ -236,8 +268,9 @@ def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
     return table.sort_by([("created_at", "ascending"), ("run_id", "ascending"), ("concept_id", "ascending")])
 
 
-def update_embeddings_index(out_uri: str, s3: S3Settings | None = None, *,
-                            rows: Iterable[MetricsRow] | None = None) -> str:
+def update_embeddings_index(
+    out_uri: str, s3: S3Settings | None = None, *, rows: Iterable[MetricsRow] | None = None
+) -> str:
     """Bring ``<out>/embeddings_index/index.parquet`` up to date: for each concept, the most recent
     ``ok`` metrics row (by ``created_at``, then ``run_id``) with an ``embedding_uri`` whose result is
     complete (``_SUCCESS`` present). Returns the index URI.
@@ -257,13 +290,16 @@ def update_embeddings_index(out_uri: str, s3: S3Settings | None = None, *,
             current = None
     if current is None:
         complete = results.completed()
-        latest = _latest_ok(read_metrics(out_uri, s3).to_pylist(),
-                            lambda cid, digest: digest in complete.get(cid, ()))
+        latest = _latest_ok(read_metrics(out_uri, s3).to_pylist(), lambda cid, digest: digest in complete.get(cid, ()))
         before = None
     else:
         new = [r.to_dict() for r in rows or ()]
-        latest = _latest_ok([*current.values(), *new], lambda cid, digest: True if current.get(cid, {}).get(
-            "digest") == digest else _is_complete(results, cid, digest))
+        latest = _latest_ok(
+            [*current.values(), *new],
+            lambda cid, digest: (
+                True if current.get(cid, {}).get("digest") == digest else _is_complete(results, cid, digest)
+            ),
+        )
         before = current
     if before is not None and latest == before:
         return store.url(INDEX_KEY)

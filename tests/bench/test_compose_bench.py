@@ -19,8 +19,12 @@ def test_size_words_name_the_size_of_generated_scenes_of_every_shape():
     measurement = O.measure(G.render(attrs))
     for index, shape in enumerate(G.SHAPES):
         rows = attrs["shape"] == index
-        sub = O.Measurement(measurement.hue[rows], measurement.hue_concentration[rows],
-                            measurement.background[rows], measurement.size[rows])
+        sub = O.Measurement(
+            measurement.hue[rows],
+            measurement.hue_concentration[rows],
+            measurement.background[rows],
+            measurement.size[rows],
+        )
         assert (O.size_words(sub, shape) == attrs["size_word"][rows]).all(), shape
     with pytest.raises(ValueError, match="hexagon"):
         O.size_words(measurement, "hexagon")
@@ -61,11 +65,23 @@ def test_blend_path_measures_the_deviation_from_the_straight_line_between_the_en
 
 def test_word_summary_takes_the_worst_edit_and_pools_the_accuracies():
     def row(edit, error, bg=1.0, size=1.0):
-        return {"edit": edit.name, "median_hue_error": error, "hue_errors": [error] * 3,
-                "background_accuracy": bg, "size_accuracy": size, "within_10": 1.0}
+        return {
+            "edit": edit.name,
+            "median_hue_error": error,
+            "hue_errors": [error] * 3,
+            "background_accuracy": bg,
+            "size_accuracy": size,
+            "within_10": 1.0,
+        }
 
-    rows = [row(C.EDITS[0], 4.0), row(C.EDITS[1], 5.0, bg=0.8), row(C.EDITS[2], 7.0), row(C.EDITS[3], 5.0),
-            row(C.EDITS[4], 5.0, size=0.9), row(C.EDITS[5], 5.0)]
+    rows = [
+        row(C.EDITS[0], 4.0),
+        row(C.EDITS[1], 5.0, bg=0.8),
+        row(C.EDITS[2], 7.0),
+        row(C.EDITS[3], 5.0),
+        row(C.EDITS[4], 5.0, size=0.9),
+        row(C.EDITS[5], 5.0),
+    ]
     summary = C.summarise_word(rows)
     assert summary["worst_edit"] == "gray background" and summary["worst_edit_ratio"] == pytest.approx(1.75)
     assert summary["background_accuracy"] == pytest.approx(2.8 / 3) and summary["background_accuracy_min"] == 0.8
@@ -86,15 +102,20 @@ def test_settings_refuse_a_blend_pair_outside_the_concepts():
 @pytest.mark.timeout(300)
 def test_fast_run_writes_every_part(tmp_path, capsys):
     out = tmp_path / "compose"
-    assert C.main(["--fast", "--out", str(out), "--device", "cpu", "--samples", "1", "--steps", "2",
-                   "--render-steps", "2"]) == 0
+    assert (
+        C.main(
+            ["--fast", "--out", str(out), "--device", "cpu", "--samples", "1", "--steps", "2", "--render-steps", "2"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for title in ("1. editability", "2. blends", "3. strength", "4. vectors", "straighter path"):
         assert title in printed
     edits = list(csv.DictReader((out / "edits.csv").open()))
     concepts, words = C.FAST.concepts, [*(f"{v}v" for v in C.FAST.vectors), C.CAPTION]
     assert {(r["concept"], r["word"], r["edit"]) for r in edits} == {
-        (c, w, e.name) for c in concepts for w in words for e in C.EDITS}
+        (c, w, e.name) for c in concepts for w in words for e in C.EDITS
+    }
     blends = list(csv.DictReader((out / "blends.csv").open()))
     assert [(r["mode"], float(r["w"])) for r in blends] == [(m, w) for m in C.BLEND_MODES for w in C.FAST.blend_weights]
     result = json.loads((out / "compose.json").read_text())

@@ -1,8 +1,9 @@
 """Regression guard of Textual Inversion quality in the toy world (issue 6).
 
 Learns the 4 held-out concepts with our trainer's defaults (TrainConfig(), 600 steps; in one pack,
-which gives each concept exactly its own gradient, to share the UNet passes) on the committed world model and asserts that the learned word's median
-hue error is below 0.7 × the best caption's on at least 3 of the 4 concepts.
+which gives each concept exactly its own gradient, to share the UNet passes) on the committed world
+model and asserts that the learned word's median hue error is below 0.7 × the best caption's on at least
+3 of the 4 concepts.
 
 The weights are committed (``toyworld/weights/``, trained once by ``python -m bench.world.train``);
 the test never retrains them.
@@ -10,12 +11,9 @@ the test never retrains them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from toyworld import MODEL_DIR as WEIGHTS
-
 
 # ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
 # 3-7° against the best caption's 23-28° (ratio 0.12-0.26): far from the 0.7 bar, but a broken
@@ -26,8 +24,9 @@ from toyworld import MODEL_DIR as WEIGHTS
 def test_learned_word_beats_the_best_caption_on_hue():
     from bench.quality.run import QualitySettings, format_table, run_quality
 
-    settings = QualitySettings(concepts=4, samples=16, render_steps=20, guidance=3.0,
-                               recipe_curve=False, clip=False, pack=True, device="cpu")
+    settings = QualitySettings(
+        concepts=4, samples=16, render_steps=20, guidance=3.0, recipe_curve=False, clip=False, pack=True, device="cpu"
+    )
     rows = run_quality(WEIGHTS, None, settings, log=lambda message: None)
     table = format_table(rows)
     wins = [r["concept"] for r in rows if r["learned_median_hue_error"] < 0.7 * r["caption_median_hue_error"]]
@@ -41,8 +40,17 @@ def test_plateau_stops_early_without_losing_quality():
     fixed-step guard demands (one pack; ~40 s on 2 quiet cores)."""
     from bench.quality.run import QualitySettings, format_table, run_quality
 
-    settings = QualitySettings(concepts=4, samples=16, render_steps=20, guidance=3.0, recipe_curve=False,
-                               clip=False, pack=True, device="cpu", stop="plateau")
+    settings = QualitySettings(
+        concepts=4,
+        samples=16,
+        render_steps=20,
+        guidance=3.0,
+        recipe_curve=False,
+        clip=False,
+        pack=True,
+        device="cpu",
+        stop="plateau",
+    )
     rows = run_quality(WEIGHTS, None, settings, log=lambda message: None)
     table = format_table(rows)
     assert all(r["stop_reason"] == "plateau" and r["train_steps"] <= 200 for r in rows), table

@@ -48,24 +48,35 @@ def _assert_flag_matches(action: argparse.Action, declared: Setting, default: ob
 # (command, setting, the field's default as the dataclass or pydantic model has it, flag when renamed)
 CASES = [
     *[("invert", s, getattr(TRAIN_DEFAULTS, s.name), None) for s in TRAIN.values() if s.spec.group],
-    *[("score", s, getattr(EVAL_DEFAULTS, s.name), "--steps" if s.name == "render_steps" else None)
-      for s in EVAL.values()],
+    *[
+        ("score", s, getattr(EVAL_DEFAULTS, s.name), "--steps" if s.name == "render_steps" else None)
+        for s in EVAL.values()
+    ],
     ("score", TRAIN["device"], TRAIN_DEFAULTS.device, None),
     ("render", EVAL["render_steps"], EVAL_DEFAULTS.render_steps, "--steps"),
     ("render", EVAL["guidance"], EVAL_DEFAULTS.guidance, None),
     ("render", TRAIN["precision"], TRAIN_DEFAULTS.precision, None),
     ("render", TRAIN["device"], TRAIN_DEFAULTS.device, None),
-    *[(command, s, LearnSettings.model_fields[s.name].default, None) for s in LEARN_SETTINGS if not s.required
-      for command in ("learn", "serve")],
-    *[(command, s, EvalSettings.model_fields[s.name].default, None) for s in EVAL_SETTINGS
-      for command in ("learn", "serve")],
-    *[(command, s, RunSettings.model_fields[s.name].default, None) for s in RUN_SETTINGS
-      for command in ("learn", "serve")],
+    *[
+        (command, s, LearnSettings.model_fields[s.name].default, None)
+        for s in LEARN_SETTINGS
+        if not s.required
+        for command in ("learn", "serve")
+    ],
+    *[
+        (command, s, EvalSettings.model_fields[s.name].default, None)
+        for s in EVAL_SETTINGS
+        for command in ("learn", "serve")
+    ],
+    *[
+        (command, s, RunSettings.model_fields[s.name].default, None)
+        for s in RUN_SETTINGS
+        for command in ("learn", "serve")
+    ],
 ]
 
 
-@pytest.mark.parametrize("command, declared, default, flag", CASES,
-                         ids=[f"{c}-{s.name}" for c, s, _, _ in CASES])
+@pytest.mark.parametrize("command, declared, default, flag", CASES, ids=[f"{c}-{s.name}" for c, s, _, _ in CASES])
 def test_flag_agrees_with_its_field(command, declared, default, flag):
     _assert_flag_matches(_actions(command)[declared.name], declared, default, flag)
 
@@ -93,11 +104,14 @@ def test_max_steps_is_the_cap_and_steps_its_old_name(command):
     assert LearnSettings(model="m", max_steps=7).model_dump()["steps"] == 7
 
 
-@pytest.mark.parametrize("model, settings, source", [
-    (LearnSettings, LEARN_SETTINGS, TrainConfig),
-    (EvalSettings, EVAL_SETTINGS, EvalConfig),
-    (RunSettings, RUN_SETTINGS, TrainConfig),
-])
+@pytest.mark.parametrize(
+    "model, settings, source",
+    [
+        (LearnSettings, LEARN_SETTINGS, TrainConfig),
+        (EvalSettings, EVAL_SETTINGS, EvalConfig),
+        (RunSettings, RUN_SETTINGS, TrainConfig),
+    ],
+)
 def test_parameter_models_are_their_settings(model, settings, source):
     fields = model.model_fields
     assert [s.name for s in settings] == [name for name in fields if name != "prompts"]
@@ -114,20 +128,23 @@ def test_learn_settings_carry_every_learn_group_training_setting():
     assert not set(settings_of(TrainConfig, None)) & (set(LearnSettings.model_fields) | set(RunSettings.model_fields))
 
 
-@pytest.mark.parametrize("model, kwargs, field", [
-    (LearnSettings, dict(model="m", steps=0), "steps"),
-    (LearnSettings, dict(model="m", lr=1.0), "lr"),
-    (LearnSettings, dict(model="m", resolution=100), "resolution"),
-    (LearnSettings, dict(model="m", precision="fp8"), "precision"),
-    (LearnSettings, dict(model="m", vectors=65), "vectors"),
-    (LearnSettings, dict(model="m", stpes=3), "stpes"),
-    (LearnSettings, dict(), "model"),
-    (EvalSettings, dict(samples=0), "samples"),
-    (EvalSettings, dict(prompts=["no slot"]), "prompts"),
-    (RunSettings, dict(device="gpu"), "device"),
-    (RunSettings, dict(device="cuda:0x"), "device"),
-    (RunSettings, dict(workers=0), "workers"),
-])
+@pytest.mark.parametrize(
+    "model, kwargs, field",
+    [
+        (LearnSettings, dict(model="m", steps=0), "steps"),
+        (LearnSettings, dict(model="m", lr=1.0), "lr"),
+        (LearnSettings, dict(model="m", resolution=100), "resolution"),
+        (LearnSettings, dict(model="m", precision="fp8"), "precision"),
+        (LearnSettings, dict(model="m", vectors=65), "vectors"),
+        (LearnSettings, dict(model="m", stpes=3), "stpes"),
+        (LearnSettings, dict(), "model"),
+        (EvalSettings, dict(samples=0), "samples"),
+        (EvalSettings, dict(prompts=["no slot"]), "prompts"),
+        (RunSettings, dict(device="gpu"), "device"),
+        (RunSettings, dict(device="cuda:0x"), "device"),
+        (RunSettings, dict(workers=0), "workers"),
+    ],
+)
 def test_bad_parameters_name_the_field(model, kwargs, field):
     with pytest.raises(ValidationError) as error:
         model(**kwargs)
@@ -137,8 +154,9 @@ def test_bad_parameters_name_the_field(model, kwargs, field):
 def test_parameter_models_and_dataclasses_accept_the_same_edge_values():
     learn = LearnSettings(model="m", steps=1, lr=0.999, resolution=8, precision="bf16")
     run = RunSettings(device="cuda:1", checkpoint_every=0, compile=True, stop="fixed")
-    assert learn.train_config(run) == TrainConfig(steps=1, lr=0.999, resolution=8, precision="bf16",
-                                                  device="cuda:1", checkpoint_every=0, compile=True)
+    assert learn.train_config(run) == TrainConfig(
+        steps=1, lr=0.999, resolution=8, precision="bf16", device="cuda:1", checkpoint_every=0, compile=True
+    )
     assert EvalSettings(samples=64, guidance=0).samples == EvalConfig(samples=64, guidance=0).samples
 
 
@@ -153,11 +171,38 @@ def test_parameter_models_pickle_and_have_a_form_schema():
 def test_learn_flags_build_the_parameter_models(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of {}\n")
-    args = build_parser().parse_args([
-        "learn", "--catalog", "c", "--out", "o", "--model", "m", "--steps", "7", "--lr-schedule", "cosine",
-        "--vectors", "2", "--prompts", str(prompts), "--render-steps", "3", "--clip-arch", "sstar-tiny-clip",
-        "--device", "cpu", "--compile", "--workers", "2", "--work-dir", "w", "--checkpoint-every", "5",
-    ])
+    args = build_parser().parse_args(
+        [
+            "learn",
+            "--catalog",
+            "c",
+            "--out",
+            "o",
+            "--model",
+            "m",
+            "--steps",
+            "7",
+            "--lr-schedule",
+            "cosine",
+            "--vectors",
+            "2",
+            "--prompts",
+            str(prompts),
+            "--render-steps",
+            "3",
+            "--clip-arch",
+            "sstar-tiny-clip",
+            "--device",
+            "cpu",
+            "--compile",
+            "--workers",
+            "2",
+            "--work-dir",
+            "w",
+            "--checkpoint-every",
+            "5",
+        ]
+    )
     learn, evaluation, run = settings_from_args(args)
     assert learn == LearnSettings(model="m", steps=7, lr_schedule="cosine", vectors=2)
     assert evaluation == EvalSettings(prompts=["a photo of {}"], render_steps=3, clip_arch="sstar-tiny-clip")
@@ -169,4 +214,5 @@ def test_a_bad_flag_value_is_one_line_naming_the_setting(capsys):
         build_parser().parse_args(["learn", "--catalog", "c", "--out", "o", "--model", "m", "--workers", "0"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "sstar learn: error: argument --workers: workers must be in [1, 64], got 0")
+        "sstar learn: error: argument --workers: workers must be in [1, 64], got 0"
+    )

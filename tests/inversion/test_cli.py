@@ -17,24 +17,69 @@ def _run(capsys, *argv) -> tuple[int, str, str]:
 
 def test_invert_then_render(tiny_model_dir, concept_images, tmp_path, capsys):
     out = tmp_path / "emb"
-    code, stdout, _ = _run(capsys, "invert", "--model", tiny_model_dir, "--images", concept_images, "--token",
-                           "<red-sq>", "--init", "square", "--vectors", "2", "--steps", "3", "--batch-size", "2",
-                           "--out", out)
+    code, stdout, _ = _run(
+        capsys,
+        "invert",
+        "--model",
+        tiny_model_dir,
+        "--images",
+        concept_images,
+        "--token",
+        "<red-sq>",
+        "--init",
+        "square",
+        "--vectors",
+        "2",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--out",
+        out,
+    )
     assert code == 0, stdout
     assert "learned <red-sq> in 3 steps" in stdout
     assert load_embedding(out / "learned_embeds.safetensors").vectors.shape == (2, 32)
     assert load_embedding(out / "red-sq.pt").token == "<red-sq>"
     grid = tmp_path / "grid.png"
-    code, stdout, _ = _run(capsys, "render", "--model", tiny_model_dir, "--embedding", out / "learned_embeds.safetensors",
-                           "--prompt", "a photo of <red-sq>", "--prompt", "a watercolor of <red-sq>", "--seeds", "0-1",
-                           "--steps", "2", "--out", grid)
+    code, stdout, _ = _run(
+        capsys,
+        "render",
+        "--model",
+        tiny_model_dir,
+        "--embedding",
+        out / "learned_embeds.safetensors",
+        "--prompt",
+        "a photo of <red-sq>",
+        "--prompt",
+        "a watercolor of <red-sq>",
+        "--seeds",
+        "0-1",
+        "--steps",
+        "2",
+        "--out",
+        grid,
+    )
     assert code == 0 and grid.is_file()
     assert Image.open(grid).size[0] >= 128
 
 
 def _invert_args(model, images, out):
-    return ["invert", "--model", model, "--images", images, "--token", "<t>", "--init", "cat", "--steps", "1",
-            "--out", out]
+    return [
+        "invert",
+        "--model",
+        model,
+        "--images",
+        images,
+        "--token",
+        "<t>",
+        "--init",
+        "cat",
+        "--steps",
+        "1",
+        "--out",
+        out,
+    ]
 
 
 def test_missing_model_folder(tmp_path, concept_images, capsys):
@@ -82,15 +127,35 @@ def test_model_command_writes_a_loadable_folder(tmp_path, capsys):
 def test_score_command(tiny_model_dir, concept_images, tmp_path, capsys):
     import json
 
+    import torch
+
     from inversion.clip import write_tiny_clip
     from inversion.formats import LearnedEmbedding, save_diffusers
-    import torch
 
     clip = write_tiny_clip(tmp_path / "clip.pt")
     emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
-    code, stdout, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", emb, "--images", concept_images,
-                             "--class-word", "square", "--samples", "1", "--steps", "2", "--clip-arch",
-                             "sstar-tiny-clip", "--clip-checkpoint", clip, "--out", tmp_path / "scores")
+    code, stdout, err = _run(
+        capsys,
+        "score",
+        "--model",
+        tiny_model_dir,
+        "--embedding",
+        emb,
+        "--images",
+        concept_images,
+        "--class-word",
+        "square",
+        "--samples",
+        "1",
+        "--steps",
+        "2",
+        "--clip-arch",
+        "sstar-tiny-clip",
+        "--clip-checkpoint",
+        clip,
+        "--out",
+        tmp_path / "scores",
+    )
     assert code == 0, err
     scores = json.loads((tmp_path / "scores" / "scores.json").read_text())
     assert scores["inversion_lift"] == pytest.approx(scores["image_similarity"] - scores["baseline_image_similarity"])
@@ -103,28 +168,72 @@ def test_score_command_unknown_clip(tiny_model_dir, concept_images, tmp_path, ca
     from inversion.formats import LearnedEmbedding, save_diffusers
 
     emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
-    code, _, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", emb, "--images", concept_images,
-                        "--class-word", "square", "--clip-arch", "no-such-clip", "--clip-pretrained", "x",
-                        "--out", tmp_path / "s")
+    code, _, err = _run(
+        capsys,
+        "score",
+        "--model",
+        tiny_model_dir,
+        "--embedding",
+        emb,
+        "--images",
+        concept_images,
+        "--class-word",
+        "square",
+        "--clip-arch",
+        "no-such-clip",
+        "--clip-pretrained",
+        "x",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 2 and "unknown CLIP architecture 'no-such-clip'" in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
 
 
 def test_score_command_missing_embedding(tiny_model_dir, concept_images, tmp_path, capsys):
-    code, _, err = _run(capsys, "score", "--model", tiny_model_dir, "--embedding", tmp_path / "none.safetensors",
-                        "--images", concept_images, "--class-word", "square", "--out", tmp_path / "s")
+    code, _, err = _run(
+        capsys,
+        "score",
+        "--model",
+        tiny_model_dir,
+        "--embedding",
+        tmp_path / "none.safetensors",
+        "--images",
+        concept_images,
+        "--class-word",
+        "square",
+        "--out",
+        tmp_path / "s",
+    )
     assert code == 2 and "embedding file not found" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "argument --max-steps/--steps: steps must be >= 1, got 0"),
-    (["--lr", "1.5"], "argument --lr: lr must be in (0, 1), got 1.5"),
-    (["--resolution", "100"], "argument --resolution: resolution must be a multiple of 8, got 100"),
-    (["--device", "gpu"], "argument --device: device must match"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "argument --max-steps/--steps: steps must be >= 1, got 0"),
+        (["--lr", "1.5"], "argument --lr: lr must be in (0, 1), got 1.5"),
+        (["--resolution", "100"], "argument --resolution: resolution must be a multiple of 8, got 100"),
+        (["--device", "gpu"], "argument --device: device must match"),
+    ],
+)
 def test_invert_refuses_bad_settings_before_loading_anything(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as stop:
-        main(["invert", "--model", str(tmp_path / "nope"), "--images", str(tmp_path), "--token", "<t>", "--init",
-              "cat", "--out", str(tmp_path / "o"), *argv])
+        main(
+            [
+                "invert",
+                "--model",
+                str(tmp_path / "nope"),
+                "--images",
+                str(tmp_path),
+                "--token",
+                "<t>",
+                "--init",
+                "cat",
+                "--out",
+                str(tmp_path / "o"),
+                *argv,
+            ]
+        )
     assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -10,16 +10,21 @@ import torch
 import torch.nn.functional as F
 
 from inversion import scoring
+from inversion.cli import run_score_command
 from inversion.clip import TINY_ARCH, ClipSpec, load_clip, write_tiny_clip
 from inversion.errors import ConfigError, EmbeddingFormatError, InputError
 from inversion.formats import LearnedEmbedding, save_diffusers
 from inversion.images import list_images, open_rgb
 from inversion.models import load_components
 from inversion.prompts import (
-    OBJECT_PROMPTS, STYLE_PROMPTS, caption_phrase, default_captions, default_prompts, load_prompts,
+    OBJECT_PROMPTS,
+    STYLE_PROMPTS,
+    caption_phrase,
+    default_captions,
+    default_prompts,
+    load_prompts,
 )
 from inversion.render import Renderer, RenderSettings
-from inversion.cli import run_score_command
 from inversion.scoring import ScoreSettings, image_similarity, score_concept, text_similarity
 from inversion.tokens import initial_vectors
 from tests.conftest import write_shape_images
@@ -136,8 +141,7 @@ def test_learned_word_equal_to_its_initializer_scores_like_the_words_only_baseli
     torch.testing.assert_close(changed.baselines[0].image_embeds, baseline.image_embeds, atol=1e-6, rtol=0)
 
 
-def test_learned_and_baseline_run_through_the_same_function(renderer, clip, components, reference_images,
-                                                              monkeypatch):
+def test_learned_and_baseline_run_through_the_same_function(renderer, clip, components, reference_images, monkeypatch):
     calls = []
     real = scoring._score_images
 
@@ -148,8 +152,16 @@ def test_learned_and_baseline_run_through_the_same_function(renderer, clip, comp
     monkeypatch.setattr(scoring, "_score_images", spy)
     embedding = LearnedEmbedding("<thing>", _vector(components, "dog"))
     captions = ["a photo of a fluffy ginger cat", "a small striped cat"]
-    scores = score_concept(renderer, clip, embedding, reference_images, "cat", captions, "object",
-                           ScoreSettings(prompts=TEMPLATES[:1], seeds=(3, 5)))
+    scores = score_concept(
+        renderer,
+        clip,
+        embedding,
+        reference_images,
+        "cat",
+        captions,
+        "object",
+        ScoreSettings(prompts=TEMPLATES[:1], seeds=(3, 5)),
+    )
     assert [c["phrase"] for c in calls] == ["<thing>", "fluffy ginger cat", "small striped cat"]
     first = calls[0]
     for call in calls[1:]:
@@ -161,7 +173,8 @@ def test_learned_and_baseline_run_through_the_same_function(renderer, clip, comp
     assert first["text_prompts"] == ["a photo of a cat on the beach"]  # text similarity uses the class word
     assert len(scores.baselines) == 2
     assert scores.baseline_image_similarity == pytest.approx(
-        (scores.baselines[0].image_similarity + scores.baselines[1].image_similarity) / 2)
+        (scores.baselines[0].image_similarity + scores.baselines[1].image_similarity) / 2
+    )
 
 
 def test_scores_match_a_recomputation_from_the_images(renderer, clip, components, reference_images):
@@ -195,8 +208,16 @@ def test_score_concept_input_errors(renderer, clip, components, reference_images
     with pytest.raises(InputError, match="contains the learned token <thing>"):
         score_concept(renderer, clip, embedding, reference_images, "cat", ["a photo of a <thing>"], "object", settings)
     with pytest.raises(EmbeddingFormatError, match=r"width 768, but this sd1 model's text encoders take 32"):
-        score_concept(renderer, clip, LearnedEmbedding("<big>", torch.zeros(1, 768)), reference_images, "cat",
-                      None, "object", settings)
+        score_concept(
+            renderer,
+            clip,
+            LearnedEmbedding("<big>", torch.zeros(1, 768)),
+            reference_images,
+            "cat",
+            None,
+            "object",
+            settings,
+        )
     with pytest.raises(ConfigError, match="property"):
         score_concept(renderer, clip, embedding, reference_images, "cat", None, "sculpture", settings)
 
@@ -218,13 +239,24 @@ def test_score_settings_validation():
 
 def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, clip_spec, components):
     images = write_shape_images(tmp_path / "images", count=2)
-    embedding_path = save_diffusers(LearnedEmbedding("<sq>", _vector(components, "square")),
-                                     tmp_path / "emb" / "learned_embeds.safetensors")
+    embedding_path = save_diffusers(
+        LearnedEmbedding("<sq>", _vector(components, "square")), tmp_path / "emb" / "learned_embeds.safetensors"
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two prompts\na photo of a {} in the snow\n\na red {}\n")
     out = tmp_path / "out"
-    result = run_score_command(tiny_model_dir, embedding_path, images, out, clip_spec, "square",
-                               prompts_file=prompts, samples=1, render=FAST, clip_device="cpu")
+    result = run_score_command(
+        tiny_model_dir,
+        embedding_path,
+        images,
+        out,
+        clip_spec,
+        "square",
+        prompts_file=prompts,
+        samples=1,
+        render=FAST,
+        clip_device="cpu",
+    )
     assert (out / "grid.png").is_file() and (out / "baseline_grid.png").is_file()
     saved = json.loads((out / "scores.json").read_text())
     assert saved["token"] == "<sq>" and saved["class_word"] == "square"
@@ -240,10 +272,16 @@ def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, cli
             assert -1.0 <= prompt["image_similarity"] <= 1.0 and -1.0 <= prompt["text_similarity"] <= 1.0
     assert saved["inversion_lift"] == pytest.approx(saved["image_similarity"] - saved["baseline_image_similarity"])
     # what the command wrote is what the scoring functions compute from the same inputs: no rescaling
-    direct = score_concept(Renderer(components, FAST), load_clip(clip_spec, "cpu"),
-                           LearnedEmbedding("<sq>", _vector(components, "square")),
-                           [open_rgb(p) for p in list_images(images)], "square", None, "object",
-                           ScoreSettings(prompts=("a photo of a {} in the snow", "a red {}"), samples=1))
+    direct = score_concept(
+        Renderer(components, FAST),
+        load_clip(clip_spec, "cpu"),
+        LearnedEmbedding("<sq>", _vector(components, "square")),
+        [open_rgb(p) for p in list_images(images)],
+        "square",
+        None,
+        "object",
+        ScoreSettings(prompts=("a photo of a {} in the snow", "a red {}"), samples=1),
+    )
     for key in (*similarities, "inversion_lift"):
         assert saved[key] == pytest.approx(getattr(direct, key), abs=1e-5), key
     assert result["files"]["scores"] == str(out / "scores.json")
@@ -252,8 +290,9 @@ def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, cli
 def test_run_score_command_refuses_an_empty_image_folder(tmp_path, tiny_model_dir, clip_spec):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images .* in .*empty"):
-        run_score_command(tiny_model_dir, tmp_path / "missing.safetensors", tmp_path / "empty", tmp_path / "out",
-                          clip_spec, "cat")
+        run_score_command(
+            tiny_model_dir, tmp_path / "missing.safetensors", tmp_path / "empty", tmp_path / "out", clip_spec, "cat"
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -316,24 +355,29 @@ class _DictCache:
         self.kept[key] = images
 
 
-def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(renderer, clip, components,
-                                                                               reference_images, monkeypatch):
+def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(
+    renderer, clip, components, reference_images, monkeypatch
+):
     from inversion.scoring import ScoreRequest, score_concepts
 
     settings = ScoreSettings(prompts=TEMPLATES, seeds=(1, 2))
     words = [LearnedEmbedding("<a>", _vector(components, "dog")), LearnedEmbedding("<b>", _vector(components, "cup"))]
-    alone = [score_concept(renderer, clip, w, reference_images, "cat", ["a red square"], "object", settings)
-             for w in words]
+    alone = [
+        score_concept(renderer, clip, w, reference_images, "cat", ["a red square"], "object", settings) for w in words
+    ]
     rendered: list[list[str]] = []
     real_render = renderer.render
-    monkeypatch.setattr(renderer, "render", lambda prompts, *a, **k: rendered.append(list(prompts))
-                        or real_render(prompts, *a, **k))
+    monkeypatch.setattr(
+        renderer, "render", lambda prompts, *a, **k: rendered.append(list(prompts)) or real_render(prompts, *a, **k)
+    )
     cache = _DictCache()
     requests = [ScoreRequest(w, "cat", reference_images, ["a red square"]) for w in words]
     packed = score_concepts(renderer, clip, requests, settings, cache)
     # one call renders both learned words, one the shared caption's baseline (once, though two concepts use it)
-    assert rendered == [[t.format(w) for w in ("<a>", "<b>") for t in TEMPLATES],
-                        [t.format("red square") for t in TEMPLATES]]
+    assert rendered == [
+        [t.format(w) for w in ("<a>", "<b>") for t in TEMPLATES],
+        [t.format("red square") for t in TEMPLATES],
+    ]
     for p, a in zip(packed, alone):
         assert p.image_similarity == pytest.approx(a.image_similarity, abs=1e-5)
         assert p.inversion_lift == pytest.approx(a.inversion_lift, abs=1e-5)
@@ -346,6 +390,7 @@ def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(rend
     from inversion.scoring import baseline_key
 
     prompts = [t.format("red square") for t in TEMPLATES]
-    assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key("m", prompts, (1, 2),
-                                                                          RenderSettings(steps=3, sampler="dpm"), 64)
+    assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key(
+        "m", prompts, (1, 2), RenderSettings(steps=3, sampler="dpm"), 64
+    )
     assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key("other", prompts, (1, 2), FAST, 64)

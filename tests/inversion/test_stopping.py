@@ -17,8 +17,7 @@ RULE = PlateauRule(every=10, patience=2, min_delta=0.05, min_steps=30)
 
 def test_stops_after_patience_checks_without_a_real_improvement():
     state = StopState()
-    verdicts = [state.observe(step, loss, RULE) for step, loss in
-                [(10, 1.0), (20, 0.90), (30, 0.88), (40, 0.87)]]
+    verdicts = [state.observe(step, loss, RULE) for step, loss in [(10, 1.0), (20, 0.90), (30, 0.88), (40, 0.87)]]
     # 0.90 beats 1.0 by more than 5%; 0.88 and 0.87 do not beat 0.90 by 5%: two stale checks → stop at 40
     assert verdicts == [False, False, False, True]
     assert (state.best, state.best_step, state.reason) == (0.90, 20, "plateau")
@@ -29,7 +28,7 @@ def test_never_stops_before_min_steps_and_keeps_improving():
     assert not any(state.observe(step, 1.0, RULE) for step in (10, 20))  # flat, but before step 30
     assert state.observe(30, 1.0, RULE)
     falling = StopState()
-    assert not any(falling.observe(step, 0.8 ** i, RULE) for i, step in enumerate(range(10, 200, 10)))
+    assert not any(falling.observe(step, 0.8**i, RULE) for i, step in enumerate(range(10, 200, 10)))
 
 
 def test_state_round_trips_through_json():

@@ -25,16 +25,20 @@ def components(tiny_model_dir):
 
 
 def _digest_tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_loss_falls_and_only_new_vectors_change(tiny_model_dir, concept_images):
     files_before = _digest_tree(tiny_model_dir)
     components = load_components(tiny_model_dir)
-    weights_before = {name: {k: v.clone() for k, v in m.state_dict().items()}
-                      for name, m in [("text", components.text_encoder), ("unet", components.unet),
-                                      ("vae", components.vae)]}
+    weights_before = {
+        name: {k: v.clone() for k, v in m.state_dict().items()}
+        for name, m in [("text", components.text_encoder), ("unet", components.unet), ("vae", components.vae)]
+    }
     concept = ConceptConfig("<red-square>", "square", concept_images)
     start = initial_vectors(components.text_encoder, components.tokenizer, "square", 1)
     before = evaluation_loss(components, concept, start)
@@ -70,16 +74,23 @@ def test_training_is_seed_deterministic_on_cpu(components, concept_images):
 
 def test_resume_continues_exactly(components, concept_images, tmp_path):
     concept = ConceptConfig("<red-square>", "square", concept_images, num_vectors=2)
-    whole = train_concept(components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
-                          output_dir=tmp_path / "whole")
-    half = train_concept(components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=4),
-                         output_dir=tmp_path / "split")
+    whole = train_concept(
+        components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4), output_dir=tmp_path / "whole"
+    )
+    half = train_concept(
+        components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=4), output_dir=tmp_path / "split"
+    )
     assert (tmp_path / "split" / "learned_embeds.safetensors").is_file()
     saved = read_checkpoint(tmp_path / "split" / CHECKPOINT_FILENAME)
     assert (saved.token, saved.num_vectors, saved.step) == ("<red-square>", 2, 4)
     assert torch.equal(saved.vectors, half.embedding.vectors) and len(saved.state["losses"]) == 4
-    resumed = train_concept(components, concept, TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
-                            output_dir=tmp_path / "split", resume=True)
+    resumed = train_concept(
+        components,
+        concept,
+        TrainConfig(steps=8, batch_size=2, checkpoint_every=4),
+        output_dir=tmp_path / "split",
+        resume=True,
+    )
     assert half.steps == 4 and resumed.steps == 8 and resumed.resumed_from == 4
     assert torch.equal(whole.embedding.vectors, resumed.embedding.vectors)
     assert whole.losses == resumed.losses
@@ -98,14 +109,16 @@ def test_resume_refuses_changed_settings(components, concept_images, tmp_path):
     concept = ConceptConfig("<red-square>", "square", concept_images)
     train_concept(components, concept, TrainConfig(steps=2, batch_size=1), output_dir=tmp_path)
     with pytest.raises(ConfigError, match="lr was 0.005, now 0.001"):
-        train_concept(components, concept, TrainConfig(steps=4, batch_size=1, lr=1e-3), output_dir=tmp_path,
-                      resume=True)
+        train_concept(
+            components, concept, TrainConfig(steps=4, batch_size=1, lr=1e-3), output_dir=tmp_path, resume=True
+        )
 
 
 def test_packed_concepts_match_training_each_alone(components, tmp_path):
     red = ConceptConfig("<red>", "square", write_shape_images(tmp_path / "red"), seed=1)
-    blue = ConceptConfig("<blue>", "circle", write_shape_images(tmp_path / "blue", color=(30, 30, 220), seed=5),
-                         num_vectors=2, seed=2)
+    blue = ConceptConfig(
+        "<blue>", "circle", write_shape_images(tmp_path / "blue", color=(30, 30, 220), seed=5), num_vectors=2, seed=2
+    )
     config = TrainConfig(steps=6, batch_size=2, grad_accum=2)
     packed = train_concepts(components, [red, blue], config)
     alone = [train_concept(components, c, config) for c in (red, blue)]
@@ -116,16 +129,18 @@ def test_packed_concepts_match_training_each_alone(components, tmp_path):
 
 
 #: a plateau rule that fires quickly on the tiny model: a check every 2 steps must beat the best by 50%
-QUICK_PLATEAU = dict(stop="plateau", stop_every=2, stop_patience=2, stop_min_delta=0.5, stop_min_steps=0,
-                     stop_samples=4)
+QUICK_PLATEAU = dict(
+    stop="plateau", stop_every=2, stop_patience=2, stop_min_delta=0.5, stop_min_steps=0, stop_samples=4
+)
 
 
 def test_continuous_packing_with_plateau_stops_matches_training_each_alone(components, tmp_path):
     """Three concepts, two slots: each stops at its own plateau, the third takes a freed slot, and
     every concept's result (vectors, losses, stop step and reason) equals training it alone."""
-    concepts = [ConceptConfig(f"<c{i}>", "square", write_shape_images(tmp_path / f"c{i}", color=color, seed=i),
-                              seed=i)
-                for i, color in enumerate([(200, 40, 40), (30, 30, 220), (40, 200, 40)])]
+    concepts = [
+        ConceptConfig(f"<c{i}>", "square", write_shape_images(tmp_path / f"c{i}", color=color, seed=i), seed=i)
+        for i, color in enumerate([(200, 40, 40), (30, 30, 220), (40, 200, 40)])
+    ]
     config = TrainConfig(steps=12, batch_size=2, **QUICK_PLATEAU)
     reports = []
     packed = train_concepts(components, concepts, config, slots=2, callback=reports.append)
@@ -139,7 +154,7 @@ def test_continuous_packing_with_plateau_stops_matches_training_each_alone(compo
     # two slots: at most two concepts per step, and the third trains only after one of the first two stopped
     assert max(len(r.losses) for r in reports) <= 2
     first_third = next(i for i, r in enumerate(reports) if "<c2>" in r.losses)
-    assert any(r.stopped for r in reports[: first_third]), "the third concept took a freed slot"
+    assert any(r.stopped for r in reports[:first_third]), "the third concept took a freed slot"
     assert len(reports) < reports[0].total_steps == 24, "early stops shorten the queue's 2 × 12 pack steps"
 
 
@@ -192,8 +207,9 @@ def _with_prediction(model_dir: Path, prediction_type: str):
     from diffusers import DDPMScheduler
 
     components = load_components(model_dir)
-    components.noise_scheduler = DDPMScheduler.from_config(components.noise_scheduler.config,
-                                                           prediction_type=prediction_type)
+    components.noise_scheduler = DDPMScheduler.from_config(
+        components.noise_scheduler.config, prediction_type=prediction_type
+    )
     return components
 
 
@@ -211,8 +227,9 @@ def _first_step_against(components, concept_images, target_of) -> tuple[float, f
     scheduler.add_noise = recording_add_noise
     hook = components.unet.register_forward_hook(lambda m, a, out: seen.update(pred=out.sample.detach().clone()))
     try:
-        result = train_concept(components, ConceptConfig("<red-square>", "square", concept_images),
-                               TrainConfig(steps=1, batch_size=2))
+        result = train_concept(
+            components, ConceptConfig("<red-square>", "square", concept_images), TrainConfig(steps=1, batch_size=2)
+        )
     finally:
         hook.remove()
         del scheduler.add_noise
@@ -222,11 +239,13 @@ def _first_step_against(components, concept_images, target_of) -> tuple[float, f
 
 def test_v_prediction_models_train_against_the_velocity(tiny_model_dir, concept_images):
     components = _with_prediction(tiny_model_dir, "v_prediction")
-    loss, against_velocity = _first_step_against(components, concept_images,
-                                                 lambda s, latents, noise, t: s.get_velocity(latents, noise, t))
+    loss, against_velocity = _first_step_against(
+        components, concept_images, lambda s, latents, noise, t: s.get_velocity(latents, noise, t)
+    )
     assert loss == pytest.approx(against_velocity, rel=1e-5)
-    _, against_noise = _first_step_against(_with_prediction(tiny_model_dir, "v_prediction"), concept_images,
-                                           lambda s, latents, noise, t: noise)
+    _, against_noise = _first_step_against(
+        _with_prediction(tiny_model_dir, "v_prediction"), concept_images, lambda s, latents, noise, t: noise
+    )
     assert against_noise != pytest.approx(against_velocity, rel=1e-3), "velocity and noise must differ here"
 
 
@@ -253,11 +272,13 @@ def test_compiled_unet_trains_like_eager_and_resumes_across_the_switch(tiny_mode
     components = load_components(tiny_model_dir)  # its own copy: the compiled wrapper stays cached on it
     concept = ConceptConfig("<red-square>", "square", concept_images, seed=3)
     eager = train_concept(components, concept, TrainConfig(steps=4, batch_size=2))
-    compiled_half = train_concept(components, concept, TrainConfig(steps=2, batch_size=2, checkpoint_every=2,
-                                                                   compile=True), output_dir=tmp_path)
+    compiled_half = train_concept(
+        components, concept, TrainConfig(steps=2, batch_size=2, checkpoint_every=2, compile=True), output_dir=tmp_path
+    )
     assert components._compiled_unet is not None, "compile=True must train through the compiled UNet"
-    resumed = train_concept(components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=2),
-                            output_dir=tmp_path, resume=True)
+    resumed = train_concept(
+        components, concept, TrainConfig(steps=4, batch_size=2, checkpoint_every=2), output_dir=tmp_path, resume=True
+    )
     assert compiled_half.steps == 2 and resumed.resumed_from == 2
     torch.testing.assert_close(resumed.embedding.vectors, eager.embedding.vectors, rtol=1e-4, atol=1e-5)
     assert resumed.losses == pytest.approx(eager.losses, rel=1e-4)

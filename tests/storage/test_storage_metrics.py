@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from .helpers import SECRET_KEY
 from storage.errors import InvalidInput
 from storage.metrics import (
     INDEX_SCHEMA,
@@ -22,6 +21,8 @@ from storage.metrics import (
 )
 from storage.objectstore import ObjectStore, open_store
 from storage.results import ResultStore
+
+from .helpers import SECRET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -53,8 +54,13 @@ EXPECTED = [
     ("grid_uri", pa.string(), True),
     ("created_at", pa.timestamp("us", tz="UTC"), False),
 ]
-_DOC_TYPES = {"string": pa.string(), "date32": pa.date32(), "int32": pa.int32(), "float64": pa.float64(),
-              "timestamp[us, UTC]": pa.timestamp("us", tz="UTC")}
+_DOC_TYPES = {
+    "string": pa.string(),
+    "date32": pa.date32(),
+    "int32": pa.int32(),
+    "float64": pa.float64(),
+    "timestamp[us, UTC]": pa.timestamp("us", tz="UTC"),
+}
 
 
 def test_schema_is_exactly_as_documented() -> None:
@@ -75,13 +81,32 @@ def _row(run_id: str, concept: str, status: str = "ok", at: datetime = T0, **kw)
 def test_append_twice_then_read_back(root_uri: str, settings_for, store: ObjectStore) -> None:
     assert read_metrics(root_uri, settings_for).schema == METRICS_SCHEMA
     assert read_metrics(root_uri, settings_for).num_rows == 0
-    first = append_metrics(root_uri, [
-        _row("run-a", "cat", digest="0123456789abcdef", token="<cat>", model="sd15", steps=500, vectors=2, lr=5e-3,
-             image_similarity=0.81, text_similarity=0.27, baseline_image_similarity=0.7,
-             baseline_text_similarity=0.25, inversion_lift=0.11, final_loss=0.12, train_seconds=61.5,
-             embedding_uri="s3://b/e.safetensors", grid_uri="s3://b/g.png"),
-        _row("run-a", "dog", status="failed", error="CUDA out of memory"),
-    ], settings_for)
+    first = append_metrics(
+        root_uri,
+        [
+            _row(
+                "run-a",
+                "cat",
+                digest="0123456789abcdef",
+                token="<cat>",
+                model="sd15",
+                steps=500,
+                vectors=2,
+                lr=5e-3,
+                image_similarity=0.81,
+                text_similarity=0.27,
+                baseline_image_similarity=0.7,
+                baseline_text_similarity=0.25,
+                inversion_lift=0.11,
+                final_loss=0.12,
+                train_seconds=61.5,
+                embedding_uri="s3://b/e.safetensors",
+                grid_uri="s3://b/g.png",
+            ),
+            _row("run-a", "dog", status="failed", error="CUDA out of memory"),
+        ],
+        settings_for,
+    )
     second = append_metrics(root_uri, [_row("run-b", "cat", status="skipped", at=T0 + timedelta(days=1))], settings_for)
     assert first != second
     keys = list(store.list("metrics/"))
@@ -109,8 +134,11 @@ def test_append_twice_then_read_back(root_uri: str, settings_for, store: ObjectS
 
 
 def test_errors_are_redacted_before_they_reach_parquet(root_uri: str, settings_for, store: ObjectStore) -> None:
-    append_metrics(root_uri, [_row("run-x", "cat", status="failed",
-                                   error=f"boto said: secret={SECRET_KEY} and {SECRET_KEY}")], settings_for)
+    append_metrics(
+        root_uri,
+        [_row("run-x", "cat", status="failed", error=f"boto said: secret={SECRET_KEY} and {SECRET_KEY}")],
+        settings_for,
+    )
     (key,) = store.list("metrics/")
     assert SECRET_KEY.encode() not in store.get(key)
     assert SECRET_KEY not in read_metrics(root_uri, settings_for).column("error")[0].as_py()
@@ -150,16 +178,38 @@ def test_embeddings_index_picks_latest_completed_ok_row(root_uri: str, settings_
         results.publish(concept, digest, {"learned_embeds.safetensors": f"{concept}{digest}".encode()}, run_id="pub")
 
     def ok(run: str, concept: str, digest: str, at: datetime) -> MetricsRow:
-        return _row(run, concept, "ok", at, digest=digest, token=f"<{concept}>",
-                    embedding_uri=results.uri(concept, digest, "learned_embeds.safetensors"), image_similarity=0.5)
+        return _row(
+            run,
+            concept,
+            "ok",
+            at,
+            digest=digest,
+            token=f"<{concept}>",
+            embedding_uri=results.uri(concept, digest, "learned_embeds.safetensors"),
+            image_similarity=0.5,
+        )
 
-    append_metrics(root_uri, [ok("run1", "cat", d1, T0), ok("run1", "dog", d1, T0),
-                              _row("run1", "emu", "failed", T0, error="x")], settings_for)
-    append_metrics(root_uri, [ok("run2", "cat", d2, T0 + timedelta(hours=1)),
-                              ok("run2", "dog", d3, T0 + timedelta(hours=1))],  # dog d3 never completed
-                   settings_for)
-    append_metrics(root_uri, [_row("run3", "cat", "failed", T0 + timedelta(hours=2), digest=d3),
-                              _row("run3", "dog", "skipped", T0 + timedelta(hours=2), digest=d1)], settings_for)
+    append_metrics(
+        root_uri,
+        [ok("run1", "cat", d1, T0), ok("run1", "dog", d1, T0), _row("run1", "emu", "failed", T0, error="x")],
+        settings_for,
+    )
+    append_metrics(
+        root_uri,
+        [
+            ok("run2", "cat", d2, T0 + timedelta(hours=1)),
+            ok("run2", "dog", d3, T0 + timedelta(hours=1)),
+        ],  # dog d3 never completed
+        settings_for,
+    )
+    append_metrics(
+        root_uri,
+        [
+            _row("run3", "cat", "failed", T0 + timedelta(hours=2), digest=d3),
+            _row("run3", "dog", "skipped", T0 + timedelta(hours=2), digest=d1),
+        ],
+        settings_for,
+    )
 
     uri = update_embeddings_index(root_uri, settings_for)
     assert uri == store.url("embeddings_index/index.parquet")
@@ -171,7 +221,9 @@ def test_embeddings_index_picks_latest_completed_ok_row(root_uri: str, settings_
     append_metrics(root_uri, [ok("run4", "dog", d1, T0 + timedelta(hours=3))], settings_for)
     update_embeddings_index(root_uri, settings_for)
     assert {r["concept_id"]: r["run_id"] for r in read_embeddings_index(root_uri, settings_for).to_pylist()} == {
-        "cat": "run2", "dog": "run4"}
+        "cat": "run2",
+        "dog": "run4",
+    }
 
 
 def test_empty_index(root_uri: str, settings_for) -> None:
@@ -181,25 +233,38 @@ def test_empty_index(root_uri: str, settings_for) -> None:
     assert open_store(root_uri, settings_for).exists("embeddings_index/index.parquet")
 
 
-def test_index_update_merges_a_runs_rows_without_reading_the_history(root_uri: str, settings_for, store: ObjectStore,
-                                                                      monkeypatch) -> None:
+def test_index_update_merges_a_runs_rows_without_reading_the_history(
+    root_uri: str, settings_for, store: ObjectStore, monkeypatch
+) -> None:
     results = ResultStore(store)
     d1, d2 = "1111111111111111", "2222222222222222"
     for concept, digest in (("cat", d1), ("dog", d1), ("cat", d2)):
         results.publish(concept, digest, {"learned_embeds.safetensors": f"{concept}{digest}".encode()}, run_id="pub")
 
     def ok(run: str, concept: str, digest: str, at: datetime) -> MetricsRow:
-        return _row(run, concept, "ok", at, digest=digest, embedding_uri=results.uri(concept, digest, "learned_embeds.safetensors"))
+        return _row(
+            run,
+            concept,
+            "ok",
+            at,
+            digest=digest,
+            embedding_uri=results.uri(concept, digest, "learned_embeds.safetensors"),
+        )
 
     first = [ok("run1", "cat", d1, T0), ok("run1", "dog", d1, T0)]
     append_metrics(root_uri, first, settings_for)
     update_embeddings_index(root_uri, settings_for, rows=first)  # no index yet: built from the history
     monkeypatch.setattr("storage.metrics.read_metrics", lambda *a, **k: pytest.fail("read the metrics history"))
     monkeypatch.setattr(ResultStore, "completed", lambda *a, **k: pytest.fail("listed every result"))
-    second = [ok("run2", "cat", d2, T0 + timedelta(hours=1)), _row("run2", "dog", "skipped", T0, digest=d1),
-              ok("run2", "emu", "3333333333333333", T0 + timedelta(hours=1))]  # emu never completed
+    second = [
+        ok("run2", "cat", d2, T0 + timedelta(hours=1)),
+        _row("run2", "dog", "skipped", T0, digest=d1),
+        ok("run2", "emu", "3333333333333333", T0 + timedelta(hours=1)),
+    ]  # emu never completed
     update_embeddings_index(root_uri, settings_for, rows=second)
-    picked = {r["concept_id"]: (r["run_id"], r["digest"]) for r in read_embeddings_index(root_uri, settings_for).to_pylist()}
+    picked = {
+        r["concept_id"]: (r["run_id"], r["digest"]) for r in read_embeddings_index(root_uri, settings_for).to_pylist()
+    }
     assert picked == {"cat": ("run2", d2), "dog": ("run1", d1)}
     monkeypatch.setattr(type(store), "put", lambda *a, **k: pytest.fail("an unchanged index is rewritten"))
     update_embeddings_index(root_uri, settings_for, rows=[_row("run3", "dog", "skipped", T0, digest=d1)])

@@ -11,8 +11,10 @@ from tasks.baselines import BASELINES_PREFIX, StoreBaselineCache
 
 def _images(rows: int, columns: int) -> list[list[Image.Image]]:
     rng = np.random.default_rng(0)
-    return [[Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(columns)]
-            for _ in range(rows)]
+    return [
+        [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(columns)]
+        for _ in range(rows)
+    ]
 
 
 def test_kept_images_come_back_exactly(tiny_model_dir, tmp_path):
