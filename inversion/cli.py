@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PROPERTIES, ConceptConfig, EvalConfig, TrainConfig, clip_spec
+from .config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, TrainConfig, clip_spec
 from .fields import add_arguments, settings_of, values_from_args
 
 if TYPE_CHECKING:
@@ -27,16 +27,25 @@ _INVERT = tuple(declared for declared in _TRAIN.values() if declared.spec.group 
 
 
 def quiet_libraries() -> None:
-    """Silence third-party progress bars and load-time warnings so our own progress is readable."""
+    """Silence third-party progress bars and load-time warnings so our own progress is readable.
+
+    Without importing transformers or diffusers (and torch with them: a catalog run's coordinator
+    never needs them): they read their verbosity from the environment when first imported, and those
+    already imported are set directly. Hub download bars are off for all of them.
+    """
+    import os
+    import sys
     import warnings
 
-    import diffusers
-    import transformers
+    from huggingface_hub.utils import disable_progress_bars
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
+    for library in ("transformers", "diffusers"):
+        os.environ[f"{library.upper()}_VERBOSITY"] = "error"
+        if library in sys.modules:
+            module = sys.modules[library]
+            module.utils.logging.set_verbosity_error()
+            module.utils.logging.disable_progress_bar()
+    disable_progress_bars()
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
@@ -239,7 +248,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
     p.add_argument("--model", required=True)
-    p.add_argument("--embedding", required=True, help="embedding file: diffusers, A1111 or kohya")
+    p.add_argument("--embedding", required=True, nargs="+", action="extend",
+                   help=("embedding file(s): the first is the word scored ({} in the prompts); more are installed "
+                         "too, so prompts may name their tokens (repeatable)"))
     p.add_argument("--images", required=True, help="folder of the concept's training images")
     p.add_argument("--class-word", required=True, help="the concept's class word (e.g. the initializer, 'cat')")
     p.add_argument("--token", help="override the token stored in the embedding file")

@@ -33,6 +33,9 @@ Sampler = Literal["ddim", "dpm"]  # inversion.render.make_scheduler
 PROPERTIES: tuple[str, ...] = get_args(Property)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+#: how ``sstar merge`` combines learned words (:mod:`inversion.merge`; here so the CLI needs no torch)
+MergeMode = Literal["sum", "slerp", "concat"]
+MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 #: the method's evaluation CLIP: OpenAI's ViT-B/32 (``inversion.clip`` uses these too)
 DEFAULT_CLIP_ARCH = "ViT-B-32"
