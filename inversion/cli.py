@@ -248,9 +248,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
     p.add_argument("--model", required=True)
-    p.add_argument("--embedding", required=True, nargs="+", action="extend",
-                   help=("embedding file(s): the first is the word scored ({} in the prompts); more are installed "
-                         "too, so prompts may name their tokens (repeatable)"))
+    p.add_argument("--embedding", required=True, help="embedding file: diffusers, A1111 or kohya")
     p.add_argument("--images", required=True, help="folder of the concept's training images")
     p.add_argument("--class-word", required=True, help="the concept's class word (e.g. the initializer, 'cat')")
     p.add_argument("--token", help="override the token stored in the embedding file")
@@ -261,8 +259,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, [_TRAIN["device"]])
     p.add_argument("--out", required=True, help="folder for grid.png, baseline_grid.png and scores.json")
     p.set_defaults(func=cmd_score)
-
-    from .merge import MERGE_MODES
 
     p = sub.add_parser("merge", help="write a new word from learned words (weighted sum, slerp or concatenation)")
     p.add_argument("--from", dest="sources", action="append", required=True, metavar="FILE[:WEIGHT]",
