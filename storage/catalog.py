@@ -122,7 +122,10 @@ class ConceptMeta:
     def __post_init__(self) -> None:
         problem = token_problem(self.token)
         if problem:
-            raise InvalidConcept(f"token must be one word (1-64 chars, no spaces, no control or invisible characters), got {self.token!r}: {problem}")
+            raise InvalidConcept(
+                "token must be one word (1-64 chars, no spaces, no control or invisible characters), "
+                f"got {self.token!r}: {problem}"
+            )
         for name in ("initializer", "class_name"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip() or len(value) > 200:
@@ -159,7 +162,9 @@ class ConceptMeta:
             raise InvalidConcept(f"property must be one of {', '.join(PROPERTIES)}, got {prop!r}")
         initializer = data.get("initializer")
         class_name = data.get("class")
-        initializer = initializer if initializer is not None else class_name if class_name is not None else DEFAULT_WORD[prop]
+        initializer = (
+            initializer if initializer is not None else class_name if class_name is not None else DEFAULT_WORD[prop]
+        )
         class_name = class_name if class_name is not None else initializer
         captions = data.get("captions", ())
         if not isinstance(captions, (list, tuple)):
@@ -185,7 +190,9 @@ class ConceptMeta:
         except UnicodeDecodeError:
             raise InvalidConcept(f"{CONCEPT_FILE} is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
-            raise InvalidConcept(f"{CONCEPT_FILE} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            raise InvalidConcept(
+                f"{CONCEPT_FILE} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            ) from None
         return cls.from_dict(concept_id, data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -339,25 +346,24 @@ def read_concept(store: ObjectStore, spec: ConceptSpec, *, max_workers: int = 4)
     """
     prefix = f"{spec.concept_id}/"
 
-    def load(key: str) -> tuple[str, bytes | None, ObjectInfo | None, str | None]:
+    def load(key: str) -> tuple[str, tuple[bytes, ObjectInfo] | str]:
+        """``key`` with its bytes and their object info, or with the reason it cannot be read."""
         try:
-            data, info = store.get_with_info(key)
-            return key, data, info, None
+            return key, store.get_with_info(key)
         except StorageError as exc:
-            return key, None, None, f"cannot read: {exc}"
+            return key, f"cannot read: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(spec.images) or 1))) as pool:
         results = list(pool.map(load, spec.images))
-    data = {key: body for key, body, _, _ in results if body is not None}
-    problems = [ConceptProblem(spec.concept_id, key, reason) for key, body, _, reason in results if body is None]
+    read = {key: outcome for key, outcome in results if not isinstance(outcome, str)}
+    data = {key: body for key, (body, _) in read.items()}
+    problems = [ConceptProblem(spec.concept_id, key, outcome) for key, outcome in results if isinstance(outcome, str)]
     if not data:
         problems.append(ConceptProblem(spec.concept_id, None, "no readable image"))
         return ConceptRead(replace(spec, digest=None), {}, tuple(problems), None)
     hashes = {key.removeprefix(prefix): hashlib.sha256(body).hexdigest() for key, body in data.items()}
     images = images_fingerprint(hashes)
-    listing = listing_fingerprint(
-        (info.key.removeprefix(prefix), info.size, info.etag) for _, _, info, _ in results if info is not None
-    )
+    listing = listing_fingerprint((info.key.removeprefix(prefix), info.size, info.etag) for _, info in read.values())
     state = ConceptState(listing, images) if not problems else None
     digest = digest_of(images, spec.meta, spec.settings)
     return ConceptRead(replace(spec, images=tuple(sorted(data)), digest=digest), data, tuple(problems), state)
@@ -430,8 +436,9 @@ def discover_catalog(
         except UnicodeDecodeError:
             return raw, None  # not text: parsing reports it; nothing to remember
 
-    def scan(concept_id: str, found_entries: list[ObjectInfo]) -> tuple[ConceptSpec | None, list[ConceptProblem],
-                                                                        MetaState | None, ConceptState | None]:
+    def scan(
+        concept_id: str, found_entries: list[ObjectInfo]
+    ) -> tuple[ConceptSpec | None, list[ConceptProblem], MetaState | None, ConceptState | None]:
         found: list[ConceptProblem] = []
         try:
             validate_concept_id(concept_id)
@@ -448,13 +455,17 @@ def discover_catalog(
             elif name == CONCEPT_FILE:
                 meta_entry = entry
             elif not _is_image(name):
-                found.append(ConceptProblem(
-                    concept_id, entry.key, f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})"
-                ))
+                found.append(
+                    ConceptProblem(concept_id, entry.key, f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})")
+                )
             elif entry.size > MAX_IMAGE_BYTES:
-                found.append(ConceptProblem(
-                    concept_id, entry.key, f"ignored: {entry.size} bytes is more than the {MAX_IMAGE_BYTES}-byte limit"
-                ))
+                found.append(
+                    ConceptProblem(
+                        concept_id,
+                        entry.key,
+                        f"ignored: {entry.size} bytes is more than the {MAX_IMAGE_BYTES}-byte limit",
+                    )
+                )
             else:
                 images.append(entry)
         meta_key = meta_entry.key if meta_entry else None
@@ -467,9 +478,17 @@ def discover_catalog(
         except StorageError as exc:
             return None, [*found, ConceptProblem(concept_id, meta_key, f"cannot read: {exc}")], None, None
         if not images:
-            return None, [*found, ConceptProblem(
-                concept_id, None, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the concept folder"
-            )], meta_state, None
+            return (
+                None,
+                [
+                    *found,
+                    ConceptProblem(
+                        concept_id, None, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the concept folder"
+                    ),
+                ],
+                meta_state,
+                None,
+            )
         spec = ConceptSpec(concept_id, meta, tuple(e.key for e in images), None, meta_key, settings)
         listing = listing_fingerprint((e.key.partition("/")[2], e.size, e.etag) for e in images)
         last = known.concepts.get(concept_id)
@@ -486,7 +505,8 @@ def discover_catalog(
     metas: dict[str, MetaState] = {}
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         for (concept_id, _), (spec, found, meta_state, concept_state) in zip(
-                sorted(groups.items()), pool.map(lambda item: scan(*item), sorted(groups.items()))):
+            sorted(groups.items()), pool.map(lambda item: scan(*item), sorted(groups.items()))
+        ):
             problems.extend(found)
             if spec is not None:
                 specs.append(spec)
