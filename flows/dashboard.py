@@ -42,7 +42,7 @@ from flows.charts import (
     stacked_bar_chart,
 )
 from flows.report import _CSS, _lift
-from inversion.scoring import GRID_FILENAME
+from inversion.filenames import GRID_FILENAME
 from storage.objectstore import open_store
 from storage.results import ResultStore
 

@@ -27,8 +27,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from flows.charts import bar_chart, chart, charts_script, histogram
-from inversion.scoring import (BASELINE_GRID_FILENAME, BASELINE_GRID_THUMBNAIL_FILENAME, GRID_FILENAME,
-                               GRID_THUMBNAIL_FILENAME)
+from inversion.filenames import (BASELINE_GRID_FILENAME, BASELINE_GRID_THUMBNAIL_FILENAME, GRID_FILENAME,
+                                 GRID_THUMBNAIL_FILENAME)
 from storage.compositions import composition_prefix
 from storage.objectstore import open_store
 from storage.results import ResultStore

@@ -25,13 +25,13 @@ from common.atomic import atomic_write
 
 from .config import TrainConfig
 from .errors import ConfigError, InputError
+from .filenames import CHECKPOINT_FILENAME
 
 __all__ = ["CHECKPOINT_FILENAME", "CHECKPOINT_VERSION", "RESUMABLE_CHANGES", "Checkpoint", "read_checkpoint",
            "write_checkpoint"]
 
 CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it
-CHECKPOINT_FILENAME = "checkpoint.safetensors"
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "device", "compile", "stop"})
 _TENSORS = ("vectors", "exp_avg", "exp_avg_sq", "rng_state")
 

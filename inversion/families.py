@@ -25,67 +25,20 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
-from .errors import EmbeddingFormatError, InputError, TokenError
+from .errors import EmbeddingFormatError, TokenError
 from .images import open_rgb
+from .modelinfo import FAMILIES, Family, classify, family_or_none, read_family  # noqa: F401
 from .tokens import PlaceholderToken, initial_vectors, placeholder_embedding, register_token
 
 if TYPE_CHECKING:
     from .formats import LearnedEmbedding
     from .models import DiffusionComponents
-
-Family = Literal["sd1", "sd2", "sdxl"]
-FAMILIES: tuple[str, ...] = get_args(Family)
-
-
-def classify(has_text_encoder_2: bool, text_config: Any) -> Family:
-    """The family of a model from its text side: the one rule, for folders and for loaded models alike.
-
-    A second text encoder means SDXL; an OpenCLIP text encoder (1024-d, or OpenCLIP's ``gelu``
-    activation where OpenAI CLIP has ``quick_gelu``) means SD 2.x; anything else is SD 1.x.
-    """
-    if has_text_encoder_2:
-        return "sdxl"
-    if int(getattr(text_config, "hidden_size", 0)) == 1024 or getattr(text_config, "hidden_act", "") == "gelu":
-        return "sd2"
-    return "sd1"
-
-
-def read_family(model: str | Path) -> Family:
-    """The family of the diffusers model ``model`` (a folder or a hub id), from its configs alone.
-
-    Reads ``model_index.json`` (an SDXL pipeline class or a ``text_encoder_2`` entry means SDXL) and,
-    otherwise, ``text_encoder/config.json``; no weights. A one-line :class:`InputError` if they are unreadable.
-    """
-    from diffusers import DiffusionPipeline
-    from transformers import CLIPTextConfig
-
-    source = str(model)
-    try:
-        index = DiffusionPipeline.load_config(source)
-        second = index.get("text_encoder_2")
-        if (isinstance(second, list) and second[0] is not None) or "XL" in str(index.get("_class_name", "")):
-            return "sdxl"
-        return classify(False, CLIPTextConfig.from_pretrained(source, subfolder="text_encoder"))
-    except (OSError, ValueError) as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"cannot read the model family of {source}: {first_line}") from exc
-
-
-@lru_cache(maxsize=64)
-def family_or_none(model: str) -> Family | None:
-    """:func:`read_family`, or ``None`` where the model's configs cannot be read (for metrics rows)."""
-    try:
-        return read_family(model)
-    except InputError:
-        return None
-
 
 def family_of(components: DiffusionComponents) -> Family:
     """The family of loaded components."""

@@ -21,8 +21,6 @@ Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``t
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +31,9 @@ from safetensors.torch import load_file, save_file
 
 from common.atomic import atomic_write
 
-from .checkpoint import CHECKPOINT_FILENAME
 from .errors import EmbeddingFormatError
+from .filenames import DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, a1111_filename, sdxl_filename
 
-DIFFUSERS_FILENAME = "learned_embeds.safetensors"
-#: diffusers' file for SDXL's second text encoder (OpenCLIP bigG), beside :data:`DIFFUSERS_FILENAME`
-DIFFUSERS_FILENAME_2 = "learned_embeds_2.safetensors"
 #: the keys of an SDXL embedding in A1111/ComfyUI/kohya files, in text-encoder order
 SDXL_KEYS = ("clip_l", "clip_g")
 A1111_PLACEHOLDER = "*"
@@ -127,34 +122,6 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
         payload[A1111_METADATA_KEY] = {str(k): str(v) for k, v in metadata.items()}
     atomic_write(path, lambda tmp: torch.save(payload, tmp, _use_new_zipfile_serialization=False))
     return Path(path)
-
-
-def a1111_filename(token: str, suffix: str = ".pt") -> str:
-    """The A1111 file name for ``token``: A1111 uses the file stem as the trigger word.
-
-    A token of plain ASCII letters, digits and ``- _ .`` (inside optional ``<>``) keeps its spelling
-    (``<my-cat>`` → ``my-cat.pt``). Any other token gets an ASCII slug plus 8 hex digits of its
-    SHA-256 (``<café-猫>`` → ``caf-<hash>.pt``): safe as an object key and on every filesystem,
-    stable, and distinct for distinct tokens. The exact token is always in the diffusers file.
-    """
-    core = token[1:-1] if len(token) > 2 and token.startswith("<") and token.endswith(">") else token
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", core).strip("-._")
-    if slug and slug == core:
-        return f"{slug}{suffix}"
-    digest = hashlib.sha256(token.encode("utf-8")).hexdigest()[:8]
-    return f"{slug[:48].rstrip('-._') or 'embedding'}-{digest}{suffix}"
-
-
-def sdxl_filename(token: str) -> str:
-    """The SDXL ``.safetensors`` file name for ``token`` (the file stem is the trigger word, as for the ``.pt``).
-
-    A stem that would clash with another file of the output folder (``learned_embeds``,
-    ``learned_embeds_2``, ``checkpoint``) gets ``-sdxl`` appended.
-    """
-    name = a1111_filename(token, ".safetensors")
-    if name in (DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, CHECKPOINT_FILENAME):
-        name = f"{Path(name).stem}-sdxl.safetensors"
-    return name
 
 
 def _only_tensor(tensors: dict, path: Path) -> torch.Tensor:

@@ -346,14 +346,14 @@ def _check_model_folder(path: Path) -> None:
 def load_components(model: str | Path) -> DiffusionComponents:
     """Load a Stable Diffusion 1.x, 2.x or SDXL model from a local diffusers folder or a hub id.
 
-    The family comes from the folder (:func:`inversion.families.read_family`); for SDXL the second
+    The family comes from the folder (:func:`inversion.modelinfo.read_family`); for SDXL the second
     tokenizer and text encoder are loaded too. Weights are
     loaded in fp32 on the CPU and frozen; callers move them with :meth:`DiffusionComponents.to`.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from .families import read_family
+    from .modelinfo import read_family
 
     source = str(model)
     path = Path(source).expanduser()

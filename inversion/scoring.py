@@ -39,18 +39,19 @@ from .clip import ClipModel
 from .config import PROPERTIES
 from .errors import ConfigError, InputError
 from .families import PromptEncoder
+from .filenames import (
+    BASELINE_GRID_FILENAME,
+    BASELINE_GRID_THUMBNAIL_FILENAME,
+    GRID_FILENAME,
+    GRID_THUMBNAIL_FILENAME,
+    SCORES_FILENAME,
+)
 from .formats import LearnedEmbedding
 from .prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill
 from .render import Renderer, RenderSettings, make_grid
 from .weighting import plain_text
 
 SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
-SCORES_FILENAME = "scores.json"
-GRID_FILENAME = "grid.png"
-BASELINE_GRID_FILENAME = "baseline_grid.png"
-#: small JPEG copies of the grids, written beside them for reports to link (never embed)
-GRID_THUMBNAIL_FILENAME = "grid.thumb.jpg"
-BASELINE_GRID_THUMBNAIL_FILENAME = "baseline_grid.thumb.jpg"
 THUMBNAIL_WIDTH = 768
 
 

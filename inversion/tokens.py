@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import TokenError
+from .placeholders import vector_names  # the names live with the torch-free word checks
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,6 @@ class PlaceholderToken:
     @property
     def num_vectors(self) -> int:
         return len(self.ids)
-
-
-def vector_names(token: str, num_vectors: int) -> tuple[str, ...]:
-    """``<t>``, ``<t>_1``, … — the names of the N tokens that carry a multi-vector embedding."""
-    if num_vectors < 1:
-        raise TokenError(f"{token} needs at least 1 vector, got {num_vectors}")
-    return (token,) + tuple(f"{token}_{i}" for i in range(1, num_vectors))
 
 
 def expand_token(text: str, token: str, num_vectors: int) -> str:

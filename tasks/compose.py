@@ -3,7 +3,9 @@ publish its grid and scores under ``<out>/compositions/<id>/<key>/`` and return 
 
 A composition's ``key`` digests its prompt, the digests of the concepts it names and the settings that
 change the pixels or the scores; a result already under that key is reused (a ``skipped`` row) without
-loading any model, so a composition is rendered again only when one of those changed.
+loading any model, so a composition is rendered again only when one of those changed. The ML code
+(torch) is imported by the task body only when something is rendered: the coordinator imports this
+module without it.
 """
 
 from __future__ import annotations
@@ -14,14 +16,13 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import task
 
-from inversion.composition import Word, score_composition
 from inversion.errors import SstarError
-from inversion.formats import DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, load_embedding
-from inversion.scoring import GRID_FILENAME, GRID_THUMBNAIL_FILENAME, SCORES_FILENAME, embed_reference_images, \
-    save_thumbnail
+from inversion.filenames import DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, GRID_FILENAME, GRID_THUMBNAIL_FILENAME, \
+    SCORES_FILENAME
 from storage.catalog import read_concept
 from storage.compositions import CompositionRow, CompositionSpec, composition_prefix
 from storage.errors import StorageError
@@ -35,6 +36,9 @@ from .ingest import spec_of
 from .records import ConceptRecord
 from .retry import RETRY
 from .settings import EvalSettings, LearnSettings, RunSettings
+
+if TYPE_CHECKING:
+    from inversion.composition import Word
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ def _row(spec: CompositionSpec, run_id: str, status: str, concepts: list[Learned
 
 def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip) -> Word:
     """Download the concept's embedding (both files of an SDXL word) and CLIP-embed its training images."""
+    from inversion.composition import Word
+    from inversion.formats import load_embedding
+    from inversion.scoring import embed_reference_images
+
     folder = work / concept.record.concept_id
     folder.mkdir(parents=True)
     for name in (DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2):
@@ -93,6 +101,9 @@ def compose(spec: CompositionSpec, concepts: list[LearnedConcept], catalog_uri: 
         return _row(spec, run_id, "skipped", concepts, key, json.loads(raw), store.url(f"{prefix}/{GRID_FILENAME}"))
     except StorageError:
         pass  # not rendered yet (or unreadable): render it
+    from inversion.composition import score_composition  # torch: only when something is rendered
+    from inversion.scoring import save_thumbnail
+
     try:
         clip = runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained,
                                   run.device)

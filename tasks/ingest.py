@@ -17,14 +17,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from inversion.fingerprint import model_fingerprint
-from inversion.tokens import vector_names
+from inversion.modelinfo import tokenizer_vocabulary
+from inversion.placeholders import token_collisions, vocabulary_clash
 from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog, read_concept
 from storage.images import ingest_concept, write_pngs
 from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
 
-from . import runtime
 from .records import ConceptRecord, StagedConcept
 from .retry import RETRY
 from .settings import LearnSettings
@@ -64,11 +64,22 @@ class ScanResult:
 
 
 def _vocabulary_problem(vocabulary: frozenset[str], record: ConceptRecord, model: str) -> str | None:
-    taken = [name for name in vector_names(record.token, record.vectors) if name in vocabulary]
+    taken = vocabulary_clash(record.token, record.vectors, vocabulary)
     if taken:
-        return (f"token {taken[0]} is already a word of {model}'s vocabulary; "
+        return (f"token {taken} is already a word of {model}'s vocabulary (the tokenizer ignores case); "
                 f"set a new word in concept.json, such as <{record.token.strip('<>')}-1>")
     return None
+
+
+def _collision_problems(records: list[ConceptRecord]) -> dict[str, str]:
+    """Concept id → why its token cannot be told apart from other concepts' (naming them)."""
+    by_id = {r.concept_id: r for r in records}
+    clashes = token_collisions({r.concept_id: (r.token, r.vectors) for r in records})
+    return {concept_id: "token {} collides with {} (the tokenizer ignores case, and a word of N vectors also "
+                        "uses <t>_1 … <t>_N-1); give each concept its own word in concept.json".format(
+                            by_id[concept_id].token,
+                            ", ".join(f"{other}'s {by_id[other].token}" for other in others))
+            for concept_id, others in clashes.items()}
 
 
 @task(name="scan-catalog", **RETRY)
@@ -81,8 +92,10 @@ def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] 
     (``digest=None``) for :func:`stage_concept`, which reads their images anyway. Only when there is
     no state at all (a first run, or a lost one) are the concepts that have some completed result
     read here, in parallel: most of them are skippable, and one full scan beats a task per concept.
-    Tokens the pipeline cannot carry (see :func:`storage.catalog.token_problem`) or that the
-    model's vocabulary already holds make their concept unusable here, before any GPU time is spent.
+    Tokens the pipeline cannot carry (see :func:`storage.catalog.token_problem`), that the
+    model's vocabulary already holds, or that two concepts share (ignoring case, as the tokenizer
+    does; :func:`inversion.placeholders.token_collisions`) make their concepts unusable here, before
+    any GPU time is spent; colliding concepts name each other.
     """
     store = open_store(catalog_uri)
     previous = load_scan_state(open_store(out_uri), store.uri) if out_uri else ScanState(store.uri)
@@ -90,12 +103,13 @@ def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] 
     lost = out_uri is not None and not previous.concepts
     scan = discover_catalog(store, learning_identity(learn), concept_ids=concept_ids, previous=previous,
                             read_changed=(lambda concept_id: concept_id in done) if lost else False)
-    vocabulary = runtime.vocabulary(learn.model)
+    vocabulary = tokenizer_vocabulary(learn.model)
+    candidates = [(spec, record_of(spec, learn.vectors)) for spec in scan.specs]
+    collisions = _collision_problems([record for _, record in candidates])
     records: list[ConceptRecord] = []
     fatal: dict[str, list[str]] = {}
-    for spec in scan.specs:
-        record = record_of(spec, learn.vectors)
-        problem = _vocabulary_problem(vocabulary, record, learn.model)
+    for spec, record in candidates:
+        problem = _vocabulary_problem(vocabulary, record, learn.model) or collisions.get(record.concept_id)
         if problem:
             fatal.setdefault(record.concept_id, []).append(f"{spec.meta_key or record.concept_id}: {problem}")
         else:

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from inversion.errors import SstarError
-from inversion.checkpoint import CHECKPOINT_FILENAME
-from inversion.formats import DIFFUSERS_FILENAME
+from inversion.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME
 from storage.results import ResultStore
 
 from . import runtime

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from inversion.config import DEFAULT_CLIP_PRETRAINED
 from inversion.errors import SstarError
 from inversion.fingerprint import model_fingerprint
+from inversion.modelinfo import tokenizer_vocabulary
 from storage.errors import StorageError
 from storage.objectstore import open_store, parse_uri
 
@@ -68,7 +69,7 @@ def check_catalog(catalog: str) -> None:
 
 
 def check_model(model: str) -> str:
-    """The model's configs and tokenizer load (no weights); returns its content fingerprint."""
+    """The model's configs and tokenizer files read (no weights, no torch); returns its content fingerprint."""
     path = Path(model).expanduser()
     local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
     try:
@@ -81,10 +82,12 @@ def check_model(model: str) -> str:
                 except (OSError, ValueError) as exc:
                     raise PreflightError("--model", f"model {path} has no readable {part}/{name} "
                                                     f"({_first_line(exc)})") from None
-        runtime.vocabulary(str(path.resolve()) if local else model)
+        tokenizer_vocabulary(str(path.resolve()) if local else model)
         return model_fingerprint(model)
     except PreflightError:
         raise
+    except SstarError as exc:  # our own one-line message names the model and the file
+        raise PreflightError("--model", str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a bad model
         raise PreflightError("--model", f"cannot load the tokenizer of {model}: {_first_line(exc)}") from None
 

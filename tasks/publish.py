@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from inversion.families import family_or_none
+from inversion.modelinfo import family_or_none
 from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore

@@ -39,17 +39,3 @@ def clip_model(arch: str, checkpoint: str | None, pretrained: str | None, device
     spec = clip_spec(arch, checkpoint, pretrained)
     with _lock:
         return load_clip(spec, device=device)
-
-
-@lru_cache(maxsize=4)
-def _vocabulary(model: str) -> frozenset[str]:
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-    return frozenset(tokenizer.get_vocab())
-
-
-def vocabulary(model: str) -> frozenset[str]:
-    """The words of ``model``'s tokenizer (loaded once; the tokenizer alone, not the weights)."""
-    with _lock:
-        return _vocabulary(model)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 
 from inversion.errors import SstarError
-from inversion.checkpoint import CHECKPOINT_FILENAME
+from inversion.filenames import CHECKPOINT_FILENAME
 
 from . import runtime
 from .baselines import StoreBaselineCache

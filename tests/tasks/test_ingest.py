@@ -49,6 +49,37 @@ def test_a_token_the_model_already_knows_is_unusable_before_any_image_is_read(ca
     assert concept_id == "red-square" and "cat is already a word" in reason
 
 
+def test_a_known_word_in_other_case_is_unusable_too(catalog: Path, learn) -> None:
+    """CLIP's tokenizer lowercases prompts before matching added words: ``CAT`` would be ``cat``."""
+    (catalog / "red-square" / "concept.json").write_text(json.dumps({"token": "CAT", "initializer": "square"}))
+    ((concept_id, reason),) = scan_catalog.fn(str(catalog), learn, ["red-square"]).unusable
+    assert concept_id == "red-square" and "CAT is already a word" in reason
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        ({"token": "<twin>"}, {"token": "<twin>"}),  # the same word twice
+        ({"token": "<Twin>"}, {"token": "<tWIN>"}),  # one word to the tokenizer, which ignores case
+        ({"token": "<twin>", "vectors": 2}, {"token": "<twin>_1"}),  # a second vector's name is taken
+    ],
+    ids=["same", "case", "vector-name"],
+)
+def test_concepts_whose_tokens_collide_are_refused_naming_each_other(catalog: Path, learn, tokens) -> None:
+    for concept_id, meta in zip(("red-square", "half"), tokens):
+        (catalog / concept_id / "concept.json").write_text(json.dumps({"initializer": "square", **meta}))
+    scan = scan_catalog.fn(str(catalog), learn)
+    assert [r.concept_id for r in scan.records] == ["broken"], "the others keep their place in the run"
+    reasons = dict(scan.unusable)
+    assert "red-square's" in reasons["half"] and "half's" in reasons["red-square"], reasons
+    assert all("collides with" in reasons[c] for c in ("half", "red-square"))
+
+
+def test_distinct_tokens_do_not_collide(catalog: Path, learn) -> None:
+    (catalog / "half" / "concept.json").write_text(json.dumps({"token": "<red-square>-2", "initializer": "square"}))
+    assert [r.concept_id for r in scan_catalog.fn(str(catalog), learn).records] == ["broken", "half", "red-square"]
+
+
 def test_staging_finishes_each_digest_as_a_full_read_computes_it(catalog: Path, learn, tmp_path: Path) -> None:
     staged = _staged(catalog, learn, tmp_path / "work")
     assert {cid: s.record.digest for cid, s in staged.items()} == _full_read_digests(catalog, learn)
