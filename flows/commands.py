@@ -34,7 +34,8 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
 
     run_id = new_run_id()
     state = learn_catalog(
-        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True)
+        catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True
+    )
     summary_text = None
     try:
         from storage.objectstore import open_store
@@ -60,9 +61,11 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
     except PreflightError as exc:  # nothing was trained or written: one line naming the option to fix
         print(f"sstar: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the run itself broke (e.g. an unreachable catalog)
-        print(f"sstar: error: run {run_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-              file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - the run itself broke (e.g. an unreachable catalog): one line, exit 2
+        print(
+            f"sstar: error: run {run_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            file=sys.stderr,
+        )
         return 2
     return 1
 
@@ -77,8 +80,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(demo.torch_threads)
-    print(f"sstar demo: learning {sum(p.is_dir() for p in demo.catalog.iterdir())} concepts with Prefect "
-          f"(local ephemeral server); outputs go to {demo.out}")
+    print(
+        f"sstar demo: learning {sum(p.is_dir() for p in demo.catalog.iterdir())} concepts with Prefect "
+        f"(local ephemeral server); outputs go to {demo.out}"
+    )
     code = _run_catalog(str(demo.catalog), str(demo.out), demo.learn, demo.evaluation, demo.run)
     if code == 0:
         print(f"\nsstar demo: done — open {demo.out / 'reports' / 'latest.html'}")
@@ -101,14 +106,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prefect import serve
 
     from flows.learn import learn_catalog, learn_concept
+    from flows.sync import sync_result
 
     learn, evaluation, run = settings_from_args(args)
-    params = dict(catalog=args.catalog, out=args.out, learn=learn.model_dump(), evaluation=evaluation.model_dump(),
-                  run=run.model_dump())
-    nightly = learn_catalog.to_deployment(name="learn-catalog-nightly", cron=args.cron, parameters=params)
-    adhoc = learn_concept.to_deployment(name="learn-concept",
-                                        parameters={k: v for k, v in params.items() if k != "catalog"} | {
-                                            "catalog": args.catalog})
+    params = dict(
+        catalog=args.catalog,
+        out=args.out,
+        learn=learn.model_dump(),
+        evaluation=evaluation.model_dump(),
+        run=run.model_dump(),
+    )
+    nightly = sync_result(learn_catalog.to_deployment(name="learn-catalog-nightly", cron=args.cron, parameters=params))
+    adhoc = sync_result(
+        learn_concept.to_deployment(
+            name="learn-concept",
+            parameters={k: v for k, v in params.items() if k != "catalog"} | {"catalog": args.catalog},
+        )
+    )
     print(f"serving learn-catalog (cron {args.cron!r}) and learn-concept; Ctrl-C to stop")
     serve(nightly, adhoc)
     return 0
@@ -128,8 +142,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="learn the toy world's held-out concepts with its model: the method at work")
     p.add_argument("--dir", default="sstar-demo", help="where the catalog, models and outputs go")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per concept (default: the demo's)")
-    p.add_argument("--random-models", action="store_true",
-                   help="plumbing only: generated shapes on tiny random-weight models (lift ≈ 0)")
+    p.add_argument(
+        "--random-models",
+        action="store_true",
+        help="plumbing only: generated shapes on tiny random-weight models (lift ≈ 0)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("dashboard", help="write <out>/reports/dashboard.html over all runs (catalog runs refresh it)")
