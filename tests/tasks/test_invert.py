@@ -42,10 +42,11 @@ def test_a_pack_learns_each_live_concept_and_passes_failures_through(catalog: Pa
         assert embedding.token == record.token and tuple(embedding.vectors.shape)[0] == record.vectors
         training = json.loads((Path(outcome.embedding_path).parent / TRAINING_LOG).read_text())
         assert (training["steps"], training["resumed_from"], len(training["losses"])) == (2, 0, 2)
-        assert (
-            training["settings"]["concepts_in_pack"] == 2
-            and training["settings"]["images"] == outcome.staged.num_images
-        )
+        # a pipeline's default policy is plateau, which never stops before its minimum steps: the cap stops these
+        assert outcome.stop_reason == training["stop_reason"] == "max_steps"
+        assert training["settings"]["stop"] == "plateau"
+        assert (training["settings"]["concepts_in_queue"], training["settings"]["slots"]) == (2, 1)
+        assert training["settings"]["images"] == outcome.staged.num_images
         assert results.list_checkpoints(record.concept_id, record.digest), "checkpoints go to the output store"
     assert not results.list_checkpoints("broken", staged[1].record.digest)
 
