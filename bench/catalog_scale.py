@@ -6,7 +6,8 @@ For each N it builds, on a moto S3 server behind a counting proxy:
 * a complete result for every concept, written by our own publishing code
   (:meth:`storage.results.ResultStore.publish` with stand-in files; no training), their ``ok``
   metrics rows (:func:`storage.metrics.append_metrics`), the embeddings index, and the scan state a
-  previous run would have left (:func:`storage.scanstate.save_scan_state` of a full scan).
+  previous run would have left (:func:`storage.scanstate.save_scan_state` of a full scan); all of it
+  by ``tests.flows.seeding.seed_learned_output``, which the tests use too.
 
 Then it times ``learn_catalog`` runs, each in a fresh child process under a Prefect test server:
 
@@ -19,7 +20,8 @@ Then it times ``learn_catalog`` runs, each in a fresh child process under a Pref
 
 Reported per run: wall time of the flow call; requests by kind (LIST, GET, HEAD, PUT, other) counted by
 the proxy; catalog image bytes read (and what the changed concepts' images weigh); the coordinator's
-peak RSS. Run from the repository root::
+peak RSS, and whether torch was imported in it (a ``changed`` run trains in the same process). Run
+from the repository root::
 
     .venv/bin/python -m bench.catalog_scale --sizes 1000,5000,10000 --changed 0.01 --out bench/results-catalog-scale.csv
 """
@@ -83,13 +85,9 @@ def _settings(learn_model: str, clip: str):
 
 def build(n: int, root: str, moto: str, model: str, clip: str, workers: int) -> dict:
     """Catalog + complete results + metrics + index + scan state for N concepts, straight on moto."""
-    from storage.catalog import discover_catalog
-    from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
     from storage.objectstore import open_store
-    from storage.results import ResultStore
-    from storage.scanstate import save_scan_state
     from storage.settings import S3Settings
-    from tasks.ingest import learning_identity
+    from tests.flows.seeding import seed_learned_output
 
     s3 = S3Settings(endpoint_url=moto, region="us-east-1", access_key_id=ENV["AWS_ACCESS_KEY_ID"],
                     secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"])
@@ -104,29 +102,12 @@ def build(n: int, root: str, moto: str, model: str, clip: str, workers: int) -> 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(upload, range(n)))
     learn, _, _ = _settings(model, clip)
-    scan = discover_catalog(catalog, learning_identity(learn), max_workers=min(workers, 8))
-    results = ResultStore(out)
-
-    def publish(spec) -> MetricsRow:
-        files = {"learned_embeds.safetensors": f"stand-in {spec.concept_id}".encode(),
-                 "grid.png": _png(7), "scores.json": b'{"image_similarity": 0.5}'}
-        done = results.publish(spec.concept_id, spec.digest, files, run_id="bench-seed")
-        return MetricsRow(run_id="bench-seed", concept_id=spec.concept_id, status="ok", digest=spec.digest,
-                          token=spec.meta.token, model=learn.model, steps=learn.steps, vectors=1,
-                          image_similarity=0.5, text_similarity=0.25, baseline_image_similarity=0.4,
-                          baseline_text_similarity=0.25, inversion_lift=0.1,
-                          embedding_uri=done.uris["learned_embeds.safetensors"], grid_uri=done.uris["grid.png"])
-
-    with ThreadPoolExecutor(workers) as pool:
-        rows = list(pool.map(publish, scan.specs))
-    append_metrics(out.uri, rows, s3)
-    update_embeddings_index(out.uri, s3, rows=rows)
-    save_scan_state(out, scan.state)
+    seed_learned_output(catalog, out, learn, s3, workers)
     return {"seconds": time.monotonic() - started, "ids": ids, "s3": s3}
 
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 sys.path.insert(0, os.environ["SSTAR_REPO"])
 spec = json.loads(sys.argv[1])
 from prefect.testing.utilities import prefect_test_harness
@@ -138,8 +119,11 @@ with prefect_test_harness(server_startup_timeout=180):
                           evaluation=EvalSettings(**spec["evaluation"]), run=RunSettings(**spec["run"]),
                           run_id=spec["run_id"], return_state=True)
     seconds = time.monotonic() - started
-print("RESULT " + json.dumps({"seconds": seconds, "state": state.type.value,
-                               "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+# VmHWM: this process's own peak RSS (ru_maxrss would carry over the forking parent's from before exec)
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print("RESULT " + json.dumps({"seconds": seconds, "state": state.type.value, "torch": "torch" in sys.modules,
+                               "rss_mib": peak_kib / 1024}), flush=True)
 """
 
 
@@ -181,12 +165,12 @@ def _row(n: int, name: str, result: dict, expected_bytes: int | None = None) -> 
             **{k: requests.get(k, 0) for k in KINDS},
             "other": sum(v for k, v in requests.items() if k not in KINDS),
             "image_bytes": result["image_bytes"], "changed_image_bytes": expected_bytes,
-            "peak_rss_mib": round(result["rss_mib"])}
+            "peak_rss_mib": round(result["rss_mib"]), "torch": "yes" if result["torch"] else "no"}
 
 
 def print_table(rows: list[dict]) -> None:
     header = ["concepts", "run", "wall_s", "state", *KINDS, "other", "image_bytes", "changed_image_bytes",
-              "peak_rss_mib"]
+              "peak_rss_mib", "torch"]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for row in rows:
