@@ -46,8 +46,17 @@ from inversion.filenames import GRID_FILENAME
 from storage.objectstore import open_store
 from storage.results import ResultStore
 
-__all__ = ["DASHBOARD_KEY", "STATE_KEY", "Dashboard", "DashboardState", "failure_reason", "refresh_dashboard", "render_dashboard", "summarise",
-           "write_dashboard"]
+__all__ = [
+    "DASHBOARD_KEY",
+    "STATE_KEY",
+    "Dashboard",
+    "DashboardState",
+    "failure_reason",
+    "refresh_dashboard",
+    "render_dashboard",
+    "summarise",
+    "write_dashboard",
+]
 
 DASHBOARD_KEY = "reports/dashboard.html"
 #: what the page is made from, so that a run adds its own rows instead of re-reading the metrics history
@@ -101,13 +110,27 @@ class DashboardState:
             cid = row["concept_id"]
             if cid not in self.latest or _latest_key(row) > _latest_key(self.latest[cid]):
                 self.latest[cid] = row
-            if row["status"] == "ok" and (cid not in self.latest_ok
-                                          or _latest_key(row) > _latest_key(self.latest_ok[cid])):
+            if row["status"] == "ok" and (
+                cid not in self.latest_ok or _latest_key(row) > _latest_key(self.latest_ok[cid])
+            ):
                 self.latest_ok[cid] = row
-            run = self.runs.setdefault(row["run_id"], {
-                "run_id": row["run_id"], "run_date": row["run_date"], "started_at": row["created_at"],
-                "finished_at": row["created_at"], "concepts": 0, "ok": 0, "failed": 0, "skipped": 0,
-                "train_seconds": 0.0, "eval_seconds": 0.0, "lift_sum": 0.0, "lift_count": 0})
+            run = self.runs.setdefault(
+                row["run_id"],
+                {
+                    "run_id": row["run_id"],
+                    "run_date": row["run_date"],
+                    "started_at": row["created_at"],
+                    "finished_at": row["created_at"],
+                    "concepts": 0,
+                    "ok": 0,
+                    "failed": 0,
+                    "skipped": 0,
+                    "train_seconds": 0.0,
+                    "eval_seconds": 0.0,
+                    "lift_sum": 0.0,
+                    "lift_count": 0,
+                },
+            )
             run["run_date"] = min(run["run_date"], row["run_date"])
             run["started_at"] = min(run["started_at"], row["created_at"])
             run["finished_at"] = max(run["finished_at"], row["created_at"])
@@ -122,29 +145,45 @@ class DashboardState:
 
     def dashboard(self, now: datetime | None = None) -> Dashboard:
         """The page's content: sorted concepts and runs, failures grouped by reason, the slowest concepts."""
-        runs = [{**r, "mean_lift": r["lift_sum"] / r["lift_count"] if r["lift_count"] else None}
-                for r in self.runs.values()]
+        runs = [
+            {**r, "mean_lift": r["lift_sum"] / r["lift_count"] if r["lift_count"] else None} for r in self.runs.values()
+        ]
         groups: dict[str, list[dict]] = defaultdict(list)
         for row in self.latest.values():
             if row["status"] == "failed":
                 groups[failure_reason(row.get("error")) or "no reason recorded"].append(row)
-        reasons = [{"reason": reason, "concepts": len(members),
-                    "examples": sorted(r["concept_id"] for r in members)[:5],
-                    "last_seen": max(r["created_at"] for r in members)} for reason, members in groups.items()]
+        reasons = [
+            {
+                "reason": reason,
+                "concepts": len(members),
+                "examples": sorted(r["concept_id"] for r in members)[:5],
+                "last_seen": max(r["created_at"] for r in members),
+            }
+            for reason, members in groups.items()
+        ]
         reasons.sort(key=lambda g: (-g["concepts"], g["reason"]))
-        slowest = sorted((r for r in self.latest_ok.values() if r.get("train_seconds") is not None),
-                         key=lambda r: (-r["train_seconds"], r["concept_id"]))[:SLOWEST]
-        return Dashboard(latest=[self.latest[c] for c in sorted(self.latest)],
-                         runs=sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
-                         reasons=reasons, slowest=slowest, generated_at=now or datetime.now(timezone.utc))
+        slowest = sorted(
+            (r for r in self.latest_ok.values() if r.get("train_seconds") is not None),
+            key=lambda r: (-r["train_seconds"], r["concept_id"]),
+        )[:SLOWEST]
+        return Dashboard(
+            latest=[self.latest[c] for c in sorted(self.latest)],
+            runs=sorted(runs, key=lambda r: (r["started_at"], r["run_id"])),
+            reasons=reasons,
+            slowest=slowest,
+            generated_at=now or datetime.now(timezone.utc),
+        )
 
     def to_parquet(self) -> bytes:
         """The state as one Parquet file: the latest rows (column ``kind``) and the runs as JSON metadata."""
         from storage.metrics import METRICS_SCHEMA
 
         schema = METRICS_SCHEMA.append(pa.field("kind", pa.string(), nullable=False))
-        records = [{**row, "kind": kind} for kind, rows in (("latest", self.latest), ("latest_ok", self.latest_ok))
-                   for row in rows.values()]
+        records = [
+            {**row, "kind": kind}
+            for kind, rows in (("latest", self.latest), ("latest_ok", self.latest_ok))
+            for row in rows.values()
+        ]
         runs = json.dumps(list(self.runs.values()), default=lambda v: v.isoformat())
         table = pa.Table.from_pylist(records, schema=schema).replace_schema_metadata({_RUNS_META: runs})
         sink = io.BytesIO()
@@ -178,8 +217,18 @@ def _round(value: Any, digits: int = 4) -> Any:
 
 def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
     """The per-concept table as compact JSON columns; ``prefix`` is each result's folder relative to ``reports/``."""
-    columns = ("concept_id", "status", "run_id", "inversion_lift", "image_similarity", "baseline_image_similarity",
-               "text_similarity", "train_seconds", "prefix", "error")
+    columns = (
+        "concept_id",
+        "status",
+        "run_id",
+        "inversion_lift",
+        "image_similarity",
+        "baseline_image_similarity",
+        "text_similarity",
+        "train_seconds",
+        "prefix",
+        "error",
+    )
     data = []
     for row in latest:
         prefix = None
@@ -189,8 +238,16 @@ def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
             except Exception:  # noqa: BLE001 - an id or digest the layout refuses is shown without links
                 prefix = None
         error = row.get("error")
-        data.append([row["concept_id"], row["status"], row["run_id"], *(_round(row.get(c)) for c in columns[3:8]),
-                     prefix, error[:_ERROR_CHARS] if error else None])
+        data.append(
+            [
+                row["concept_id"],
+                row["status"],
+                row["run_id"],
+                *(_round(row.get(c)) for c in columns[3:8]),
+                prefix,
+                error[:_ERROR_CHARS] if error else None,
+            ]
+        )
     return {"columns": columns, "rows": data, "grid": GRID_FILENAME, "embedding": EMBEDDING_FILENAME}
 
 
@@ -243,7 +300,8 @@ _TABLE_JS = """
   });
   search.addEventListener('input', function () { state.page = 0; draw(); });
   status.addEventListener('change', function () { state.page = 0; draw(); });
-  document.getElementById('prev').addEventListener('click', function () { state.page = Math.max(0, state.page - 1); draw(); });
+  document.getElementById('prev').addEventListener('click', function () {
+    state.page = Math.max(0, state.page - 1); draw(); });
   document.getElementById('next').addEventListener('click', function () { state.page += 1; draw(); });
   draw();
 })();
@@ -262,97 +320,143 @@ table.data td{border-bottom:1px solid #f0f1f3}td.err{font-size:12px;color:#8a1c1
 
 def _runs_charts(runs: list[dict]) -> str:
     labels = [f"{r['run_date']} {r['run_id'][-8:]}" for r in runs]
-    counts = stacked_bar_chart(labels, {s: [r[s] for r in runs] for s in ("ok", "failed", "skipped")},
-                               y_title="concepts", colours=STATUS_COLOURS)
-    seconds = line_chart(labels, {"train seconds": [round(r["train_seconds"], 1) for r in runs],
-                                  "eval seconds": [round(r["eval_seconds"], 1) for r in runs],
-                                  "mean lift": [_round(r["mean_lift"]) for r in runs]},
-                         y_title="seconds (sum over concepts)", right_axis=("mean lift",))
-    return (f"<div class='grid2'><div class='panel'><h2>Concepts per run</h2>"
-            f"{chart('runs-counts', counts, height=280, label='ok, failed and skipped concepts per run')}</div>"
-            f"<div class='panel'><h2>Time and lift per run</h2>"
-            f"{chart('runs-seconds', seconds, height=280, label='train and eval seconds and mean lift per run')}"
-            f"</div></div>")
+    counts = stacked_bar_chart(
+        labels,
+        {s: [r[s] for r in runs] for s in ("ok", "failed", "skipped")},
+        y_title="concepts",
+        colours=STATUS_COLOURS,
+    )
+    seconds = line_chart(
+        labels,
+        {
+            "train seconds": [round(r["train_seconds"], 1) for r in runs],
+            "eval seconds": [round(r["eval_seconds"], 1) for r in runs],
+            "mean lift": [_round(r["mean_lift"]) for r in runs],
+        },
+        y_title="seconds (sum over concepts)",
+        right_axis=("mean lift",),
+    )
+    return (
+        f"<div class='grid2'><div class='panel'><h2>Concepts per run</h2>"
+        f"{chart('runs-counts', counts, height=280, label='ok, failed and skipped concepts per run')}</div>"
+        f"<div class='panel'><h2>Time and lift per run</h2>"
+        f"{chart('runs-seconds', seconds, height=280, label='train and eval seconds and mean lift per run')}"
+        f"</div></div>"
+    )
 
 
 def _lift_panel(latest: list[dict]) -> str:
     lifts = [r["inversion_lift"] for r in latest if r.get("inversion_lift") is not None]
-    losers = sorted((r for r in latest if r.get("inversion_lift") is not None and r["inversion_lift"] < 0),
-                    key=lambda r: (r["inversion_lift"], r["concept_id"]))
+    losers = sorted(
+        (r for r in latest if r.get("inversion_lift") is not None and r["inversion_lift"] < 0),
+        key=lambda r: (r["inversion_lift"], r["concept_id"]),
+    )
     if lifts:
         labels, counts = histogram(lifts, bins=30)
-        body = chart("lift-histogram", bar_chart(labels, counts, series="concepts", y_title="concepts",
-                                                 x_title="inversion lift (raw cosine)"),
-                     height=280, label="distribution of inversion lift")
+        body = chart(
+            "lift-histogram",
+            bar_chart(labels, counts, series="concepts", y_title="concepts", x_title="inversion lift (raw cosine)"),
+            height=280,
+            label="distribution of inversion lift",
+        )
     else:
         body = "<p class='muted'>No concept has a lift score yet.</p>"
-    rows = "".join(f"<tr><td>{escape(r['concept_id'])}</td><td class='num'>{_lift(r['inversion_lift'])}</td>"
-                   f"<td>{escape(r['run_id'])}</td></tr>" for r in losers[:MAX_LOSERS])
+    rows = "".join(
+        f"<tr><td>{escape(r['concept_id'])}</td><td class='num'>{_lift(r['inversion_lift'])}</td>"
+        f"<td>{escape(r['run_id'])}</td></tr>"
+        for r in losers[:MAX_LOSERS]
+    )
     more = f"<p class='muted small'>… and {len(losers) - MAX_LOSERS} more</p>" if len(losers) > MAX_LOSERS else ""
-    loser_html = (f"<div class='scroll'><table class='data'><tr><th>concept</th><th>lift</th><th>run</th></tr>{rows}"
-                  f"</table></div>{more}"
-                  if losers else "<p class='muted'>None: the learned word beats words on every scored concept.</p>")
-    return (f"<div class='grid2'><div class='panel'><h2>Inversion lift, latest per concept ({len(lifts)})</h2>{body}"
-            f"</div><div class='panel'><h2>Learned word loses to words ({len(losers)})</h2>{loser_html}</div></div>")
+    loser_html = (
+        f"<div class='scroll'><table class='data'><tr><th>concept</th><th>lift</th><th>run</th></tr>{rows}"
+        f"</table></div>{more}"
+        if losers
+        else "<p class='muted'>None: the learned word beats words on every scored concept.</p>"
+    )
+    return (
+        f"<div class='grid2'><div class='panel'><h2>Inversion lift, latest per concept ({len(lifts)})</h2>{body}"
+        f"</div><div class='panel'><h2>Learned word loses to words ({len(losers)})</h2>{loser_html}</div></div>"
+    )
 
 
 def _failures_panel(reasons: list[dict]) -> str:
     if not reasons:
         return "<div class='panel'><h2>Current failures</h2><p class='muted'>No concept is failing.</p></div>"
-    rows = "".join(f"<tr><td class='num'>{g['concepts']}</td><td class='err'>{escape(g['reason'])}</td>"
-                   f"<td>{escape(', '.join(g['examples']))}</td><td>{escape(str(g['last_seen'])[:19])}</td></tr>"
-                   for g in reasons)
+    rows = "".join(
+        f"<tr><td class='num'>{g['concepts']}</td><td class='err'>{escape(g['reason'])}</td>"
+        f"<td>{escape(', '.join(g['examples']))}</td><td>{escape(str(g['last_seen'])[:19])}</td></tr>"
+        for g in reasons
+    )
     total = sum(g["concepts"] for g in reasons)
     plural = "s" if len(reasons) != 1 else ""
-    return (f"<div class='panel'><h2>Current failures by reason ({total} concepts, {len(reasons)} reason{plural})</h2>"
-            f"<table class='data'><tr><th>concepts</th><th>reason</th><th>examples</th><th>last seen</th></tr>"
-            f"{rows}</table></div>")
+    return (
+        f"<div class='panel'><h2>Current failures by reason ({total} concepts, {len(reasons)} reason{plural})</h2>"
+        f"<table class='data'><tr><th>concepts</th><th>reason</th><th>examples</th><th>last seen</th></tr>"
+        f"{rows}</table></div>"
+    )
 
 
 def _slowest_panel(slowest: list[dict]) -> str:
     if not slowest:
         return ""
-    config = bar_chart([r["concept_id"] for r in slowest], [round(r["train_seconds"], 1) for r in slowest],
-                       series="train seconds", x_title="train seconds (latest learning)", horizontal=True)
-    return (f"<div class='panel'><h2>Slowest concepts (latest learning)</h2>"
-            f"{chart('slowest', config, height=60 + 20 * len(slowest), label='slowest concepts')}</div>")
+    config = bar_chart(
+        [r["concept_id"] for r in slowest],
+        [round(r["train_seconds"], 1) for r in slowest],
+        series="train seconds",
+        x_title="train seconds (latest learning)",
+        horizontal=True,
+    )
+    return (
+        f"<div class='panel'><h2>Slowest concepts (latest learning)</h2>"
+        f"{chart('slowest', config, height=60 + 20 * len(slowest), label='slowest concepts')}</div>"
+    )
 
 
 def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str = "sstar dashboard") -> str:
     """The dashboard's HTML for ``dashboard``; ``results`` gives the result folders the links point into."""
     counts = Counter(r["status"] for r in dashboard.latest)
     last = dashboard.runs[-1] if dashboard.runs else None
-    header = (f"<h1>{escape(title)}</h1><div class='muted'>{len(dashboard.latest)} concepts · "
-              f"{len(dashboard.runs)} runs · generated {dashboard.generated_at:%Y-%m-%d %H:%M} UTC"
-              + (f" · latest run <a href='{escape(quote(last['run_id']), quote=True)}.html'>"
-                 f"{escape(last['run_id'])}</a> (mean lift {_lift(last['mean_lift'])})" if last else "")
-              + "</div><div class='pills'>"
-              + "".join(f"<span class='{s}'>latest {s} {counts.get(s, 0)}</span>" for s in ("ok", "failed", "skipped"))
-              + "</div><p class='muted small'>Similarities are raw CLIP cosines in [-1, 1]; lift = image similarity "
-                "of the learned word minus that of the words-only baseline. Same definitions as "
-                "<code>sql/views.sql</code>.</p>")
-    table = ("<div class='panel'><h2>Concepts: latest status and scores</h2><div class='controls'>"
-             "<input id='concept-search' type='search' placeholder='filter concepts'>"
-             "<select id='concept-status'><option value=''>any status</option><option>ok</option>"
-             "<option>failed</option><option>skipped</option></select>"
-             "<button id='prev' type='button'>‹ prev</button><button id='next' type='button'>next ›</button>"
-             "<span id='concepts-info' class='muted small'></span></div>"
-             "<table id='concepts' class='data'><thead><tr>"
-             "<th data-col='concept_id'>concept</th><th data-col='status'>status</th><th data-col='run_id'>run</th>"
-             "<th data-col='inversion_lift'>lift</th><th data-col='image_similarity'>image sim</th>"
-             "<th data-col='baseline_image_similarity'>words-only image sim</th>"
-             "<th data-col='text_similarity'>text sim</th><th data-col='train_seconds'>train s</th>"
-             "<th>links</th><th data-col='error'>error</th></tr></thead><tbody></tbody></table>"
-             f"<script type='application/json' id='concept-data'>"
-             f"{json_for_script(_table_data(dashboard.latest, results))}</script></div>")
+    header = (
+        f"<h1>{escape(title)}</h1><div class='muted'>{len(dashboard.latest)} concepts · "
+        f"{len(dashboard.runs)} runs · generated {dashboard.generated_at:%Y-%m-%d %H:%M} UTC"
+        + (
+            f" · latest run <a href='{escape(quote(last['run_id']), quote=True)}.html'>"
+            f"{escape(last['run_id'])}</a> (mean lift {_lift(last['mean_lift'])})"
+            if last
+            else ""
+        )
+        + "</div><div class='pills'>"
+        + "".join(f"<span class='{s}'>latest {s} {counts.get(s, 0)}</span>" for s in ("ok", "failed", "skipped"))
+        + "</div><p class='muted small'>Similarities are raw CLIP cosines in [-1, 1]; lift = image similarity "
+        "of the learned word minus that of the words-only baseline. Same definitions as "
+        "<code>sql/views.sql</code>.</p>"
+    )
+    table = (
+        "<div class='panel'><h2>Concepts: latest status and scores</h2><div class='controls'>"
+        "<input id='concept-search' type='search' placeholder='filter concepts'>"
+        "<select id='concept-status'><option value=''>any status</option><option>ok</option>"
+        "<option>failed</option><option>skipped</option></select>"
+        "<button id='prev' type='button'>‹ prev</button><button id='next' type='button'>next ›</button>"
+        "<span id='concepts-info' class='muted small'></span></div>"
+        "<table id='concepts' class='data'><thead><tr>"
+        "<th data-col='concept_id'>concept</th><th data-col='status'>status</th><th data-col='run_id'>run</th>"
+        "<th data-col='inversion_lift'>lift</th><th data-col='image_similarity'>image sim</th>"
+        "<th data-col='baseline_image_similarity'>words-only image sim</th>"
+        "<th data-col='text_similarity'>text sim</th><th data-col='train_seconds'>train s</th>"
+        "<th>links</th><th data-col='error'>error</th></tr></thead><tbody></tbody></table>"
+        f"<script type='application/json' id='concept-data'>"
+        f"{json_for_script(_table_data(dashboard.latest, results))}</script></div>"
+    )
     empty = "" if dashboard.runs else "<p class='muted'>No runs yet: the metrics are empty.</p>"
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>{escape(title)}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>"
-            f"{header}{empty}<h2>Runs over time</h2>{_runs_charts(dashboard.runs)}<h2>Quality</h2>"
-            f"{_lift_panel(dashboard.latest)}<h2>Failures and cost</h2><div class='grid2'>"
-            f"{_failures_panel(dashboard.reasons)}{_slowest_panel(dashboard.slowest)}</div><h2>All concepts</h2>"
-            f"{table}{charts_script()}<script>{_TABLE_JS}</script></body></html>")
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>"
+        f"{header}{empty}<h2>Runs over time</h2>{_runs_charts(dashboard.runs)}<h2>Quality</h2>"
+        f"{_lift_panel(dashboard.latest)}<h2>Failures and cost</h2><div class='grid2'>"
+        f"{_failures_panel(dashboard.reasons)}{_slowest_panel(dashboard.slowest)}</div><h2>All concepts</h2>"
+        f"{table}{charts_script()}<script>{_TABLE_JS}</script></body></html>"
+    )
 
 
 def _write(store, state: DashboardState) -> str:
@@ -369,8 +473,9 @@ def write_dashboard(out_uri: str) -> str:
     return _write(open_store(out_uri), DashboardState().add(read_metrics(out_uri).to_pylist()))
 
 
-def refresh_dashboard(out_uri: str, rows: list[dict[str, Any]], logger: logging.Logger | logging.LoggerAdapter
-                      ) -> str | None:
+def refresh_dashboard(
+    out_uri: str, rows: list[dict[str, Any]], logger: logging.Logger | logging.LoggerAdapter
+) -> str | None:
     """After a run: add the run's ``rows`` (already appended to the metrics) to the stored state and rewrite
     the page, reading one small state object instead of the metrics history. Without a usable state, or when
     the state already holds this run, the page is rebuilt from the metrics (:func:`write_dashboard`).

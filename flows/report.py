@@ -27,8 +27,12 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from flows.charts import bar_chart, chart, charts_script, histogram
-from inversion.filenames import (BASELINE_GRID_FILENAME, BASELINE_GRID_THUMBNAIL_FILENAME, GRID_FILENAME,
-                                 GRID_THUMBNAIL_FILENAME)
+from inversion.filenames import (
+    BASELINE_GRID_FILENAME,
+    BASELINE_GRID_THUMBNAIL_FILENAME,
+    GRID_FILENAME,
+    GRID_THUMBNAIL_FILENAME,
+)
 from storage.compositions import composition_prefix
 from storage.objectstore import open_store
 from storage.results import ResultStore
@@ -151,8 +155,14 @@ def lift_chart(rows: list[dict]) -> str:
         return f'<p class="muted">No concept learned in this run has a lift score ({MISSING}).</p>'
     scored.sort(key=lambda item: (-item[1], _cid(item[0])))
     if len(scored) <= MAX_BARS:
-        config = bar_chart([_cid(r) for r, _ in scored], [round(v, 4) for _, v in scored], series="inversion lift",
-                           x_title="inversion lift (raw cosine)", horizontal=True, signed_colours=True)
+        config = bar_chart(
+            [_cid(r) for r, _ in scored],
+            [round(v, 4) for _, v in scored],
+            series="inversion lift",
+            x_title="inversion lift (raw cosine)",
+            horizontal=True,
+            signed_colours=True,
+        )
         return chart("lift-chart", config, height=60 + 22 * len(scored), label="inversion lift per concept")
     labels, counts = histogram([v for _, v in scored], bins=30)
     config = bar_chart(labels, counts, series="concepts", x_title="inversion lift (raw cosine)", y_title="concepts")
@@ -162,8 +172,10 @@ def lift_chart(rows: list[dict]) -> str:
 def _figure(href: str | None, full: str | None, caption: str, cid: str) -> str:
     if not href:
         return f"<figure><figcaption>{escape(caption)}: {MISSING}</figcaption></figure>"
-    image = (f"<img alt='{escape(caption, quote=True)} grid of {escape(cid, quote=True)}' loading='lazy' "
-             f"src='{escape(href, quote=True)}'>")
+    image = (
+        f"<img alt='{escape(caption, quote=True)} grid of {escape(cid, quote=True)}' loading='lazy' "
+        f"src='{escape(href, quote=True)}'>"
+    )
     if full:
         image = f"<a href='{escape(full, quote=True)}'>{image}</a>"
     return f"<figure><figcaption>{escape(caption)}</figcaption>{image}</figure>"
@@ -183,30 +195,48 @@ def _card(row: dict, result_key: ResultKey) -> str:
         ("train seconds", _fmt(row.get("train_seconds"), 1)),
     )
     cells = "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
-    grids = ("<div class='grids'>"
-             + _figure(_relative(result_key, row, GRID_THUMBNAIL_FILENAME), _relative(result_key, row, GRID_FILENAME),
-                       "learned word", cid)
-             + _figure(_relative(result_key, row, BASELINE_GRID_THUMBNAIL_FILENAME),
-                       _relative(result_key, row, BASELINE_GRID_FILENAME), "words only", cid)
-             + "</div>")
-    return (f"<div class='card'><h3>{escape(cid)}</h3>"
-            f"<div>token <code>{_fmt(row.get('token'))}</code> · lift {_lift(row.get('inversion_lift'))}</div>"
-            f"{grids}<table>{cells}</table>"
-            f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
-            f"<div class='small muted'>model {_fmt(row.get('model'))} · digest "
-            f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div></div>")
+    grids = (
+        "<div class='grids'>"
+        + _figure(
+            _relative(result_key, row, GRID_THUMBNAIL_FILENAME),
+            _relative(result_key, row, GRID_FILENAME),
+            "learned word",
+            cid,
+        )
+        + _figure(
+            _relative(result_key, row, BASELINE_GRID_THUMBNAIL_FILENAME),
+            _relative(result_key, row, BASELINE_GRID_FILENAME),
+            "words only",
+            cid,
+        )
+        + "</div>"
+    )
+    return (
+        f"<div class='card'><h3>{escape(cid)}</h3>"
+        f"<div>token <code>{_fmt(row.get('token'))}</code> · lift {_lift(row.get('inversion_lift'))}</div>"
+        f"{grids}<table>{cells}</table>"
+        f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
+        f"<div class='small muted'>model {_fmt(row.get('model'))} · digest "
+        f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div></div>"
+    )
 
 
 def _skipped_summary(skipped: list[dict]) -> str:
     lifts = [v for r in skipped if (v := _number(r.get("inversion_lift"))) is not None]
-    stats = (f"lift of their last learning: mean {_lift(sum(lifts) / len(lifts))}, min {_lift(min(lifts))}, "
-             f"max {_lift(max(lifts))}, below zero {sum(v < 0 for v in lifts)}" if lifts else "no lift scores")
+    stats = (
+        f"lift of their last learning: mean {_lift(sum(lifts) / len(lifts))}, min {_lift(min(lifts))}, "
+        f"max {_lift(max(lifts))}, below zero {sum(v < 0 for v in lifts)}"
+        if lifts
+        else "no lift scores"
+    )
     names = ", ".join(escape(_cid(r)) for r in skipped[:MAX_SKIPPED_NAMES])
     more = f" and {len(skipped) - MAX_SKIPPED_NAMES} more" if len(skipped) > MAX_SKIPPED_NAMES else ""
-    return (f"<h2>Skipped — already learned ({len(skipped)})</h2>"
-            f"<p>{len(skipped)} concept(s) had a complete result for their current digest; {stats}. "
-            f"Per-concept scores, grids and embeddings of every concept: the <a href='dashboard.html'>dashboard</a>."
-            f"</p><p class='muted small'>{names}{more}</p>")
+    return (
+        f"<h2>Skipped — already learned ({len(skipped)})</h2>"
+        f"<p>{len(skipped)} concept(s) had a complete result for their current digest; {stats}. "
+        f"Per-concept scores, grids and embeddings of every concept: the <a href='dashboard.html'>dashboard</a>."
+        f"</p><p class='muted small'>{names}{more}</p>"
+    )
 
 
 def _composition_card(row: dict) -> str:
@@ -222,17 +252,22 @@ def _composition_card(row: dict) -> str:
             grid = ""
     concepts = list(row.get("concepts") or ())
     similarities = list(row.get("image_similarities") or ())
-    cells = "".join(f"<tr><td>image similarity to {escape(str(c))}</td><td class='num'>{_fmt(v)}</td></tr>"
-                    for c, v in zip(concepts, similarities))
+    cells = "".join(
+        f"<tr><td>image similarity to {escape(str(c))}</td><td class='num'>{_fmt(v)}</td></tr>"
+        for c, v in zip(concepts, similarities)
+    )
     cells += f"<tr><td>text similarity (class words)</td><td class='num'>{_fmt(row.get('text_similarity'))}</td></tr>"
     error = f"<pre>{escape(str(row.get('error')))}</pre>" if row.get("error") else ""
-    return (f"<div class='card'><h3>{escape(cid)} <span class='small {escape(str(row.get('status')))}'>"
-            f"{escape(str(row.get('status')))}</span></h3><div><code>{escape(str(row.get('prompt') or ''))}</code></div>"
-            f"{error}<div class='grids'>{grid}</div><table>{cells}</table></div>")
+    return (
+        f"<div class='card'><h3>{escape(cid)} <span class='small {escape(str(row.get('status')))}'>"
+        f"{escape(str(row.get('status')))}</span></h3><div><code>{escape(str(row.get('prompt') or ''))}</code></div>"
+        f"{error}<div class='grids'>{grid}</div><table>{cells}</table></div>"
+    )
 
 
-def render_report(rows: list[dict], *, run_id: str, title: str, result_key: ResultKey,
-                  compositions: Sequence[dict] = ()) -> str:
+def render_report(
+    rows: list[dict], *, run_id: str, title: str, result_key: ResultKey, compositions: Sequence[dict] = ()
+) -> str:
     """The report's HTML. ``rows`` are metrics rows as dicts (any value may be None); ``result_key``
     maps (concept id, digest, file name) to the file's key under the output root
     (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
@@ -267,19 +302,25 @@ def render_report(rows: list[dict], *, run_id: str, title: str, result_key: Resu
     if failed:
         html.append(f"<h2>Failures ({len(failed)})</h2>")
         for row in failed[:MAX_LISTED]:
-            html.append(f"<div class='fail'><b>{escape(_cid(row))}</b>"
-                        f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>")
+            html.append(
+                f"<div class='fail'><b>{escape(_cid(row))}</b>"
+                f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>"
+            )
         if len(failed) > MAX_LISTED:
-            html.append(f"<p class='muted'>… and {len(failed) - MAX_LISTED} more failures: see the metrics "
-                        "(<code>status = 'failed'</code>) or the <a href='dashboard.html'>dashboard</a>.</p>")
+            html.append(
+                f"<p class='muted'>… and {len(failed) - MAX_LISTED} more failures: see the metrics "
+                "(<code>status = 'failed'</code>) or the <a href='dashboard.html'>dashboard</a>.</p>"
+            )
     skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)
     if skipped:
         html.append(_skipped_summary(skipped))
     if compositions:
-        html.append(f"<h2>Compositions ({len(compositions)})</h2><p class='muted small'>Each prompt names several "
-                    "learned words; image similarity to each word's training images, text similarity with the prompt "
-                    "in class words. Skipped: unchanged prompt and concepts, the earlier rendering.</p>"
-                    "<div class='cards'>")
+        html.append(
+            f"<h2>Compositions ({len(compositions)})</h2><p class='muted small'>Each prompt names several "
+            "learned words; image similarity to each word's training images, text similarity with the prompt "
+            "in class words. Skipped: unchanged prompt and concepts, the earlier rendering.</p>"
+            "<div class='cards'>"
+        )
         html.extend(_composition_card(c) for c in sorted(compositions, key=lambda c: str(c.get("composition_id"))))
         html.append("</div>")
     if not rows:
@@ -296,8 +337,13 @@ def write_report(out_uri: str, run_id: str, rows: list[dict], compositions: Sequ
     Reads nothing: the grids' thumbnails were published with each result and are linked, not embedded.
     """
     store = open_store(out_uri)
-    page = render_report(rows, run_id=run_id, title=f"sstar run {run_id}", result_key=ResultStore(store).key,
-                         compositions=list(compositions)).encode("utf-8")
+    page = render_report(
+        rows,
+        run_id=run_id,
+        title=f"sstar run {run_id}",
+        result_key=ResultStore(store).key,
+        compositions=list(compositions),
+    ).encode("utf-8")
     key = f"reports/{run_id}.html"
     store.put(key, page)
     store.put("reports/latest.html", page)

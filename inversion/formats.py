@@ -42,27 +42,28 @@ A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, as A1111 write
 A1111_METADATA_KEY = "sstar_metadata"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class LearnedEmbedding:
     """A learned word: its token and its vectors ``[N, dim]`` (fp32, CPU).
 
     For a model with several text encoders (SDXL) ``vectors`` holds each encoder's vectors side by
-    side, in encoder order, and ``widths`` says how many columns each has (``(768, 1280)``);
-    ``None`` means one text encoder.
+    side, in encoder order, and ``widths`` says how many columns each has (``(768, 1280)``). Given
+    as ``None``, there is one text encoder and ``widths`` is ``(dim,)``.
     """
 
     token: str
     vectors: torch.Tensor
-    widths: tuple[int, ...] | None = None
+    widths: tuple[int, ...]
 
-    def __post_init__(self) -> None:
-        if self.widths is not None:
-            object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-            if sum(self.widths) != self.vectors.shape[-1]:
-                raise EmbeddingFormatError(f"embedding {self.token}: widths {self.widths} do not add up to "
-                                           f"its {self.vectors.shape[-1]} columns")
-        else:
-            object.__setattr__(self, "widths", (int(self.vectors.shape[-1]),))
+    def __init__(self, token: str, vectors: torch.Tensor, widths: Sequence[int] | None = None) -> None:
+        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "vectors", vectors)
+        columns = int(vectors.shape[-1])
+        object.__setattr__(self, "widths", (columns,) if widths is None else tuple(int(w) for w in widths))
+        if sum(self.widths) != columns:
+            raise EmbeddingFormatError(
+                f"embedding {token}: widths {self.widths} do not add up to its {columns} columns"
+            )
 
     @property
     def num_vectors(self) -> int:
@@ -78,8 +79,9 @@ def _clean(vectors: torch.Tensor) -> torch.Tensor:
     return vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
 
 
-def save_diffusers(embedding: LearnedEmbedding, path: Path, encoder: int = 0,
-                   metadata: Mapping[str, str] | None = None) -> Path:
+def save_diffusers(
+    embedding: LearnedEmbedding, path: Path, encoder: int = 0, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write the diffusers ``{token: [N, dim]}`` safetensors file of text encoder ``encoder`` (atomically),
     with ``metadata`` in the safetensors header (:func:`read_metadata`)."""
     tensors = {embedding.token: _clean(embedding.tables[encoder])}
@@ -91,15 +93,21 @@ def save_sdxl(embedding: LearnedEmbedding, path: Path, metadata: Mapping[str, st
     """Write the SDXL ``{"clip_l": [N, 768], "clip_g": [N, 1280]}`` safetensors file (atomically):
     what AUTOMATIC1111, ComfyUI and kohya load for SDXL."""
     if len(embedding.tables) != len(SDXL_KEYS):
-        raise EmbeddingFormatError(f"embedding {embedding.token} has {len(embedding.tables)} table(s); "
-                                   f"an SDXL file needs {len(SDXL_KEYS)}")
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token} has {len(embedding.tables)} table(s); an SDXL file needs {len(SDXL_KEYS)}"
+        )
     tensors = {key: _clean(table) for key, table in zip(SDXL_KEYS, embedding.tables)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
     return Path(path)
 
 
-def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str | None = None,
-               metadata: Mapping[str, str] | None = None) -> Path:
+def save_a1111(
+    embedding: LearnedEmbedding,
+    path: Path,
+    step: int = 0,
+    name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write an AUTOMATIC1111-style ``.pt`` embedding (also loadable by diffusers), atomically.
 
     It is written in torch's legacy (non-zip) serialization: AUTOMATIC1111's default safe-unpickle
@@ -108,8 +116,10 @@ def save_a1111(embedding: LearnedEmbedding, path: Path, step: int = 0, name: str
     ``.format_version`` and ``.storage_alignment``. ``torch.load(weights_only=True)`` reads both.
     """
     if len(embedding.tables) != 1:
-        raise EmbeddingFormatError(f"embedding {embedding.token} is for {len(embedding.tables)} text encoders; "
-                                   f"an A1111 .pt holds one (use the SDXL .safetensors)")
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token} is for {len(embedding.tables)} text encoders; "
+            f"an A1111 .pt holds one (use the SDXL .safetensors)"
+        )
     payload = {
         "string_to_token": {A1111_PLACEHOLDER: A1111_PLACEHOLDER_ID},
         "string_to_param": {A1111_PLACEHOLDER: _clean(embedding.vectors)},
@@ -150,8 +160,9 @@ def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
             raise EmbeddingFormatError(f"{path}: SDXL embedding lacks its {missing[0]} tensor")
         tables = [_as_vectors(data[key], path) for key in SDXL_KEYS]
         if tables[0].shape[0] != tables[1].shape[0]:
-            raise EmbeddingFormatError(f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g "
-                                       f"{tables[1].shape[0]}")
+            raise EmbeddingFormatError(
+                f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g {tables[1].shape[0]}"
+            )
         return LearnedEmbedding(stem_token, torch.cat(tables, dim=1), tuple(t.shape[1] for t in tables))
     if "string_to_param" in data:
         params = data["string_to_param"]
@@ -162,9 +173,11 @@ def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
         return LearnedEmbedding(stem_token, _as_vectors(data["emb_params"], path))
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != 1:
-        raise EmbeddingFormatError(f"{path}: expected one token in a diffusers embedding, found {len(tensors)} "
-                                   f"(keys: {', '.join(map(str, data))})")
-    (stored, vectors), = tensors.items()
+        raise EmbeddingFormatError(
+            f"{path}: expected one token in a diffusers embedding, found {len(tensors)} "
+            f"(keys: {', '.join(map(str, data))})"
+        )
+    ((stored, vectors),) = tensors.items()
     return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
 
 
@@ -200,14 +213,18 @@ def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
         return embedding
     other = _from_dict(_read_tensors(second), second, token)
     if other.token != embedding.token or other.num_vectors != embedding.num_vectors or len(other.widths) != 1:
-        raise EmbeddingFormatError(f"{second}: holds {other.token} with {other.num_vectors} vector(s), but {path.name} "
-                                   f"holds {embedding.token} with {embedding.num_vectors}")
-    return LearnedEmbedding(embedding.token, torch.cat([embedding.vectors, other.vectors], dim=1),
-                            embedding.widths + other.widths)
+        raise EmbeddingFormatError(
+            f"{second}: holds {other.token} with {other.num_vectors} vector(s), but {path.name} "
+            f"holds {embedding.token} with {embedding.num_vectors}"
+        )
+    return LearnedEmbedding(
+        embedding.token, torch.cat([embedding.vectors, other.vectors], dim=1), embedding.widths + other.widths
+    )
 
 
-def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 0,
-                         metadata: Mapping[str, str] | None = None) -> dict[str, Path]:
+def save_embedding_files(
+    embedding: LearnedEmbedding, folder: Path, step: int = 0, metadata: Mapping[str, str] | None = None
+) -> dict[str, Path]:
     """Write the files a user needs into ``folder``, by kind, each carrying ``metadata`` (:func:`read_metadata`).
 
     One text encoder (SD 1.x/2.x): ``diffusers`` (``learned_embeds.safetensors``) and ``a1111``
@@ -221,8 +238,9 @@ def save_embedding_files(embedding: LearnedEmbedding, folder: Path, step: int = 
             "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step, metadata=metadata),
         }
     if len(embedding.tables) != len(SDXL_KEYS):
-        raise EmbeddingFormatError(f"embedding {embedding.token}: no file format for {len(embedding.tables)} "
-                                   f"text encoders")
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token}: no file format for {len(embedding.tables)} text encoders"
+        )
     return {
         "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME, metadata=metadata),
         "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1, metadata=metadata),
@@ -242,13 +260,17 @@ def load_embeddings(paths: Sequence[Path | str], tokens: Sequence[str | None] = 
     for i, path in enumerate(map(Path, paths)):
         embedding = load_embedding(path, token=tokens[i] if i < len(tokens) else None)
         if embedding.token in seen:
-            raise EmbeddingFormatError(f"{seen[embedding.token]} and {path} both hold the token {embedding.token}; "
-                                       f"give one of them another token")
+            raise EmbeddingFormatError(
+                f"{seen[embedding.token]} and {path} both hold the token {embedding.token}; "
+                f"give one of them another token"
+            )
         if embeddings and embedding.widths != embeddings[0].widths:
             first = seen[embeddings[0].token]
-            raise EmbeddingFormatError(f"{first} (width {'+'.join(map(str, embeddings[0].widths))}) and {path} "
-                                       f"(width {'+'.join(map(str, embedding.widths))}) were learned for different "
-                                       f"model families")
+            raise EmbeddingFormatError(
+                f"{first} (width {'+'.join(map(str, embeddings[0].widths))}) and {path} "
+                f"(width {'+'.join(map(str, embedding.widths))}) were learned for different "
+                f"model families"
+            )
         seen[embedding.token] = path
         embeddings.append(embedding)
     return embeddings

@@ -54,32 +54,49 @@ OPENCLIP_TOKENIZER = dict(pad_token="!")
 
 #: the VAE of every real architecture (SD 1.x/2.x/XL share its shape; the scaling factor differs)
 _VAE_REAL = dict(
-    in_channels=3, out_channels=3, latent_channels=4,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
     block_out_channels=[128, 256, 512, 512],
     down_block_types=["DownEncoderBlock2D"] * 4,
     up_block_types=["UpDecoderBlock2D"] * 4,
-    layers_per_block=2, norm_num_groups=32,
+    layers_per_block=2,
+    norm_num_groups=32,
 )
 _VAE_TINY = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=64,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    sample_size=64,
     block_out_channels=[16, 32],
     down_block_types=["DownEncoderBlock2D"] * 2,
     up_block_types=["UpDecoderBlock2D"] * 2,
-    layers_per_block=1, norm_num_groups=8,
+    layers_per_block=1,
+    norm_num_groups=8,
 )
 _UNET_TINY = dict(
-    sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
     block_out_channels=[32, 64],
     down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-    cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=8,
 )
 _UNET_SD = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=[320, 640, 1280, 1280],
     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
 )
 
 #: the scheduler prediction types the trainer knows the target of
@@ -88,8 +105,12 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-            num_hidden_layers=2, projection_dim=32,
+            TEXT_ENCODER_COMMON,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
         ),
         "vae": _VAE_TINY,
         "unet": _UNET_TINY,
@@ -97,8 +118,12 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "sd15": {
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-            num_hidden_layers=12, projection_dim=768,
+            TEXT_ENCODER_COMMON,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
         ),
         "vae": dict(_VAE_REAL, sample_size=512, scaling_factor=0.18215),
         "unet": _UNET_SD,
@@ -108,8 +133,13 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     "sd2-tiny": {
         "tokenizer": OPENCLIP_TOKENIZER,
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-            num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
+            TEXT_ENCODER_COMMON,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            hidden_act="gelu",
         ),
         "vae": _VAE_TINY,
         "unet": dict(_UNET_TINY, use_linear_projection=True),
@@ -118,59 +148,109 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     "sd2": {  # stable-diffusion-2-1: OpenCLIP ViT-H/14 with its last layer dropped (23 of 24), 768 px
         "tokenizer": OPENCLIP_TOKENIZER,
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-            num_hidden_layers=23, projection_dim=512, hidden_act="gelu",
+            TEXT_ENCODER_COMMON,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_attention_heads=16,
+            num_hidden_layers=23,
+            projection_dim=512,
+            hidden_act="gelu",
         ),
         "vae": dict(_VAE_REAL, sample_size=768, scaling_factor=0.18215),
-        "unet": dict(_UNET_SD, sample_size=96, cross_attention_dim=1024, attention_head_dim=[5, 10, 20, 20],
-                     use_linear_projection=True),
+        "unet": dict(
+            _UNET_SD,
+            sample_size=96,
+            cross_attention_dim=1024,
+            attention_head_dim=[5, 10, 20, 20],
+            use_linear_projection=True,
+        ),
         "scheduler": SCHEDULER_CONFIG_V,
     },
     # SDXL: two text encoders of distinct widths (32 + 48 here, 768 + 1280 for real), pooled projection
     # and micro-conditioning as added embeddings (6 time ids × addition_time_embed_dim + pooled width)
     "sdxl-tiny": {
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-            num_hidden_layers=2, projection_dim=32,
+            TEXT_ENCODER_COMMON,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
         ),
         "tokenizer_2": OPENCLIP_TOKENIZER,
         "text_encoder_2": dict(
-            TEXT_ENCODER_COMMON, hidden_size=48, intermediate_size=64, num_attention_heads=4,
-            num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
+            TEXT_ENCODER_COMMON,
+            hidden_size=48,
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            projection_dim=32,
+            hidden_act="gelu",
         ),
         "vae": dict(_VAE_TINY, scaling_factor=0.13025, force_upcast=True),
-        "unet": dict(_UNET_TINY, layers_per_block=2, attention_head_dim=[2, 4], transformer_layers_per_block=[1, 2],
-                     cross_attention_dim=32 + 48, use_linear_projection=True, addition_embed_type="text_time",
-                     addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32),
+        "unet": dict(
+            _UNET_TINY,
+            layers_per_block=2,
+            attention_head_dim=[2, 4],
+            transformer_layers_per_block=[1, 2],
+            cross_attention_dim=32 + 48,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+        ),
         "scheduler": SCHEDULER_CONFIG,
     },
     "sdxl": {  # stable-diffusion-xl-base-1.0: CLIP ViT-L + OpenCLIP ViT-bigG/14, 1024 px
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-            num_hidden_layers=12, projection_dim=768,
+            TEXT_ENCODER_COMMON,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
         ),
         "tokenizer_2": OPENCLIP_TOKENIZER,
         "text_encoder_2": dict(
-            TEXT_ENCODER_COMMON, hidden_size=1280, intermediate_size=5120, num_attention_heads=20,
-            num_hidden_layers=32, projection_dim=1280, hidden_act="gelu",
+            TEXT_ENCODER_COMMON,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            projection_dim=1280,
+            hidden_act="gelu",
         ),
         "vae": dict(_VAE_REAL, sample_size=1024, scaling_factor=0.13025, force_upcast=True),
         "unet": dict(
-            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
             block_out_channels=[320, 640, 1280],
             down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            attention_head_dim=[5, 10, 20], transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816, norm_num_groups=32,
+            attention_head_dim=[5, 10, 20],
+            transformer_layers_per_block=[1, 2, 10],
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            norm_num_groups=32,
         ),
         "scheduler": SCHEDULER_CONFIG,
     },
 }
 
 #: CLI names of the random-weight models ``sstar model`` can write.
-RANDOM_MODELS = {"tiny": "tiny", "sd15-random": "sd15", "sd2-tiny": "sd2-tiny", "sd2-random": "sd2",
-                 "sdxl-tiny": "sdxl-tiny", "sdxl-random": "sdxl"}
+RANDOM_MODELS = {
+    "tiny": "tiny",
+    "sd15-random": "sd15",
+    "sd2-tiny": "sd2-tiny",
+    "sd2-random": "sd2",
+    "sdxl-tiny": "sdxl-tiny",
+    "sdxl-random": "sdxl",
+}
 
 
 @dataclass
@@ -303,8 +383,16 @@ def build_random_components(architecture: str | Mapping[str, dict], seed: int = 
     vae = AutoencoderKL(**configs["vae"])
     unet = UNet2DConditionModel(**configs["unet"])
     scheduler = DDPMScheduler(**configs["scheduler"])
-    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, f"random:{name}",
-                                     tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
+    components = DiffusionComponents(
+        tokenizer,
+        text_encoder,
+        vae,
+        unet,
+        scheduler,
+        f"random:{name}",
+        tokenizer_2=tokenizer_2,
+        text_encoder_2=text_encoder_2,
+    )
     components.freeze()
     return components
 
@@ -370,15 +458,17 @@ def load_components(model: str | Path) -> DiffusionComponents:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
         tokenizer_2 = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2") if sdxl else None
-        text_encoder_2 = (CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2")
-                          if sdxl else None)
+        text_encoder_2 = (
+            CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2") if sdxl else None
+        )
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
         unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"cannot load model {source}: {first_line}") from exc
-    components = DiffusionComponents(tokenizer, text_encoder, vae, unet, scheduler, source,
-                                     tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2)
+    components = DiffusionComponents(
+        tokenizer, text_encoder, vae, unet, scheduler, source, tokenizer_2=tokenizer_2, text_encoder_2=text_encoder_2
+    )
     components.freeze()
     return components

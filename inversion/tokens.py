@@ -100,8 +100,9 @@ class PlaceholderEmbedding(torch.nn.Module):
     def weight(self) -> torch.Tensor:  # transformers reads .weight for dtype/device and size checks
         return self.base.weight
 
-    def set_vectors(self, placeholders: list[PlaceholderToken], vectors: list[torch.Tensor],
-                    columns: slice = slice(None)) -> None:
+    def set_vectors(
+        self, placeholders: list[PlaceholderToken], vectors: list[torch.Tensor], columns: slice = slice(None)
+    ) -> None:
         """Use ``vectors[k][:, columns]`` (``[N_k, dim]``, may require grad) for the ids of ``placeholders[k]``.
 
         ``columns`` picks this encoder's part of vectors that serve several text encoders (SDXL).
@@ -139,6 +140,10 @@ def placeholder_embedding(text_encoder) -> Iterator[PlaceholderEmbedding]:
     owner = token_embedding_owner(text_encoder)
     original = owner.token_embedding
     base = original.base if isinstance(original, PlaceholderEmbedding) else original
+    if not isinstance(base, torch.nn.Embedding):
+        raise TokenError(
+            f"{type(text_encoder).__name__}'s token_embedding is a {type(base).__name__}, not an Embedding"
+        )
     layer = PlaceholderEmbedding(base)
     owner.token_embedding = layer
     try:
