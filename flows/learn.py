@@ -13,30 +13,41 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 import tempfile
+import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
-    update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.compositions import compose_catalog
 from storage.metrics import MetricsRow, read_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
-
-from flows.compositions import compose_catalog
 from tasks.concurrency import ensure_gpu_limit
 from tasks.ingest import remember_scan, scan_catalog, stage_concept
-from tasks.preflight import check_inputs, check_outputs, preflight
 from tasks.invert import invert_pack
-from tasks.publish import (failed_row, publish_concept, row_from_json, row_to_json, rows_key, scan_from_json, skipped_row,
-                           write_metrics)
+from tasks.preflight import check_inputs, check_outputs, preflight
+from tasks.publish import (
+    failed_row,
+    publish_concept,
+    row_from_json,
+    row_to_json,
+    rows_key,
+    scan_from_json,
+    skipped_row,
+    write_metrics,
+)
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
 from tasks.score import score_pack_task
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
@@ -81,10 +92,19 @@ def _submit(runner: ThreadPoolTaskRunner, task_, **parameters):
     return runner.submit(task_, parameters)
 
 
-def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: LearnSettings,
-                   evaluation: EvalSettings, run: RunSettings, run_id: str, work_root: str,
-                   on_done, done: Mapping[str, frozenset[str]], index: Mapping[str, dict] | None = None,
-                   ) -> tuple[list[MetricsRow], list[StagedConcept]]:
+def _learn_locally(
+    catalog: str,
+    out: str,
+    todo: list[ConceptRecord],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    run_id: str,
+    work_root: str,
+    on_done,
+    done: Mapping[str, frozenset[str]],
+    index: Mapping[str, dict] | None = None,
+) -> tuple[list[MetricsRow], list[StagedConcept]]:
     """Stage → invert (packed) → score → publish, fanned out on ``run.workers`` threads.
 
     ``done`` maps concept ids to digests with a complete result: a concept whose staging finds its
@@ -97,9 +117,20 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
     with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
         rows: list[MetricsRow] = []
         staged: list[StagedConcept] = []
-        for record, future in [(r, _submit(runner, stage_concept, catalog_uri=catalog, record=r, work_root=work_root,
-                                           done_digests=sorted(done.get(r.concept_id, ()))))
-                               for r in todo]:
+        for record, future in [
+            (
+                r,
+                _submit(
+                    runner,
+                    stage_concept,
+                    catalog_uri=catalog,
+                    record=r,
+                    work_root=work_root,
+                    done_digests=sorted(done.get(r.concept_id, ())),
+                ),
+            )
+            for r in todo
+        ]:
             result = future.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
@@ -110,17 +141,23 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
                 rows.append(row)
                 on_done(row)
         learning = [s for s in staged if not s.done]
-        invert_futures = {_submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
-                          for pack in inversion_queues(learning, run)}
+        invert_futures = {
+            _submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
+            for pack in inversion_queues(learning, run)
+        }
         score_futures = {}
         for future in as_completed(list(invert_futures)):
             outcomes = future.result(raise_on_failure=False)
             if isinstance(outcomes, BaseException):
-                outcomes = [InversionOutcome(s, None, error=f"inversion failed: {outcomes}")
-                            for s in invert_futures[future]]
+                outcomes = [
+                    InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]
+                ]
             for pack in _chunks(outcomes, run.concepts_per_batch):  # one batched rendering per pack
-                score_futures[_submit(runner, score_pack_task, outcomes=pack, learn=learn, evaluation=evaluation,
-                                      run=run, out_uri=out)] = pack
+                score_futures[
+                    _submit(
+                        runner, score_pack_task, outcomes=pack, learn=learn, evaluation=evaluation, run=run, out_uri=out
+                    )
+                ] = pack
         for future in as_completed(list(score_futures)):
             results = future.result(raise_on_failure=False)
             for i, outcome in enumerate(score_futures[future]):
@@ -128,8 +165,9 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
                 if isinstance(results, BaseException):
                     row = failed_row(run_id, record.concept_id, f"scoring failed: {results}", learn, record)
                 else:
-                    row = _submit(runner, publish_concept, scored=results[i], out_uri=out, run_id=run_id,
-                                  learn=learn).result(raise_on_failure=False)
+                    row = _submit(
+                        runner, publish_concept, scored=results[i], out_uri=out, run_id=run_id, learn=learn
+                    ).result(raise_on_failure=False)
                     if isinstance(row, BaseException):
                         row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
                 rows.append(row)
@@ -138,25 +176,40 @@ def _learn_locally(catalog: str, out: str, todo: list[ConceptRecord], learn: Lea
 
 
 @task(name="run-concept-flow", retries=0)
-def run_concept_deployment(deployment: str, catalog: str, out: str, record: ConceptRecord, learn: LearnSettings,
-                           evaluation: EvalSettings, run: RunSettings, run_id: str,
-                           ) -> tuple[MetricsRow, ConceptState | None]:
+def run_concept_deployment(
+    deployment: str,
+    catalog: str,
+    out: str,
+    record: ConceptRecord,
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    run_id: str,
+) -> tuple[MetricsRow, ConceptState | None]:
     """Run ``learn_concept`` for one concept as a flow run of ``deployment`` (on any worker) and
     collect the row it left in the output store, with what it learned for the scan state. The
     child skips the concept when its images turn out to have a complete result already."""
     from prefect.deployments import run_deployment
 
-    parameters = dict(catalog=catalog, concept_id=record.concept_id, out=out, learn=learn.model_dump(),
-                      evaluation=evaluation.model_dump(), run=run.model_dump(exclude={"deployment"}),
-                      parent_run_id=run_id, skip_complete=True)
+    parameters = dict(
+        catalog=catalog,
+        concept_id=record.concept_id,
+        out=out,
+        learn=learn.model_dump(),
+        evaluation=evaluation.model_dump(),
+        run=run.model_dump(exclude={"deployment"}),
+        parent_run_id=run_id,
+        skip_complete=True,
+    )
     child = run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True)
     try:
         raw = open_store(out).get(rows_key(run_id, record.concept_id))
         return row_from_json(raw), scan_from_json(raw)
     except Exception:  # noqa: BLE001 - the child crashed before writing its row
         message = child.state.message if child.state else "no state"
-        return failed_row(run_id, record.concept_id, f"flow run {child.name} ended {child.state_name}: {message}",
-                          learn, record), None
+        return failed_row(
+            run_id, record.concept_id, f"flow run {child.name} ended {child.state_name}: {message}", learn, record
+        ), None
 
 
 def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], compositions: list | None = None) -> dict:
@@ -172,19 +225,47 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], composit
     refresh_dashboard(out, dict_rows, get_run_logger())
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
-    summary = dict(run_id=run_id, out=out, counts=counts, metrics_uri=metrics_uri, report_uri=report_uri,
-                   mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
-                   failed={r.concept_id: r.error for r in rows if r.status == "failed"},
-                   compositions={c.composition_id: c.status for c in compositions or ()})
+    summary = dict(
+        run_id=run_id,
+        out=out,
+        counts=counts,
+        metrics_uri=metrics_uri,
+        report_uri=report_uri,
+        mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
+        failed={r.concept_id: r.error for r in rows if r.status == "failed"},
+        compositions={c.composition_id: c.status for c in compositions or ()},
+    )
     store.put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     # artifacts list what this run did; skipped concepts (thousands on a quiet night) are only counted
-    table = [{k: d[k] for k in ("concept_id", "status", "token", "image_similarity", "text_similarity",
-                                "baseline_image_similarity", "inversion_lift", "final_loss", "error")}
-             for d in dict_rows if d["status"] != "skipped"]
+    table = [
+        {
+            k: d[k]
+            for k in (
+                "concept_id",
+                "status",
+                "token",
+                "image_similarity",
+                "text_similarity",
+                "baseline_image_similarity",
+                "inversion_lift",
+                "final_loss",
+                "error",
+            )
+        }
+        for d in dict_rows
+        if d["status"] != "skipped"
+    ]
     create_table_artifact(table=table, key="sstar-run-concepts", description=f"sstar run {run_id}")
-    lines = [f"# sstar run {run_id}", "",
-             f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}", "",
-             f"Report: {report_uri}", "", "| concept | status | lift | grid |", "|---|---|---|---|"]
+    lines = [
+        f"# sstar run {run_id}",
+        "",
+        f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}",
+        "",
+        f"Report: {report_uri}",
+        "",
+        "| concept | status | lift | grid |",
+        "|---|---|---|---|",
+    ]
     for r in (r for r in rows if r.status != "skipped"):
         lift = f"{r.inversion_lift:+.3f}" if r.inversion_lift is not None else "—"
         grid = f"[grid]({r.grid_uri})" if r.grid_uri else (r.error or "—").replace("|", "/")[:120]
@@ -196,8 +277,14 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], composit
 # The decorators' runners are fixed at import; the flows submit their tasks to a runner of
 # run.workers threads instead (see _learn_locally), so these only set a small default.
 @flow(name="learn-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
-def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: EvalSettings = EvalSettings(),
-                  run: RunSettings = RunSettings(), run_id: str | None = None) -> dict:
+def learn_catalog(
+    catalog: str,
+    out: str,
+    learn: LearnSettings,
+    evaluation: EvalSettings = EvalSettings(),
+    run: RunSettings = RunSettings(),
+    run_id: str | None = None,
+) -> dict:
     """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
@@ -214,11 +301,18 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
             rows.append(skipped_row(run_id, record, learn, out, index.get(record.concept_id)))
         else:
             todo.append(record)
-    logger.info("run %s: %d to stage (%d changed since the last scan), %d already done, %d unusable", run_id,
-                len(todo), sum(r.digest is None for r in todo), len(scan.records) - len(todo), len(unusable))
+    logger.info(
+        "run %s: %d to stage (%d changed since the last scan), %d already done, %d unusable",
+        run_id,
+        len(todo),
+        sum(r.digest is None for r in todo),
+        len(scan.records) - len(todo),
+        len(unusable),
+    )
     check_outputs(out, evaluation if todo and not run.deployment else None, run)  # before any training
-    progress_id = create_progress_artifact(progress=0.0, key="sstar-run-progress",
-                                           description=f"concepts finished in run {run_id}")
+    progress_id = create_progress_artifact(
+        progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
+    )
     finished = [0]
 
     def on_done(row: MetricsRow) -> None:
@@ -232,9 +326,21 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     try:
         if run.deployment:
             with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
-                futures = {_submit(runner, run_concept_deployment, deployment=run.deployment, catalog=catalog, out=out,
-                                   record=r, learn=learn, evaluation=evaluation, run=run, run_id=run_id): r
-                           for r in todo}
+                futures = {
+                    _submit(
+                        runner,
+                        run_concept_deployment,
+                        deployment=run.deployment,
+                        catalog=catalog,
+                        out=out,
+                        record=r,
+                        learn=learn,
+                        evaluation=evaluation,
+                        run=run,
+                        run_id=run_id,
+                    ): r
+                    for r in todo
+                }
                 for future in as_completed(list(futures)):
                     result = future.result(raise_on_failure=False)
                     if isinstance(result, BaseException):
@@ -246,8 +352,9 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
                     rows.append(row)
                     on_done(row)
         else:
-            new_rows, staged = _learn_locally(catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done,
-                                              done, index)
+            new_rows, staged = _learn_locally(
+                catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done, done, index
+            )
             rows += new_rows
             learned.update({s.record.concept_id: s.scan for s in staged if s.scan is not None})
             records.update({s.record.concept_id: s.record for s in staged})  # digests and images as read
@@ -261,14 +368,23 @@ def learn_catalog(catalog: str, out: str, learn: LearnSettings, evaluation: Eval
     logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
     if summary["counts"]["failed"]:
         failed = ", ".join(sorted(summary["failed"]))
-        raise ConceptsFailed(f"{summary['counts']['failed']} concept(s) failed: {failed} (report: {summary['report_uri']})")
+        raise ConceptsFailed(
+            f"{summary['counts']['failed']} concept(s) failed: {failed} (report: {summary['report_uri']})"
+        )
     return summary
 
 
 @flow(name="learn-concept", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def learn_concept(catalog: str, concept_id: str, out: str, learn: LearnSettings,
-                  evaluation: EvalSettings = EvalSettings(), run: RunSettings = RunSettings(),
-                  parent_run_id: str | None = None, skip_complete: bool = False) -> dict:
+def learn_concept(
+    catalog: str,
+    concept_id: str,
+    out: str,
+    learn: LearnSettings,
+    evaluation: EvalSettings = EvalSettings(),
+    run: RunSettings = RunSettings(),
+    parent_run_id: str | None = None,
+    skip_complete: bool = False,
+) -> dict:
     """Learn one concept of ``catalog`` now, whether or not it was learned before (unless
     ``skip_complete``: then a concept whose content already has a complete result is skipped).
 
@@ -287,9 +403,18 @@ def learn_concept(catalog: str, concept_id: str, out: str, learn: LearnSettings,
             reason = dict(scan.unusable).get(concept_id, f"no concept {concept_id!r} in {catalog}")
             rows = [failed_row(run_id, concept_id, reason, learn)]
         else:
-            rows, staged = _learn_locally(catalog, out, [record], learn, evaluation,
-                                          run.model_copy(update={"deployment": None}), run_id, work_root,
-                                          on_done=lambda row: None, done=done)
+            rows, staged = _learn_locally(
+                catalog,
+                out,
+                [record],
+                learn,
+                evaluation,
+                run.model_copy(update={"deployment": None}),
+                run_id,
+                work_root,
+                on_done=lambda row: None,
+                done=done,
+            )
             concept_scan = staged[0].scan
     finally:
         if not run.work_dir:

@@ -27,8 +27,14 @@ from .config import TrainConfig
 from .errors import ConfigError, InputError
 from .filenames import CHECKPOINT_FILENAME
 
-__all__ = ["CHECKPOINT_FILENAME", "CHECKPOINT_VERSION", "RESUMABLE_CHANGES", "Checkpoint", "read_checkpoint",
-           "write_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILENAME",
+    "CHECKPOINT_VERSION",
+    "RESUMABLE_CHANGES",
+    "Checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+]
 
 CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it

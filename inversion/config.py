@@ -72,13 +72,19 @@ class ConceptConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(bool(self.token) and bool(_TOKEN_RE.match(self.token)),
-                 f"token must be one word without spaces, got {self.token!r}")
+        _require(
+            bool(self.token) and bool(_TOKEN_RE.match(self.token)),
+            f"token must be one word without spaces, got {self.token!r}",
+        )
         _require(bool(self.initializer.strip()), f"initializer of {self.token} must not be empty")
-        _require(isinstance(self.num_vectors, int) and self.num_vectors >= 1,
-                 f"num_vectors of {self.token} must be an integer >= 1, got {self.num_vectors!r}")
-        _require(self.property in PROPERTIES,
-                 f"property of {self.token} must be one of {', '.join(PROPERTIES)}, got {self.property!r}")
+        _require(
+            isinstance(self.num_vectors, int) and self.num_vectors >= 1,
+            f"num_vectors of {self.token} must be an integer >= 1, got {self.num_vectors!r}",
+        )
+        _require(
+            self.property in PROPERTIES,
+            f"property of {self.token} must be one of {', '.join(PROPERTIES)}, got {self.property!r}",
+        )
         object.__setattr__(self, "images", Path(self.images))
 
     @builtins.property
@@ -98,38 +104,59 @@ class TrainConfig:
     it runs (flags of both commands, the flows' ``RunSettings``); the others are set from Python.
     """
 
-    steps: int = setting(600, help="the cap: most optimizer steps per concept (--steps is the old name)",
-                         group="learn", ge=1, aliases=("max_steps",))
+    steps: int = setting(
+        600,
+        help="the cap: most optimizer steps per concept (--steps is the old name)",
+        group="learn",
+        ge=1,
+        aliases=("max_steps",),
+    )
     batch_size: int = setting(4, help="images per concept per micro-batch", group="learn", ge=1)
     grad_accum: int = setting(1, help="micro-batches accumulated per optimizer step", group="learn", ge=1)
     lr: float = setting(5e-3, help="AdamW learning rate (per step, before --scale-lr)", group="learn", gt=0, lt=1)
-    scale_lr: bool = setting(False, help="multiply lr by batch size × grad accumulation (the paper's convention)",
-                             group="learn")
-    lr_schedule: LrSchedule = setting("constant", help="learning-rate schedule (cosine decays to 0 over the steps)",
-                                      group="learn")
+    scale_lr: bool = setting(
+        False, help="multiply lr by batch size × grad accumulation (the paper's convention)", group="learn"
+    )
+    lr_schedule: LrSchedule = setting(
+        "constant", help="learning-rate schedule (cosine decays to 0 over the steps)", group="learn"
+    )
     lr_warmup_steps: int = setting(0, help="linear learning-rate warm-up steps before the schedule", ge=0)
     weight_decay: float = setting(0.0, help="AdamW weight decay on the new vectors", ge=0)
-    resolution: int | None = setting(None, help="training image size in px (default: the model's)", group="learn",
-                                     ge=8, multiple_of=8)
-    precision: Precision = setting("fp32", help="dtype of the frozen weights (learned vectors always stay fp32)",
-                                   group="learn")
+    resolution: int | None = setting(
+        None, help="training image size in px (default: the model's)", group="learn", ge=8, multiple_of=8
+    )
+    precision: Precision = setting(
+        "fp32", help="dtype of the frozen weights (learned vectors always stay fp32)", group="learn"
+    )
     seed: int = setting(0, help="seeds everything not tied to a single concept", group="learn")
-    checkpoint_every: int = setting(0, help="save a resumable checkpoint every K steps (0: only at the end)",
-                                    group="run", ge=0)
+    checkpoint_every: int = setting(
+        0, help="save a resumable checkpoint every K steps (0: only at the end)", group="run", ge=0
+    )
     device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]", group="run", pattern=DEVICE_PATTERN)
-    stop: StopPolicy = setting("fixed", help=(
-        "fixed: train every concept to the cap; plateau: stop a concept once its held-out denoising loss "
-        "stops improving (see inversion.stopping)"), group="run")
+    stop: StopPolicy = setting(
+        "fixed",
+        help=(
+            "fixed: train every concept to the cap; plateau: stop a concept once its held-out denoising loss "
+            "stops improving (see inversion.stopping)"
+        ),
+        group="run",
+    )
     stop_every: int = setting(25, help="plateau: measure the held-out loss every K steps", ge=1)
     stop_patience: int = setting(3, help="plateau: stop after this many checks in a row without improvement", ge=1)
-    stop_min_delta: float = setting(0.01, help="plateau: relative improvement of the best loss that counts", ge=0,
-                                    lt=1)
+    stop_min_delta: float = setting(0.01, help="plateau: relative improvement of the best loss that counts", ge=0, lt=1)
     stop_min_steps: int = setting(50, help="plateau: never stop before this many steps", ge=0)
-    stop_samples: int = setting(16, help="plateau: fixed noised examples of the concept's images per check", ge=1,
-                                le=256)
-    compile: bool = setting(False, help=("torch.compile the UNet: a one-off compile (about a minute per model and "
-                                         "batch shape) for faster steps on long GPU runs; changes neither the loss "
-                                         "nor the checkpoints"), group="run")
+    stop_samples: int = setting(
+        16, help="plateau: fixed noised examples of the concept's images per check", ge=1, le=256
+    )
+    compile: bool = setting(
+        False,
+        help=(
+            "torch.compile the UNet: a one-off compile (about a minute per model and "
+            "batch shape) for faster steps on long GPU runs; changes neither the loss "
+            "nor the checkpoints"
+        ),
+        group="run",
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -162,8 +189,13 @@ class EvalConfig:
     guidance: float = setting(7.5, help="classifier-free guidance scale", ge=0, le=50)
     clip_arch: str = setting(DEFAULT_CLIP_ARCH, help="open_clip architecture of the scoring CLIP")
     clip_checkpoint: str | None = setting(None, help="local open_clip checkpoint file for the CLIP architecture")
-    clip_pretrained: str | None = setting(None, help=(f"open_clip pretrained tag (downloads where reachable; "
-                                                      f"default {DEFAULT_CLIP_PRETRAINED!r} without a checkpoint)"))
+    clip_pretrained: str | None = setting(
+        None,
+        help=(
+            f"open_clip pretrained tag (downloads where reachable; "
+            f"default {DEFAULT_CLIP_PRETRAINED!r} without a checkpoint)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         validate(self)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .formats import LearnedEmbedding
     from .models import DiffusionComponents
 
+
 def family_of(components: DiffusionComponents) -> Family:
     """The family of loaded components."""
     return classify(components.text_encoder_2 is not None, components.text_encoder.config)
@@ -79,9 +80,11 @@ class PromptEncoder:
         self.components = components
         self.family: Family = family_of(components)
         self.encoders = [components.text_encoder] + (
-            [components.text_encoder_2] if components.text_encoder_2 is not None else [])
+            [components.text_encoder_2] if components.text_encoder_2 is not None else []
+        )
         self.tokenizers = [copy.deepcopy(components.tokenizer)] + (
-            [copy.deepcopy(components.tokenizer_2)] if components.tokenizer_2 is not None else [])
+            [copy.deepcopy(components.tokenizer_2)] if components.tokenizer_2 is not None else []
+        )
         #: the width of each text encoder's token embedding, in order (the columns of a learned word)
         self.widths: tuple[int, ...] = tuple(int(e.get_input_embeddings().weight.shape[1]) for e in self.encoders)
 
@@ -100,14 +103,21 @@ class PromptEncoder:
         """Add ``token``'s N vector names to every tokenizer; they must get the same ids in each."""
         placeholders = [register_token(tokenizer, token, num_vectors) for tokenizer in self.tokenizers]
         if any(p.ids != placeholders[0].ids for p in placeholders):
-            raise TokenError(f"{token} gets different ids in the model's tokenizers "
-                             f"({', '.join(str(p.ids) for p in placeholders)}); their vocabularies differ")
+            raise TokenError(
+                f"{token} gets different ids in the model's tokenizers "
+                f"({', '.join(str(p.ids) for p in placeholders)}); their vocabularies differ"
+            )
         return placeholders[0]
 
     def initial_vectors(self, initializer: str, num_vectors: int) -> torch.Tensor:
         """Starting vectors ``[N, width]``: the initializer's embedding in each text encoder, side by side."""
-        return torch.cat([initial_vectors(encoder, tokenizer, initializer, num_vectors)
-                          for encoder, tokenizer in zip(self.encoders, self.tokenizers)], dim=1)
+        return torch.cat(
+            [
+                initial_vectors(encoder, tokenizer, initializer, num_vectors)
+                for encoder, tokenizer in zip(self.encoders, self.tokenizers)
+            ],
+            dim=1,
+        )
 
     def check(self, embedding: LearnedEmbedding) -> None:
         """Raise :class:`EmbeddingFormatError` unless ``embedding`` has one table per text encoder, of its width."""
@@ -115,7 +125,8 @@ class PromptEncoder:
             raise EmbeddingFormatError(
                 f"embedding {embedding.token} has vectors of width {'+'.join(map(str, embedding.widths))}, but "
                 f"this {self.family} model's text encoders take {'+'.join(map(str, self.widths))}: "
-                f"it was learned for another model")
+                f"it was learned for another model"
+            )
 
     @contextmanager
     def learned(self, placeholders: Sequence[PlaceholderToken], vectors: Sequence[torch.Tensor]) -> Iterator[None]:
@@ -135,9 +146,18 @@ class PromptEncoder:
     # -- prompts -------------------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str]) -> PromptEmbeds:
         """Encode ``prompts`` exactly as the family's diffusers pipeline does (padded to 77 tokens)."""
-        return self.encode_ids([tokenizer(list(prompts), padding="max_length", truncation=True,
-                                          max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-                                for tokenizer in self.tokenizers])
+        return self.encode_ids(
+            [
+                tokenizer(
+                    list(prompts),
+                    padding="max_length",
+                    truncation=True,
+                    max_length=tokenizer.model_max_length,
+                    return_tensors="pt",
+                ).input_ids
+                for tokenizer in self.tokenizers
+            ]
+        )
 
     def encode_ids(self, token_ids: Sequence[torch.Tensor]) -> PromptEmbeds:
         """Encode tokenized prompts: ``token_ids[i]`` ``[B, 77]`` for text encoder i (as :meth:`encode` does
@@ -163,27 +183,33 @@ class PromptEncoder:
             return PromptEmbeds(torch.zeros_like(empty.hidden), torch.zeros_like(empty.pooled))
         return empty
 
-    def unet_kwargs(self, embeds: PromptEmbeds, dtype: torch.dtype,
-                    time_ids: torch.Tensor | None = None) -> dict[str, Any]:
+    def unet_kwargs(
+        self, embeds: PromptEmbeds, dtype: torch.dtype, time_ids: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Keyword arguments of the UNet call for ``embeds`` (SDXL also needs ``time_ids`` ``[B, 6]``)."""
         kwargs: dict[str, Any] = {"encoder_hidden_states": embeds.hidden.to(dtype)}
         if self.family == "sdxl":
             if embeds.pooled is None or time_ids is None:
                 raise ValueError("an SDXL UNet needs the pooled text embedding and the micro-conditioning time ids")
-            kwargs["added_cond_kwargs"] = {"text_embeds": embeds.pooled.to(dtype),
-                                           "time_ids": time_ids.to(embeds.hidden.device, dtype)}
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": embeds.pooled.to(dtype),
+                "time_ids": time_ids.to(embeds.hidden.device, dtype),
+            }
         return kwargs
 
     def pipeline_kwargs(self, embeds: PromptEmbeds, negative: PromptEmbeds) -> dict[str, Any]:
         """Keyword arguments of the family's diffusers pipeline call for precomputed embeddings
         (``negative`` of batch 1 is repeated to the batch of ``embeds``)."""
         batch = embeds.hidden.shape[0]
-        kwargs: dict[str, Any] = {"prompt_embeds": embeds.hidden,
-                                  "negative_prompt_embeds": negative.hidden.expand(batch, -1, -1)}
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": embeds.hidden,
+            "negative_prompt_embeds": negative.hidden.expand(batch, -1, -1),
+        }
         if self.family == "sdxl":
             assert negative.pooled is not None
-            kwargs.update(pooled_prompt_embeds=embeds.pooled,
-                          negative_pooled_prompt_embeds=negative.pooled.expand(batch, -1))
+            kwargs.update(
+                pooled_prompt_embeds=embeds.pooled, negative_pooled_prompt_embeds=negative.pooled.expand(batch, -1)
+            )
         return kwargs
 
     def time_ids(self, files: Sequence[Path], resolution: int, flip: bool) -> torch.Tensor | None:
@@ -204,14 +230,25 @@ def build_pipeline(components: DiffusionComponents, scheduler: Any) -> Any:
         from diffusers import StableDiffusionXLPipeline
 
         return StableDiffusionXLPipeline(
-            vae=components.vae, text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
-            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2, unet=components.unet,
-            scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False,
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            text_encoder_2=components.text_encoder_2,
+            tokenizer=components.tokenizer,
+            tokenizer_2=components.tokenizer_2,
+            unet=components.unet,
+            scheduler=scheduler,
+            force_zeros_for_empty_prompt=True,
+            add_watermarker=False,
         )
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )

@@ -54,9 +54,19 @@ class Spec:
     aliases: tuple[str, ...] = ()
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str, group: Group = None, ge: float | None = None,
-            gt: float | None = None, le: float | None = None, lt: float | None = None,
-            multiple_of: int | None = None, pattern: str | None = None, aliases: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    group: Group = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    multiple_of: int | None = None,
+    pattern: str | None = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
     """A dataclass field declaring one setting (no ``default``: the setting is required).
 
     ``ge``/``gt``/``le``/``lt`` bound numbers, ``multiple_of`` integers, ``pattern`` (a regular
@@ -64,8 +74,17 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, group: Group = Non
     ``aliases`` are other names the setting answers to: more flags (``--alias-name``, shown first)
     and more keys of the flows' parameter models.
     """
-    spec = Spec(help=help, group=group, ge=ge, gt=gt, le=le, lt=lt, multiple_of=multiple_of, pattern=pattern,
-                aliases=tuple(aliases))
+    spec = Spec(
+        help=help,
+        group=group,
+        ge=ge,
+        gt=gt,
+        le=le,
+        lt=lt,
+        multiple_of=multiple_of,
+        pattern=pattern,
+        aliases=tuple(aliases),
+    )
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
@@ -189,8 +208,9 @@ def validate(obj: Any) -> None:
         declared.check(getattr(obj, name))
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting], *,
-                  flags: Mapping[str, str] | None = None) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, settings: Iterable[Setting], *, flags: Mapping[str, str] | None = None
+) -> None:
     """Add one flag per setting: ``--name-with-dashes`` (or ``flags[name]``), its dest the setting's name.
 
     Values are converted and checked like the dataclass checks them, so a bad one is an argparse
@@ -205,8 +225,13 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Iterable[Setting], 
             parser.add_argument(*names, dest=declared.name, action="store_true", help=help_text)
             continue
         parser.add_argument(
-            *names, dest=declared.name, type=_converter(declared), choices=declared.choices,
-            required=declared.required, default=None if declared.required else declared.default, help=help_text,
+            *names,
+            dest=declared.name,
+            type=_converter(declared),
+            choices=declared.choices,
+            required=declared.required,
+            default=None if declared.required else declared.default,
+            help=help_text,
         )
 
 

@@ -19,12 +19,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .device import resolve_device, resolve_dtype
+from .families import PromptEncoder, build_pipeline
 from .formats import LearnedEmbedding
 from .models import DiffusionComponents
-from .families import PromptEncoder, build_pipeline
 from .tokens import expand_token
 from .weighting import encode_weighted
-
 
 Sampler = Literal["ddim", "dpm"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
@@ -64,8 +63,9 @@ class Renderer:
         self.settings = settings or RenderSettings()
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.precision, self.device)
-        self._pipeline = build_pipeline(components, make_scheduler(self.settings.sampler,
-                                                                   components.noise_scheduler.config))
+        self._pipeline = build_pipeline(
+            components, make_scheduler(self.settings.sampler, components.noise_scheduler.config)
+        )
         self._pipeline.set_progress_bar_config(disable=True)
 
     def render(
@@ -129,8 +129,9 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def make_grid(rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], cell: int | None = None,
-              title: str | None = None) -> Image.Image:
+def make_grid(
+    rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], cell: int | None = None, title: str | None = None
+) -> Image.Image:
     """Assemble ``rows`` of images into one grid with each row's label (its prompt) written above it."""
     if not rows or not rows[0]:
         raise ValueError("make_grid needs at least one image")

@@ -167,8 +167,11 @@ class VariantScores:
             "text_similarity": self.text_similarity,
             "per_prompt": [
                 {
-                    "template": p.template, "prompt": p.prompt, "text_prompt": p.text_prompt,
-                    "image_similarity": p.image_similarity, "text_similarity": p.text_similarity,
+                    "template": p.template,
+                    "prompt": p.prompt,
+                    "text_prompt": p.text_prompt,
+                    "image_similarity": p.image_similarity,
+                    "text_similarity": p.text_similarity,
                 }
                 for p in self.per_prompt
             ],
@@ -230,7 +233,7 @@ class ConceptScores:
             self.learned.images,
             [p.prompt for p in self.learned.per_prompt],
             title=f"{self.token}: image sim {self.image_similarity:.3f}, text sim {self.text_similarity:.3f} "
-                  f"(raw cosine)",
+            f"(raw cosine)",
         )
 
     @cached_property
@@ -239,9 +242,10 @@ class ConceptScores:
         rows = [row for b in self.baselines for row in b.images]
         labels = [p.prompt for b in self.baselines for p in b.per_prompt]
         return make_grid(
-            rows, labels,
+            rows,
+            labels,
             title=f"words only: image sim {self.baseline_image_similarity:.3f}, "
-                  f"text sim {self.baseline_text_similarity:.3f} (raw cosine)",
+            f"text sim {self.baseline_text_similarity:.3f} (raw cosine)",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -290,13 +294,21 @@ class BaselineCache(Protocol):
         ...
 
 
-def baseline_key(scope: str, prompts: Sequence[str], seeds: Sequence[int], render: RenderSettings,
-                 resolution: int) -> str:
+def baseline_key(
+    scope: str, prompts: Sequence[str], seeds: Sequence[int], render: RenderSettings, resolution: int
+) -> str:
     """The cache key of a words-only rendering: the model, the exact prompts (captions in the
     evaluation prompts), the seeds and every sampler setting that changes the pixels."""
-    identity = {"model": scope, "prompts": list(prompts), "seeds": [int(x) for x in seeds], "steps": render.steps,
-                "guidance": render.guidance, "sampler": render.sampler, "precision": render.precision,
-                "resolution": resolution}
+    identity = {
+        "model": scope,
+        "prompts": list(prompts),
+        "seeds": [int(x) for x in seeds],
+        "steps": render.steps,
+        "guidance": render.guidance,
+        "sampler": render.sampler,
+        "precision": render.precision,
+        "resolution": resolution,
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
@@ -384,15 +396,21 @@ def _plan(renderer: Renderer, clip: ClipModel, request: ScoreRequest, settings: 
     phrases = [caption_phrase(c, property) for c in captions]
     for caption, phrase in zip(captions, phrases):
         if embedding.token in phrase:
-            raise InputError(f"caption {caption!r} contains the learned token {embedding.token}; "
-                             f"the baseline must use words only")
+            raise InputError(
+                f"caption {caption!r} contains the learned token {embedding.token}; the baseline must use words only"
+            )
     text_prompts = [plain_text(fill(t, class_word)) for t in templates]
-    return _Plan(request, class_word, templates, phrases, reference_embeds, text_prompts,
-                 clip.embed_texts(text_prompts))
+    return _Plan(
+        request, class_word, templates, phrases, reference_embeds, text_prompts, clip.embed_texts(text_prompts)
+    )
 
 
-def _render_groups(renderer: Renderer, groups: Sequence[Sequence[str]], seeds: Sequence[int],
-                   embeddings: Sequence[LearnedEmbedding] = ()) -> list[list[list[Image.Image]]]:
+def _render_groups(
+    renderer: Renderer,
+    groups: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    embeddings: Sequence[LearnedEmbedding] = (),
+) -> list[list[list[Image.Image]]]:
     """Render several prompt lists in one call (full batches across them); the images of each list."""
     flat = [prompt for group in groups for prompt in group]
     images = renderer.render(flat, list(seeds), embeddings) if flat else []
@@ -403,9 +421,13 @@ def _render_groups(renderer: Renderer, groups: Sequence[Sequence[str]], seeds: S
     return out
 
 
-def _baseline_images(renderer: Renderer, groups: Sequence[Sequence[str]], seeds: Sequence[int],
-                     cache: BaselineCache | None,
-                     words: Sequence[LearnedEmbedding] = ()) -> list[list[list[Image.Image]]]:
+def _baseline_images(
+    renderer: Renderer,
+    groups: Sequence[Sequence[str]],
+    seeds: Sequence[int],
+    cache: BaselineCache | None,
+    words: Sequence[LearnedEmbedding] = (),
+) -> list[list[list[Image.Image]]]:
     """The words-only renderings of each prompt list: from ``cache`` where kept, the rest rendered in
     one call (each distinct list once, with ``words`` installed) and kept."""
     resolution = renderer.settings.resolution or renderer.components.resolution
@@ -442,28 +464,40 @@ def score_concepts(
         raise InputError(f"token {repeated[0]} appears more than once among the words to score together")
     plans = [_plan(renderer, clip, r, settings) for r in requests]
     seeds = settings.seed_list
-    learned = _render_groups(renderer, [[fill(t, p.request.embedding.token) for t in p.templates] for p in plans],
-                             seeds, [r.embedding for r in requests] + list(settings.words))
+    learned = _render_groups(
+        renderer,
+        [[fill(t, p.request.embedding.token) for t in p.templates] for p in plans],
+        seeds,
+        [r.embedding for r in requests] + list(settings.words),
+    )
     groups = [[fill(t, phrase) for t in p.templates] for p in plans for phrase in p.phrases]
-    baselines = iter(_baseline_images(renderer, groups, seeds, None if settings.words else baseline_cache,
-                                      settings.words))
+    baselines = iter(
+        _baseline_images(renderer, groups, seeds, None if settings.words else baseline_cache, settings.words)
+    )
     results = []
     for plan, learned_images in zip(plans, learned):
-        shared = dict(clip=clip, templates=plan.templates, reference_embeds=plan.reference_embeds,
-                      text_prompts=plan.text_prompts, text_embeds=plan.text_embeds,
-                      clip_batch_size=settings.clip_batch_size)
-        token = plan.request.embedding.token
-        results.append(ConceptScores(
-            token=token,
-            class_word=plan.class_word,
-            property=plan.request.property,
-            clip=clip.spec.describe(),
+        shared = dict(
+            clip=clip,
             templates=plan.templates,
-            seeds=tuple(seeds),
-            num_reference_images=int(plan.reference_embeds.shape[0]),
-            learned=_score_images(phrase=token, images=learned_images, **shared),
-            baselines=[_score_images(phrase=phrase, images=next(baselines), **shared) for phrase in plan.phrases],
-        ))
+            reference_embeds=plan.reference_embeds,
+            text_prompts=plan.text_prompts,
+            text_embeds=plan.text_embeds,
+            clip_batch_size=settings.clip_batch_size,
+        )
+        token = plan.request.embedding.token
+        results.append(
+            ConceptScores(
+                token=token,
+                class_word=plan.class_word,
+                property=plan.request.property,
+                clip=clip.spec.describe(),
+                templates=plan.templates,
+                seeds=tuple(seeds),
+                num_reference_images=int(plan.reference_embeds.shape[0]),
+                learned=_score_images(phrase=token, images=learned_images, **shared),
+                baselines=[_score_images(phrase=phrase, images=next(baselines), **shared) for phrase in plan.phrases],
+            )
+        )
     return results
 
 

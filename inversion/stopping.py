@@ -75,13 +75,23 @@ class StopState:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (for the checkpoint)."""
-        return {"history": [list(h) for h in self.history], "best": self.best, "best_step": self.best_step,
-                "stale_checks": self.stale_checks, "reason": self.reason}
+        return {
+            "history": [list(h) for h in self.history],
+            "best": self.best,
+            "best_step": self.best_step,
+            "stale_checks": self.stale_checks,
+            "reason": self.reason,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StopState:
         """The state :meth:`to_dict` wrote (a checkpoint from before stopping existed: a fresh state)."""
         if not data:
             return cls()
-        return cls([(int(s), float(v)) for s, v in data["history"]], data["best"], int(data["best_step"]),
-                   int(data["stale_checks"]), data["reason"])
+        return cls(
+            [(int(s), float(v)) for s, v in data["history"]],
+            data["best"],
+            int(data["best_step"]),
+            int(data["stale_checks"]),
+            data["reason"],
+        )

@@ -33,12 +33,12 @@ from .checkpoint import CHECKPOINT_FILENAME, read_checkpoint, write_checkpoint
 from .config import ConceptConfig, TrainConfig
 from .device import resolve_device, resolve_dtype
 from .errors import ConfigError, TrainingDivergedError
+from .families import PromptEncoder
 from .formats import LearnedEmbedding, save_embedding_files
 from .images import load_training_images
 from .models import DiffusionComponents
 from .stopping import HELD_OUT_SEED_OFFSET, MAX_STEPS, StopState
 from .templates import templates_for
-from .families import PromptEncoder
 from .tokens import PlaceholderToken
 
 # Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
@@ -102,15 +102,23 @@ def lr_at(config: TrainConfig, step: int) -> float:
 class _ConceptRun:
     """Mutable training state of one concept in a pack."""
 
-    def __init__(self, concept: ConceptConfig, placeholder: PlaceholderToken, start: torch.Tensor,
-                 config: TrainConfig, device: torch.device, output_dir: Path | None,
-                 widths: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        concept: ConceptConfig,
+        placeholder: PlaceholderToken,
+        start: torch.Tensor,
+        config: TrainConfig,
+        device: torch.device,
+        output_dir: Path | None,
+        widths: tuple[int, ...] | None = None,
+    ) -> None:
         self.concept = concept
         self.widths = widths  # columns of ``vectors`` per text encoder (SDXL: two), see inversion.families
         self.placeholder = placeholder
         self.vectors = torch.nn.Parameter(start.to(device=device, dtype=torch.float32).clone())
-        self.optimizer = torch.optim.AdamW([self.vectors], lr=config.effective_lr, weight_decay=config.weight_decay,
-                                           betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.AdamW(
+            [self.vectors], lr=config.effective_lr, weight_decay=config.weight_decay, betas=(0.9, 0.999), eps=1e-8
+        )
         self.generator = torch.Generator().manual_seed(concept.seed)
         self.templates = templates_for(concept.property)
         self.prompt_word = " ".join(placeholder.names)
@@ -196,9 +204,19 @@ class _ConceptRun:
         return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone(), self.widths)
 
     def result(self) -> TrainResult:
-        return TrainResult(self.concept.token, self.embedding(), self.step, list(self.losses), self.seconds,
-                           self.output_dir, {}, self.resumed_from, self.failure, self.stop_reason,
-                           list(self.stopping.history))
+        return TrainResult(
+            self.concept.token,
+            self.embedding(),
+            self.step,
+            list(self.losses),
+            self.seconds,
+            self.output_dir,
+            {},
+            self.resumed_from,
+            self.failure,
+            self.stop_reason,
+            list(self.stopping.history),
+        )
 
 
 def _cache_latents(components: DiffusionComponents, run: _ConceptRun, resolution: int, text: PromptEncoder) -> None:
@@ -229,8 +247,14 @@ class _Batch:
     time_ids: torch.Tensor | None = None
 
 
-def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.device, scaling: float,
-            generator: torch.Generator | None = None) -> _Batch:
+def _sample(
+    run: _ConceptRun,
+    batch: int,
+    num_timesteps: int,
+    device: torch.device,
+    scaling: float,
+    generator: torch.Generator | None = None,
+) -> _Batch:
     """Draw one concept's micro-batch from its own generator (or ``generator``), in a fixed order (for exact resume)."""
     assert run.latent_mean is not None and run.latent_std is not None
     g = run.generator if generator is None else generator
@@ -247,8 +271,9 @@ def _sample(run: _ConceptRun, batch: int, num_timesteps: int, device: torch.devi
     return _Batch(latents * scaling, noise.to(device), timesteps.to(device), prompts, time_ids)
 
 
-def noise_target(components: DiffusionComponents, latents: torch.Tensor, noise: torch.Tensor,
-                 timesteps: torch.Tensor) -> torch.Tensor:
+def noise_target(
+    components: DiffusionComponents, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet learns to predict for ``latents`` noised with ``noise`` at ``timesteps``.
 
     The noise itself (``epsilon`` models) or the velocity (``v_prediction``), per the model's scheduler;
@@ -259,8 +284,9 @@ def noise_target(components: DiffusionComponents, latents: torch.Tensor, noise: 
     return noise
 
 
-def _example_losses(components: DiffusionComponents, unet: torch.nn.Module, text: PromptEncoder, batch: _Batch,
-                    dtype: torch.dtype) -> torch.Tensor:
+def _example_losses(
+    components: DiffusionComponents, unet: torch.nn.Module, text: PromptEncoder, batch: _Batch, dtype: torch.dtype
+) -> torch.Tensor:
     """The denoising MSE of every example of ``batch`` (``[B]``, fp32); the learned vectors get its gradient."""
     noisy = components.noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     target = noise_target(components, batch.latents, batch.noise, batch.timesteps)
@@ -348,21 +374,28 @@ def train_concepts(
                         _cache_latents(components, run, resolution, text)
                         if config.plateau is not None:
                             generator = torch.Generator().manual_seed(run.concept.seed + HELD_OUT_SEED_OFFSET)
-                            run.held_out = _sample(run, config.stop_samples, num_timesteps, device,
-                                                   components.latent_scaling, generator)
+                            run.held_out = _sample(
+                                run, config.stop_samples, num_timesteps, device, components.latent_scaling, generator
+                            )
                 _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
                 stopped = _check_plateau(components, unet, text, active, config, dtype)
                 pack_step += 1
                 for run in active:
-                    if run.failure is None and run.output_dir is not None and config.checkpoint_every and \
-                            run.step % config.checkpoint_every == 0 and not run.finished(config):
+                    if (
+                        run.failure is None
+                        and run.output_dir is not None
+                        and config.checkpoint_every
+                        and run.step % config.checkpoint_every == 0
+                        and not run.finished(config)
+                    ):
                         path = run.save_checkpoint(config)
                         if on_checkpoint is not None and path is not None:
                             on_checkpoint(run.concept.token, path)
                 if callback is not None:
                     losses = {r.concept.token: r.losses[-1] for r in active if r.failure is None and r.losses}
-                    stopped.update({r.concept.token: MAX_STEPS for r in active
-                                    if r.failure is None and r.step >= config.steps})
+                    stopped.update(
+                        {r.concept.token: MAX_STEPS for r in active if r.failure is None and r.step >= config.steps}
+                    )
                     callback(StepReport(pack_step, total, losses, time.perf_counter() - started, stopped))
         results = []
         for run in runs:
@@ -421,9 +454,13 @@ def _optimizer_step(components, unet, text, active, config, device, dtype, num_t
         if not live:
             return
         samples = [_sample(r, config.batch_size, num_timesteps, device, components.latent_scaling) for r in live]
-        batch = _Batch(torch.cat([s.latents for s in samples]), torch.cat([s.noise for s in samples]),
-                       torch.cat([s.timesteps for s in samples]), [p for s in samples for p in s.prompts],
-                       None if samples[0].time_ids is None else torch.cat([s.time_ids for s in samples]))
+        batch = _Batch(
+            torch.cat([s.latents for s in samples]),
+            torch.cat([s.noise for s in samples]),
+            torch.cat([s.timesteps for s in samples]),
+            [p for s in samples for p in s.prompts],
+            None if samples[0].time_ids is None else torch.cat([s.time_ids for s in samples]),
+        )
         per_example = _example_losses(components, unet, text, batch, dtype)
         per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)
         values = per_concept.detach().cpu().tolist()
@@ -461,8 +498,9 @@ def train_concept(
     callback: Callable[[StepReport], None] | None = None,
 ) -> TrainResult:
     """Learn one concept; raises :class:`TrainingDivergedError` if its loss turns NaN/inf."""
-    (result,) = train_concepts(components, [concept], config, output_dirs=[output_dir], resume=resume,
-                               callback=callback)
+    (result,) = train_concepts(
+        components, [concept], config, output_dirs=[output_dir], resume=resume, callback=callback
+    )
     if result.failure is not None:
         raise result.failure
     return result
@@ -487,8 +525,15 @@ def evaluation_loss(
     with components.lock:
         text = PromptEncoder(components)
         placeholder = text.register(concept.token, int(vectors.shape[0]))
-        eval_concept = ConceptConfig(concept.token, concept.initializer, concept.images, int(vectors.shape[0]),
-                                     concept.property, concept.flip, seed)
+        eval_concept = ConceptConfig(
+            concept.token,
+            concept.initializer,
+            concept.images,
+            int(vectors.shape[0]),
+            concept.property,
+            concept.flip,
+            seed,
+        )
         run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None, widths=text.widths)
         _cache_latents(components, run, resolution, text)
         num_timesteps = int(components.noise_scheduler.config.num_train_timesteps)

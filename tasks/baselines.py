@@ -42,8 +42,10 @@ def _cells(data: bytes) -> list[list[Image.Image]]:
     rows, columns = (int(n) for n in opened.text[_SHAPE_KEY].split("x"))
     sheet = opened.convert("RGB")
     width, height = sheet.width // columns, sheet.height // rows
-    return [[sheet.crop((c * width, r * height, (c + 1) * width, (r + 1) * height)) for c in range(columns)]
-            for r in range(rows)]
+    return [
+        [sheet.crop((c * width, r * height, (c + 1) * width, (r + 1) * height)) for c in range(columns)]
+        for r in range(rows)
+    ]
 
 
 @lru_cache(maxsize=8)

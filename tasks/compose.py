@@ -21,8 +21,13 @@ from typing import TYPE_CHECKING
 from prefect import task
 
 from inversion.errors import SstarError
-from inversion.filenames import DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, GRID_FILENAME, GRID_THUMBNAIL_FILENAME, \
-    SCORES_FILENAME
+from inversion.filenames import (
+    DIFFUSERS_FILENAME,
+    DIFFUSERS_FILENAME_2,
+    GRID_FILENAME,
+    GRID_THUMBNAIL_FILENAME,
+    SCORES_FILENAME,
+)
 from storage.catalog import read_concept
 from storage.compositions import CompositionRow, CompositionSpec, composition_prefix
 from storage.errors import StorageError
@@ -49,25 +54,46 @@ class LearnedConcept:
     digest: str
 
 
-def composition_key(spec: CompositionSpec, concepts: list[LearnedConcept], learn: LearnSettings,
-                    evaluation: EvalSettings) -> str:
+def composition_key(
+    spec: CompositionSpec, concepts: list[LearnedConcept], learn: LearnSettings, evaluation: EvalSettings
+) -> str:
     """16 hex digits over the prompt, the concepts' result digests and the rendering/scoring settings."""
-    identity = {"prompt": spec.prompt, "concepts": [[c.record.concept_id, c.digest] for c in concepts],
-                "samples": evaluation.samples, "steps": evaluation.render_steps, "guidance": evaluation.guidance,
-                "sampler": evaluation.sampler, "precision": learn.precision, "clip": [
-                    evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained]}
+    identity = {
+        "prompt": spec.prompt,
+        "concepts": [[c.record.concept_id, c.digest] for c in concepts],
+        "samples": evaluation.samples,
+        "steps": evaluation.render_steps,
+        "guidance": evaluation.guidance,
+        "sampler": evaluation.sampler,
+        "precision": learn.precision,
+        "clip": [evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained],
+    }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
-def _row(spec: CompositionSpec, run_id: str, status: str, concepts: list[LearnedConcept], key: str,
-         scores: dict, grid_uri: str) -> CompositionRow:
+def _row(
+    spec: CompositionSpec,
+    run_id: str,
+    status: str,
+    concepts: list[LearnedConcept],
+    key: str,
+    scores: dict,
+    grid_uri: str,
+) -> CompositionRow:
     similarities = scores["image_similarities"]
     return CompositionRow(
-        run_id=run_id, composition_id=spec.composition_id, prompt=spec.prompt, status=status,
-        concepts=spec.concepts, key=key, digests=tuple(c.digest for c in concepts),
+        run_id=run_id,
+        composition_id=spec.composition_id,
+        prompt=spec.prompt,
+        status=status,
+        concepts=spec.concepts,
+        key=key,
+        digests=tuple(c.digest for c in concepts),
         image_similarities=tuple(float(similarities[c.record.token]) for c in concepts),
-        min_image_similarity=float(scores["min_image_similarity"]), text_similarity=float(scores["text_similarity"]),
-        grid_uri=grid_uri)
+        min_image_similarity=float(scores["min_image_similarity"]),
+        text_similarity=float(scores["text_similarity"]),
+        grid_uri=grid_uri,
+    )
 
 
 def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip) -> Word:
@@ -89,8 +115,16 @@ def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work:
     return Word(embedding, concept.record.class_name, embed_reference_images(clip, images))
 
 
-def compose(spec: CompositionSpec, concepts: list[LearnedConcept], catalog_uri: str, out_uri: str, run_id: str,
-            learn: LearnSettings, evaluation: EvalSettings, run: RunSettings) -> CompositionRow:
+def compose(
+    spec: CompositionSpec,
+    concepts: list[LearnedConcept],
+    catalog_uri: str,
+    out_uri: str,
+    run_id: str,
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+) -> CompositionRow:
     """Render and score ``spec`` with ``concepts`` (its named concepts, in order), or reuse the result under
     its key; a failure becomes a ``failed`` row with its reason."""
     key = composition_key(spec, concepts, learn, evaluation)
@@ -105,33 +139,57 @@ def compose(spec: CompositionSpec, concepts: list[LearnedConcept], catalog_uri: 
     from inversion.scoring import save_thumbnail
 
     try:
-        clip = runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained,
-                                  run.device)
-        renderer = runtime.renderer(learn.model, evaluation.render_steps, evaluation.guidance, run.device,
-                                    learn.precision, evaluation.sampler)
+        clip = runtime.clip_model(
+            evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
+        )
+        renderer = runtime.renderer(
+            learn.model, evaluation.render_steps, evaluation.guidance, run.device, learn.precision, evaluation.sampler
+        )
         with tempfile.TemporaryDirectory(prefix="sstar-compose-") as work:
             words = [_word(catalog_uri, ResultStore(store), c, Path(work), clip) for c in concepts]
             prompt = spec.filled({c.record.concept_id: c.record.token for c in concepts})
             with gpu_slot(run.gpu_limit_name):
                 scores = score_composition(renderer, clip, prompt, words, range(evaluation.samples))
-            grid = scores.grid(f"{spec.composition_id}: min image sim {scores.min_image_similarity:.3f}, "
-                               f"text sim {scores.text_similarity:.3f} (raw cosine)")
+            grid = scores.grid(
+                f"{spec.composition_id}: min image sim {scores.min_image_similarity:.3f}, "
+                f"text sim {scores.text_similarity:.3f} (raw cosine)"
+            )
             png, thumb = io.BytesIO(), Path(work) / GRID_THUMBNAIL_FILENAME
             grid.save(png, format="PNG")
             thumbnail = save_thumbnail(grid, thumb).read_bytes()
     except (SstarError, StorageError) as exc:
-        return CompositionRow(run_id=run_id, composition_id=spec.composition_id, prompt=spec.prompt, status="failed",
-                              concepts=spec.concepts, key=key, error=f"composition failed: {exc}")
+        return CompositionRow(
+            run_id=run_id,
+            composition_id=spec.composition_id,
+            prompt=spec.prompt,
+            status="failed",
+            concepts=spec.concepts,
+            key=key,
+            error=f"composition failed: {exc}",
+        )
     store.put(f"{prefix}/{GRID_FILENAME}", png.getvalue())
     store.put(f"{prefix}/{GRID_THUMBNAIL_FILENAME}", thumbnail)
-    payload = {"composition_id": spec.composition_id, "key": key, "concepts": list(spec.concepts),
-               "digests": [c.digest for c in concepts], **scores.to_json()}
+    payload = {
+        "composition_id": spec.composition_id,
+        "key": key,
+        "concepts": list(spec.concepts),
+        "digests": [c.digest for c in concepts],
+        **scores.to_json(),
+    }
     store.put(f"{prefix}/{SCORES_FILENAME}", json.dumps(payload, indent=2).encode("utf-8"))  # last: marks it complete
     return _row(spec, run_id, "ok", concepts, key, payload, store.url(f"{prefix}/{GRID_FILENAME}"))
 
 
 @task(name="compose", **RETRY)
-def compose_task(spec: CompositionSpec, concepts: list[LearnedConcept], catalog_uri: str, out_uri: str, run_id: str,
-                 learn: LearnSettings, evaluation: EvalSettings, run: RunSettings) -> CompositionRow:
+def compose_task(
+    spec: CompositionSpec,
+    concepts: list[LearnedConcept],
+    catalog_uri: str,
+    out_uri: str,
+    run_id: str,
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+) -> CompositionRow:
     """:func:`compose` as a Prefect task (transient storage errors are retried)."""
     return compose(spec, concepts, catalog_uri, out_uri, run_id, learn, evaluation, run)

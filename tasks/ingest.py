@@ -39,15 +39,23 @@ def learning_identity(learn: LearnSettings) -> dict:
 def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> ConceptRecord:
     meta = spec.meta
     return ConceptRecord(
-        concept_id=spec.concept_id, digest=spec.digest, token=meta.token, initializer=meta.initializer,
-        class_name=meta.class_name, property=meta.property, vectors=vectors_override or meta.vectors,
-        images=tuple(spec.images), captions=tuple(meta.captions), settings=spec.settings,
+        concept_id=spec.concept_id,
+        digest=spec.digest,
+        token=meta.token,
+        initializer=meta.initializer,
+        class_name=meta.class_name,
+        property=meta.property,
+        vectors=vectors_override or meta.vectors,
+        images=tuple(spec.images),
+        captions=tuple(meta.captions),
+        settings=spec.settings,
     )
 
 
 def spec_of(record: ConceptRecord) -> ConceptSpec:
-    meta = ConceptMeta(record.token, record.initializer, record.class_name, record.property, record.vectors,
-                       record.captions)
+    meta = ConceptMeta(
+        record.token, record.initializer, record.class_name, record.property, record.vectors, record.captions
+    )
     return ConceptSpec(record.concept_id, meta, record.images, record.digest, settings=record.settings)
 
 
@@ -66,8 +74,10 @@ class ScanResult:
 def _vocabulary_problem(vocabulary: frozenset[str], record: ConceptRecord, model: str) -> str | None:
     taken = vocabulary_clash(record.token, record.vectors, vocabulary)
     if taken:
-        return (f"token {taken} is already a word of {model}'s vocabulary (the tokenizer ignores case); "
-                f"set a new word in concept.json, such as <{record.token.strip('<>')}-1>")
+        return (
+            f"token {taken} is already a word of {model}'s vocabulary (the tokenizer ignores case); "
+            f"set a new word in concept.json, such as <{record.token.strip('<>')}-1>"
+        )
     return None
 
 
@@ -75,16 +85,19 @@ def _collision_problems(records: list[ConceptRecord]) -> dict[str, str]:
     """Concept id → why its token cannot be told apart from other concepts' (naming them)."""
     by_id = {r.concept_id: r for r in records}
     clashes = token_collisions({r.concept_id: (r.token, r.vectors) for r in records})
-    return {concept_id: "token {} collides with {} (the tokenizer ignores case, and a word of N vectors also "
-                        "uses <t>_1 … <t>_N-1); give each concept its own word in concept.json".format(
-                            by_id[concept_id].token,
-                            ", ".join(f"{other}'s {by_id[other].token}" for other in others))
-            for concept_id, others in clashes.items()}
+    return {
+        concept_id: "token {} collides with {} (the tokenizer ignores case, and a word of N vectors also "
+        "uses <t>_1 … <t>_N-1); give each concept its own word in concept.json".format(
+            by_id[concept_id].token, ", ".join(f"{other}'s {by_id[other].token}" for other in others)
+        )
+        for concept_id, others in clashes.items()
+    }
 
 
 @task(name="scan-catalog", **RETRY)
-def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None,
-                 out_uri: str | None = None) -> ScanResult:
+def scan_catalog(
+    catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None, out_uri: str | None = None
+) -> ScanResult:
     """Discover the concepts of the catalog (all, or only ``concept_ids``) from listings.
 
     With ``out_uri`` the previous scan's state is read from there, and the completed results are
@@ -101,8 +114,13 @@ def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] 
     previous = load_scan_state(open_store(out_uri), store.uri) if out_uri else ScanState(store.uri)
     done = ResultStore.open(out_uri).completed() if out_uri else {}
     lost = out_uri is not None and not previous.concepts
-    scan = discover_catalog(store, learning_identity(learn), concept_ids=concept_ids, previous=previous,
-                            read_changed=(lambda concept_id: concept_id in done) if lost else False)
+    scan = discover_catalog(
+        store,
+        learning_identity(learn),
+        concept_ids=concept_ids,
+        previous=previous,
+        read_changed=(lambda concept_id: concept_id in done) if lost else False,
+    )
     vocabulary = tokenizer_vocabulary(learn.model)
     candidates = [(spec, record_of(spec, learn.vectors)) for spec in scan.specs]
     collisions = _collision_problems([record for _, record in candidates])
@@ -119,11 +137,17 @@ def scan_catalog(catalog_uri: str, learn: LearnSettings, concept_ids: list[str] 
         if problem.concept_id not in usable:
             fatal.setdefault(problem.concept_id, []).append(str(problem))
     pending = sum(r.digest is None for r in records)
-    get_run_logger().info("catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",
-                          catalog_uri, len(records), pending, len(fatal))
+    get_run_logger().info(
+        "catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",
+        catalog_uri,
+        len(records),
+        pending,
+        len(fatal),
+    )
     state = scan.state if scan.state is not None else ScanState(store.uri)
-    return ScanResult(records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous,
-                      done)
+    return ScanResult(
+        records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous, done
+    )
 
 
 @task(name="remember-scan", **RETRY)
@@ -135,8 +159,9 @@ def remember_scan(out_uri: str, state: ScanState, previous: ScanState, staged: I
 
 
 @task(name="ingest-concept", **RETRY)
-def stage_concept(catalog_uri: str, record: ConceptRecord, work_root: str,
-                  done_digests: Iterable[str] = ()) -> StagedConcept:
+def stage_concept(
+    catalog_uri: str, record: ConceptRecord, work_root: str, done_digests: Iterable[str] = ()
+) -> StagedConcept:
     """Read the concept's images once, finish its digest from their bytes, then decode and validate
     them and write them as PNGs into a local work folder.
 
@@ -156,8 +181,15 @@ def stage_concept(catalog_uri: str, record: ConceptRecord, work_root: str,
     ingested = ingest_concept(store, read.spec, data=read.data)
     problems = tuple(f"{p.file}: {p.reason}" for p in (*read.problems, *ingested.problems) if p.file)
     if not ingested.usable:
-        return StagedConcept(record, str(work_dir), str(image_dir), 0, problems,
-                             error=f"no usable image ({'; '.join(problems) or 'no images'})", scan=scan)
+        return StagedConcept(
+            record,
+            str(work_dir),
+            str(image_dir),
+            0,
+            problems,
+            error=f"no usable image ({'; '.join(problems) or 'no images'})",
+            scan=scan,
+        )
     write_pngs(ingested.images, image_dir)
     logger = get_run_logger()
     for problem in problems:

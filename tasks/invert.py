@@ -46,7 +46,9 @@ def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Pa
 
 
 @task(name="invert-concepts", **RETRY)
-def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str) -> list[InversionOutcome]:
+def invert_pack(
+    staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str
+) -> list[InversionOutcome]:
     """Learn every staged concept of the queue, ``run.concepts_per_batch`` at a time in one UNet batch."""
     from inversion.config import ConceptConfig
     from inversion.train import train_concepts  # torch: imported by the task body, never by the coordinator
@@ -64,8 +66,14 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
                 logger.info("%s: resuming from the checkpoint in %s", s.record.concept_id, out_uri)
         by_token = {s.record.token: s for s in live}
         concepts = [
-            ConceptConfig(token=s.record.token, initializer=s.record.initializer, images=Path(s.image_dir),
-                          num_vectors=s.record.vectors, property=s.record.property, seed=learn.seed)
+            ConceptConfig(
+                token=s.record.token,
+                initializer=s.record.initializer,
+                images=Path(s.image_dir),
+                num_vectors=s.record.vectors,
+                property=s.record.property,
+                seed=learn.seed,
+            )
             for s in live
         ]
         config = learn.train_config(run)
@@ -86,9 +94,16 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
         try:
             components = runtime.diffusion_components(learn.model)
             with gpu_slot(run.gpu_limit_name):
-                trained = train_concepts(components, concepts, config, output_dirs=out_dirs, resume=True,
-                                         callback=progress, on_checkpoint=upload_checkpoint,
-                                         slots=run.concepts_per_batch)
+                trained = train_concepts(
+                    components,
+                    concepts,
+                    config,
+                    output_dirs=out_dirs,
+                    resume=True,
+                    callback=progress,
+                    on_checkpoint=upload_checkpoint,
+                    slots=run.concepts_per_batch,
+                )
         except SstarError as exc:  # deterministic (bad settings, unreadable image): fail the pack's concepts
             trained = None
             for s in live:
@@ -99,16 +114,26 @@ def invert_pack(staged: list[StagedConcept], learn: LearnSettings, run: RunSetti
                 continue
             if result.resumed_from:
                 logger.info("%s: resumed at step %d of %d", s.record.concept_id, result.resumed_from, result.steps)
-            training = dict(token=result.token, steps=result.steps, stop_reason=result.stop_reason,
-                            resumed_from=result.resumed_from, final_loss=result.final_loss,
-                            train_seconds=result.seconds, losses=result.losses,
-                            held_out_losses=result.held_out_losses,
-                            settings=config.to_dict() | {"images": s.num_images, "concepts_in_queue": len(live),
-                                                         "slots": run.concepts_per_batch})
+            training = dict(
+                token=result.token,
+                steps=result.steps,
+                stop_reason=result.stop_reason,
+                resumed_from=result.resumed_from,
+                final_loss=result.final_loss,
+                train_seconds=result.seconds,
+                losses=result.losses,
+                held_out_losses=result.held_out_losses,
+                settings=config.to_dict()
+                | {"images": s.num_images, "concepts_in_queue": len(live), "slots": run.concepts_per_batch},
+            )
             (out_dir / TRAINING_LOG).write_text(json.dumps(training, indent=1, default=str))
             outcomes[s.record.concept_id] = InversionOutcome(
-                s, str(out_dir / DIFFUSERS_FILENAME), result.steps, result.resumed_from, result.final_loss,
-                result.seconds, stop_reason=result.stop_reason,
+                s,
+                str(out_dir / DIFFUSERS_FILENAME),
+                result.steps,
+                result.resumed_from,
+                result.final_loss,
+                result.seconds,
+                stop_reason=result.stop_reason,
             )
     return [outcomes[s.record.concept_id] for s in staged]
-

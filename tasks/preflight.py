@@ -31,12 +31,24 @@ from storage.objectstore import open_store, parse_uri
 from . import runtime
 from .settings import EvalSettings, LearnSettings, RunSettings
 
-__all__ = ["PreflightError", "preflight", "check_inputs", "check_outputs", "check_catalog", "check_model",
-           "check_clip", "check_output"]
+__all__ = [
+    "PreflightError",
+    "preflight",
+    "check_inputs",
+    "check_outputs",
+    "check_catalog",
+    "check_model",
+    "check_clip",
+    "check_output",
+]
 
 #: the config each weighted component folder of a diffusers model holds (the tokenizer is loaded instead)
-_COMPONENT_CONFIGS = {"text_encoder": "config.json", "vae": "config.json", "unet": "config.json",
-                      "scheduler": "scheduler_config.json"}
+_COMPONENT_CONFIGS = {
+    "text_encoder": "config.json",
+    "vae": "config.json",
+    "unet": "config.json",
+    "scheduler": "scheduler_config.json",
+}
 PROBE_PREFIX = ".sstar-preflight-"
 
 
@@ -80,8 +92,9 @@ def check_model(model: str) -> str:
                 try:
                     json.loads((path / part / name).read_text("utf-8"))
                 except (OSError, ValueError) as exc:
-                    raise PreflightError("--model", f"model {path} has no readable {part}/{name} "
-                                                    f"({_first_line(exc)})") from None
+                    raise PreflightError(
+                        "--model", f"model {path} has no readable {part}/{name} ({_first_line(exc)})"
+                    ) from None
         tokenizer_vocabulary(str(path.resolve()) if local else model)
         return model_fingerprint(model)
     except PreflightError:
@@ -117,14 +130,19 @@ def _download_blocked(arch: str, tag: str, timeout: float = 3.0) -> str | None:
 
 def check_clip(evaluation: EvalSettings, device: str) -> None:
     """The scoring CLIP loads (once per process: scoring in this process reuses it)."""
-    source = (f"checkpoint {evaluation.clip_checkpoint}" if evaluation.clip_checkpoint
-              else f"pretrained weights {evaluation.clip_pretrained or DEFAULT_CLIP_PRETRAINED!r}")
+    source = (
+        f"checkpoint {evaluation.clip_checkpoint}"
+        if evaluation.clip_checkpoint
+        else f"pretrained weights {evaluation.clip_pretrained or DEFAULT_CLIP_PRETRAINED!r}"
+    )
     fix = "pass --clip-checkpoint FILE with a local open_clip checkpoint"
     if not evaluation.clip_checkpoint:
         blocked = _download_blocked(evaluation.clip_arch, evaluation.clip_pretrained or DEFAULT_CLIP_PRETRAINED)
         if blocked:
-            raise PreflightError("--clip-checkpoint", f"the scoring CLIP {evaluation.clip_arch} with {source} "
-                                                      f"needs a download, but {blocked}; {fix}")
+            raise PreflightError(
+                "--clip-checkpoint",
+                f"the scoring CLIP {evaluation.clip_arch} with {source} needs a download, but {blocked}; {fix}",
+            )
     try:
         runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, device)
     except Exception as exc:  # noqa: BLE001 - open_clip, torch and the hub raise many types

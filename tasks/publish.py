@@ -21,34 +21,49 @@ from .retry import RETRY
 from .settings import LearnSettings
 
 #: the score fields of scores.json that become metrics columns
-SCORE_COLUMNS = ("image_similarity", "text_similarity", "baseline_image_similarity", "baseline_text_similarity",
-                 "inversion_lift")
+SCORE_COLUMNS = (
+    "image_similarity",
+    "text_similarity",
+    "baseline_image_similarity",
+    "baseline_text_similarity",
+    "inversion_lift",
+)
 
 
 def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn: LearnSettings) -> dict:
     return dict(
-        run_id=run_id, concept_id=concept_id, digest=record.digest if record else None,
-        token=record.token if record else None, model=learn.model, model_family=family_or_none(learn.model),
+        run_id=run_id,
+        concept_id=concept_id,
+        digest=record.digest if record else None,
+        token=record.token if record else None,
+        model=learn.model,
+        model_family=family_or_none(learn.model),
         steps=learn.steps,
-        vectors=record.vectors if record else None, lr=learn.lr,
+        vectors=record.vectors if record else None,
+        lr=learn.lr,
     )
 
 
-def failed_row(run_id: str, concept_id: str, error: str, learn: LearnSettings,
-               record: ConceptRecord | None = None) -> MetricsRow:
+def failed_row(
+    run_id: str, concept_id: str, error: str, learn: LearnSettings, record: ConceptRecord | None = None
+) -> MetricsRow:
     return MetricsRow(status="failed", error=error, **_base_row(run_id, record, concept_id, learn))
 
 
-def skipped_row(run_id: str, record: ConceptRecord, learn: LearnSettings, out_uri: str,
-                index_row: Mapping[str, Any] | None = None) -> MetricsRow:
+def skipped_row(
+    run_id: str, record: ConceptRecord, learn: LearnSettings, out_uri: str, index_row: Mapping[str, Any] | None = None
+) -> MetricsRow:
     """The row of a concept whose digest already has a complete result. Its scores come from
     ``index_row`` (the embeddings index's row for the concept) when that is the same result, so a
     run that skips thousands of concepts reads one index, not two objects per concept."""
     results = ResultStore.open(out_uri)
     if index_row is not None and index_row.get("digest") == record.digest:
         return MetricsRow(
-            status="skipped", error=None, embedding_uri=index_row.get("embedding_uri"),
-            grid_uri=index_row.get("grid_uri"), **{k: index_row.get(k) for k in SCORE_COLUMNS},
+            status="skipped",
+            error=None,
+            embedding_uri=index_row.get("embedding_uri"),
+            grid_uri=index_row.get("grid_uri"),
+            **{k: index_row.get(k) for k in SCORE_COLUMNS},
             **_base_row(run_id, record, record.concept_id, learn),
         )
     manifest = results.read_manifest(record.concept_id, record.digest)
@@ -56,9 +71,12 @@ def skipped_row(run_id: str, record: ConceptRecord, learn: LearnSettings, out_ur
     if manifest is not None and "scores.json" in manifest.files:
         scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, record.digest, "scores.json")))
     return MetricsRow(
-        status="skipped", error=None,
+        status="skipped",
+        error=None,
         embedding_uri=results.uri(record.concept_id, record.digest, "learned_embeds.safetensors"),
-        grid_uri=results.uri(record.concept_id, record.digest, "grid.png") if manifest and "grid.png" in manifest.files else None,
+        grid_uri=results.uri(record.concept_id, record.digest, "grid.png")
+        if manifest and "grid.png" in manifest.files
+        else None,
         **{k: scores.get(k) for k in SCORE_COLUMNS},
         **_base_row(run_id, record, record.concept_id, learn),
     )
@@ -82,9 +100,15 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     results.clear_checkpoints(record.concept_id, record.digest)
     get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
     return MetricsRow(
-        status="ok", error=None, final_loss=inversion.final_loss, train_seconds=inversion.train_seconds,
-        eval_seconds=scored.eval_seconds, steps_run=inversion.steps, stop_reason=inversion.stop_reason,
-        embedding_uri=published.uris.get("learned_embeds.safetensors"), grid_uri=published.uris.get("grid.png"),
+        status="ok",
+        error=None,
+        final_loss=inversion.final_loss,
+        train_seconds=inversion.train_seconds,
+        eval_seconds=scored.eval_seconds,
+        steps_run=inversion.steps,
+        stop_reason=inversion.stop_reason,
+        embedding_uri=published.uris.get("learned_embeds.safetensors"),
+        grid_uri=published.uris.get("grid.png"),
         **{k: scored.scores.get(k) for k in SCORE_COLUMNS},
         **_base_row(run_id, record, record.concept_id, learn),
     )

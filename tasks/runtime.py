@@ -22,13 +22,16 @@ def diffusion_components(model: str):
         return _components(model)
 
 
-def renderer(model: str, steps: int, guidance: float, device: str = "auto", precision: str = "fp32",
-             sampler: str = "ddim"):
+def renderer(
+    model: str, steps: int, guidance: float, device: str = "auto", precision: str = "fp32", sampler: str = "ddim"
+):
     """A renderer over the cached model (cheap to build; the weights are shared)."""
     from inversion.render import Renderer, RenderSettings
 
-    return Renderer(diffusion_components(model), RenderSettings(steps=steps, guidance=guidance, device=device,
-                                                                precision=precision, sampler=sampler))
+    return Renderer(
+        diffusion_components(model),
+        RenderSettings(steps=steps, guidance=guidance, device=device, precision=precision, sampler=sampler),
+    )
 
 
 def clip_model(arch: str, checkpoint: str | None, pretrained: str | None, device: str = "auto"):

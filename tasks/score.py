@@ -35,14 +35,25 @@ def _files_to_publish(outcome: InversionOutcome, scores: ConceptScores) -> tuple
     written = write_scores(scores, out_dir)
     embedding_dir = Path(outcome.embedding_path).parent
     # every embedding file the trainer wrote (the .pt, or SDXL's learned_embeds_2 and clip_l/clip_g file)
-    extras = [*(p for p in sorted(embedding_dir.iterdir()) if p.suffix in (".pt", ".safetensors")
-                and p.name not in (CHECKPOINT_FILENAME, Path(outcome.embedding_path).name)),
-              embedding_dir / TRAINING_LOG]
+    extras = [
+        *(
+            p
+            for p in sorted(embedding_dir.iterdir())
+            if p.suffix in (".pt", ".safetensors")
+            and p.name not in (CHECKPOINT_FILENAME, Path(outcome.embedding_path).name)
+        ),
+        embedding_dir / TRAINING_LOG,
+    ]
     return (outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values()))
 
 
-def score_outcomes(outcomes: list[InversionOutcome], learn: LearnSettings, evaluation: EvalSettings,
-                   run: RunSettings, out_uri: str | None = None) -> list[ScoredConcept]:
+def score_outcomes(
+    outcomes: list[InversionOutcome],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    out_uri: str | None = None,
+) -> list[ScoredConcept]:
     """Render and score every learned word of ``outcomes`` together (batched renders, one GPU slot);
     with ``out_uri``, words-only baselines are kept and reused under ``<out>/baselines/``.
 
@@ -66,14 +77,29 @@ def score_outcomes(outcomes: list[InversionOutcome], learn: LearnSettings, evalu
             for i in live:
                 record = outcomes[i].staged.record
                 references = [open_rgb(p) for p in list_images(Path(outcomes[i].staged.image_dir))]
-                requests.append(ScoreRequest(load_embedding(Path(outcomes[i].embedding_path)), record.class_name,
-                                             references, list(record.captions) or None, record.property))
-            renderer = runtime.renderer(learn.model, evaluation.render_steps, evaluation.guidance, run.device,
-                                        learn.precision, evaluation.sampler)
-            clip = runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained,
-                                      run.device)
-            settings = ScoreSettings(prompts=tuple(evaluation.prompts) if evaluation.prompts else None,
-                                     samples=evaluation.samples)
+                requests.append(
+                    ScoreRequest(
+                        load_embedding(Path(outcomes[i].embedding_path)),
+                        record.class_name,
+                        references,
+                        list(record.captions) or None,
+                        record.property,
+                    )
+                )
+            renderer = runtime.renderer(
+                learn.model,
+                evaluation.render_steps,
+                evaluation.guidance,
+                run.device,
+                learn.precision,
+                evaluation.sampler,
+            )
+            clip = runtime.clip_model(
+                evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
+            )
+            settings = ScoreSettings(
+                prompts=tuple(evaluation.prompts) if evaluation.prompts else None, samples=evaluation.samples
+            )
             cache = StoreBaselineCache(out_uri, learn.model) if out_uri is not None else None
             with gpu_slot(run.gpu_limit_name):
                 started = time.perf_counter()
@@ -85,25 +111,40 @@ def score_outcomes(outcomes: list[InversionOutcome], learn: LearnSettings, evalu
             all_scores = []
         for i, scores in zip(live, all_scores):
             outcome = outcomes[i]
-            get_run_logger().info("%s: image similarity %.3f vs baseline %.3f (lift %+.3f)",
-                                  outcome.staged.record.concept_id, scores.image_similarity,
-                                  scores.baseline_image_similarity, scores.inversion_lift)
-            scored[i] = ScoredConcept(outcome, scores.to_json(), _files_to_publish(outcome, scores),
-                                      eval_seconds=eval_seconds)
+            get_run_logger().info(
+                "%s: image similarity %.3f vs baseline %.3f (lift %+.3f)",
+                outcome.staged.record.concept_id,
+                scores.image_similarity,
+                scores.baseline_image_similarity,
+                scores.inversion_lift,
+            )
+            scored[i] = ScoredConcept(
+                outcome, scores.to_json(), _files_to_publish(outcome, scores), eval_seconds=eval_seconds
+            )
     return [scored[i] for i in range(len(outcomes))]
 
 
 @task(name="score-concepts", **RETRY)
-def score_pack_task(outcomes: list[InversionOutcome], learn: LearnSettings, evaluation: EvalSettings,
-                    run: RunSettings, out_uri: str | None = None) -> list[ScoredConcept]:
+def score_pack_task(
+    outcomes: list[InversionOutcome],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    out_uri: str | None = None,
+) -> list[ScoredConcept]:
     """Render the evaluation prompts with each learned token of a pack and with each concept's
     captions, score both (:func:`score_outcomes`); returns the files to publish per concept."""
     return score_outcomes(outcomes, learn, evaluation, run, out_uri)
 
 
 @task(name="score-concept", **RETRY)
-def score_concept_task(outcome: InversionOutcome, learn: LearnSettings, evaluation: EvalSettings,
-                       run: RunSettings, out_uri: str | None = None) -> ScoredConcept:
+def score_concept_task(
+    outcome: InversionOutcome,
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    out_uri: str | None = None,
+) -> ScoredConcept:
     """One concept's :func:`score_outcomes`."""
     (scored,) = score_outcomes([outcome], learn, evaluation, run, out_uri)
     return scored

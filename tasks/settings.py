@@ -49,12 +49,19 @@ class PipelineConfig:
     concepts_per_batch: int = setting(1, help="concepts packed into one GPU batch", ge=1, le=64)
     max_concurrent_inversions: int = setting(1, help="inversions sharing a GPU at once", ge=1, le=64)
     gpu_limit_name: str = setting("sstar-gpu", help="Prefect global concurrency limit guarding GPU work")
-    workers: int = setting(4, help=(
-        "threads running the run's tasks (stage, invert, score, publish); with a deployment to fan out to, "
-        "the child flow runs in flight at once, never fewer than max_concurrent_inversions"), ge=1, le=64)
+    workers: int = setting(
+        4,
+        help=(
+            "threads running the run's tasks (stage, invert, score, publish); with a deployment to fan out to, "
+            "the child flow runs in flight at once, never fewer than max_concurrent_inversions"
+        ),
+        ge=1,
+        le=64,
+    )
     work_dir: str | None = setting(None, help="local scratch folder (default: a temporary folder)")
     deployment: str | None = setting(
-        None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')")
+        None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')"
+    )
 
 
 #: a pipeline stops each concept when its held-out loss plateaus unless told otherwise (``sstar invert``: fixed)
@@ -82,8 +89,17 @@ def pydantic_field(declared: Setting) -> tuple[Any, Any]:
     default = ... if declared.required else declared.default
     pattern = f"^(?:{s.pattern})$" if s.pattern is not None else None
     alias = AliasChoices(declared.name, *s.aliases) if s.aliases else None
-    return declared.annotation, Field(default, description=s.help, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt,
-                                      multiple_of=s.multiple_of, pattern=pattern, validation_alias=alias)
+    return declared.annotation, Field(
+        default,
+        description=s.help,
+        ge=s.ge,
+        gt=s.gt,
+        le=s.le,
+        lt=s.lt,
+        multiple_of=s.multiple_of,
+        pattern=pattern,
+        validation_alias=alias,
+    )
 
 
 def _parameters(name: str, base: type[_Parameters], settings: Iterable[Setting], doc: str) -> type[_Parameters]:
@@ -96,6 +112,7 @@ class _Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     if TYPE_CHECKING:  # the fields are generated; a type checker cannot see them
+
         def __getattr__(self, name: str) -> Any: ...
 
 
@@ -135,8 +152,14 @@ if TYPE_CHECKING:  # generated classes are not types to a checker; their bases s
     EvalSettings = _Eval
     RunSettings = _Run
 else:
-    LearnSettings = _parameters("LearnSettings", _Learn, LEARN_SETTINGS, (
-        "How every concept is learned. These settings are part of each concept's content digest: changing one "
-        "re-learns the catalog; evaluation and run settings do not."))
+    LearnSettings = _parameters(
+        "LearnSettings",
+        _Learn,
+        LEARN_SETTINGS,
+        (
+            "How every concept is learned. These settings are part of each concept's content digest: changing one "
+            "re-learns the catalog; evaluation and run settings do not."
+        ),
+    )
     EvalSettings = _parameters("EvalSettings", _Eval, EVAL_SETTINGS, "How learned words are rendered and scored.")
     RunSettings = _parameters("RunSettings", _Run, RUN_SETTINGS, "Where and how a run executes.")
