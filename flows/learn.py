@@ -1,12 +1,14 @@
 """The workflow DAGs: ``learn_catalog`` (the scheduled, catalog-wide job) and ``learn_concept`` (ad hoc).
 
 learn_catalog: preflight (catalog and model; after the scan, the scoring CLIP when anything is to be
-learned and the output: fail in seconds, before any training) → scan the catalog's listings → skip concepts whose digest already has a complete result (one listing of
-``<out>/embeddings/``) → stage images (a concept changed since the last scan reads its images here,
-once, and is skipped after all when identical bytes were re-uploaded) → invert (packs of ``concepts_per_batch``; GPU work under a global concurrency limit) → render
-and score against the words-only baseline → publish write-once → append the run's metrics once,
-refresh the embeddings index, write the HTML report and Prefect artifacts. One bad concept never
-stops the others; the flow ends Failed (and ``sstar learn`` exits 1) when any concept failed.
+learned and the output: fail in seconds, before any training) → scan the catalog's listings → skip
+concepts whose digest already has a complete result (one listing of ``<out>/embeddings/``) → stage
+images (a concept changed since the last scan reads its images here, once, and is skipped after all
+when identical bytes were re-uploaded) → invert (packs of ``concepts_per_batch``; GPU work under a
+global concurrency limit) → render and score against the words-only baseline → publish write-once →
+append the run's metrics once, refresh the embeddings index, write the HTML report and Prefect
+artifacts. One bad concept never stops the others; the flow ends Failed (and ``sstar learn`` exits
+1) when any concept failed.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A baseline rendering does not depend on the learned word (:class:`inversion.scor
 so it is rendered once per model, prompts, seeds and sampler settings (the key,
 :func:`inversion.scoring.baseline_key`) and read back by every later concept and run that needs it.
 Each entry is one lossless PNG sheet: one row per prompt, one column per seed, every cell the
-rendering's size (the shape is in the PNG's ``sstar-grid`` text chunk). Entries are written atomically; a missing or unreadable one is rendered again.
+rendering's size (the shape is in the PNG's ``sstar-grid`` text chunk). Entries are written
+atomically; a missing or unreadable one is rendered again.
 """
 
 from __future__ import annotations

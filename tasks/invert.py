@@ -5,8 +5,9 @@ stops (its cap, or its loss plateau) hands its slot to the next waiting one, so 
 until the queue is empty (:func:`inversion.train.train_concepts` with ``slots``).
 
 Checkpoints go to the output store every K steps, so a run killed mid-inversion resumes from the
-last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency limit. The trainer (torch) is imported by the
-task body: the coordinator imports this module without it.
+last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency
+limit. The trainer (torch) is imported by the task body: the coordinator imports this module without
+it.
 """
 
 from __future__ import annotations

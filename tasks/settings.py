@@ -8,7 +8,8 @@ parameters; a bad value fails with a message naming the field. They are *generat
   changing one re-learns the catalog.
 * :data:`EvalSettings` — every setting of :class:`inversion.config.EvalConfig` plus the prompts.
 * :data:`RunSettings` — every ``run`` setting of ``TrainConfig`` (a pipeline checkpoints every 50
-  steps and stops each concept at its loss plateau by default) plus the pipeline-only settings of :class:`PipelineConfig`.
+  steps and stops each concept at its loss plateau by default) plus the pipeline-only settings of
+  :class:`PipelineConfig`.
 
 The same tuples (:data:`LEARN_SETTINGS`, :data:`EVAL_SETTINGS`, :data:`RUN_SETTINGS`) give the
 flags of ``sstar learn`` and ``sstar serve``, so a default or help text lives in exactly one place.
