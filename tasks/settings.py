@@ -114,10 +114,15 @@ class _Parameters(BaseModel):
 
     if TYPE_CHECKING:  # the fields are generated; a type checker cannot see them
 
+        def __init__(self, **values: Any) -> None: ...
+
         def __getattr__(self, name: str) -> Any: ...
 
 
 class _Learn(_Parameters):
+    if TYPE_CHECKING:  # each model's own __init__ would be synthesised from its declared fields only
+        __init__ = _Parameters.__init__
+
     def train_config(self, run: _Run) -> TrainConfig:
         """The trainer's config: these learning settings with the ``run`` settings of ``run``."""
         values = {s.name: getattr(self, s.name) for s in _TRAIN_LEARN}
@@ -130,7 +135,12 @@ class _Learn(_Parameters):
 
 
 class _Eval(_Parameters):
-    prompts: list[str] | None = Field(None, description="evaluation prompts with {} for the token; default by property")
+    if TYPE_CHECKING:
+        __init__ = _Parameters.__init__
+
+    prompts: list[str] | None = Field(
+        default=None, description="evaluation prompts with {} for the token; default by property"
+    )
 
     @field_validator("prompts")
     @classmethod
@@ -145,7 +155,8 @@ class _Eval(_Parameters):
 
 
 class _Run(_Parameters):
-    pass
+    if TYPE_CHECKING:
+        __init__ = _Parameters.__init__
 
 
 if TYPE_CHECKING:  # generated classes are not types to a checker; their bases stand in for them
