@@ -3,16 +3,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from prefect import Task
+from prefect.client.schemas import TaskRun
+from prefect.states import State
+
 from storage.errors import BackendError
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BackendError, ConnectionError, TimeoutError)
 
 
 def is_transient(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a failure worth retrying (:data:`TRANSIENT_ERRORS`)."""
     return isinstance(exc, TRANSIENT_ERRORS)
 
 
-def retry_transient(task, task_run, state) -> bool:
+def retry_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry only when the task failed on a transient error."""
     try:
         state.result()
@@ -21,5 +29,13 @@ def retry_transient(task, task_run, state) -> bool:
     return False
 
 
+class RetryOptions(TypedDict):
+    """The retry keywords of :func:`prefect.task`, typed so that ``@task(**RETRY)`` type-checks."""
+
+    retries: int
+    retry_delay_seconds: list[float]
+    retry_condition_fn: Callable[[Task[..., Any], TaskRun, State[Any]], bool]
+
+
 #: retry policy shared by every task that touches storage
-RETRY = dict(retries=3, retry_delay_seconds=[1, 4, 15], retry_condition_fn=retry_transient)
+RETRY: RetryOptions = {"retries": 3, "retry_delay_seconds": [1, 4, 15], "retry_condition_fn": retry_transient}
