@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -32,6 +33,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.compositions import compose_catalog
+from flows.sync import sync_result
 from storage.metrics import MetricsRow, read_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
@@ -90,7 +92,7 @@ def fan_out_threads(run: RunSettings) -> int:
     return max(run.workers, run.max_concurrent_inversions) if run.deployment else run.workers
 
 
-def _submit(runner: ThreadPoolTaskRunner, task_, **parameters):
+def _submit(runner: ThreadPoolTaskRunner[Any], task_, **parameters):
     return runner.submit(task_, parameters)
 
 
@@ -116,7 +118,7 @@ def _learn_locally(
     The threads are this run's own task runner rather than the flow decorator's, so that the
     ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
     """
-    with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
+    with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
         rows: list[MetricsRow] = []
         staged: list[StagedConcept] = []
         for record, future in [
@@ -203,7 +205,7 @@ def run_concept_deployment(
         parent_run_id=run_id,
         skip_complete=True,
     )
-    child = run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True)
+    child = sync_result(run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True))
     try:
         raw = open_store(out).get(rows_key(run_id, record.concept_id))
         return row_from_json(raw), scan_from_json(raw)
@@ -277,8 +279,9 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], composit
 
 
 # The decorators' runners are fixed at import; the flows submit their tasks to a runner of
-# run.workers threads instead (see _learn_locally), so these only set a small default.
-@flow(name="learn-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)
+# run.workers threads instead (see _learn_locally), so these only set a small default. The type ignores:
+# Prefect's own ThreadPoolTaskRunner does not match its task_runner annotation (PrefectHQ/prefect#16938).
+@flow(name="learn-catalog", task_runner=ThreadPoolTaskRunner(max_workers=4), log_prints=True)  # type: ignore[arg-type]  # prefect#16938
 def learn_catalog(
     catalog: str,
     out: str,
@@ -312,8 +315,10 @@ def learn_catalog(
         len(unusable),
     )
     check_outputs(out, evaluation if todo and not run.deployment else None, run)  # before any training
-    progress_id = create_progress_artifact(
-        progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
+    progress_id = sync_result(
+        create_progress_artifact(
+            progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
+        )
     )
     finished = [0]
 
@@ -327,7 +332,7 @@ def learn_catalog(
     records = {r.concept_id: r for r in scan.records}
     try:
         if run.deployment:
-            with ThreadPoolTaskRunner(max_workers=fan_out_threads(run)) as runner:
+            with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
                 futures = {
                     _submit(
                         runner,
@@ -376,7 +381,7 @@ def learn_catalog(
     return summary
 
 
-@flow(name="learn-concept", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="learn-concept", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)  # type: ignore[arg-type]  # prefect#16938
 def learn_concept(
     catalog: str,
     concept_id: str,
