@@ -86,8 +86,10 @@ def recipe_precision(family: Family, device: torch.device | str, requested: str 
     if requested not in MIXED_PRECISIONS:
         raise ValueError(f"unknown mixed precision {requested!r}; choose from {', '.join(MIXED_PRECISIONS)}")
     if family == "sdxl" and requested == "fp16":
-        raise ValueError("the SDXL recipe cannot run in fp16: it casts its second text encoder's trained table to "
-                         "fp16, whose gradients the gradient scaler refuses; use bf16 or no")
+        raise ValueError(
+            "the SDXL recipe cannot run in fp16: it casts its second text encoder's trained table to "
+            "fp16, whose gradients the gradient scaler refuses; use bf16 or no"
+        )
     return requested
 
 
@@ -127,14 +129,15 @@ class _TextSide:
         return self.encoder.get_input_embeddings().weight
 
     def tokenize(self, text: str) -> torch.Tensor:
-        return self.tokenizer(text, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
-                              return_tensors="pt").input_ids[0]
+        return self.tokenizer(
+            text, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids[0]
 
     def restore_rows(self) -> None:
         """Copy every row but the placeholders' back from the original table (``index_no_updates``)."""
         assert self.orig_embeds is not None
         index_no_updates = torch.ones((len(self.tokenizer),), dtype=torch.bool)
-        index_no_updates[min(self.placeholder_ids): max(self.placeholder_ids) + 1] = False
+        index_no_updates[min(self.placeholder_ids) : max(self.placeholder_ids) + 1] = False
         with torch.no_grad():
             self.table[index_no_updates] = self.orig_embeds[index_no_updates]
 
@@ -142,7 +145,7 @@ class _TextSide:
         """Shrink the table back to the original vocabulary (after the copy-back its first rows are the original ones)."""
         embedding = self.encoder.get_input_embeddings()
         if embedding.num_embeddings != self.original_vocab:
-            embedding.weight = torch.nn.Parameter(embedding.weight.data[:self.original_vocab].clone())
+            embedding.weight = torch.nn.Parameter(embedding.weight.data[: self.original_vocab].clone())
             embedding.num_embeddings = self.original_vocab
         self.encoder.config.vocab_size = self.original_vocab
 
@@ -151,7 +154,9 @@ def _text_sides(components: DiffusionComponents) -> list[_TextSide]:
     pairs = [(components.tokenizer, components.text_encoder)]
     if components.text_encoder_2 is not None:
         pairs.append((components.tokenizer_2, components.text_encoder_2))
-    return [_TextSide(copy.deepcopy(tokenizer), encoder, int(encoder.config.vocab_size)) for tokenizer, encoder in pairs]
+    return [
+        _TextSide(copy.deepcopy(tokenizer), encoder, int(encoder.config.vocab_size)) for tokenizer, encoder in pairs
+    ]
 
 
 @dataclass
@@ -164,8 +169,16 @@ class _Batch:
 class _Loader:
     """The script's ``TextualInversionDataset`` + ``DataLoader(shuffle=True, num_workers=0)``, per batch."""
 
-    def __init__(self, image_dir: Path, sides: Sequence[_TextSide], token: str, resolution: int, batch_size: int,
-                 seed: int, flip_p: float = 0.5) -> None:
+    def __init__(
+        self,
+        image_dir: Path,
+        sides: Sequence[_TextSide],
+        token: str,
+        resolution: int,
+        batch_size: int,
+        seed: int,
+        flip_p: float = 0.5,
+    ) -> None:
         self.files = list_images(image_dir)
         self.sides = sides
         self.token = token
@@ -193,13 +206,20 @@ class _Loader:
                 self.order = list(range(len(self.files)))
                 self.rng.shuffle(self.order)
             items.append(self._item(self.order.pop()))
-        return _Batch(torch.stack([p for p, _, _ in items]),
-                      [torch.stack([ids[k] for _, ids, _ in items]) for k in range(len(self.sides))],
-                      torch.tensor([t for _, _, t in items], dtype=torch.float32))
+        return _Batch(
+            torch.stack([p for p, _, _ in items]),
+            [torch.stack([ids[k] for _, ids, _ in items]) for k in range(len(self.sides))],
+            torch.tensor([t for _, _, t in items], dtype=torch.float32),
+        )
 
 
-def encode_conditioning(family: Family, encoders: Sequence[Any], input_ids: Sequence[torch.Tensor],
-                        time_ids: torch.Tensor, dtype: torch.dtype) -> dict[str, Any]:
+def encode_conditioning(
+    family: Family,
+    encoders: Sequence[Any],
+    input_ids: Sequence[torch.Tensor],
+    time_ids: torch.Tensor,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
     """The UNet's keyword arguments as the family's script computes them from tokenized prompts.
 
     SD 1.x/2.x: the last hidden state. SDXL: both penultimate hidden states concatenated, the second
@@ -210,8 +230,10 @@ def encode_conditioning(family: Family, encoders: Sequence[Any], input_ids: Sequ
     hidden_1 = encoders[0](input_ids[0], output_hidden_states=True).hidden_states[-2].to(dtype)
     out_2 = encoders[1](input_ids[1], output_hidden_states=True)
     hidden_2 = out_2.hidden_states[-2].to(dtype)
-    return {"encoder_hidden_states": torch.cat([hidden_1, hidden_2], dim=-1),
-            "added_cond_kwargs": {"text_embeds": out_2[0], "time_ids": time_ids.to(hidden_1.device, dtype)}}
+    return {
+        "encoder_hidden_states": torch.cat([hidden_1, hidden_2], dim=-1),
+        "added_cond_kwargs": {"text_embeds": out_2[0], "time_ids": time_ids.to(hidden_1.device, dtype)},
+    }
 
 
 def run_baseline(
@@ -251,8 +273,11 @@ def run_baseline(
     narrowed = [side.encoder for side in sides[1:]] + [vae, unet]  # what the recipe casts to weight_dtype
     # a cast to a narrower dtype loses bits: keep what it would lose, to hand the components back exactly
     # (bench/speed.py builds each variant's model in the dtype it runs in, so there this copies nothing)
-    snapshots = {module: {k: v.detach().clone() for k, v in module.state_dict().items()} for module in narrowed
-                 if next(module.parameters()).dtype.itemsize > weight_dtype.itemsize}
+    snapshots = {
+        module: {k: v.detach().clone() for k, v in module.state_dict().items()}
+        for module in narrowed
+        if next(module.parameters()).dtype.itemsize > weight_dtype.itemsize
+    }
     try:
         # -- set-up, as the script: add the token, resize the table(s), initialise the new rows ------
         for side in sides:
@@ -263,8 +288,9 @@ def run_baseline(
         for side in sides:
             side.freeze_all_but_table()
 
-        optimizer = torch.optim.AdamW([side.table for side in sides], lr=lr, betas=ADAM_BETAS,
-                                      weight_decay=ADAM_WEIGHT_DECAY, eps=ADAM_EPS)
+        optimizer = torch.optim.AdamW(
+            [side.table for side in sides], lr=lr, betas=ADAM_BETAS, weight_decay=ADAM_WEIGHT_DECAY, eps=ADAM_EPS
+        )
         lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=steps)
         unet.to(device=device, dtype=weight_dtype)
         vae.to(device=device, dtype=weight_dtype)
@@ -273,8 +299,9 @@ def run_baseline(
         for side in sides:
             side.orig_embeds = side.table.data.clone()
         scaler = torch.amp.GradScaler(device.type) if mixed_precision == "fp16" else None
-        text_autocast = (torch.autocast(device.type, dtype=weight_dtype) if mixed_precision != "no"
-                         else contextlib.nullcontext())
+        text_autocast = (
+            torch.autocast(device.type, dtype=weight_dtype) if mixed_precision != "no" else contextlib.nullcontext()
+        )
         scaling = float(vae.config.scaling_factor)
         num_timesteps = int(scheduler.config.num_train_timesteps)
         prediction = scheduler.config.prediction_type
@@ -302,8 +329,9 @@ def run_baseline(
             noisy_latents = scheduler.add_noise(latents, noise, timesteps)
 
             with text_autocast:
-                conditioning = encode_conditioning(family, [side.encoder for side in sides], input_ids,
-                                                   batch.time_ids, weight_dtype)
+                conditioning = encode_conditioning(
+                    family, [side.encoder for side in sides], input_ids, batch.time_ids, weight_dtype
+                )
 
             model_pred = unet(noisy_latents, timesteps, **conditioning).sample
             if prediction == "epsilon":

@@ -52,8 +52,14 @@ KINDS = ("LIST", "GET", "HEAD", "PUT")
 LEARN = dict(steps=1, batch_size=1)
 EVALUATION = dict(prompts=["a photo of {}"], samples=1, render_steps=1, clip_arch="sstar-tiny-clip")
 RUN = dict(device="cpu", checkpoint_every=0, workers=4, concepts_per_batch=4)
-ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1",
-       "AWS_EC2_METADATA_DISABLED": "true", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
 
 
 def _png(seed: int) -> bytes:
@@ -68,8 +74,12 @@ def _png(seed: int) -> bytes:
 
 
 def _start_moto() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "storage" / "moto_s3_server.py"), "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "storage" / "moto_s3_server.py"), "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **ENV},
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     port = int(line.strip().rsplit(":", 1)[1])
@@ -79,8 +89,11 @@ def _start_moto() -> tuple[subprocess.Popen, str]:
 def _settings(learn_model: str, clip: str):
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
-    return (LearnSettings(model=learn_model, **LEARN), EvalSettings(clip_checkpoint=clip, **EVALUATION),
-            RunSettings(**RUN))
+    return (
+        LearnSettings(model=learn_model, **LEARN),
+        EvalSettings(clip_checkpoint=clip, **EVALUATION),
+        RunSettings(**RUN),
+    )
 
 
 def build(n: int, root: str, moto: str, model: str, clip: str, workers: int) -> dict:
@@ -89,8 +102,12 @@ def build(n: int, root: str, moto: str, model: str, clip: str, workers: int) -> 
     from storage.settings import S3Settings
     from tests.flows.seeding import seed_learned_output
 
-    s3 = S3Settings(endpoint_url=moto, region="us-east-1", access_key_id=ENV["AWS_ACCESS_KEY_ID"],
-                    secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"])
+    s3 = S3Settings(
+        endpoint_url=moto,
+        region="us-east-1",
+        access_key_id=ENV["AWS_ACCESS_KEY_ID"],
+        secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"],
+    )
     catalog, out = open_store(f"s3://{BUCKET}/{root}/catalog", s3), open_store(f"s3://{BUCKET}/{root}/out", s3)
     ids = [f"c{i:05d}" for i in range(n)]
     started = time.monotonic()
@@ -130,11 +147,23 @@ print("RESULT " + json.dumps({"seconds": seconds, "state": state.type.value, "to
 def run_flow(root: str, proxy: CountingProxy, model: str, clip: str, run_id: str, work: Path) -> dict:
     """One learn_catalog run in a child process (its own Prefect test server); counts from the proxy."""
     learn, evaluation, run = _settings(model, clip)
-    spec = {"catalog": f"s3://{BUCKET}/{root}/catalog", "out": f"s3://{BUCKET}/{root}/out", "run_id": run_id,
-            "learn": learn.model_dump(), "evaluation": evaluation.model_dump(), "run": run.model_dump()}
-    env = {**os.environ, **ENV, "AWS_ENDPOINT_URL": proxy.endpoint, "SSTAR_REPO": str(REPO),
-           "SSTAR_CACHE_DIR": str(work / "cache"), "PREFECT_HOME": str(work / "prefect"),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    spec = {
+        "catalog": f"s3://{BUCKET}/{root}/catalog",
+        "out": f"s3://{BUCKET}/{root}/out",
+        "run_id": run_id,
+        "learn": learn.model_dump(),
+        "evaluation": evaluation.model_dump(),
+        "run": run.model_dump(),
+    }
+    env = {
+        **os.environ,
+        **ENV,
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "SSTAR_REPO": str(REPO),
+        "SSTAR_CACHE_DIR": str(work / "cache"),
+        "PREFECT_HOME": str(work / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
     proxy.reset()
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True, text=True)
     requests = proxy.reset()
@@ -161,16 +190,33 @@ def change(ids: list[str], fraction: float, s3, root: str, seed: int = 0) -> tup
 
 def _row(n: int, name: str, result: dict, expected_bytes: int | None = None) -> dict:
     requests = result["requests"]
-    return {"concepts": n, "run": name, "wall_s": round(result["seconds"], 1), "state": result["state"],
-            **{k: requests.get(k, 0) for k in KINDS},
-            "other": sum(v for k, v in requests.items() if k not in KINDS),
-            "image_bytes": result["image_bytes"], "changed_image_bytes": expected_bytes,
-            "peak_rss_mib": round(result["rss_mib"]), "torch": "yes" if result["torch"] else "no"}
+    return {
+        "concepts": n,
+        "run": name,
+        "wall_s": round(result["seconds"], 1),
+        "state": result["state"],
+        **{k: requests.get(k, 0) for k in KINDS},
+        "other": sum(v for k, v in requests.items() if k not in KINDS),
+        "image_bytes": result["image_bytes"],
+        "changed_image_bytes": expected_bytes,
+        "peak_rss_mib": round(result["rss_mib"]),
+        "torch": "yes" if result["torch"] else "no",
+    }
 
 
 def print_table(rows: list[dict]) -> None:
-    header = ["concepts", "run", "wall_s", "state", *KINDS, "other", "image_bytes", "changed_image_bytes",
-              "peak_rss_mib", "torch"]
+    header = [
+        "concepts",
+        "run",
+        "wall_s",
+        "state",
+        *KINDS,
+        "other",
+        "image_bytes",
+        "changed_image_bytes",
+        "peak_rss_mib",
+        "torch",
+    ]
     widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for row in rows:
@@ -200,13 +246,19 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["SSTAR_CACHE_DIR"] = str(work / "cache")
             from storage.settings import S3Settings
 
-            S3Settings(endpoint_url=endpoint, region="us-east-1", access_key_id=ENV["AWS_ACCESS_KEY_ID"],
-                       secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"]).s3_client().create_bucket(Bucket=BUCKET)
+            S3Settings(
+                endpoint_url=endpoint,
+                region="us-east-1",
+                access_key_id=ENV["AWS_ACCESS_KEY_ID"],
+                secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"],
+            ).s3_client().create_bucket(Bucket=BUCKET)
             for n in (int(x) for x in args.sizes.split(",")):
                 root = f"n{n}"
                 built = build(n, root, endpoint, model, clip, args.workers)
-                print(f"N={n}: catalog, results, metrics, index and scan state built in {built['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"N={n}: catalog, results, metrics, index and scan state built in {built['seconds']:.0f} s",
+                    flush=True,
+                )
                 rows.append(_row(n, "no-op", run_flow(root, proxy, model, clip, f"{root}-noop", work)))
                 print_table(rows[-1:])
                 if args.first_run:

@@ -29,21 +29,37 @@ def synthetic_rows(concepts: int = 10_000, runs: int = 30, changed: int = 300) -
     rows = []
     for run in range(1, runs + 1):
         todo = concepts if run == 1 else int(rng.integers(changed // 2, changed * 3 // 2 + 1))
-        for i in (range(concepts) if run == 1 else rng.choice(concepts, size=min(todo, concepts), replace=False)):
+        for i in range(concepts) if run == 1 else rng.choice(concepts, size=min(todo, concepts), replace=False):
             i = int(i)
             status = "failed" if rng.random() < 0.01 else ("ok" if run == 1 or rng.random() < 0.7 else "skipped")
             lift = None if status == "failed" else round(float(rng.normal(0.06, 0.05)), 4)
             created = T0 + timedelta(days=run, seconds=i)
-            rows.append(dict(
-                run_id=f"run-{run:03d}", run_date=created.date(), concept_id=f"concept-{i:05d}", digest=f"{i:016x}",
-                token=f"<concept-{i:05d}>", status=status,
-                error="ingest failed: concept-x/00.jpg: cannot identify image file" if status == "failed" else None,
-                model="/models/sd15", steps=600, vectors=1, lr=5e-3,
-                image_similarity=None if lift is None else 0.8, text_similarity=0.3,
-                baseline_image_similarity=None if lift is None else 0.8 - lift, baseline_text_similarity=0.3,
-                inversion_lift=lift, final_loss=0.1,
-                train_seconds=round(float(rng.gamma(9.0, 4.0)), 1) if status == "ok" else None,
-                eval_seconds=round(float(rng.gamma(4.0, 2.0)), 1) if status == "ok" else None, embedding_uri=None, grid_uri=None, created_at=created))
+            rows.append(
+                dict(
+                    run_id=f"run-{run:03d}",
+                    run_date=created.date(),
+                    concept_id=f"concept-{i:05d}",
+                    digest=f"{i:016x}",
+                    token=f"<concept-{i:05d}>",
+                    status=status,
+                    error="ingest failed: concept-x/00.jpg: cannot identify image file" if status == "failed" else None,
+                    model="/models/sd15",
+                    steps=600,
+                    vectors=1,
+                    lr=5e-3,
+                    image_similarity=None if lift is None else 0.8,
+                    text_similarity=0.3,
+                    baseline_image_similarity=None if lift is None else 0.8 - lift,
+                    baseline_text_similarity=0.3,
+                    inversion_lift=lift,
+                    final_loss=0.1,
+                    train_seconds=round(float(rng.gamma(9.0, 4.0)), 1) if status == "ok" else None,
+                    eval_seconds=round(float(rng.gamma(4.0, 2.0)), 1) if status == "ok" else None,
+                    embedding_uri=None,
+                    grid_uri=None,
+                    created_at=created,
+                )
+            )
     return rows
 
 
@@ -70,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.concepts} concepts, {len(rows)} rows: {len(html.encode()) / 1e6:.2f} MB, built in {built:.2f} s")
         for _ in range(args.loads):
             result = open_page(page, "performance.getEntriesByType('navigation')[0].loadEventEnd")
-            print(f"  loaded in {result.value / 1000:.2f} s" + (f" with errors {result.errors}" if result.errors else ""))
+            print(
+                f"  loaded in {result.value / 1000:.2f} s" + (f" with errors {result.errors}" if result.errors else "")
+            )
     return 0
 
 

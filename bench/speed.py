@@ -47,10 +47,31 @@ CPU_DEFAULTS = (1, 3)  # warm-up, timed steps
 GPU_DEFAULTS = (3, 10)
 
 COLUMNS = [
-    "variant", "model", "resolution", "batch", "concepts_per_batch", "s_per_step", "concept_steps_per_s",
-    "min_s_per_step", "cpu_s_per_step", "cpu_ratio_to_baseline", "load_avg",
-    "peak_memory_mb", "memory_kind", "ratio_to_baseline", "ratio_to_single", "setup_s", "warmup", "steps",
-    "step_seconds", "step_cpu_seconds", "device", "device_name", "threads", "precision", "error",
+    "variant",
+    "model",
+    "resolution",
+    "batch",
+    "concepts_per_batch",
+    "s_per_step",
+    "concept_steps_per_s",
+    "min_s_per_step",
+    "cpu_s_per_step",
+    "cpu_ratio_to_baseline",
+    "load_avg",
+    "peak_memory_mb",
+    "memory_kind",
+    "ratio_to_baseline",
+    "ratio_to_single",
+    "setup_s",
+    "warmup",
+    "steps",
+    "step_seconds",
+    "step_cpu_seconds",
+    "device",
+    "device_name",
+    "threads",
+    "precision",
+    "error",
 ]
 
 
@@ -241,9 +262,16 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     images = Path(cell.images)
     total = cell.warmup + cell.steps
     row: dict[str, Any] = {
-        "variant": cell.variant, "model": cell.model, "resolution": resolution, "batch": cell.batch,
-        "concepts_per_batch": cell.concepts, "warmup": cell.warmup, "steps": cell.steps,
-        "device": device.type, "device_name": device_name(device), "threads": torch.get_num_threads(),
+        "variant": cell.variant,
+        "model": cell.model,
+        "resolution": resolution,
+        "batch": cell.batch,
+        "concepts_per_batch": cell.concepts,
+        "warmup": cell.warmup,
+        "steps": cell.steps,
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
     }
 
     def progress(step: int, seconds: float, loss: str) -> None:
@@ -258,9 +286,17 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         def ready() -> None:
             holder["kind"] = _reset_peak(device)
 
-        result = run_baseline(components, images / "concept-0", resolution=resolution, batch_size=cell.batch,
-                              steps=total, device=device, mixed_precision=mixed, on_ready=ready,
-                              on_step=lambda s, sec, loss: progress(s, sec, f"{loss:.4f}"))
+        result = run_baseline(
+            components,
+            images / "concept-0",
+            resolution=resolution,
+            batch_size=cell.batch,
+            steps=total,
+            device=device,
+            mixed_precision=mixed,
+            on_ready=ready,
+            on_step=lambda s, sec, loss: progress(s, sec, f"{loss:.4f}"),
+        )
         kind = holder["kind"]
         times = result.step_seconds
         cpu_times: list[float | None] = list(result.step_cpu_seconds)
@@ -268,10 +304,19 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         error = ""
     else:
         row["precision"] = cell.precision + ("+compile" if cell.compile else "")
-        concepts = [ConceptConfig(token=f"<bench-{i}>", initializer="cat", images=images / f"concept-{i}", seed=i)
-                    for i in range(cell.concepts)]
-        config = TrainConfig(steps=total, batch_size=cell.batch, resolution=resolution, precision=cell.precision,
-                             device=str(device), seed=0, compile=cell.compile)
+        concepts = [
+            ConceptConfig(token=f"<bench-{i}>", initializer="cat", images=images / f"concept-{i}", seed=i)
+            for i in range(cell.concepts)
+        ]
+        config = TrainConfig(
+            steps=total,
+            batch_size=cell.batch,
+            resolution=resolution,
+            precision=cell.precision,
+            device=str(device),
+            seed=0,
+            compile=cell.compile,
+        )
         components.to(device, weight_dtype)  # weights placed before the memory window, as for the baseline
         kind = _reset_peak(device)
         stamps: list[float] = []
@@ -297,9 +342,9 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             error = f"only {len(times)} of {total} steps ran"
     row["peak_memory_mb"] = round(_peak_mb(device, kind), 1)
     row["memory_kind"] = kind
-    timed = times[cell.warmup:]
+    timed = times[cell.warmup :]
     row["step_seconds"] = ";".join(f"{t:.4f}" for t in timed)
-    row["step_cpu_seconds"] = ";".join("" if t is None else f"{t:.4f}" for t in cpu_times[cell.warmup:])
+    row["step_cpu_seconds"] = ";".join("" if t is None else f"{t:.4f}" for t in cpu_times[cell.warmup :])
     row["setup_s"] = round(setup, 3)
     row["load_avg"] = _load_average()
     row["error"] = error
@@ -308,7 +353,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         row["s_per_step"] = round(median, 4)
         row["min_s_per_step"] = round(min(timed), 4)  # other jobs only ever add time: the min is a noise floor
         row["concept_steps_per_s"] = round(cell.concepts / median, 4)
-    cpu_timed = [t for t in cpu_times[cell.warmup:] if t is not None]
+    cpu_timed = [t for t in cpu_times[cell.warmup :] if t is not None]
     if cpu_timed and device.type == "cpu":
         row["cpu_s_per_step"] = round(statistics.median(cpu_timed), 4)
     return row
@@ -322,7 +367,7 @@ def run_isolated(cell: Cell) -> dict[str, Any]:
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=None, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return {"error": f"subprocess exited with status {proc.returncode} and no result"}
 
 
@@ -342,26 +387,50 @@ def _single(spec: str) -> int:
 
 def fill_ratios(rows: list[dict[str, Any]]) -> None:
     """ratio_to_baseline / ratio_to_single: concept-steps/s relative to the same model, resolution and batch."""
+
     def key(r):
         return (r.get("model"), r.get("resolution"), r.get("batch"), r.get("device"))
 
     for row in rows:
         for column, variant in (("ratio_to_baseline", "baseline"), ("ratio_to_single", "sstar")):
-            ref = next((r for r in rows if key(r) == key(row) and r.get("variant") == variant
-                        and r.get("concept_steps_per_s")), None)
+            ref = next(
+                (
+                    r
+                    for r in rows
+                    if key(r) == key(row) and r.get("variant") == variant and r.get("concept_steps_per_s")
+                ),
+                None,
+            )
             value = row.get("concept_steps_per_s")
             row[column] = round(value / ref["concept_steps_per_s"], 3) if ref and value else ""
         # the same ratio from process CPU seconds (robust when other jobs share the cores)
-        ref = next((r for r in rows if key(r) == key(row) and r.get("variant") == "baseline"
-                    and r.get("cpu_s_per_step")), None)
+        ref = next(
+            (r for r in rows if key(r) == key(row) and r.get("variant") == "baseline" and r.get("cpu_s_per_step")), None
+        )
         value = row.get("cpu_s_per_step")
-        row["cpu_ratio_to_baseline"] = (round(ref["cpu_s_per_step"] * row.get("concepts_per_batch", 1) / value, 3)
-                                        if ref and value else "")
+        row["cpu_ratio_to_baseline"] = (
+            round(ref["cpu_s_per_step"] * row.get("concepts_per_batch", 1) / value, 3) if ref and value else ""
+        )
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    headers = ["variant", "model", "res", "batch", "K", "s/step", "min s/step", "concept-steps/s", "peak mem",
-               "× baseline", "× single", "cpu s/step", "cpu × baseline", "setup s", "note"]
+    headers = [
+        "variant",
+        "model",
+        "res",
+        "batch",
+        "K",
+        "s/step",
+        "min s/step",
+        "concept-steps/s",
+        "peak mem",
+        "× baseline",
+        "× single",
+        "cpu s/step",
+        "cpu × baseline",
+        "setup s",
+        "note",
+    ]
 
     def num(value, fmt):
         return format(value, fmt) if isinstance(value, (int, float)) and value != "" else "-"
@@ -370,17 +439,27 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         mem = r.get("peak_memory_mb")
         memory = f"{mem / 1024:.2f} GiB {r.get('memory_kind', '')}".strip() if isinstance(mem, (int, float)) else "-"
-        lines.append([
-            str(r.get("variant", "?")), str(r.get("model", "?")), str(r.get("resolution", "?")),
-            str(r.get("batch", "?")), str(r.get("concepts_per_batch", "?")), num(r.get("s_per_step"), ".3f"),
-            num(r.get("min_s_per_step"), ".3f"),
-            num(r.get("concept_steps_per_s"), ".4f"), memory, num(r.get("ratio_to_baseline"), ".2f"),
-            num(r.get("ratio_to_single"), ".2f"), num(r.get("cpu_s_per_step"), ".3f"),
-            num(r.get("cpu_ratio_to_baseline"), ".2f"), num(r.get("setup_s"), ".1f"), str(r.get("error") or ""),
-        ])
+        lines.append(
+            [
+                str(r.get("variant", "?")),
+                str(r.get("model", "?")),
+                str(r.get("resolution", "?")),
+                str(r.get("batch", "?")),
+                str(r.get("concepts_per_batch", "?")),
+                num(r.get("s_per_step"), ".3f"),
+                num(r.get("min_s_per_step"), ".3f"),
+                num(r.get("concept_steps_per_s"), ".4f"),
+                memory,
+                num(r.get("ratio_to_baseline"), ".2f"),
+                num(r.get("ratio_to_single"), ".2f"),
+                num(r.get("cpu_s_per_step"), ".3f"),
+                num(r.get("cpu_ratio_to_baseline"), ".2f"),
+                num(r.get("setup_s"), ".1f"),
+                str(r.get("error") or ""),
+            ]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(headers)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-           "  ".join("-" * w for w in widths)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines]
     return "\n".join(out)
 
@@ -400,6 +479,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV written by :func:`write_csv`, numbers parsed back."""
+
     def parse(value: str):
         try:
             return int(value)
@@ -421,32 +501,53 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="tiny,sd15",
-                        help="comma-separated architectures: tiny, sd15, sdxl-tiny, sdxl, … (default: tiny,sd15)")
-    parser.add_argument("--resolutions", default=None,
-                        help="comma-separated pixel sizes; 'native' = the model's own "
-                             "(default: 256,512 for SD 1.x models, native for the others: 1024 px for sdxl)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.speed",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--models",
+        default="tiny,sd15",
+        help="comma-separated architectures: tiny, sd15, sdxl-tiny, sdxl, … (default: tiny,sd15)",
+    )
+    parser.add_argument(
+        "--resolutions",
+        default=None,
+        help="comma-separated pixel sizes; 'native' = the model's own "
+        "(default: 256,512 for SD 1.x models, native for the others: 1024 px for sdxl)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per concept per step (default: 1)")
     parser.add_argument("--packs", default="1,4", help="concepts per batch K; every K > 1 adds an sstar-packed row")
-    parser.add_argument("--packed-resolutions", default=None,
-                        help="run the packed rows only at these resolutions (default: at all)")
+    parser.add_argument(
+        "--packed-resolutions", default=None, help="run the packed rows only at these resolutions (default: at all)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 10 on GPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 1 on CPU, 3 on GPU)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="our trainer's precision (default fp32)")
-    parser.add_argument("--baseline-precision", default="", choices=["", "no", "fp16", "bf16"],
-                        help="the baseline's --mixed_precision (default: the recipe's — SD 1.x: no on CPU, fp16 "
-                             "on GPU; SDXL: bf16)")
-    parser.add_argument("--compile", action="store_true",
-                        help="our trainer with torch.compile'd UNet (compiles during the warm-up steps)")
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="our trainer's precision (default fp32)"
+    )
+    parser.add_argument(
+        "--baseline-precision",
+        default="",
+        choices=["", "no", "fp16", "bf16"],
+        help="the baseline's --mixed_precision (default: the recipe's — SD 1.x: no on CPU, fp16 on GPU; SDXL: bf16)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="our trainer with torch.compile'd UNet (compiles during the warm-up steps)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results.csv", help="CSV to write")
     parser.add_argument("--images", type=Path, default=None, help="folder for the synthetic images (default: temp)")
-    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
-                        help="run every variant in this process (faster start; CPU peaks via clear_refs)")
+    parser.add_argument(
+        "--no-isolate",
+        dest="isolate",
+        action="store_false",
+        help="run every variant in this process (faster start; CPU peaks via clear_refs)",
+    )
     parser.add_argument("--show", type=Path, default=None, help="print the table of an earlier CSV and exit")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -472,15 +573,22 @@ def plan(args: argparse.Namespace, device: str, image_root: Path) -> list[Cell]:
         resolutions = args.resolutions or DEFAULT_RESOLUTIONS.get(model_family(model), "native")
         for resolution in _ints(resolutions):
             resolution = resolution or native_resolution(model)
-            common = dict(model=model, resolution=resolution, batch=args.batch, warmup=warmup, steps=steps,
-                          device=device, precision=args.precision, images=str(image_root))
+            common = dict(
+                model=model,
+                resolution=resolution,
+                batch=args.batch,
+                warmup=warmup,
+                steps=steps,
+                device=device,
+                precision=args.precision,
+                images=str(image_root),
+            )
             if "baseline" in variants:
                 try:  # refuse a setting the recipe cannot run before anything is built
                     recipe_precision(model_family(model), device, args.baseline_precision or None)
                 except ValueError as exc:
                     raise SystemExit(f"--baseline-precision: {exc}") from exc
-                cells.append(Cell(variant="baseline", concepts=1, baseline_precision=args.baseline_precision,
-                                  **common))
+                cells.append(Cell(variant="baseline", concepts=1, baseline_precision=args.baseline_precision, **common))
             common["compile"] = args.compile
             if "sstar" in variants:
                 cells.append(Cell(variant="sstar", concepts=1, **common))
@@ -509,8 +617,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("nothing to run")
         size = max([c.resolution for c in cells] + [512])
         make_images(image_root, max(c.concepts for c in cells), size)
-        log(f"{len(cells)} runs on {device_name(device)}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; images in {image_root}")
+        log(
+            f"{len(cells)} runs on {device_name(device)}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads; images in {image_root}"
+        )
         rows = []
         started = time.perf_counter()
         for index, cell in enumerate(cells, 1):
@@ -524,18 +634,28 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 log(f"  failed: {type(exc).__name__}: {exc}")
                 row = {"error": f"{type(exc).__name__}: {exc}"}
-            for field_name, value in (("variant", cell.variant), ("model", cell.model), ("batch", cell.batch),
-                                      ("concepts_per_batch", cell.concepts), ("device", device.type)):
+            for field_name, value in (
+                ("variant", cell.variant),
+                ("model", cell.model),
+                ("batch", cell.batch),
+                ("concepts_per_batch", cell.concepts),
+                ("device", device.type),
+            ):
                 row.setdefault(field_name, value)
             row.setdefault("resolution", cell.resolution or "native")
             rows.append(row)
             fill_ratios(rows)
             write_csv(rows, args.out)  # after every run, so an interrupted benchmark keeps what it measured
-            log(f"  done in {time.perf_counter() - tick:.1f} s: {row.get('s_per_step', '-')} s/step "
-                f"{('error: ' + row['error']) if row.get('error') else ''}")
+            log(
+                f"  done in {time.perf_counter() - tick:.1f} s: {row.get('s_per_step', '-')} s/step "
+                f"{('error: ' + row['error']) if row.get('error') else ''}"
+            )
         log(f"all runs done in {time.perf_counter() - started:.1f} s; CSV: {args.out}")
-    print(f"device: {device_name(device)}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"{cells[0].warmup} warm-up + {cells[0].steps} timed steps; median s/step", flush=True)
+    print(
+        f"device: {device_name(device)}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
+        f"{cells[0].warmup} warm-up + {cells[0].steps} timed steps; median s/step",
+        flush=True,
+    )
     print(format_table(rows))
     return 0
 

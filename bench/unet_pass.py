@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         before, tick = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         one_pass()
         wall, after = time.perf_counter() - tick, resource.getrusage(resource.RUSAGE_SELF)
-        print(f"{index:>4}  {wall:6.2f}  {after.ru_utime - before.ru_utime:6.2f}  "
-              f"{after.ru_stime - before.ru_stime:5.2f}  {after.ru_minflt - before.ru_minflt:>12}", flush=True)
+        print(
+            f"{index:>4}  {wall:6.2f}  {after.ru_utime - before.ru_utime:6.2f}  "
+            f"{after.ru_stime - before.ru_stime:5.2f}  {after.ru_minflt - before.ru_minflt:>12}",
+            flush=True,
+        )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -48,8 +48,7 @@ import numpy as np
 from bench.quality.run import QualitySettings, defaults_config, token_of, write_concept_images
 from bench.world import oracle as O
 from toyworld import MODEL_DIR
-from toyworld.scenes import (BACKGROUNDS, BEST_TEMPLATE, HELD_OUT, SIZE_WORDS, HeldOutConcept, circular_distance,
-                             phrase)
+from toyworld.scenes import BACKGROUNDS, BEST_TEMPLATE, HELD_OUT, SIZE_WORDS, HeldOutConcept, circular_distance, phrase
 
 BLEND_MODES: tuple[str, ...] = ("sum", "slerp")
 CAPTION = "caption"  # the word column's value for the best caption's rows
@@ -91,8 +90,14 @@ class ComposeSettings:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
 
 
-FAST = ComposeSettings(concepts=("held-red-orange-circle", "held-purple-pink-circle"), samples=2, steps=3,
-                       render_steps=3, vectors=(1, 2), blend_weights=(0.0, 0.5, 1.0))
+FAST = ComposeSettings(
+    concepts=("held-red-orange-circle", "held-purple-pink-circle"),
+    samples=2,
+    steps=3,
+    render_steps=3,
+    vectors=(1, 2),
+    blend_weights=(0.0, 0.5, 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,11 @@ class Edit:
     size_word: str | None = None
 
 
-EDITS: tuple[Edit, ...] = (Edit("unedited"), *(Edit(f"{b} background", background=b) for b in BACKGROUNDS),
-                           *(Edit(s, size_word=s) for s in SIZE_WORDS))
+EDITS: tuple[Edit, ...] = (
+    Edit("unedited"),
+    *(Edit(f"{b} background", background=b) for b in BACKGROUNDS),
+    *(Edit(s, size_word=s) for s in SIZE_WORDS),
+)
 
 
 def word_prompt(token: str, edit: Edit) -> str:
@@ -116,8 +124,11 @@ def word_prompt(token: str, edit: Edit) -> str:
 
 def caption_prompt(concept: HeldOutConcept, edit: Edit) -> str:
     """The concept's best caption with the edit's background or size word in place of its own."""
-    return BEST_TEMPLATE.format(phrase(edit.size_word or concept.size_word, concept.hue_word, concept.shape,
-                                       edit.background or concept.background))
+    return BEST_TEMPLATE.format(
+        phrase(
+            edit.size_word or concept.size_word, concept.hue_word, concept.shape, edit.background or concept.background
+        )
+    )
 
 
 def word_token(concept: HeldOutConcept, vectors: int) -> str:
@@ -133,10 +144,14 @@ def measure_edit(images, concept: HeldOutConcept, edit: Edit) -> dict[str, Any]:
     summary = O.summarise(measurement, concept.hue, background)
     sizes = O.size_words(measurement, concept.shape)
     errors = np.where(measurement.has_shape, O.hue_error(measurement.hue, concept.hue), 180.0)
-    return {"median_hue_error": summary["median_hue_error"], "within_10": summary["within_10"],
-            "background_accuracy": summary["background_accuracy"],
-            "size_accuracy": float(np.mean(sizes == SIZE_WORDS.index(size_word))),
-            "shape_found": summary["shape_found"], "hue_errors": errors.tolist()}
+    return {
+        "median_hue_error": summary["median_hue_error"],
+        "within_10": summary["within_10"],
+        "background_accuracy": summary["background_accuracy"],
+        "size_accuracy": float(np.mean(sizes == SIZE_WORDS.index(size_word))),
+        "shape_found": summary["shape_found"],
+        "hue_errors": errors.tolist(),
+    }
 
 
 def summarise_word(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -150,22 +165,28 @@ def summarise_word(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     sizes = [r for r in edited if r["edit"] in SIZE_WORDS]
     pooled = float(np.median(np.concatenate([r["hue_errors"] for r in edited])))
     summary = {
-        "unedited_hue_error": unedited, "unedited_within_10": by_name["unedited"]["within_10"],
-        "edited_hue_error": pooled, "worst_edit": worst["edit"], "worst_edit_hue_error": worst["median_hue_error"],
+        "unedited_hue_error": unedited,
+        "unedited_within_10": by_name["unedited"]["within_10"],
+        "edited_hue_error": pooled,
+        "worst_edit": worst["edit"],
+        "worst_edit_hue_error": worst["median_hue_error"],
         "worst_edit_ratio": worst["median_hue_error"] / max(unedited, 1e-9),
         "background_accuracy": float(np.mean([r["background_accuracy"] for r in backgrounds])),
         "background_accuracy_min": min(r["background_accuracy"] for r in backgrounds),
         "size_accuracy": float(np.mean([r["size_accuracy"] for r in sizes])),
         "size_accuracy_min": min(r["size_accuracy"] for r in sizes),
     }
-    summary["targets_met"] = bool(summary["worst_edit_ratio"] <= EDIT_RATIO_TARGET
-                                  and summary["background_accuracy_min"] >= ACCURACY_TARGET
-                                  and summary["size_accuracy_min"] >= ACCURACY_TARGET)
+    summary["targets_met"] = bool(
+        summary["worst_edit_ratio"] <= EDIT_RATIO_TARGET
+        and summary["background_accuracy_min"] >= ACCURACY_TARGET
+        and summary["size_accuracy_min"] >= ACCURACY_TARGET
+    )
     return summary
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (ties get their average rank); NaN when either side is constant."""
+
     def ranks(values: Sequence[float]) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
         order = values.argsort(kind="stable")
@@ -207,6 +228,7 @@ def straight_line(points: Sequence[dict[str, Any]]) -> np.ndarray:
 
 # -- the run ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Learned:
     """The learned words (token → embedding and final loss) and the training time."""
@@ -223,18 +245,22 @@ def learn(components, concepts: Sequence[HeldOutConcept], settings: ComposeSetti
 
     configs = []
     for i, concept in enumerate(concepts):
-        folder = write_concept_images(concept, work / concept.name, settings.train_images,
-                                      components.resolution, seed=i)
-        configs += [ConceptConfig(word_token(concept, v), concept.shape, folder, num_vectors=v, seed=i)
-                    for v in settings.vectors]
+        folder = write_concept_images(
+            concept, work / concept.name, settings.train_images, components.resolution, seed=i
+        )
+        configs += [
+            ConceptConfig(word_token(concept, v), concept.shape, folder, num_vectors=v, seed=i)
+            for v in settings.vectors
+        ]
     config = defaults_config(QualitySettings(steps=settings.steps, device=settings.device), components.resolution)
     tick = time.perf_counter()
     results = train_concepts(components, configs, config)
     failed = [f"{r.token}: {r.error}" for r in results if r.error]
     if failed:
         raise RuntimeError(f"training failed for {failed[0]}")
-    return Learned({r.token: r.embedding for r in results}, {r.token: r.final_loss for r in results},
-                   time.perf_counter() - tick)
+    return Learned(
+        {r.token: r.embedding for r in results}, {r.token: r.final_loss for r in results}, time.perf_counter() - tick
+    )
 
 
 def progress_logger(part: str, log: Callable[[str], None]) -> Callable[[int, int], None]:
@@ -250,49 +276,75 @@ def progress_logger(part: str, log: Callable[[str], None]) -> Callable[[int, int
     return report
 
 
-def measure_editability(renderer, concepts, learned: Learned, settings: ComposeSettings,
-                        log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def measure_editability(
+    renderer, concepts, learned: Learned, settings: ComposeSettings, log: Callable[[str], None] = print
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Parts 1 and 4: every word's and every best caption's edits; returns (per-prompt rows, per-word rows)."""
     jobs = []  # (concept, word label, vectors or None, edit, prompt)
     for concept in concepts:
         for v in settings.vectors:
             jobs += [(concept, f"{v}v", v, e, word_prompt(word_token(concept, v), e)) for e in EDITS]
         jobs += [(concept, CAPTION, None, e, caption_prompt(concept, e)) for e in EDITS]
-    images = renderer.render([j[4] for j in jobs], list(range(settings.samples)), list(learned.embeddings.values()),
-                             progress=progress_logger("editability", log))
-    edits = [{"concept": c.name, "word": word, "vectors": v, "edit": e.name, "prompt": prompt,
-              **measure_edit(strip, c, e)} for (c, word, v, e, prompt), strip in zip(jobs, images)]
+    images = renderer.render(
+        [j[4] for j in jobs],
+        list(range(settings.samples)),
+        list(learned.embeddings.values()),
+        progress=progress_logger("editability", log),
+    )
+    edits = [
+        {"concept": c.name, "word": word, "vectors": v, "edit": e.name, "prompt": prompt, **measure_edit(strip, c, e)}
+        for (c, word, v, e, prompt), strip in zip(jobs, images)
+    ]
     words = []
     for concept in concepts:
         for word, v in [*((f"{v}v", v) for v in settings.vectors), (CAPTION, None)]:
             rows = [r for r in edits if r["concept"] == concept.name and r["word"] == word]
             loss = learned.final_loss.get(word_token(concept, v)) if v else None
-            words.append({"concept": concept.name, "hue": concept.hue, "word": word, "vectors": v,
-                          "final_loss": loss, **summarise_word(rows)})
+            words.append(
+                {
+                    "concept": concept.name,
+                    "hue": concept.hue,
+                    "word": word,
+                    "vectors": v,
+                    "final_loss": loss,
+                    **summarise_word(rows),
+                }
+            )
     return edits, words
 
 
-def measure_blends(renderer, pair: tuple[HeldOutConcept, HeldOutConcept], learned: Learned, parent_errors,
-                   settings: ComposeSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def measure_blends(
+    renderer, pair: tuple[HeldOutConcept, HeldOutConcept], learned: Learned, parent_errors, settings: ComposeSettings
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Part 2: the pair's blends per mode and weight; returns (per-weight rows, per-mode rows)."""
     from inversion.merge import Parent, merge_embeddings
 
     a, b = pair
     parents = [learned.embeddings[token_of(c)] for c in pair]
-    blends = [(mode, w, merge_embeddings([Parent(parents[0], 1.0 - w), Parent(parents[1], w)],
-                                         f"<blend-{mode}-{i}>", mode))
-              for mode in BLEND_MODES for i, w in enumerate(settings.blend_weights)]
-    images = renderer.render([BEST_TEMPLATE.format(e.token) for _, _, e in blends],
-                             list(range(settings.samples)), [e for _, _, e in blends])
+    blends = [
+        (mode, w, merge_embeddings([Parent(parents[0], 1.0 - w), Parent(parents[1], w)], f"<blend-{mode}-{i}>", mode))
+        for mode in BLEND_MODES
+        for i, w in enumerate(settings.blend_weights)
+    ]
+    images = renderer.render(
+        [BEST_TEMPLATE.format(e.token) for _, _, e in blends], list(range(settings.samples)), [e for _, _, e in blends]
+    )
     rows = []
     for (mode, w, _), strip in zip(blends, images):
         m = O.measure(strip)
         arc = unwrap_on_arc(m.hue[m.has_shape], a.hue, b.hue)
         median = float(np.median(arc)) if len(arc) else float("nan")
-        rows.append({"mode": mode, "w": w, "median_hue": median % 360.0, "arc_hue": median,
-                     "error_to_a": float(circular_distance(median, a.hue)),
-                     "error_to_b": float(circular_distance(median, b.hue)),
-                     "shape_found": float(m.has_shape.mean())})
+        rows.append(
+            {
+                "mode": mode,
+                "w": w,
+                "median_hue": median % 360.0,
+                "arc_hue": median,
+                "error_to_a": float(circular_distance(median, a.hue)),
+                "error_to_b": float(circular_distance(median, b.hue)),
+                "shape_found": float(m.has_shape.mean()),
+            }
+        )
     modes = []
     for mode in BLEND_MODES:
         points = [r for r in rows if r["mode"] == mode]
@@ -301,24 +353,40 @@ def measure_blends(renderer, pair: tuple[HeldOutConcept, HeldOutConcept], learne
             r["deviation_from_line"] = abs(r["arc_hue"] - line)
         end_a = abs(points[0]["error_to_a"] - parent_errors[a.name])
         end_b = abs(points[-1]["error_to_b"] - parent_errors[b.name])
-        modes.append({"mode": mode, **path, "end_a_vs_parent": end_a, "end_b_vs_parent": end_b,
-                      "targets_met": bool(abs(path["spearman"]) >= SPEARMAN_TARGET
-                                          and max(end_a, end_b) <= BLEND_END_TOLERANCE)})
+        modes.append(
+            {
+                "mode": mode,
+                **path,
+                "end_a_vs_parent": end_a,
+                "end_b_vs_parent": end_b,
+                "targets_met": bool(
+                    abs(path["spearman"]) >= SPEARMAN_TARGET and max(end_a, end_b) <= BLEND_END_TOLERANCE
+                ),
+            }
+        )
     return rows, modes
 
 
 def measure_strength(renderer, concepts, learned: Learned, settings: ComposeSettings) -> list[dict[str, Any]]:
     """Part 3: ``a photo of a (<tok>:s)`` for the 1-vector words."""
     jobs = [(c, s, BEST_TEMPLATE.format(f"({token_of(c)}:{s:g})")) for c in concepts for s in settings.strengths]
-    images = renderer.render([p for _, _, p in jobs], list(range(settings.samples)),
-                             [learned.embeddings[token_of(c)] for c in concepts])
+    images = renderer.render(
+        [p for _, _, p in jobs], list(range(settings.samples)), [learned.embeddings[token_of(c)] for c in concepts]
+    )
     rows = []
     for (concept, strength, prompt), strip in zip(jobs, images):
         summary = O.summarise(O.measure(strip), concept.hue, concept.background)
-        rows.append({"concept": concept.name, "strength": strength, "prompt": prompt,
-                     "median_hue_error": summary["median_hue_error"], "within_10": summary["within_10"],
-                     "background_accuracy": summary["background_accuracy"],
-                     "shape_found": summary["shape_found"]})
+        rows.append(
+            {
+                "concept": concept.name,
+                "strength": strength,
+                "prompt": prompt,
+                "median_hue_error": summary["median_hue_error"],
+                "within_10": summary["within_10"],
+                "background_accuracy": summary["background_accuracy"],
+                "shape_found": summary["shape_found"],
+            }
+        )
     return rows
 
 
@@ -331,38 +399,54 @@ def run_compose(world: Path, settings: ComposeSettings, log: Callable[[str], Non
 
     torch.set_num_threads(settings.threads)
     components = load_components(Path(world))
-    renderer = Renderer(components, RenderSettings(steps=settings.render_steps, guidance=settings.guidance,
-                                                   device=settings.device, batch_size=settings.render_batch))
+    renderer = Renderer(
+        components,
+        RenderSettings(
+            steps=settings.render_steps,
+            guidance=settings.guidance,
+            device=settings.device,
+            batch_size=settings.render_batch,
+        ),
+    )
     named = {c.name: c for c in HELD_OUT}
     concepts = [named[name] for name in settings.concepts]
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="sstar-compose-") as tmp:
         learned = learn(components, concepts, settings, Path(tmp))
     seconds["train"] = learned.seconds
-    log(f"learned {len(learned.embeddings)} words in one pack in {learned.seconds:.0f}s "
-        f"(load average {os.getloadavg()[0]:.1f})")
+    log(
+        f"learned {len(learned.embeddings)} words in one pack in {learned.seconds:.0f}s "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
     tick = time.perf_counter()
     edits, words = measure_editability(renderer, concepts, learned, settings, log)
     seconds["editability"] = time.perf_counter() - tick
     log(f"editability measured in {seconds['editability']:.0f}s")
     parent_errors = {w["concept"]: w["unedited_hue_error"] for w in words if w["vectors"] == 1}
     tick = time.perf_counter()
-    blends, blend_modes = measure_blends(renderer, tuple(named[n] for n in settings.blend_pair), learned,
-                                         parent_errors, settings)
+    blends, blend_modes = measure_blends(
+        renderer, tuple(named[n] for n in settings.blend_pair), learned, parent_errors, settings
+    )
     seconds["blends"] = time.perf_counter() - tick
     log(f"blends measured in {seconds['blends']:.0f}s")
     tick = time.perf_counter()
     strength = measure_strength(renderer, concepts, learned, settings)
     seconds["strength"] = time.perf_counter() - tick
     log(f"strength measured in {seconds['strength']:.0f}s")
-    return {"edits": edits, "words": words, "blends": blends, "blend_modes": blend_modes, "strength": strength,
-            "seconds": seconds}
+    return {
+        "edits": edits,
+        "words": words,
+        "blends": blends,
+        "blend_modes": blend_modes,
+        "strength": strength,
+        "seconds": seconds,
+    }
 
 
 # -- tables and files ---------------------------------------------------------------------------------
 
-def format_table(columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]], rows: Sequence[dict[str, Any]]
-                 ) -> str:
+
+def format_table(columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]], rows: Sequence[dict[str, Any]]) -> str:
     """A plain-text table: one ``(header, cell function)`` per column."""
     cells = [[h for h, _ in columns]] + [[cell(r) for _, cell in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
@@ -376,35 +460,53 @@ def _f(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
 
 
 EDITABILITY_COLUMNS = (
-    ("concept", _f("concept", "{}")), ("word", _f("word", "{}")),
-    ("unedited err°", _f("unedited_hue_error", "{:.1f}")), ("edited err° (pooled)", _f("edited_hue_error", "{:.1f}")),
-    ("worst edit", _f("worst_edit", "{}")), ("worst err°", _f("worst_edit_hue_error", "{:.1f}")),
+    ("concept", _f("concept", "{}")),
+    ("word", _f("word", "{}")),
+    ("unedited err°", _f("unedited_hue_error", "{:.1f}")),
+    ("edited err° (pooled)", _f("edited_hue_error", "{:.1f}")),
+    ("worst edit", _f("worst_edit", "{}")),
+    ("worst err°", _f("worst_edit_hue_error", "{:.1f}")),
     ("worst ratio", _f("worst_edit_ratio", "{:.2f}")),
     ("bg acc mean/min", lambda r: f"{r['background_accuracy']:.2f}/{r['background_accuracy_min']:.2f}"),
     ("size acc mean/min", lambda r: f"{r['size_accuracy']:.2f}/{r['size_accuracy_min']:.2f}"),
     ("targets", lambda r: "met" if r["targets_met"] else "missed"),
 )
 VECTOR_COLUMNS = (
-    ("concept", _f("concept", "{}")), ("vectors", _f("vectors", "{}")), ("final loss", _f("final_loss", "{:.4f}")),
-    ("unedited err°", _f("unedited_hue_error", "{:.1f}")), ("≤10°", _f("unedited_within_10", "{:.2f}")),
-    ("edited err°", _f("edited_hue_error", "{:.1f}")), ("worst ratio", _f("worst_edit_ratio", "{:.2f}")),
-    ("bg acc", _f("background_accuracy", "{:.2f}")), ("size acc", _f("size_accuracy", "{:.2f}")),
+    ("concept", _f("concept", "{}")),
+    ("vectors", _f("vectors", "{}")),
+    ("final loss", _f("final_loss", "{:.4f}")),
+    ("unedited err°", _f("unedited_hue_error", "{:.1f}")),
+    ("≤10°", _f("unedited_within_10", "{:.2f}")),
+    ("edited err°", _f("edited_hue_error", "{:.1f}")),
+    ("worst ratio", _f("worst_edit_ratio", "{:.2f}")),
+    ("bg acc", _f("background_accuracy", "{:.2f}")),
+    ("size acc", _f("size_accuracy", "{:.2f}")),
 )
 BLEND_COLUMNS = (
-    ("mode", _f("mode", "{}")), ("w", _f("w", "{:.2f}")), ("median hue°", _f("median_hue", "{:.1f}")),
-    ("on arc°", _f("arc_hue", "{:+.1f}")), ("err to A°", _f("error_to_a", "{:.1f}")),
-    ("err to B°", _f("error_to_b", "{:.1f}")), ("off line°", _f("deviation_from_line", "{:.1f}")),
+    ("mode", _f("mode", "{}")),
+    ("w", _f("w", "{:.2f}")),
+    ("median hue°", _f("median_hue", "{:.1f}")),
+    ("on arc°", _f("arc_hue", "{:+.1f}")),
+    ("err to A°", _f("error_to_a", "{:.1f}")),
+    ("err to B°", _f("error_to_b", "{:.1f}")),
+    ("off line°", _f("deviation_from_line", "{:.1f}")),
     ("shape", _f("shape_found", "{:.2f}")),
 )
 BLEND_MODE_COLUMNS = (
-    ("mode", _f("mode", "{}")), ("Spearman ρ", _f("spearman", "{:+.2f}")),
-    ("|end A − parent A|°", _f("end_a_vs_parent", "{:.1f}")), ("|end B − parent B|°", _f("end_b_vs_parent", "{:.1f}")),
-    ("max off line°", _f("max_deviation", "{:.1f}")), ("targets", lambda r: "met" if r["targets_met"] else "missed"),
+    ("mode", _f("mode", "{}")),
+    ("Spearman ρ", _f("spearman", "{:+.2f}")),
+    ("|end A − parent A|°", _f("end_a_vs_parent", "{:.1f}")),
+    ("|end B − parent B|°", _f("end_b_vs_parent", "{:.1f}")),
+    ("max off line°", _f("max_deviation", "{:.1f}")),
+    ("targets", lambda r: "met" if r["targets_met"] else "missed"),
 )
 STRENGTH_COLUMNS = (
-    ("concept", _f("concept", "{}")), ("strength", _f("strength", "{:g}")),
-    ("median err°", _f("median_hue_error", "{:.1f}")), ("≤10°", _f("within_10", "{:.2f}")),
-    ("bg acc", _f("background_accuracy", "{:.2f}")), ("shape", _f("shape_found", "{:.2f}")),
+    ("concept", _f("concept", "{}")),
+    ("strength", _f("strength", "{:g}")),
+    ("median err°", _f("median_hue_error", "{:.1f}")),
+    ("≤10°", _f("within_10", "{:.2f}")),
+    ("bg acc", _f("background_accuracy", "{:.2f}")),
+    ("shape", _f("shape_found", "{:.2f}")),
 )
 
 
@@ -415,9 +517,13 @@ def format_tables(result: dict[str, Any]) -> str:
     straighter = min(result["blend_modes"], key=lambda m: m["max_deviation"])["mode"]
     parts = [
         ("1. editability (1-vector word and best caption)", format_table(EDITABILITY_COLUMNS, one)),
-        ("2. blends of the two held-out circles (A = first, B = second; weights 1-w, w)",
-         format_table(BLEND_COLUMNS, result["blends"]) + "\n\n" + format_table(BLEND_MODE_COLUMNS, result["blend_modes"])
-         + f"\nstraighter path: {straighter}"),
+        (
+            "2. blends of the two held-out circles (A = first, B = second; weights 1-w, w)",
+            format_table(BLEND_COLUMNS, result["blends"])
+            + "\n\n"
+            + format_table(BLEND_MODE_COLUMNS, result["blend_modes"])
+            + f"\nstraighter path: {straighter}",
+        ),
         ("3. strength (<tok>:s)", format_table(STRENGTH_COLUMNS, result["strength"])),
         ("4. vectors", format_table(VECTOR_COLUMNS, [w for w in words if w["vectors"]])),
     ]
@@ -438,8 +544,7 @@ def write_results(result: dict[str, Any], out: Path, meta: dict[str, Any]) -> No
     for name, key in (("edits", "edits"), ("editability", "words"), ("blends", "blends"), ("strength", "strength")):
         _write_csv(out / f"{name}.csv", result[key])
     (out / "tables.txt").write_text(format_tables(result) + "\n", encoding="utf-8")
-    (out / "compose.json").write_text(json.dumps({**meta, **result}, indent=1, default=float) + "\n",
-                                      encoding="utf-8")
+    (out / "compose.json").write_text(json.dumps({**meta, **result}, indent=1, default=float) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,19 +561,34 @@ def main(argv: list[str] | None = None) -> int:
     from inversion.cli import quiet_libraries
 
     quiet_libraries()
-    overrides = {k: v for k, v in dict(samples=args.samples, steps=args.steps, render_steps=args.render_steps,
-                                       device=args.device, threads=args.threads).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            samples=args.samples,
+            steps=args.steps,
+            render_steps=args.render_steps,
+            device=args.device,
+            threads=args.threads,
+        ).items()
+        if v is not None
+    }
     settings = replace(FAST if args.fast else ComposeSettings(), **overrides)
     load_before = os.getloadavg()
     tick = time.perf_counter()
     result = run_compose(args.world, settings, log=lambda message: print(message, file=sys.stderr, flush=True))
     print(format_tables(result))
-    meta = {"command": " ".join(["python -m bench.quality.compose", *(argv if argv is not None else sys.argv[1:])]),
-            "settings": asdict(settings), "seconds": time.perf_counter() - tick,
-            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    meta = {
+        "command": " ".join(["python -m bench.quality.compose", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": asdict(settings),
+        "seconds": time.perf_counter() - tick,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
     write_results(result, args.out, meta)
-    print(f"wrote {args.out} ({meta['seconds']:.0f}s; load average {load_before[0]:.1f} → "
-          f"{meta['load_average_after'][0]:.1f})")
+    print(
+        f"wrote {args.out} ({meta['seconds']:.0f}s; load average {load_before[0]:.1f} → "
+        f"{meta['load_average_after'][0]:.1f})"
+    )
     return 0
 
 

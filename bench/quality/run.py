@@ -82,8 +82,15 @@ def defaults_config(settings: QualitySettings, resolution: int):
 
 def recipe_config(settings: QualitySettings, resolution: int):
     """The standard recipe's optimiser settings (diffusers example script): lr 5e-4 × batch, constant, wd 1e-2."""
-    return replace(defaults_config(settings, resolution), lr=5e-4, scale_lr=True, batch_size=4,
-                   lr_schedule="constant", lr_warmup_steps=0, weight_decay=1e-2)
+    return replace(
+        defaults_config(settings, resolution),
+        lr=5e-4,
+        scale_lr=True,
+        batch_size=4,
+        lr_schedule="constant",
+        lr_warmup_steps=0,
+        weight_decay=1e-2,
+    )
 
 
 def token_of(concept: G.HeldOutConcept) -> str:
@@ -121,8 +128,9 @@ class Curve:
         token = token_of(self.concept)
         images = self.renderer.render([PROMPT.format(token)], self.seeds, [LearnedEmbedding(token, vectors)])[0]
         summary = oracle_summary(images, self.concept)
-        self.points.append({"step": step, "train_seconds": round(train_seconds, 3),
-                            "median_hue_error": summary["median_hue_error"]})
+        self.points.append(
+            {"step": step, "train_seconds": round(train_seconds, 3), "median_hue_error": summary["median_hue_error"]}
+        )
         self.eval_seconds += time.perf_counter() - tick
 
     def on_checkpoint(self, token: str, path: Path) -> None:
@@ -138,8 +146,11 @@ class Curve:
         for point in self.points:
             if point["median_hue_error"] <= max(final * 1.1, final + 0.5):
                 return {"steps": point["step"], "train_seconds": point["train_seconds"], "final_error": final}
-        return {"steps": self.points[-1]["step"], "train_seconds": self.points[-1]["train_seconds"],
-                "final_error": final}
+        return {
+            "steps": self.points[-1]["step"],
+            "train_seconds": self.points[-1]["train_seconds"],
+            "final_error": final,
+        }
 
 
 def learn_with_curve(components, renderer, concept_cfg, concept, config, work: Path, settings: QualitySettings):
@@ -154,8 +165,7 @@ def learn_with_curve(components, renderer, concept_cfg, concept, config, work: P
     out = work / f"{concept_cfg.slug}-{config.lr:g}"
     shutil.rmtree(out, ignore_errors=True)
     config = replace(config, checkpoint_every=settings.curve_every)
-    (result,) = train_concepts(components, [concept_cfg], config, output_dirs=[out],
-                               on_checkpoint=curve.on_checkpoint)
+    (result,) = train_concepts(components, [concept_cfg], config, output_dirs=[out], on_checkpoint=curve.on_checkpoint)
     if result.error:
         raise RuntimeError(result.error)
     curve.measure(result.steps, result.embedding.vectors, train_seconds=result.seconds)
@@ -170,13 +180,24 @@ def evaluate(renderer, clip, concept: G.HeldOutConcept, embedding, reference, se
     if clip is not None:
         from inversion.scoring import ScoreSettings, score_concept
 
-        scores = score_concept(renderer, clip, embedding, reference, concept.shape, captions=[best],
-                               settings=ScoreSettings(prompts=(PROMPT,), seeds=tuple(seeds)))
+        scores = score_concept(
+            renderer,
+            clip,
+            embedding,
+            reference,
+            concept.shape,
+            captions=[best],
+            settings=ScoreSettings(prompts=(PROMPT,), seeds=tuple(seeds)),
+        )
         learned_images, caption_images = scores.learned.images[0], scores.baselines[0].images[0]
-        row.update(clip_image_similarity=scores.image_similarity, clip_text_similarity=scores.text_similarity,
-                   clip_baseline_image_similarity=scores.baseline_image_similarity,
-                   clip_baseline_text_similarity=scores.baseline_text_similarity,
-                   clip_inversion_lift=scores.inversion_lift, clip_text_lift=scores.text_lift)
+        row.update(
+            clip_image_similarity=scores.image_similarity,
+            clip_text_similarity=scores.text_similarity,
+            clip_baseline_image_similarity=scores.baseline_image_similarity,
+            clip_baseline_text_similarity=scores.baseline_text_similarity,
+            clip_inversion_lift=scores.inversion_lift,
+            clip_text_lift=scores.text_lift,
+        )
     else:
         learned_images, caption_images = renderer.render([PROMPT.format(embedding.token), best], seeds, [embedding])
     learned = oracle_summary(learned_images, concept)
@@ -204,8 +225,10 @@ def run_quality(world: Path, out: Path | None, settings: QualitySettings, log=pr
     world = Path(world)
     components = load_components(world)
     resolution = components.resolution
-    renderer = Renderer(components, RenderSettings(steps=settings.render_steps, guidance=settings.guidance,
-                                                   device=settings.device, batch_size=32))
+    renderer = Renderer(
+        components,
+        RenderSettings(steps=settings.render_steps, guidance=settings.guidance, device=settings.device, batch_size=32),
+    )
     clip = None
     if settings.clip and (world / CLIP_FILE).is_file():
         clip = load_clip(ClipSpec(WORLD_CLIP_ARCH, checkpoint=world / CLIP_FILE), settings.device)
@@ -222,29 +245,42 @@ def run_quality(world: Path, out: Path | None, settings: QualitySettings, log=pr
         if settings.pack:
             tick = time.perf_counter()
             results = train_concepts(components, configs, defaults)
-            log(f"trained {len(configs)} concepts in one pack, {defaults.steps} steps, "
-                f"{time.perf_counter() - tick:.1f}s")
+            log(
+                f"trained {len(configs)} concepts in one pack, {defaults.steps} steps, "
+                f"{time.perf_counter() - tick:.1f}s"
+            )
             learned = {r.token: (r, None, None) for r in results}
         else:
             learned = {}
             for concept, cfg in zip(concepts, configs):
                 tick = time.perf_counter()
                 result, curve = learn_with_curve(components, renderer, cfg, concept, defaults, work, settings)
-                log(f"{concept.name}: defaults, {result.steps} steps in {result.seconds:.1f}s "
-                    f"(+{time.perf_counter() - tick - result.seconds:.1f}s setup and curve rendering)")
+                log(
+                    f"{concept.name}: defaults, {result.steps} steps in {result.seconds:.1f}s "
+                    f"(+{time.perf_counter() - tick - result.seconds:.1f}s setup and curve rendering)"
+                )
                 recipe = None
                 if settings.recipe_curve:
-                    _, recipe = learn_with_curve(components, renderer, cfg, concept,
-                                                 recipe_config(settings, resolution), work, settings)
+                    _, recipe = learn_with_curve(
+                        components, renderer, cfg, concept, recipe_config(settings, resolution), work, settings
+                    )
                     log(f"{concept.name}: standard recipe's settings done")
                 learned[cfg.token] = (result, curve, recipe)
         for concept, cfg, reference in zip(concepts, configs, references):
             result, curve, recipe = learned[cfg.token]
-            row = {"concept": concept.name, "hue": concept.hue, "shape": concept.shape,
-                   "background": concept.background, "best_caption": concept.best_caption(),
-                   "initializer": cfg.initializer, "train_steps": result.steps, "stop_reason": result.stop_reason,
-                   "held_out_losses": result.held_out_losses,
-                   "train_seconds": result.seconds, "final_loss": result.final_loss}
+            row = {
+                "concept": concept.name,
+                "hue": concept.hue,
+                "shape": concept.shape,
+                "background": concept.background,
+                "best_caption": concept.best_caption(),
+                "initializer": cfg.initializer,
+                "train_steps": result.steps,
+                "stop_reason": result.stop_reason,
+                "held_out_losses": result.held_out_losses,
+                "train_seconds": result.seconds,
+                "final_loss": result.final_loss,
+            }
             row.update(evaluate(renderer, clip, concept, result.embedding, reference, settings))
             strips = row.pop("strips")
             if curve is not None:
@@ -256,15 +292,19 @@ def run_quality(world: Path, out: Path | None, settings: QualitySettings, log=pr
             if out is not None:
                 _save_strips(out / f"{concept.name}.png", reference, *strips)
             rows.append(row)
-            log(f"{concept.name}: learned median hue error {row['learned_median_hue_error']:.1f}°, "
-                f"best caption {row['caption_median_hue_error']:.1f}°")
+            log(
+                f"{concept.name}: learned median hue error {row['learned_median_hue_error']:.1f}°, "
+                f"best caption {row['caption_median_hue_error']:.1f}°"
+            )
     return rows
 
 
 def _save_strips(path: Path, reference, learned, caption) -> None:
     """Three rows: the training images, the learned word's samples, the best caption's samples."""
-    rows = [np.concatenate([np.asarray(im.convert("RGB")) for im in images], axis=1)
-            for images in (reference, learned, caption)]
+    rows = [
+        np.concatenate([np.asarray(im.convert("RGB")) for im in images], axis=1)
+        for images in (reference, learned, caption)
+    ]
     width = max(r.shape[1] for r in rows)
     padded = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     from PIL import Image
@@ -313,13 +353,35 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("concept", "hue", "shape", "background", "best_caption", "initializer", "train_steps", "stop_reason",
-              "train_seconds",
-              "final_loss", "learned_median_hue_error", "caption_median_hue_error", "hue_error_ratio",
-              "oracle_lift_deg", "learned_within_10", "caption_within_10", "learned_background_accuracy",
-              "caption_background_accuracy", "learned_shape_found", "caption_shape_found", "clip_image_similarity",
-              "clip_baseline_image_similarity", "clip_inversion_lift", "clip_text_similarity",
-              "clip_baseline_text_similarity", "clip_text_lift", "clip_and_oracle_agree")
+CSV_FIELDS = (
+    "concept",
+    "hue",
+    "shape",
+    "background",
+    "best_caption",
+    "initializer",
+    "train_steps",
+    "stop_reason",
+    "train_seconds",
+    "final_loss",
+    "learned_median_hue_error",
+    "caption_median_hue_error",
+    "hue_error_ratio",
+    "oracle_lift_deg",
+    "learned_within_10",
+    "caption_within_10",
+    "learned_background_accuracy",
+    "caption_background_accuracy",
+    "learned_shape_found",
+    "caption_shape_found",
+    "clip_image_similarity",
+    "clip_baseline_image_similarity",
+    "clip_inversion_lift",
+    "clip_text_similarity",
+    "clip_baseline_text_similarity",
+    "clip_text_lift",
+    "clip_and_oracle_agree",
+)
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
@@ -327,9 +389,17 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
     payload = {**meta, "concepts": rows}
     (out / "quality.json").write_text(json.dumps(payload, indent=2, default=float) + "\n", encoding="utf-8")
     with (out / "quality.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*CSV_FIELDS, "ttq_defaults_steps", "ttq_defaults_seconds",
-                                                    "ttq_recipe_steps", "ttq_recipe_seconds"],
-                                extrasaction="ignore")
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=[
+                *CSV_FIELDS,
+                "ttq_defaults_steps",
+                "ttq_defaults_seconds",
+                "ttq_recipe_steps",
+                "ttq_recipe_seconds",
+            ],
+            extrasaction="ignore",
+        )
         writer.writeheader()
         for row in rows:
             flat = dict(row)
@@ -362,10 +432,21 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     settings = FAST if args.fast else QualitySettings()
-    overrides = {k: v for k, v in dict(concepts=args.concepts, samples=args.samples, steps=args.steps,
-                                       render_steps=args.render_steps, guidance=args.guidance,
-                                       curve_every=args.curve_every, curve_samples=args.curve_samples,
-                                       device=args.device, stop=args.stop).items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            concepts=args.concepts,
+            samples=args.samples,
+            steps=args.steps,
+            render_steps=args.render_steps,
+            guidance=args.guidance,
+            curve_every=args.curve_every,
+            curve_samples=args.curve_samples,
+            device=args.device,
+            stop=args.stop,
+        ).items()
+        if v is not None
+    }
     if args.no_recipe:
         overrides["recipe_curve"] = False
     if args.no_clip:
@@ -377,9 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_quality(args.world, args.out, settings)
     table = format_table(rows)
     print(table)
-    meta = {"world": str(args.world.resolve()), "settings": settings.__dict__, "prompt": PROMPT,
-            "seconds": time.perf_counter() - tick, "torch": torch.__version__,
-            "device": settings.device}
+    meta = {
+        "world": str(args.world.resolve()),
+        "settings": settings.__dict__,
+        "prompt": PROMPT,
+        "seconds": time.perf_counter() - tick,
+        "torch": torch.__version__,
+        "device": settings.device,
+    }
     write_results(rows, args.out, meta)
     (args.out / "quality-table.txt").write_text(table + "\n", encoding="utf-8")
     print(f"wrote {args.out / 'quality.json'} and quality.csv ({time.perf_counter() - tick:.0f}s)")

@@ -26,22 +26,36 @@ def world_architecture(resolution: int = 32) -> dict[str, dict[str, Any]]:
         raise ValueError(f"world resolution must be a multiple of 16, got {resolution}")
     return {
         "text_encoder": dict(
-            TEXT_ENCODER_COMMON, hidden_size=128, intermediate_size=512, num_attention_heads=4,
-            num_hidden_layers=3, projection_dim=128,
+            TEXT_ENCODER_COMMON,
+            hidden_size=128,
+            intermediate_size=512,
+            num_attention_heads=4,
+            num_hidden_layers=3,
+            projection_dim=128,
         ),
         "vae": dict(
-            in_channels=3, out_channels=3, latent_channels=4, sample_size=resolution,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            sample_size=resolution,
             block_out_channels=[32, 64, 64],
             down_block_types=["DownEncoderBlock2D"] * 3,
             up_block_types=["UpDecoderBlock2D"] * 3,
-            layers_per_block=1, norm_num_groups=16, scaling_factor=1.0,  # set from the data after training
+            layers_per_block=1,
+            norm_num_groups=16,
+            scaling_factor=1.0,  # set from the data after training
         ),
         "unet": dict(
-            sample_size=resolution // 4, in_channels=4, out_channels=4, layers_per_block=1,
+            sample_size=resolution // 4,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
             block_out_channels=[64, 128],
             down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            cross_attention_dim=128, attention_head_dim=4, norm_num_groups=32,
+            cross_attention_dim=128,
+            attention_head_dim=4,
+            norm_num_groups=32,
         ),
         "scheduler": dict(SCHEDULER_CONFIG),
     }

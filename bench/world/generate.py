@@ -19,16 +19,34 @@ so edge pixels do not disturb the oracle).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 # The scenes themselves (vocabulary, held-out concepts, drawing) live in the product's data package,
 # which `sstar demo` also uses; this module adds the training stream and its captions.
 from toyworld.scenes import (  # noqa: F401 - re-exported: bench code reads them as generate.*
-    BACKGROUND_LEVELS, BACKGROUNDS, BEST_TEMPLATE, DEFAULT_RESOLUTION, HELD_OUT, HUE_BIN_WIDTH, HUE_CENTRES,
-    HUE_WORDS, SHAPES, SIZE_RANGES, SIZE_WORDS, HeldOutConcept, circular_distance, concept_attributes,
-    concept_images, hue_bin, hue_to_rgb, hue_word, phrase, render,
+    BACKGROUND_LEVELS,
+    BACKGROUNDS,
+    BEST_TEMPLATE,
+    DEFAULT_RESOLUTION,
+    HELD_OUT,
+    HUE_BIN_WIDTH,
+    HUE_CENTRES,
+    HUE_WORDS,
+    SHAPES,
+    SIZE_RANGES,
+    SIZE_WORDS,
+    HeldOutConcept,
+    circular_distance,
+    concept_attributes,
+    concept_images,
+    hue_bin,
+    hue_to_rgb,
+    hue_word,
+    phrase,
+    render,
 )
 
 EXCLUSION_DEGREES = 8.0
@@ -56,16 +74,21 @@ PHOTO_TEMPLATES: tuple[str, ...] = _photo_templates()
 
 # -- attributes ---------------------------------------------------------------------------------------
 
+
 def _violates(hue, shape, background, exclude: Sequence[HeldOutConcept], margin: float) -> np.ndarray:
     bad = np.zeros(hue.shape, dtype=bool)
     for c in exclude:
-        bad |= ((shape == SHAPES.index(c.shape)) & (background == BACKGROUNDS.index(c.background))
-                & (circular_distance(hue, c.hue) <= margin))
+        bad |= (
+            (shape == SHAPES.index(c.shape))
+            & (background == BACKGROUNDS.index(c.background))
+            & (circular_distance(hue, c.hue) <= margin)
+        )
     return bad
 
 
-def sample_attributes(rng: np.random.Generator, n: int, exclude: Sequence[HeldOutConcept] = HELD_OUT,
-                      margin: float = EXCLUSION_DEGREES) -> dict[str, np.ndarray]:
+def sample_attributes(
+    rng: np.random.Generator, n: int, exclude: Sequence[HeldOutConcept] = HELD_OUT, margin: float = EXCLUSION_DEGREES
+) -> dict[str, np.ndarray]:
     """``n`` random scenes as arrays: hue (deg), shape, background, size_word (indices), size, cx, cy (fractions).
 
     No scene has the shape and background of a concept of ``exclude`` with a hue within ``margin``
@@ -84,11 +107,19 @@ def sample_attributes(rng: np.random.Generator, n: int, exclude: Sequence[HeldOu
     size = rng.uniform(lo, hi)
     cx = rng.uniform(size / 2, 1 - size / 2)
     cy = rng.uniform(size / 2, 1 - size / 2)
-    return {"hue": hue, "shape": shape, "background": background, "size_word": size_word, "size": size,
-            "cx": cx, "cy": cy}
+    return {
+        "hue": hue,
+        "shape": shape,
+        "background": background,
+        "size_word": size_word,
+        "size": size,
+        "cx": cx,
+        "cy": cy,
+    }
 
 
 # -- captions -----------------------------------------------------------------------------------------
+
 
 def caption(attr: dict[str, Any], rng: np.random.Generator, empty_prob: float = EMPTY_CAPTION_PROB) -> str:
     """One caption of one scene (``attr`` holds plain scalars, as :func:`scenes` returns them)."""
@@ -108,22 +139,29 @@ def scenes(attrs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     out = []
     for i in range(len(attrs["hue"])):
         hue = float(attrs["hue"][i])
-        out.append({
-            "hue": hue,
-            "hue_word": hue_word(hue),
-            "shape": SHAPES[int(attrs["shape"][i])],
-            "background": BACKGROUNDS[int(attrs["background"][i])],
-            "size_word": SIZE_WORDS[int(attrs["size_word"][i])],
-            "size": float(attrs["size"][i]),
-            "cx": float(attrs["cx"][i]),
-            "cy": float(attrs["cy"][i]),
-        })
+        out.append(
+            {
+                "hue": hue,
+                "hue_word": hue_word(hue),
+                "shape": SHAPES[int(attrs["shape"][i])],
+                "background": BACKGROUNDS[int(attrs["background"][i])],
+                "size_word": SIZE_WORDS[int(attrs["size_word"][i])],
+                "size": float(attrs["size"][i]),
+                "cx": float(attrs["cx"][i]),
+                "cy": float(attrs["cy"][i]),
+            }
+        )
     return out
 
 
-def make_batch(rng: np.random.Generator, n: int, resolution: int = DEFAULT_RESOLUTION,
-               exclude: Sequence[HeldOutConcept] = HELD_OUT, empty_prob: float = EMPTY_CAPTION_PROB,
-               supersample: int = 4) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+def make_batch(
+    rng: np.random.Generator,
+    n: int,
+    resolution: int = DEFAULT_RESOLUTION,
+    exclude: Sequence[HeldOutConcept] = HELD_OUT,
+    empty_prob: float = EMPTY_CAPTION_PROB,
+    supersample: int = 4,
+) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
     """``n`` training samples: uint8 images ``[n, H, W, 3]``, captions, attribute dicts."""
     attrs = sample_attributes(rng, n, exclude)
     images = render(attrs, resolution, supersample)
@@ -132,8 +170,9 @@ def make_batch(rng: np.random.Generator, n: int, resolution: int = DEFAULT_RESOL
     return images, captions, info
 
 
-def evaluation_captions(rng: np.random.Generator, n: int, exclude: Sequence[HeldOutConcept] = HELD_OUT
-                        ) -> tuple[list[str], list[dict[str, Any]]]:
+def evaluation_captions(
+    rng: np.random.Generator, n: int, exclude: Sequence[HeldOutConcept] = HELD_OUT
+) -> tuple[list[str], list[dict[str, Any]]]:
     """``n`` captions naming hue word, shape and background (size optional), for sample evaluation.
 
     The scene each caption was drawn from is returned as its target (its hue is the bin centre's

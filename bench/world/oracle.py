@@ -13,8 +13,9 @@ Vectorised numpy over a batch ``[N, H, W, 3]`` (uint8 or floats in [0, 255]).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,9 +53,12 @@ class Measurement:
         return [BACKGROUNDS[int(b)] for b in self.background]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hue": [None if np.isnan(h) else float(h) for h in self.hue],
-                "hue_concentration": self.hue_concentration.tolist(),
-                "background": self.background_names, "size": self.size.tolist()}
+        return {
+            "hue": [None if np.isnan(h) else float(h) for h in self.hue],
+            "hue_concentration": self.hue_concentration.tolist(),
+            "background": self.background_names,
+            "size": self.size.tolist(),
+        }
 
 
 def _as_array(images: np.ndarray | Sequence[Any]) -> np.ndarray:
@@ -79,8 +83,12 @@ def measure(images: np.ndarray | Sequence[Any]) -> Measurement:
     saturation = np.where(vmax > 0, chroma / np.maximum(vmax, 1e-6), 0.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     safe = np.maximum(chroma, 1e-6)
-    hue = np.where(vmax == r, np.mod((g - b) / safe, 6.0),
-                   np.where(vmax == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)) * 60.0
+    hue = (
+        np.where(
+            vmax == r, np.mod((g - b) / safe, 6.0), np.where(vmax == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+        )
+        * 60.0
+    )
     saturated = (saturation >= SATURATION_MIN) & (vmax >= VALUE_MIN)
     weight = np.where(saturated, chroma, 0.0)
     angle = np.deg2rad(hue)
@@ -93,14 +101,16 @@ def measure(images: np.ndarray | Sequence[Any]) -> Measurement:
     mean_hue = np.where(fraction >= MIN_SHAPE_FRACTION, mean_hue, np.nan)
 
     border = np.concatenate([rgb[:, 0, :, :], rgb[:, -1, :, :], rgb[:, 1:-1, 0, :], rgb[:, 1:-1, -1, :]], axis=1)
-    border_sat = np.concatenate([saturated[:, 0, :], saturated[:, -1, :], saturated[:, 1:-1, 0],
-                                 saturated[:, 1:-1, -1]], axis=1)
+    border_sat = np.concatenate(
+        [saturated[:, 0, :], saturated[:, -1, :], saturated[:, 1:-1, 0], saturated[:, 1:-1, -1]], axis=1
+    )
     gray = border.mean(axis=-1) * 255.0
     masked = np.where(border_sat, np.nan, gray)
     all_saturated = border_sat.all(axis=1)
     with np.errstate(all="ignore"):
-        level = np.where(all_saturated, np.median(gray, axis=1), np.nanmedian(
-            np.where(all_saturated[:, None], gray, masked), axis=1))
+        level = np.where(
+            all_saturated, np.median(gray, axis=1), np.nanmedian(np.where(all_saturated[:, None], gray, masked), axis=1)
+        )
     levels = np.asarray(BACKGROUND_LEVELS, dtype=np.float32)
     background = np.abs(level[:, None] - levels[None, :]).argmin(axis=1)
     return Measurement(mean_hue, concentration, background, fraction)

@@ -63,6 +63,7 @@ def say(message: str) -> None:
 
 # -- helpers ------------------------------------------------------------------------------------------
 
+
 def progress_bar(phase: str, total: int) -> tqdm:
     """A progress bar of one phase (steps/s, elapsed, ETA and the loss), redrawn at most every 10 s."""
     return tqdm(total=total, desc=f"[{phase}]", unit="step", mininterval=10.0, file=sys.stdout, ascii=True)
@@ -117,8 +118,10 @@ class Dataset:
         self.caption_ids = torch.tensor([[index[c] for c in row] for row in captions], device=device)
         self.size, self.device = size, device
         self.seconds = time.perf_counter() - tick
-        say(f"[data] {size} images at {resolution} px, {len(self.texts)} distinct captions "
-            f"({captions_per_image} per image) in {self.seconds:.1f}s")
+        say(
+            f"[data] {size} images at {resolution} px, {len(self.texts)} distinct captions "
+            f"({captions_per_image} per image) in {self.seconds:.1f}s"
+        )
 
     def batch_indices(self, generator: torch.Generator, batch: int) -> torch.Tensor:
         return torch.randint(self.size, (batch,), generator=generator, device=self.device)
@@ -140,6 +143,7 @@ def half_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 # -- phase (a): VAE -------------------------------------------------------------------------------------
 
+
 def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
     vae.to(device).train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
@@ -156,8 +160,12 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
         recon = recon.float()
         kl = posterior.kl().float().mean() / z[0].numel()
         loss = F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + args.vae_kl * kl
-        optimize(optimizer, loss, vae.parameters(),
-                 args.vae_lr * lr_factor(step, args.vae_steps, min(100, args.vae_steps // 10)))
+        optimize(
+            optimizer,
+            loss,
+            vae.parameters(),
+            args.vae_lr * lr_factor(step, args.vae_steps, min(100, args.vae_steps // 10)),
+        )
         bar.update()
         if (step + 1) % 25 == 0 or step + 1 == args.vae_steps or step == 0:
             losses.append(loss.item())
@@ -167,11 +175,18 @@ def train_vae(vae, data: Dataset, args, device: torch.device) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     vae.eval().requires_grad_(False)
     psnr = vae_psnr(vae, holdout_images(512, args.resolution, args.seed), device)
-    say(f"[vae] done in {seconds:.1f}s ({args.vae_steps / max(seconds, 1e-9):.1f} steps/s); "
-        f"held-out PSNR {psnr:.2f} dB")
-    return {"steps": args.vae_steps, "batch": args.vae_batch, "seconds": seconds,
-            "steps_per_s": args.vae_steps / max(seconds, 1e-9), "final_loss": losses[-1] if losses else None,
-            "psnr_db": psnr, "kl_weight": args.vae_kl}
+    say(
+        f"[vae] done in {seconds:.1f}s ({args.vae_steps / max(seconds, 1e-9):.1f} steps/s); held-out PSNR {psnr:.2f} dB"
+    )
+    return {
+        "steps": args.vae_steps,
+        "batch": args.vae_batch,
+        "seconds": seconds,
+        "steps_per_s": args.vae_steps / max(seconds, 1e-9),
+        "final_loss": losses[-1] if losses else None,
+        "psnr_db": psnr,
+        "kl_weight": args.vae_kl,
+    }
 
 
 @torch.no_grad()
@@ -200,22 +215,27 @@ def encode_dataset(vae, data: Dataset, device: torch.device) -> tuple[torch.Tens
 
 # -- phase (b): text encoder + UNet ----------------------------------------------------------------------
 
+
 def tokenize_texts(tokenizer, texts: list[str], device: torch.device) -> torch.Tensor:
-    ids = tokenizer(texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
-                    return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     return ids.to(device)
 
 
-def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset, args,
-                    device: torch.device) -> dict[str, Any]:
+def train_diffusion(
+    text_encoder, unet, vae, scheduler, tokenizer, data: Dataset, args, device: torch.device
+) -> dict[str, Any]:
     tick = time.perf_counter()
     latent_mean, latent_std = encode_dataset(vae, data, device)
     sample = latent_mean[:4096] + latent_std[:4096] * torch.randn_like(latent_std[:4096])
     scaling = float(1.0 / sample.std())
     vae.register_to_config(scaling_factor=scaling)
     token_ids = tokenize_texts(tokenizer, data.texts, device)
-    say(f"[diffusion] encoded {data.size} latents and {len(data.texts)} captions in "
-        f"{time.perf_counter() - tick:.1f}s; latent scaling factor {scaling:.4f}")
+    say(
+        f"[diffusion] encoded {data.size} latents and {len(data.texts)} captions in "
+        f"{time.perf_counter() - tick:.1f}s; latent scaling factor {scaling:.4f}"
+    )
     text_encoder.to(device).train().requires_grad_(True)
     unet.to(device).train().requires_grad_(True)
     params = list(text_encoder.parameters()) + list(unet.parameters())
@@ -255,22 +275,31 @@ def train_diffusion(text_encoder, unet, vae, scheduler, tokenizer, data: Dataset
     for module in (text_encoder, unet):
         module.eval().requires_grad_(False)
     say(f"[diffusion] done in {seconds:.1f}s ({args.diffusion_steps / max(seconds, 1e-9):.1f} steps/s)")
-    tail = losses[-max(1, len(losses) // 10):]
-    return {"steps": args.diffusion_steps, "batch": args.diffusion_batch, "seconds": seconds,
-            "steps_per_s": args.diffusion_steps / max(seconds, 1e-9), "final_loss": float(np.mean(tail)),
-            "latent_scaling_factor": scaling, "ema": args.ema, "lr": args.diffusion_lr,
-            "setup_seconds": time.perf_counter() - tick - seconds}
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": args.diffusion_steps,
+        "batch": args.diffusion_batch,
+        "seconds": seconds,
+        "steps_per_s": args.diffusion_steps / max(seconds, 1e-9),
+        "final_loss": float(np.mean(tail)),
+        "latent_scaling_factor": scaling,
+        "ema": args.ema,
+        "lr": args.diffusion_lr,
+        "setup_seconds": time.perf_counter() - tick - seconds,
+    }
 
 
 def save_diffusion(folder: Path, tokenizer, text_encoder, vae, unet, scheduler) -> None:
     from inversion.models import DiffusionComponents, save_pipeline
 
-    components = DiffusionComponents(tokenizer, half_copy(text_encoder), half_copy(vae), half_copy(unet),
-                                     scheduler, "world")
+    components = DiffusionComponents(
+        tokenizer, half_copy(text_encoder), half_copy(vae), half_copy(unet), scheduler, "world"
+    )
     save_pipeline(components, folder)
 
 
 # -- phase (c): CLIP -----------------------------------------------------------------------------------
+
 
 def clip_pixels(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(OPENAI_MEAN, device=images.device).view(1, 3, 1, 1)
@@ -303,10 +332,16 @@ def train_clip(data: Dataset, args, device: torch.device):
         same = (cap[:, None] == cap[None, :]).float()
         targets = same / same.sum(dim=1, keepdim=True)
         logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.T
-        loss = 0.5 * (torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-                      + torch.sum(-targets.T * F.log_softmax(logits.T, dim=1), dim=1).mean())
-        optimize(optimizer, loss, model.parameters(),
-                 args.clip_lr * lr_factor(step, args.clip_steps, min(100, args.clip_steps // 10)))
+        loss = 0.5 * (
+            torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+            + torch.sum(-targets.T * F.log_softmax(logits.T, dim=1), dim=1).mean()
+        )
+        optimize(
+            optimizer,
+            loss,
+            model.parameters(),
+            args.clip_lr * lr_factor(step, args.clip_steps, min(100, args.clip_steps // 10)),
+        )
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         bar.update()
@@ -318,8 +353,13 @@ def train_clip(data: Dataset, args, device: torch.device):
     seconds = time.perf_counter() - started
     model.eval().requires_grad_(False)
     say(f"[clip] done in {seconds:.1f}s ({args.clip_steps / max(seconds, 1e-9):.1f} steps/s)")
-    return model, {"steps": args.clip_steps, "batch": args.clip_batch, "seconds": seconds,
-                   "steps_per_s": args.clip_steps / max(seconds, 1e-9), "final_loss": losses[-1] if losses else None}
+    return model, {
+        "steps": args.clip_steps,
+        "batch": args.clip_batch,
+        "seconds": seconds,
+        "steps_per_s": args.clip_steps / max(seconds, 1e-9),
+        "final_loss": losses[-1] if losses else None,
+    }
 
 
 def save_clip(model, folder: Path) -> Path:
@@ -335,9 +375,11 @@ def save_clip(model, folder: Path) -> Path:
 
 # -- phase (d): evaluation --------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def sample_captions(model_dir: Path, prompts: list[str], seed: int, steps: int, guidance: float,
-                    device: torch.device, batch: int = 256) -> np.ndarray:
+def sample_captions(
+    model_dir: Path, prompts: list[str], seed: int, steps: int, guidance: float, device: torch.device, batch: int = 256
+) -> np.ndarray:
     """Render each prompt once (independent noise per prompt, seeded); uint8 ``[N, H, W, 3]``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -346,9 +388,14 @@ def sample_captions(model_dir: Path, prompts: list[str], seed: int, steps: int, 
     components = load_components(model_dir)
     components.to(device, torch.float32)
     pipeline = StableDiffusionPipeline(
-        vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=DDIMScheduler.from_config(components.noise_scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
     resolution = components.resolution
@@ -356,10 +403,19 @@ def sample_captions(model_dir: Path, prompts: list[str], seed: int, steps: int, 
     out = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        latents = torch.randn((len(chunk), 4, resolution // components.vae_scale_factor,
-                               resolution // components.vae_scale_factor), generator=generator).to(device)
-        images = pipeline(prompt=chunk, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
-                          height=resolution, width=resolution, output_type="np").images
+        latents = torch.randn(
+            (len(chunk), 4, resolution // components.vae_scale_factor, resolution // components.vae_scale_factor),
+            generator=generator,
+        ).to(device)
+        images = pipeline(
+            prompt=chunk,
+            latents=latents,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=resolution,
+            width=resolution,
+            output_type="np",
+        ).images
         out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
 
@@ -374,8 +430,11 @@ def evaluate(folder: Path, args, device: torch.device) -> dict[str, Any]:
     bg_ok = np.array([m.background[i] == G.BACKGROUNDS.index(t["background"]) for i, t in enumerate(targets)])
     centre_error = O.hue_error(m.hue, np.array([G.HUE_CENTRES[G.HUE_WORDS.index(t["hue_word"])] for t in targets]))
     result: dict[str, Any] = {
-        "samples": len(prompts), "guidance": args.eval_guidance, "steps": args.eval_steps,
-        "hue_word_accuracy": float(hue_ok.mean()), "background_accuracy": float(bg_ok.mean()),
+        "samples": len(prompts),
+        "guidance": args.eval_guidance,
+        "steps": args.eval_steps,
+        "hue_word_accuracy": float(hue_ok.mean()),
+        "background_accuracy": float(bg_ok.mean()),
         "shape_found": float(m.has_shape.mean()),
         "median_error_to_bin_centre": float(np.nanmedian(centre_error)) if m.has_shape.any() else None,
     }
@@ -384,10 +443,12 @@ def evaluate(folder: Path, args, device: torch.device) -> dict[str, Any]:
     if clip_path.is_file():
         result["clip_zero_shot_hue_accuracy"] = clip_zero_shot(clip_path, args, device)
     result["seconds"] = time.perf_counter() - tick
-    say(f"[eval] hue-word accuracy {result['hue_word_accuracy']:.3f}, background accuracy "
+    say(
+        f"[eval] hue-word accuracy {result['hue_word_accuracy']:.3f}, background accuracy "
         f"{result['background_accuracy']:.3f}, shape found {result['shape_found']:.3f}"
         + (f", CLIP zero-shot hue {result['clip_zero_shot_hue_accuracy']:.3f}" if clip_path.is_file() else "")
-        + f" ({result['seconds']:.1f}s)")
+        + f" ({result['seconds']:.1f}s)"
+    )
     return result
 
 
@@ -420,6 +481,7 @@ def clip_zero_shot(clip_path: Path, args, device: torch.device) -> float:
 
 
 # -- driver ---------------------------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.world.train", description=__doc__.split("\n")[0])
@@ -473,18 +535,26 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     log: dict[str, Any] = {
         "command": " ".join([sys.executable, "-m", "bench.world.train", *(argv if argv is not None else sys.argv[1:])]),
-        "device": str(device), "device_name": device_name, "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(), "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "held_out": [c.to_dict() for c in G.HELD_OUT],
-        "phases_done": sorted(done), **{k: previous[k] for k in ("data", "vae", "diffusion", "clip") if k in previous and k in done | {"data"}},
+        "phases_done": sorted(done),
+        **{k: previous[k] for k in ("data", "vae", "diffusion", "clip") if k in previous and k in done | {"data"}},
     }
     started = time.perf_counter()
     say(f"world training on {device} ({device_name}); writing {work}")
     torch.manual_seed(args.seed)
     data = Dataset(args.dataset_size, args.resolution, args.seed, args.captions_per_image, device)
-    log["data"] = {"images": data.size, "distinct_captions": len(data.texts), "seconds": data.seconds,
-                   "resolution": args.resolution}
+    log["data"] = {
+        "images": data.size,
+        "distinct_captions": len(data.texts),
+        "seconds": data.seconds,
+        "resolution": args.resolution,
+    }
     tokenizer, text_encoder, vae, unet, scheduler = build_diffusion(args.resolution, args.seed)
 
     if "vae" in done:
@@ -519,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     del data
     log["eval"] = evaluate(work, args, device)
     log["total_seconds"] = time.perf_counter() - started
-    log["sizes_mb"] = {p.relative_to(work).as_posix(): round(p.stat().st_size / 1e6, 2)
-                       for p in sorted(work.rglob("*.safetensors"))}
+    log["sizes_mb"] = {
+        p.relative_to(work).as_posix(): round(p.stat().st_size / 1e6, 2) for p in sorted(work.rglob("*.safetensors"))
+    }
     log["total_mb"] = round(sum(log["sizes_mb"].values()), 2)
     _write_log(work, log)
     if out.exists():
