@@ -142,7 +142,10 @@ class _TextSide:
             self.table[index_no_updates] = self.orig_embeds[index_no_updates]
 
     def undo(self) -> None:
-        """Shrink the table back to the original vocabulary (after the copy-back its first rows are the original ones)."""
+        """Shrink the table back to the original vocabulary.
+
+        After the copy-back its first rows are the original ones.
+        """
         embedding = self.encoder.get_input_embeddings()
         if embedding.num_embeddings != self.original_vocab:
             embedding.weight = torch.nn.Parameter(embedding.weight.data[: self.original_vocab].clone())

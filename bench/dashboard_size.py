@@ -4,8 +4,8 @@
 
 Builds metrics rows for a catalog of ``--concepts`` concepts: a first run that learns all of them,
 then ``--runs - 1`` nightly runs over about ``--changed`` random concepts each (70% re-learned, the
-rest skipped; 1% fail), seeded, renders ``reports/dashboard.html`` with :mod:`flows.dashboard` into a temporary folder and
-opens it ``--loads`` times in headless Chromium (tests/browser.py), printing the page size and the
+rest skipped; 1% fail), seeded, renders ``reports/dashboard.html`` with :mod:`flows.dashboard` into a
+temporary folder and opens it ``--loads`` times in headless Chromium (tests/browser.py), printing the page size and the
 navigation's ``loadEventEnd`` (scripts run, charts and the table's first page drawn).
 """
 

@@ -375,7 +375,7 @@ def _single(spec: str) -> int:
     cell = Cell(**json.loads(spec))
     try:
         row = run_cell(cell)
-    except Exception as exc:  # report, don't crash the whole benchmark
+    except Exception as exc:  # noqa: BLE001 - any failure of one cell is reported as its row, not a crash
         log(f"  {cell.label()} failed: {type(exc).__name__}: {exc}")
         row = {"error": f"{type(exc).__name__}: {exc}"}
     print(RESULT_PREFIX + json.dumps(row), flush=True)
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:  # e.g. a time limit: keep and print what was measured
                 log(f"interrupted during run {index}; the table holds the runs before it")
                 break
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one failed cell becomes an error row; the others still run
                 log(f"  failed: {type(exc).__name__}: {exc}")
                 row = {"error": f"{type(exc).__name__}: {exc}"}
             for field_name, value in (

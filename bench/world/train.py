@@ -461,7 +461,10 @@ def _save_strip(images: np.ndarray, path: Path) -> None:
 
 @torch.no_grad()
 def clip_zero_shot(clip_path: Path, args, device: torch.device) -> float:
-    """Share of fresh world images whose hue word the world CLIP picks among the 8 (text: 'a photo of a {hue} {shape}')."""
+    """Share of fresh world images whose hue word the world CLIP picks among the 8.
+
+    The texts are 'a photo of a {hue} {shape}'.
+    """
     from PIL import Image
 
     from inversion.clip import ClipSpec, load_clip
