@@ -75,8 +75,13 @@ def cmd_invert(args: argparse.Namespace) -> int:
     from .train import train_concept
 
     concept = ConceptConfig(
-        token=args.token, initializer=args.init, images=Path(args.images), num_vectors=args.vectors,
-        property=args.property, flip=not args.no_flip, seed=args.seed,
+        token=args.token,
+        initializer=args.init,
+        images=Path(args.images),
+        num_vectors=args.vectors,
+        property=args.property,
+        flip=not args.no_flip,
+        seed=args.seed,
     )
     config = TrainConfig(**values_from_args(args, _INVERT))
     components = load_components(args.model)
@@ -86,8 +91,13 @@ def cmd_invert(args: argparse.Namespace) -> int:
     def progress(report) -> None:
         nonlocal bar
         if bar is None:  # opened on the first step, after images and model loaded without error
-            bar = tqdm(total=config.steps, initial=config.steps - report.total_steps, desc=f"learning {concept.token}",
-                       unit="step", dynamic_ncols=True)
+            bar = tqdm(
+                total=config.steps,
+                initial=config.steps - report.total_steps,
+                desc=f"learning {concept.token}",
+                unit="step",
+                dynamic_ncols=True,
+            )
         bar.set_postfix(loss=f"{next(iter(report.losses.values()), float('nan')):.4f}", refresh=False)
         bar.update(1)
 
@@ -97,7 +107,10 @@ def cmd_invert(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     per_step = result.seconds / max(1, result.steps - result.resumed_from)
-    print(f"learned {result.token} in {result.steps} steps (final loss {result.final_loss:.4f}, {per_step:.3f} s/step)")
+    print(
+        f"learned {result.token} in {result.steps} steps, stopped by {result.stop_reason} "
+        f"(final loss {result.final_loss:.4f}, {per_step:.3f} s/step)"
+    )
     for kind, path in result.files.items():
         print(f"  {kind}: {path}")
     return 0
@@ -111,8 +124,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import Renderer, RenderSettings, make_grid
 
     embeddings = load_embeddings(args.embedding)
-    settings = RenderSettings(steps=args.render_steps, guidance=args.guidance, resolution=args.resolution,
-                              precision=args.precision, device=args.device, sampler=args.sampler)
+    settings = RenderSettings(
+        steps=args.render_steps,
+        guidance=args.guidance,
+        resolution=args.resolution,
+        precision=args.precision,
+        device=args.device,
+        sampler=args.sampler,
+    )
     renderer = Renderer(load_components(args.model), settings)
     with tqdm(total=len(args.prompt) * len(args.seeds), desc="rendering", unit="img") as bar:
         rows = renderer.render(args.prompt, args.seeds, embeddings, progress=lambda done, _: bar.update(done - bar.n))
@@ -128,17 +147,29 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     evaluation = EvalConfig(**values_from_args(args, _EVAL.values()))
     scores = run_score_command(
-        args.model, args.embedding[0], args.images, args.out,
-        clip_spec(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained), args.class_word,
-        prompts_file=args.prompts, samples=evaluation.samples, captions=args.caption or None, property=args.property,
-        token=args.token, words=args.embedding[1:],
-        render=RenderSettings(steps=evaluation.render_steps, guidance=evaluation.guidance, device=args.device,
-                              sampler=evaluation.sampler),
-        clip_device=args.device, log=lambda message: print(message, flush=True),
+        args.model,
+        args.embedding[0],
+        args.images,
+        args.out,
+        clip_spec(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained),
+        args.class_word,
+        prompts_file=args.prompts,
+        samples=evaluation.samples,
+        captions=args.caption or None,
+        property=args.property,
+        token=args.token,
+        words=args.embedding[1:],
+        render=RenderSettings(
+            steps=evaluation.render_steps, guidance=evaluation.guidance, device=args.device, sampler=evaluation.sampler
+        ),
+        clip_device=args.device,
+        log=lambda message: print(message, flush=True),
     )
-    print(f"image similarity {scores['image_similarity']:.4f} (words only {scores['baseline_image_similarity']:.4f}, "
-          f"lift {scores['inversion_lift']:+.4f}); text similarity {scores['text_similarity']:.4f} "
-          f"(words only {scores['baseline_text_similarity']:.4f}) — raw CLIP cosines")
+    print(
+        f"image similarity {scores['image_similarity']:.4f} (words only {scores['baseline_image_similarity']:.4f}, "
+        f"lift {scores['inversion_lift']:+.4f}); text similarity {scores['text_similarity']:.4f} "
+        f"(words only {scores['baseline_text_similarity']:.4f}) — raw CLIP cosines"
+    )
     print(f"wrote {scores['files']['scores']}")
     return 0
 
@@ -157,6 +188,7 @@ def run_score_command(
     captions: Sequence[str] | None = None,
     property: str = "object",
     token: str | None = None,
+    words: Sequence[str | Path] = (),
     render: RenderSettings | None = None,
     clip_device: str = "auto",
     clip_batch_size: int = 32,
@@ -164,11 +196,13 @@ def run_score_command(
 ) -> dict[str, Any]:
     """``sstar score``: load the models, render, score, write ``grid.png``, ``baseline_grid.png`` and ``scores.json``.
 
-    Cheap checks (images, embedding file, prompts) run before any model loads. Returns the scores
+    ``words`` are more embedding files installed while rendering, so the prompts may name their tokens
+    (``{} in the style of <brand-style>``); a token held by two files is refused naming both.
+    Cheap checks (images, embedding files, prompts) run before any model loads. Returns the scores
     written to ``scores.json`` (raw cosines), with ``files`` naming the written files by their full paths.
     """
     from .clip import load_clip
-    from .formats import load_embedding
+    from .formats import load_embeddings
     from .images import list_images, open_rgb
     from .models import load_components
     from .prompts import load_prompts
@@ -177,11 +211,15 @@ def run_score_command(
 
     say = log or (lambda message: None)
     files = list_images(Path(images_dir))
-    embedding = load_embedding(Path(embedding_path), token=token)
+    embedding, *others = load_embeddings([embedding_path, *words], tokens=[token])
     prompts = load_prompts(Path(prompts_file)) if prompts_file is not None else None
     settings = ScoreSettings(
-        prompts=prompts, samples=samples, seeds=tuple(seeds) if seeds is not None else None,
-        render=render or RenderSettings(), clip_batch_size=clip_batch_size,
+        prompts=prompts,
+        samples=samples,
+        seeds=tuple(seeds) if seeds is not None else None,
+        render=render or RenderSettings(),
+        clip_batch_size=clip_batch_size,
+        words=tuple(others),
     )
     reference_images = [open_rgb(path) for path in files]
     say(f"loading CLIP {clip_spec.describe()}")
@@ -192,7 +230,14 @@ def run_score_command(
     count = len(settings.prompts_for(property))
     say(f"scoring {embedding.token} over {count} prompts × {len(settings.seed_list)} seeds")
     scores = score_concept(
-        renderer, clip, embedding, reference_images, class_word, captions, property, settings,
+        renderer,
+        clip,
+        embedding,
+        reference_images,
+        class_word,
+        captions,
+        property,
+        settings,
         reference_embeds=reference_embeds,
     )
     written = write_scores(scores, Path(out_dir))
@@ -214,8 +259,11 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
     p = sub.add_parser("model", help="write a random-weight diffusers model folder (no download)")
-    p.add_argument("name", choices=("tiny", "sd15-random", "sd2-tiny", "sd2-random", "sdxl-tiny", "sdxl-random"),
-                   help="*-tiny: a few MB, for tests; *-random: the real architecture (SD 1.5, 2.1, XL base)")
+    p.add_argument(
+        "name",
+        choices=("tiny", "sd15-random", "sd2-tiny", "sd2-random", "sdxl-tiny", "sdxl-random"),
+        help="*-tiny: a few MB, for tests; *-random: the real architecture (SD 1.5, 2.1, XL base)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_model)
@@ -235,12 +283,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("render", help="render prompts with learned embeddings into a labelled grid")
     p.add_argument("--model", required=True)
-    p.add_argument("--embedding", nargs="*", default=[], action="extend",
-                   help="embedding file(s) of one model family: diffusers, A1111, kohya or SDXL (repeatable)")
-    p.add_argument("--prompt", action="append", required=True,
-                   help="a prompt (repeatable); (<tok>:0.7) gives a word a strength, as in A1111")
+    p.add_argument(
+        "--embedding",
+        nargs="*",
+        default=[],
+        action="extend",
+        help="embedding file(s) of one model family: diffusers, A1111, kohya or SDXL (repeatable)",
+    )
+    p.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a prompt (repeatable); (<tok>:0.7) gives a word a strength, as in A1111",
+    )
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3])
-    add_arguments(p, [_EVAL["render_steps"], _EVAL["guidance"]], flags={"render_steps": "--steps"})
+    add_arguments(p, [_EVAL["sampler"], _EVAL["render_steps"], _EVAL["guidance"]], flags={"render_steps": "--steps"})
     p.add_argument("--resolution", type=int, default=None, help="image size in px (default: the model's)")
     add_arguments(p, [_TRAIN["precision"], _TRAIN["device"]])
     p.add_argument("--out", required=True, help="grid PNG path")
@@ -248,7 +305,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
     p.add_argument("--model", required=True)
-    p.add_argument("--embedding", required=True, help="embedding file: diffusers, A1111 or kohya")
+    p.add_argument(
+        "--embedding",
+        required=True,
+        nargs="+",
+        action="extend",
+        help=(
+            "embedding file(s): the first is the word scored ({} in the prompts); more are installed "
+            "too, so prompts may name their tokens (repeatable)"
+        ),
+    )
     p.add_argument("--images", required=True, help="folder of the concept's training images")
     p.add_argument("--class-word", required=True, help="the concept's class word (e.g. the initializer, 'cat')")
     p.add_argument("--token", help="override the token stored in the embedding file")
@@ -261,11 +327,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("merge", help="write a new word from learned words (weighted sum, slerp or concatenation)")
-    p.add_argument("--from", dest="sources", action="append", required=True, metavar="FILE[:WEIGHT]",
-                   help="a parent embedding file and its weight (default 1; repeatable)")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="FILE[:WEIGHT]",
+        help="a parent embedding file and its weight (default 1; repeatable)",
+    )
     p.add_argument("--token", required=True, help="the new word, e.g. '<ab>'")
-    p.add_argument("--mode", choices=MERGE_MODES, default="sum",
-                   help=("sum: weighted sum of matched vectors; slerp: spherical interpolation of two words' "
-                         "matched vectors; concat: one multi-vector word (default sum)"))
+    p.add_argument(
+        "--mode",
+        choices=MERGE_MODES,
+        default="sum",
+        help=(
+            "sum: weighted sum of matched vectors; slerp: spherical interpolation of two words' "
+            "matched vectors; concat: one multi-vector word (default sum)"
+        ),
+    )
     p.add_argument("--out", required=True, help="folder for the new word's files (every format sstar writes)")
     p.set_defaults(func=cmd_merge)

@@ -37,17 +37,20 @@ def _word(token: str, components, vectors: int = 1, seed: int = 0) -> LearnedEmb
 # --- the syntax ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("prompt, expected", [
-    ("a photo of (<mug>:0.7) here", [("a photo of ", 1.0), ("<mug>", 0.7), (" here", 1.0)]),
-    ("(a)", [("a", 1.1)]),
-    ("[a]", [("a", 1 / 1.1)]),
-    ("((a)) b", [("a", 1.1 * 1.1), (" b", 1.0)]),
-    ("(a (b:2) c:0.5)", [("a ", 0.5), ("b", 1.0), (" c", 0.5)]),
-    (r"\(a\) \[b\] c\\d", [("(a) [b] c\\d", 1.0)]),
-    ("a) b] c: d", [("a) b] c: d", 1.0)]),
-    ("a (b", [("a ", 1.0), ("b", 1.1)]),
-    ("", [("", 1.0)]),
-])
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("a photo of (<mug>:0.7) here", [("a photo of ", 1.0), ("<mug>", 0.7), (" here", 1.0)]),
+        ("(a)", [("a", 1.1)]),
+        ("[a]", [("a", 1 / 1.1)]),
+        ("((a)) b", [("a", 1.1 * 1.1), (" b", 1.0)]),
+        ("(a (b:2) c:0.5)", [("a ", 0.5), ("b", 1.0), (" c", 0.5)]),
+        (r"\(a\) \[b\] c\\d", [("(a) [b] c\\d", 1.0)]),
+        ("a) b] c: d", [("a) b] c: d", 1.0)]),
+        ("a (b", [("a ", 1.0), ("b", 1.1)]),
+        ("", [("", 1.0)]),
+    ],
+)
 def test_parse_follows_a1111_attention_syntax(prompt, expected):
     segments = parse_weights(prompt)
     assert [s.text for s in segments] == [text for text, _ in expected]
@@ -95,8 +98,9 @@ def test_every_vector_of_a_multi_vector_word_carries_its_strength(components):
         plain = text.encode([plain_text(prompt)]).hidden[0]
         weighted = encode_weighted(text, [prompt]).hidden[0]
     ids = text.tokenizer(plain_text(prompt)).input_ids
-    multipliers = torch.tensor([0.5 if i in placeholder.ids else 1.0 for i in ids]
-                               + [1.0] * (plain.shape[0] - len(ids)))
+    multipliers = torch.tensor(
+        [0.5 if i in placeholder.ids else 1.0 for i in ids] + [1.0] * (plain.shape[0] - len(ids))
+    )
     assert int((multipliers == 0.5).sum()) == 3
     expected = plain * multipliers[:, None]
     expected *= plain.mean() / expected.mean()
@@ -110,8 +114,9 @@ def test_sdxl_weights_each_text_encoder_on_its_own_and_keeps_the_pooled_embeddin
         plain = text.encode(["a photo of a cat"])
         weighted = encode_weighted(text, ["a photo of a (cat:1.8)"])
     torch.testing.assert_close(weighted.pooled, plain.pooled)
-    position = text.tokenizer("a photo of a cat").input_ids.index(text.tokenizer("cat", add_special_tokens=False)
-                                                                   .input_ids[0])
+    position = text.tokenizer("a photo of a cat").input_ids.index(
+        text.tokenizer("cat", add_special_tokens=False).input_ids[0]
+    )
     start = 0
     for width in text.widths:
         part = plain.hidden[0, :, start : start + width]
@@ -128,8 +133,11 @@ def test_sdxl_weights_each_text_encoder_on_its_own_and_keeps_the_pooled_embeddin
 def test_renderer_applies_strengths(components):
     words = [_word("<mug>", components, seed=1), _word("<brand>", components, vectors=2, seed=2)]
     renderer = Renderer(components, FAST)
-    prompts = ["a photo of <mug> in the style of <brand>", "a photo of (<mug>:1.0) in the style of <brand>",
-               "a photo of (<mug>:0.3) in the style of (<brand>:1.6)"]
+    prompts = [
+        "a photo of <mug> in the style of <brand>",
+        "a photo of (<mug>:1.0) in the style of <brand>",
+        "a photo of (<mug>:0.3) in the style of (<brand>:1.6)",
+    ]
     rows = renderer.render(prompts, [0], words)
     pixels = [torch.tensor(list(row[0].getdata()), dtype=torch.float32) for row in rows]
     # strength 1 is no strength (the syntax is not read as literal brackets); up to batch rounding
@@ -147,8 +155,21 @@ def test_two_files_with_the_same_token_are_refused_naming_both(components, tmp_p
         load_embeddings([first, second])
     message = str(caught.value)
     assert str(first) in message and str(second) in message and "<mug>" in message and "\n" not in message
-    code = main(["render", "--model", str(tiny_model_dir), "--embedding", str(first), "--embedding", str(second),
-                 "--prompt", "a <mug>", "--out", str(tmp_path / "grid.png")])
+    code = main(
+        [
+            "render",
+            "--model",
+            str(tiny_model_dir),
+            "--embedding",
+            str(first),
+            "--embedding",
+            str(second),
+            "--prompt",
+            "a <mug>",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(second) in err
     assert not (tmp_path / "grid.png").exists()
@@ -165,9 +186,58 @@ def test_render_command_takes_several_words_and_strengths(components, tmp_path, 
     first = save_diffusers(_word("<mug>", components), tmp_path / "a" / "learned_embeds.safetensors")
     second = save_a1111(_word("<x>", components, vectors=2), tmp_path / "b" / "brand.pt")
     grid = tmp_path / "grid.png"
-    code = main(["render", "--model", str(tiny_model_dir), "--embedding", str(first), str(second),
-                 "--prompt", "a (<mug>:0.7) in the style of (<brand>:1.2)", "--seeds", "0", "--steps", "1",
-                 "--out", str(grid)])
+    code = main(
+        [
+            "render",
+            "--model",
+            str(tiny_model_dir),
+            "--embedding",
+            str(first),
+            str(second),
+            "--prompt",
+            "a (<mug>:0.7) in the style of (<brand>:1.2)",
+            "--seeds",
+            "0",
+            "--steps",
+            "1",
+            "--out",
+            str(grid),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert grid.is_file() and f"wrote {grid}" in capsys.readouterr().out
 
+
+def test_score_command_installs_more_words_for_its_prompts(components, tmp_path, tiny_model_dir):
+    import json
+
+    from inversion.cli import run_score_command
+    from inversion.clip import TINY_ARCH, ClipSpec, write_tiny_clip
+    from tests.conftest import write_shape_images
+
+    clip = ClipSpec(TINY_ARCH, checkpoint=write_tiny_clip(tmp_path / "clip.safetensors"))
+    mug = save_diffusers(_word("<mug>", components), tmp_path / "mug" / "learned_embeds.safetensors")
+    brand = save_a1111(_word("<x>", components, vectors=2), tmp_path / "brand" / "brand.pt")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a {} in the style of (<brand>:0.8)\n")
+    images = write_shape_images(tmp_path / "images", count=2)
+    result = run_score_command(
+        tiny_model_dir,
+        mug,
+        images,
+        tmp_path / "out",
+        clip,
+        "mug",
+        prompts_file=prompts,
+        samples=1,
+        words=[brand],
+        render=FAST,
+        clip_device="cpu",
+    )
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved["token"] == "<mug>" and result["image_similarity"] == saved["image_similarity"]
+    assert saved["learned"]["per_prompt"][0]["prompt"] == "a photo of a <mug> in the style of (<brand>:0.8)"
+    # CLIP reads the class word and the prompt without its weight syntax
+    assert saved["learned"]["per_prompt"][0]["text_prompt"] == "a photo of a mug in the style of <brand>"
+    with pytest.raises(EmbeddingFormatError, match="both hold the token <mug>"):
+        run_score_command(tiny_model_dir, mug, images, tmp_path / "out2", clip, "mug", words=[mug])
