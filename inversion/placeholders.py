@@ -9,7 +9,8 @@ another concept's word of the same catalog (:func:`token_collisions`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from functools import lru_cache
 
 from .errors import TokenError
 
@@ -28,10 +29,16 @@ def _matched(name: str) -> str:
     return name.lower()
 
 
-def vocabulary_clash(token: str, num_vectors: int, vocabulary: Iterable[str]) -> str | None:
+@lru_cache(maxsize=4)
+def _matched_vocabulary(vocabulary: frozenset[str]) -> frozenset[str]:
+    return frozenset(_matched(word) for word in vocabulary)
+
+
+def vocabulary_clash(token: str, num_vectors: int, vocabulary: frozenset[str]) -> str | None:
     """The first of ``token``'s vector names the tokenizer would read as a word of ``vocabulary``
-    (compared ignoring case), or ``None``."""
-    known = {_matched(word) for word in vocabulary}
+    (compared ignoring case), or ``None``. The vocabulary's matched forms are computed once per
+    vocabulary, not per call: a scan checks every concept against the same one."""
+    known = _matched_vocabulary(vocabulary)
     return next((name for name in vector_names(token, num_vectors) if _matched(name) in known), None)
 
 
