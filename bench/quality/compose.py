@@ -580,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": " ".join(["python -m bench.quality.compose", *(argv if argv is not None else sys.argv[1:])]),
         "settings": asdict(settings),
-        "seconds": time.perf_counter() - tick,
+        "total_seconds": time.perf_counter() - tick,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
     write_results(result, args.out, meta)
     print(
-        f"wrote {args.out} ({meta['seconds']:.0f}s; load average {load_before[0]:.1f} → "
+        f"wrote {args.out} ({meta['total_seconds']:.0f}s; load average {load_before[0]:.1f} → "
         f"{meta['load_average_after'][0]:.1f})"
     )
     return 0
