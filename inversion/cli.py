@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, TrainConfig, clip_spec
+from .config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, Property, TrainConfig, clip_spec
 from .fields import add_arguments, settings_of, values_from_args
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def run_score_command(
     samples: int = 4,
     seeds: Sequence[int] | None = None,
     captions: Sequence[str] | None = None,
-    property: str = "object",
+    property: Property = "object",
     token: str | None = None,
     words: Sequence[str | Path] = (),
     render: RenderSettings | None = None,

@@ -17,7 +17,7 @@ import builtins
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, get_args
 
 from .errors import ConfigError
 from .fields import setting, validate
@@ -32,6 +32,7 @@ LrSchedule = Literal["constant", "cosine"]
 Sampler = Literal["ddim", "dpm"]  # inversion.render.make_scheduler
 PROPERTIES: tuple[str, ...] = get_args(Property)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 #: how ``sstar merge`` combines learned words (:mod:`inversion.merge`; here so the CLI needs no torch)
 MergeMode = Literal["sum", "slerp", "concat"]
@@ -47,6 +48,17 @@ _TOKEN_RE = re.compile(r"^\S+$")
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _is_property(value: object) -> TypeGuard[Property]:
+    return value in PROPERTIES
+
+
+def as_property(value: str) -> Property:
+    """``value`` as a :data:`Property` (``object`` or ``style``); a one-line :class:`ConfigError` names any other."""
+    if not _is_property(value):
+        raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ def _config_signature(source: str) -> tuple:
     model replaced at the same path is read again; a hub id is its own signature."""
     if _is_hub_id(source):
         return ()
-    signature = []
+    signature: list[tuple[int, int] | None] = []
     for name in ("model_index.json", "text_encoder/config.json"):
         try:
             stat = (Path(source).expanduser() / name).stat()
@@ -187,7 +187,7 @@ def _cached_vocabulary(source: str, signature: tuple) -> frozenset[str]:
 def _tokenizer_signature(source: str) -> tuple:
     if _is_hub_id(source):
         return ()
-    signature = []
+    signature: list[tuple[int, int] | None] = []
     for folder in TOKENIZER_FOLDERS:
         for name in ("tokenizer.json", "vocab.json", "added_tokens.json", "tokenizer_config.json"):
             try:

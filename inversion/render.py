@@ -13,20 +13,18 @@ import math
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .config import SAMPLERS, Precision, Sampler
 from .device import resolve_device, resolve_dtype
 from .families import PromptEncoder, build_pipeline
 from .formats import LearnedEmbedding
 from .models import DiffusionComponents
 from .tokens import expand_token
 from .weighting import encode_weighted
-
-Sampler = Literal["ddim", "dpm"]
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
 
 
 def make_scheduler(sampler: str, config: Any) -> Any:
@@ -49,7 +47,7 @@ class RenderSettings:
     steps: int = 25
     guidance: float = 7.5
     resolution: int | None = None
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     device: str = "auto"
     batch_size: int = 8
     sampler: Sampler = "ddim"
@@ -122,7 +120,7 @@ class Renderer:
         return noise.to(self.device, self.dtype)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font

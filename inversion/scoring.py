@@ -21,6 +21,7 @@ images the learned word gets than a description does.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ from PIL import Image
 from common.atomic import atomic_write_bytes
 
 from .clip import ClipModel
-from .config import PROPERTIES
+from .config import Property, as_property
 from .errors import ConfigError, InputError
 from .families import PromptEncoder
 from .filenames import (
@@ -192,7 +193,7 @@ class ConceptScores:
 
     token: str
     class_word: str
-    property: str
+    property: Property
     clip: str
     templates: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -200,28 +201,28 @@ class ConceptScores:
     learned: VariantScores
     baselines: list[VariantScores]
 
-    @property
+    @builtins.property  # the ``property`` field shadows the builtin in this class body
     def image_similarity(self) -> float:
         return self.learned.image_similarity
 
-    @property
+    @builtins.property
     def text_similarity(self) -> float:
         return self.learned.text_similarity
 
-    @property
+    @builtins.property
     def baseline_image_similarity(self) -> float:
         return _mean([b.image_similarity for b in self.baselines])
 
-    @property
+    @builtins.property
     def baseline_text_similarity(self) -> float:
         return _mean([b.text_similarity for b in self.baselines])
 
-    @property
+    @builtins.property
     def inversion_lift(self) -> float:
         """Image similarity of the learned word minus that of the words-only baseline."""
         return self.image_similarity - self.baseline_image_similarity
 
-    @property
+    @builtins.property
     def text_lift(self) -> float:
         """Text similarity of the learned word minus the baseline's (usually ≤ 0: the editability cost)."""
         return self.text_similarity - self.baseline_text_similarity
@@ -362,7 +363,7 @@ class ScoreRequest:
     class_word: str
     reference_images: Sequence[Image.Image] = ()
     captions: Sequence[str] | None = None
-    property: str = "object"
+    property: Property = "object"
     reference_embeds: torch.Tensor | None = None
 
 
@@ -380,9 +381,7 @@ class _Plan:
 
 
 def _plan(renderer: Renderer, clip: ClipModel, request: ScoreRequest, settings: ScoreSettings) -> _Plan:
-    embedding, property = request.embedding, request.property
-    if property not in PROPERTIES:
-        raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {property!r}")
+    embedding, property = request.embedding, as_property(request.property)
     if not request.class_word or not request.class_word.strip():
         raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
     class_word = request.class_word.strip()
@@ -446,6 +445,23 @@ def _baseline_images(
     return [found[tuple(g)] for g in groups]
 
 
+def _score_variant(
+    clip: ClipModel, plan: _Plan, settings: ScoreSettings, phrase: str, images: list[list[Image.Image]]
+) -> VariantScores:
+    """:func:`_score_images` of one of ``plan``'s variants (its learned word or a baseline phrase):
+    every variant of a plan shares the CLIP, templates, references and text embeddings."""
+    return _score_images(
+        clip=clip,
+        templates=plan.templates,
+        phrase=phrase,
+        images=images,
+        reference_embeds=plan.reference_embeds,
+        text_prompts=plan.text_prompts,
+        text_embeds=plan.text_embeds,
+        clip_batch_size=settings.clip_batch_size,
+    )
+
+
 def score_concepts(
     renderer: Renderer,
     clip: ClipModel,
@@ -476,14 +492,6 @@ def score_concepts(
     )
     results = []
     for plan, learned_images in zip(plans, learned):
-        shared = dict(
-            clip=clip,
-            templates=plan.templates,
-            reference_embeds=plan.reference_embeds,
-            text_prompts=plan.text_prompts,
-            text_embeds=plan.text_embeds,
-            clip_batch_size=settings.clip_batch_size,
-        )
         token = plan.request.embedding.token
         results.append(
             ConceptScores(
@@ -494,8 +502,8 @@ def score_concepts(
                 templates=plan.templates,
                 seeds=tuple(seeds),
                 num_reference_images=int(plan.reference_embeds.shape[0]),
-                learned=_score_images(phrase=token, images=learned_images, **shared),
-                baselines=[_score_images(phrase=phrase, images=next(baselines), **shared) for phrase in plan.phrases],
+                learned=_score_variant(clip, plan, settings, token, learned_images),
+                baselines=[_score_variant(clip, plan, settings, phrase, next(baselines)) for phrase in plan.phrases],
             )
         )
     return results
@@ -508,7 +516,7 @@ def score_concept(
     reference_images: Sequence[Image.Image],
     class_word: str,
     captions: Sequence[str] | None = None,
-    property: str = "object",
+    property: Property = "object",
     settings: ScoreSettings | None = None,
     reference_embeds: torch.Tensor | None = None,
     baseline_cache: BaselineCache | None = None,

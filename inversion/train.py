@@ -445,6 +445,16 @@ def _check_plateau(components, unet, text, active, config, dtype) -> dict[str, s
     return stopped
 
 
+def _joined_time_ids(samples: Sequence[_Batch]) -> torch.Tensor | None:
+    """The SDXL time ids of ``samples`` joined in order, or ``None`` when they have none (not SDXL)."""
+    time_ids = [s.time_ids for s in samples if s.time_ids is not None]
+    if not time_ids:
+        return None
+    if len(time_ids) != len(samples):
+        raise ValueError(f"{len(samples) - len(time_ids)} of {len(samples)} batches have no SDXL time ids")
+    return torch.cat(time_ids)
+
+
 def _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps) -> None:
     """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
     tick = time.perf_counter()
@@ -459,7 +469,7 @@ def _optimizer_step(components, unet, text, active, config, device, dtype, num_t
             torch.cat([s.noise for s in samples]),
             torch.cat([s.timesteps for s in samples]),
             [p for s in samples for p in s.prompts],
-            None if samples[0].time_ids is None else torch.cat([s.time_ids for s in samples]),
+            _joined_time_ids(samples),
         )
         per_example = _example_losses(components, unet, text, batch, dtype)
         per_concept = per_example.view(len(live), config.batch_size).mean(dim=1)

@@ -14,7 +14,7 @@ import io
 from functools import lru_cache
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 from inversion.fingerprint import model_fingerprint
 from storage.errors import StorageError
@@ -40,6 +40,8 @@ def _sheet(images: list[list[Image.Image]]) -> bytes:
 
 def _cells(data: bytes) -> list[list[Image.Image]]:
     opened = Image.open(io.BytesIO(data))
+    if not isinstance(opened, PngImageFile):  # only a PNG carries the shape chunk
+        raise ValueError(f"a baseline sheet must be a PNG, got {opened.format}")
     rows, columns = (int(n) for n in opened.text[_SHAPE_KEY].split("x"))
     sheet = opened.convert("RGB")
     width, height = sheet.width // columns, sheet.height // rows

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from inversion.config import as_property
 from inversion.fingerprint import model_fingerprint
 from inversion.modelinfo import tokenizer_vocabulary
 from inversion.placeholders import token_collisions, vocabulary_clash
@@ -44,7 +45,7 @@ def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> Concept
         token=meta.token,
         initializer=meta.initializer,
         class_name=meta.class_name,
-        property=meta.property,
+        property=as_property(meta.property),  # ConceptMeta checked it; this narrows the type
         vectors=vectors_override or meta.vectors,
         images=tuple(spec.images),
         captions=tuple(meta.captions),
@@ -133,9 +134,9 @@ def scan_catalog(
         else:
             records.append(record)
     usable = {r.concept_id for r in records}
-    for problem in scan.problems:
-        if problem.concept_id not in usable:
-            fatal.setdefault(problem.concept_id, []).append(str(problem))
+    for scan_problem in scan.problems:
+        if scan_problem.concept_id not in usable:
+            fatal.setdefault(scan_problem.concept_id, []).append(str(scan_problem))
     pending = sum(r.digest is None for r in records)
     get_run_logger().info(
         "catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",

@@ -38,7 +38,7 @@ TRAINING_LOG = "training.json"
 
 def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Path) -> bool:
     record = staged.record
-    data = results.get_checkpoint(record.concept_id, record.digest, CHECKPOINT_FILENAME)
+    data = results.get_checkpoint(record.concept_id, record.known_digest(), CHECKPOINT_FILENAME)
     if data is None:
         return False
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def invert_pack(
 
         def upload_checkpoint(token: str, path: Path) -> None:
             record = by_token[token].record
-            results.put_checkpoint(record.concept_id, record.digest, CHECKPOINT_FILENAME, path.read_bytes())
+            results.put_checkpoint(record.concept_id, record.known_digest(), CHECKPOINT_FILENAME, path.read_bytes())
 
         def progress(report: StepReport) -> None:
             if time.monotonic() - last_log[0] > 10 or report.step == report.total_steps:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect import get_run_logger, task
 
@@ -20,18 +20,48 @@ from .records import ConceptRecord, ScoredConcept
 from .retry import RETRY
 from .settings import LearnSettings
 
+
+class ScoreFields(TypedDict):
+    """The score fields of ``scores.json`` that become metrics columns."""
+
+    image_similarity: float | None
+    text_similarity: float | None
+    baseline_image_similarity: float | None
+    baseline_text_similarity: float | None
+    inversion_lift: float | None
+
+
 #: the score fields of scores.json that become metrics columns
-SCORE_COLUMNS = (
-    "image_similarity",
-    "text_similarity",
-    "baseline_image_similarity",
-    "baseline_text_similarity",
-    "inversion_lift",
-)
+SCORE_COLUMNS: tuple[str, ...] = tuple(ScoreFields.__annotations__)
 
 
-def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn: LearnSettings) -> dict:
-    return dict(
+class _IdentityFields(TypedDict):
+    """The metrics columns that say which concept, run and settings a row is about."""
+
+    run_id: str
+    concept_id: str
+    digest: str | None
+    token: str | None
+    model: str
+    model_family: str | None
+    steps: int
+    vectors: int | None
+    lr: float
+
+
+def _score_fields(scores: Mapping[str, Any]) -> ScoreFields:
+    """The metrics score columns of ``scores`` (a ``scores.json`` or an index row); absent ones are ``None``."""
+    return ScoreFields(
+        image_similarity=scores.get("image_similarity"),
+        text_similarity=scores.get("text_similarity"),
+        baseline_image_similarity=scores.get("baseline_image_similarity"),
+        baseline_text_similarity=scores.get("baseline_text_similarity"),
+        inversion_lift=scores.get("inversion_lift"),
+    )
+
+
+def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn: LearnSettings) -> _IdentityFields:
+    return _IdentityFields(
         run_id=run_id,
         concept_id=concept_id,
         digest=record.digest if record else None,
@@ -57,27 +87,28 @@ def skipped_row(
     ``index_row`` (the embeddings index's row for the concept) when that is the same result, so a
     run that skips thousands of concepts reads one index, not two objects per concept."""
     results = ResultStore.open(out_uri)
-    if index_row is not None and index_row.get("digest") == record.digest:
+    digest = record.known_digest()
+    if index_row is not None and index_row.get("digest") == digest:
         return MetricsRow(
             status="skipped",
             error=None,
             embedding_uri=index_row.get("embedding_uri"),
             grid_uri=index_row.get("grid_uri"),
-            **{k: index_row.get(k) for k in SCORE_COLUMNS},
+            **_score_fields(index_row),
             **_base_row(run_id, record, record.concept_id, learn),
         )
-    manifest = results.read_manifest(record.concept_id, record.digest)
+    manifest = results.read_manifest(record.concept_id, digest)
     scores = {}
     if manifest is not None and "scores.json" in manifest.files:
-        scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, record.digest, "scores.json")))
+        scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, digest, "scores.json")))
     return MetricsRow(
         status="skipped",
         error=None,
-        embedding_uri=results.uri(record.concept_id, record.digest, "learned_embeds.safetensors"),
-        grid_uri=results.uri(record.concept_id, record.digest, "grid.png")
+        embedding_uri=results.uri(record.concept_id, digest, "learned_embeds.safetensors"),
+        grid_uri=results.uri(record.concept_id, digest, "grid.png")
         if manifest and "grid.png" in manifest.files
         else None,
-        **{k: scores.get(k) for k in SCORE_COLUMNS},
+        **_score_fields(scores),
         **_base_row(run_id, record, record.concept_id, learn),
     )
 
@@ -96,8 +127,9 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         return failed_row(run_id, record.concept_id, error, learn, record)
     files = {Path(name).name: Path(name).read_bytes() for name in scored.files}
     results = ResultStore.open(out_uri)
-    published = results.publish(record.concept_id, record.digest, files, run_id, replace_incomplete=True)
-    results.clear_checkpoints(record.concept_id, record.digest)
+    digest = record.known_digest()
+    published = results.publish(record.concept_id, digest, files, run_id, replace_incomplete=True)
+    results.clear_checkpoints(record.concept_id, digest)
     get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
     return MetricsRow(
         status="ok",
@@ -109,7 +141,7 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         stop_reason=inversion.stop_reason,
         embedding_uri=published.uris.get("learned_embeds.safetensors"),
         grid_uri=published.uris.get("grid.png"),
-        **{k: scored.scores.get(k) for k in SCORE_COLUMNS},
+        **_score_fields(scored.scores),
         **_base_row(run_id, record, record.concept_id, learn),
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from inversion.config import Property
 from storage.scanstate import ConceptState
 
 
@@ -21,7 +22,7 @@ class ConceptRecord:
     token: str
     initializer: str
     class_name: str
-    property: str
+    property: Property
     vectors: int
     images: tuple[str, ...]
     captions: tuple[str, ...] = ()
@@ -29,6 +30,13 @@ class ConceptRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def known_digest(self) -> str:
+        """The digest, which a record has once its images were read (every staged concept that has
+        usable images, or a complete result); a one-line error names a record still pending."""
+        if self.digest is None:
+            raise ValueError(f"concept {self.concept_id} has no digest: its images have not been read")
+        return self.digest
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from functools import lru_cache
 
+from inversion.config import Precision, Sampler
+
 _lock = threading.Lock()
 
 
@@ -23,7 +25,12 @@ def diffusion_components(model: str):
 
 
 def renderer(
-    model: str, steps: int, guidance: float, device: str = "auto", precision: str = "fp32", sampler: str = "ddim"
+    model: str,
+    steps: int,
+    guidance: float,
+    device: str = "auto",
+    precision: Precision = "fp32",
+    sampler: Sampler = "ddim",
 ):
     """A renderer over the cached model (cheap to build; the weights are shared)."""
     from inversion.render import Renderer, RenderSettings

@@ -28,23 +28,23 @@ if TYPE_CHECKING:
     from inversion.scoring import ConceptScores
 
 
-def _files_to_publish(outcome: InversionOutcome, scores: ConceptScores) -> tuple[str, ...]:
+def _files_to_publish(work_dir: str, embedding_path: str, scores: ConceptScores) -> tuple[str, ...]:
+    """The files of a scored concept: its embedding files (in ``embedding_path``'s folder), training
+    log and the scores and grids written under ``work_dir``."""
     from inversion.scoring import write_scores
 
-    out_dir = Path(outcome.staged.work_dir) / "result"
-    written = write_scores(scores, out_dir)
-    embedding_dir = Path(outcome.embedding_path).parent
+    written = write_scores(scores, Path(work_dir) / "result")
+    embedding_dir = Path(embedding_path).parent
     # every embedding file the trainer wrote (the .pt, or SDXL's learned_embeds_2 and clip_l/clip_g file)
     extras = [
         *(
             p
             for p in sorted(embedding_dir.iterdir())
-            if p.suffix in (".pt", ".safetensors")
-            and p.name not in (CHECKPOINT_FILENAME, Path(outcome.embedding_path).name)
+            if p.suffix in (".pt", ".safetensors") and p.name not in (CHECKPOINT_FILENAME, Path(embedding_path).name)
         ),
         embedding_dir / TRAINING_LOG,
     ]
-    return (outcome.embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values()))
+    return (embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values()))
 
 
 def score_outcomes(
@@ -65,12 +65,13 @@ def score_outcomes(
     from inversion.scoring import ScoreRequest, ScoreSettings, score_concepts
 
     scored: dict[int, ScoredConcept] = {}
-    live = []
+    embedding_paths: dict[int, str] = {}  # the outcomes to score: those that learned an embedding
     for i, outcome in enumerate(outcomes):
         if outcome.error is not None or outcome.embedding_path is None:
             scored[i] = ScoredConcept(outcome, error=outcome.error or "no embedding was learned")
         else:
-            live.append(i)
+            embedding_paths[i] = outcome.embedding_path
+    live = list(embedding_paths)
     if live:
         try:
             requests = []
@@ -79,7 +80,7 @@ def score_outcomes(
                 references = [open_rgb(p) for p in list_images(Path(outcomes[i].staged.image_dir))]
                 requests.append(
                     ScoreRequest(
-                        load_embedding(Path(outcomes[i].embedding_path)),
+                        load_embedding(Path(embedding_paths[i])),
                         record.class_name,
                         references,
                         list(record.captions) or None,
@@ -118,9 +119,8 @@ def score_outcomes(
                 scores.baseline_image_similarity,
                 scores.inversion_lift,
             )
-            scored[i] = ScoredConcept(
-                outcome, scores.to_json(), _files_to_publish(outcome, scores), eval_seconds=eval_seconds
-            )
+            files = _files_to_publish(outcome.staged.work_dir, embedding_paths[i], scores)
+            scored[i] = ScoredConcept(outcome, scores.to_json(), files, eval_seconds=eval_seconds)
     return [scored[i] for i in range(len(outcomes))]
 
 

@@ -64,6 +64,13 @@ def test_concept_record_as_a_dict_holds_every_field() -> None:
     assert ConceptRecord(**RECORD.to_dict()) == RECORD
 
 
+def test_known_digest_is_the_digest_and_a_pending_record_names_itself() -> None:
+    assert RECORD.known_digest() == "0123456789abcdef"
+    pending = dataclasses.replace(RECORD, digest=None)
+    with pytest.raises(ValueError, match="^concept red-square has no digest"):
+        pending.known_digest()
+
+
 def _ok_row(**overrides) -> MetricsRow:
     values = dict(
         run_id="run-1",
