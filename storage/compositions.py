@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from .catalog import validate_concept_id
-from .errors import InvalidConcept, InvalidInput, NotFound, StorageError, redact
-from .objectstore import open_store, pyarrow_filesystem
+from .errors import InvalidConcept, InvalidInput, NotFound, redact
+from .objectstore import open_store
 from .results import check_run_id
+from .runfiles import append_run_file, read_run_files, rows_table
 from .settings import S3Settings
 
 COMPOSITIONS_FILE = "_compositions.json"
@@ -63,7 +60,6 @@ COMPOSITIONS_SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
-_PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
 
 
 @dataclass(frozen=True)
@@ -167,47 +163,13 @@ def append_compositions(out_uri: str, rows: Iterable[CompositionRow], s3: S3Sett
     rows = list(rows)
     if not rows or len({(r.run_id, r.run_date) for r in rows}) != 1:
         raise InvalidInput("append_compositions needs rows of one run on one date")
-    table = pa.table(
-        {
-            name: pa.array([getattr(r, name) for r in rows], type=COMPOSITIONS_SCHEMA.field(name).type)
-            for name in COMPOSITIONS_SCHEMA.names
-            if name != "run_date"
-        }
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    store = open_store(out_uri, s3)
-    for _ in range(3):
-        key = (
-            f"{COMPOSITION_METRICS_DIR}/run_date={rows[0].run_date.isoformat()}/"  # type: ignore[union-attr]
-            f"{rows[0].run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        )
-        if store.put_once(key, sink.getvalue().to_pybytes()):
-            return store.url(key)
-    raise StorageError(
-        f"could not find a free file name under {store.url(COMPOSITION_METRICS_DIR)}"
-    )  # pragma: no cover
+    run_date = rows[0].run_date
+    assert run_date is not None
+    table = rows_table(rows, COMPOSITIONS_SCHEMA).drop_columns(["run_date"])
+    return append_run_file(out_uri, COMPOSITION_METRICS_DIR, rows[0].run_id, run_date, table, s3)
 
 
 def read_composition_rows(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
     """Every composition row under ``<out>/composition_metrics/`` (:data:`COMPOSITIONS_SCHEMA`), oldest first."""
-    filesystem, base = pyarrow_filesystem(out_uri, s3)
-    path = f"{base.rstrip('/')}/{COMPOSITION_METRICS_DIR}"
-    try:
-        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-            return COMPOSITIONS_SCHEMA.empty_table()
-        table = ds.dataset(
-            path,
-            filesystem=filesystem,
-            format="parquet",
-            schema=COMPOSITIONS_SCHEMA,
-            partitioning=_PARTITIONING,
-            ignore_prefixes=[".", "_"],
-        ).to_table()
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(
-            f"cannot read composition rows under {out_uri.rstrip('/')}/{COMPOSITION_METRICS_DIR}: {exc}"
-        ) from None
-    return table.select(COMPOSITIONS_SCHEMA.names).sort_by(
-        [("created_at", "ascending"), ("composition_id", "ascending")]
-    )
+    table = read_run_files(out_uri, COMPOSITION_METRICS_DIR, COMPOSITIONS_SCHEMA, s3)
+    return table.sort_by([("created_at", "ascending"), ("composition_id", "ascending")])

@@ -13,9 +13,8 @@ a reader never sees a partial file and appends never collide. Reading goes throu
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -27,6 +26,7 @@ import pyarrow.parquet as pq
 from .errors import InvalidInput, StorageError, redact
 from .objectstore import open_store, pyarrow_filesystem
 from .results import ResultStore, check_run_id
+from .runfiles import append_run_file, read_run_files, rows_table, run_files_dataset, to_parquet
 from .settings import S3Settings
 
 __all__ = [
@@ -96,7 +96,6 @@ _INDEX_COLUMNS = (
 )
 INDEX_SCHEMA = pa.schema([METRICS_SCHEMA.field(name) for name in _INDEX_COLUMNS])
 _FILE_SCHEMA = METRICS_SCHEMA.remove(METRICS_SCHEMA.get_field_index("run_date"))
-_PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
 _INT_FIELDS = ("steps", "steps_run", "vectors")
 _FLOAT_FIELDS = (
     "lr",
@@ -188,21 +187,6 @@ class MetricsRow:
         return asdict(self)
 
 
-def _rows_table(rows: list[MetricsRow]) -> pa.Table:
-    names = [f.name for f in fields(MetricsRow)]
-    columns = {name: [getattr(r, name) for r in rows] for name in names}
-    return pa.table(
-        {name: pa.array(columns[name], type=METRICS_SCHEMA.field(name).type) for name in METRICS_SCHEMA.names},
-        schema=METRICS_SCHEMA,
-    )
-
-
-def _to_parquet(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
 def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | None = None) -> str:
     """Write ``rows`` as ONE new Parquet file under ``<out>/metrics/run_date=…/``; returns its URI.
 
@@ -224,47 +208,21 @@ def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | No
         )
     run_id, run_date = rows[0].run_id, rows[0].run_date
     assert run_date is not None
-    data = _to_parquet(_rows_table(rows).drop_columns(["run_date"]))
-    store = open_store(out_uri, s3)
-    for _ in range(3):
-        key = f"{METRICS_DIR}/run_date={run_date.isoformat()}/{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        if store.put_once(key, data):
-            return store.url(key)
-    raise StorageError(f"could not find a free metrics file name under {store.url(METRICS_DIR)}")  # pragma: no cover
+    table = rows_table(rows, METRICS_SCHEMA).drop_columns(["run_date"])
+    return append_run_file(out_uri, METRICS_DIR, run_id, run_date, table, s3)
 
 
 def metrics_dataset(out_uri: str, s3: S3Settings | None = None) -> ds.Dataset | None:
     """The metrics under ``<out>/metrics/`` as a lazy :class:`pyarrow.dataset.Dataset` with
     :data:`METRICS_SCHEMA` (columns added later read as null in older files); None when there are none.
     What ``sql/views.sql`` expects registered as ``metrics_files``."""
-    filesystem, base = pyarrow_filesystem(out_uri, s3)
-    path = f"{base.rstrip('/')}/{METRICS_DIR}"
-    try:
-        if filesystem.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        return ds.dataset(
-            path,
-            filesystem=filesystem,
-            format="parquet",
-            schema=METRICS_SCHEMA,
-            partitioning=_PARTITIONING,
-            ignore_prefixes=[".", "_"],
-        )
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None
+    return run_files_dataset(out_uri, METRICS_DIR, METRICS_SCHEMA, s3)
 
 
 def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
     """Every metrics row under ``<out>/metrics/`` as a table with :data:`METRICS_SCHEMA`, sorted by
     ``created_at``, ``run_id``, ``concept_id`` (empty table when there are none)."""
-    dataset = metrics_dataset(out_uri, s3)
-    if dataset is None:
-        return METRICS_SCHEMA.empty_table()
-    try:
-        table = dataset.to_table()
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"cannot read metrics under {out_uri.rstrip('/')}/{METRICS_DIR}: {exc}") from None
-    table = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA)
+    table = read_run_files(out_uri, METRICS_DIR, METRICS_SCHEMA, s3)
     return table.sort_by([("created_at", "ascending"), ("run_id", "ascending"), ("concept_id", "ascending")])
 
 
@@ -305,7 +263,7 @@ def update_embeddings_index(
         return store.url(INDEX_KEY)
     ordered = [latest[c] for c in sorted(latest)]
     table = pa.Table.from_pylist([{k: r[k] for k in _INDEX_COLUMNS} for r in ordered], schema=INDEX_SCHEMA)
-    return store.put(INDEX_KEY, _to_parquet(table))
+    return store.put(INDEX_KEY, to_parquet(table))
 
 
 def _is_complete(results: ResultStore, concept_id: str, digest: str) -> bool:
