@@ -180,16 +180,5 @@ def compose(
     return _row(spec, run_id, "ok", concepts, key, payload, store.url(f"{prefix}/{GRID_FILENAME}"))
 
 
-@task(name="compose", **RETRY)
-def compose_task(
-    spec: CompositionSpec,
-    concepts: list[LearnedConcept],
-    catalog_uri: str,
-    out_uri: str,
-    run_id: str,
-    learn: LearnSettings,
-    evaluation: EvalSettings,
-    run: RunSettings,
-) -> CompositionRow:
-    """:func:`compose` as a Prefect task (transient storage errors are retried)."""
-    return compose(spec, concepts, catalog_uri, out_uri, run_id, learn, evaluation, run)
+compose_task = task(name="compose", **RETRY)(compose)
+""":func:`compose` as a Prefect task (transient storage errors are retried)."""
