@@ -124,17 +124,8 @@ def score_outcomes(
     return [scored[i] for i in range(len(outcomes))]
 
 
-@task(name="score-concepts", **RETRY)
-def score_pack_task(
-    outcomes: list[InversionOutcome],
-    learn: LearnSettings,
-    evaluation: EvalSettings,
-    run: RunSettings,
-    out_uri: str | None = None,
-) -> list[ScoredConcept]:
-    """Render the evaluation prompts with each learned token of a pack and with each concept's
-    captions, score both (:func:`score_outcomes`); returns the files to publish per concept."""
-    return score_outcomes(outcomes, learn, evaluation, run, out_uri)
+score_pack_task = task(name="score-concepts", **RETRY)(score_outcomes)
+""":func:`score_outcomes` of one pack as a Prefect task (transient storage errors are retried)."""
 
 
 @task(name="score-concept", **RETRY)
