@@ -9,13 +9,10 @@ Kinds: ``LIST`` (a GET on the bucket with ``list-type``), ``GET``, ``HEAD``, ``P
 from __future__ import annotations
 
 import collections
-import http.client
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+from tests.storage.forwarding import ForwardingHandler, ForwardingServer
 
 
 @dataclass(frozen=True)
@@ -27,32 +24,12 @@ class Request:
     response_bytes: int
 
 
-class CountingProxy(ThreadingHTTPServer):
+class CountingProxy(ForwardingServer):
     """Forwards to ``upstream`` (``http://host:port``, path-style S3) and records each request."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
     def __init__(self, upstream: str) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        host, port = upstream.removeprefix("http://").split(":")
-        self.upstream = (host, int(port))
-        self.lock = threading.Lock()
+        super().__init__(upstream, _Handler)
         self.requests: list[Request] = []
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def start(self) -> "CountingProxy":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(timeout=5)
 
     def reset(self) -> list[Request]:
         """The requests recorded so far; starts a new count."""
@@ -89,26 +66,8 @@ def keys_read(requests: list[Request], key_prefix: str, suffixes: tuple[str, ...
     ]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(ForwardingHandler):
     server: CountingProxy
-
-    def log_message(self, format: str, *args) -> None:  # quiet
-        pass
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _kind(self, key: str, query: dict) -> str:
         if self.command == "GET" and not key and ("list-type" in query or "prefix" in query or not query):
@@ -116,34 +75,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.command
 
     def _handle(self) -> None:
-        body = self._read_body()
+        body = self.read_body()
         parts = urlsplit(self.path)
         bucket, _, key = unquote(parts.path).lstrip("/").partition("/")
         query = parse_qs(parts.query, keep_blank_values=True)
-        conn = http.client.HTTPConnection(*self.server.upstream, timeout=120)
-        try:
-            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-            for name, value in self.headers.items():
-                if name.lower() not in _HOP and name.lower() != "content-length":
-                    conn.putheader(name, value)
-            if body or self.command in ("PUT", "POST"):
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body or None)
-            response = conn.getresponse()
-            data = response.read()
-            headers = response.getheaders()
-        finally:
-            conn.close()
-        self.server.record(Request(self._kind(key, query), bucket, key, response.status, len(data)))
-        self.send_response_only(response.status, response.reason)
-        for name, value in headers:
-            if name.lower() in _HOP or (name.lower() == "content-length" and self.command != "HEAD"):
-                continue
-            self.send_header(name, value)
-        if self.command != "HEAD":
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        status, reason, headers, data = self.forward(body, timeout=120)
+        self.server.record(Request(self._kind(key, query), bucket, key, status, len(data)))
+        self.relay(status, reason, headers, data)
 
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
