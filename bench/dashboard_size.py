@@ -21,6 +21,39 @@ from pathlib import Path
 T0 = datetime(2024, 5, 1, 2, 0, tzinfo=timezone.utc)
 
 
+def metrics_row(
+    run_id: str, concept_id: str, status: str, created_at: datetime, lift: float | None = None, **extra: object
+) -> dict:
+    """One metrics row (a dict with the metrics columns) of a learned word with CLIP image similarity 0.8
+    and ``lift`` over its baseline (no similarities when ``lift`` is None); ``extra`` overrides columns."""
+    row = dict(
+        run_id=run_id,
+        run_date=created_at.date(),
+        concept_id=concept_id,
+        digest="cd" * 8,
+        token=f"<{concept_id}>",
+        status=status,
+        error=None,
+        model="/models/sd15",
+        steps=600,
+        vectors=1,
+        lr=5e-3,
+        image_similarity=None if lift is None else 0.8,
+        text_similarity=0.3,
+        baseline_image_similarity=None if lift is None else 0.8 - lift,
+        baseline_text_similarity=0.3,
+        inversion_lift=lift,
+        final_loss=0.1,
+        train_seconds=None,
+        eval_seconds=None,
+        embedding_uri=None,
+        grid_uri=None,
+        created_at=created_at,
+    )
+    row.update(extra)
+    return row
+
+
 def synthetic_rows(concepts: int = 10_000, runs: int = 30, changed: int = 300) -> list[dict]:
     """Metrics rows (dicts with the metrics columns) of ``runs`` runs over ``concepts`` concepts."""
     import numpy as np
@@ -33,31 +66,17 @@ def synthetic_rows(concepts: int = 10_000, runs: int = 30, changed: int = 300) -
             i = int(i)
             status = "failed" if rng.random() < 0.01 else ("ok" if run == 1 or rng.random() < 0.7 else "skipped")
             lift = None if status == "failed" else round(float(rng.normal(0.06, 0.05)), 4)
-            created = T0 + timedelta(days=run, seconds=i)
             rows.append(
-                dict(
-                    run_id=f"run-{run:03d}",
-                    run_date=created.date(),
-                    concept_id=f"concept-{i:05d}",
+                metrics_row(
+                    f"run-{run:03d}",
+                    f"concept-{i:05d}",
+                    status,
+                    T0 + timedelta(days=run, seconds=i),
+                    lift,
                     digest=f"{i:016x}",
-                    token=f"<concept-{i:05d}>",
-                    status=status,
                     error="ingest failed: concept-x/00.jpg: cannot identify image file" if status == "failed" else None,
-                    model="/models/sd15",
-                    steps=600,
-                    vectors=1,
-                    lr=5e-3,
-                    image_similarity=None if lift is None else 0.8,
-                    text_similarity=0.3,
-                    baseline_image_similarity=None if lift is None else 0.8 - lift,
-                    baseline_text_similarity=0.3,
-                    inversion_lift=lift,
-                    final_loss=0.1,
                     train_seconds=round(float(rng.gamma(9.0, 4.0)), 1) if status == "ok" else None,
                     eval_seconds=round(float(rng.gamma(4.0, 2.0)), 1) if status == "ok" else None,
-                    embedding_uri=None,
-                    grid_uri=None,
-                    created_at=created,
                 )
             )
     return rows

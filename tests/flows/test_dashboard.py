@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from bench.dashboard_size import metrics_row
 from flows.dashboard import DASHBOARD_KEY, render_dashboard, summarise
 from storage.objectstore import open_store
 from storage.results import ResultStore
@@ -18,32 +19,9 @@ EVIL = "<script>alert('x')</script>"
 
 
 def _row(run: int, concept_id: str, status: str, lift: float | None = None, **extra) -> dict:
-    row = dict(
-        run_id=f"run-{run}",
-        run_date=(T0 + timedelta(days=run)).date(),
-        concept_id=concept_id,
-        digest="cd" * 8,
-        token=f"<{concept_id}>",
-        status=status,
-        error=None,
-        model="m",
-        steps=10,
-        vectors=1,
-        lr=5e-3,
-        image_similarity=None if lift is None else 0.8,
-        text_similarity=0.3,
-        baseline_image_similarity=None if lift is None else 0.8 - lift,
-        baseline_text_similarity=0.3,
-        inversion_lift=lift,
-        final_loss=0.1,
-        train_seconds=10.0 if status == "ok" else None,
-        eval_seconds=2.0 if status == "ok" else None,
-        embedding_uri=None,
-        grid_uri=None,
-        created_at=T0 + timedelta(days=run, seconds=len(concept_id)),
-    )
-    row.update(extra)
-    return row
+    timings = dict(train_seconds=10.0, eval_seconds=2.0) if status == "ok" else {}
+    created = T0 + timedelta(days=run, seconds=len(concept_id))
+    return metrics_row(f"run-{run}", concept_id, status, created, lift, **{**timings, **extra})
 
 
 @pytest.fixture
