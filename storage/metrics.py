@@ -14,7 +14,7 @@ a reader never sees a partial file and appends never collide. Reading goes throu
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -184,7 +184,9 @@ class MetricsRow:
             object.__setattr__(self, "error", text)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as a plain dict (every field is an immutable scalar, so no deep copy: a catalog run
+        converts one row per concept)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | None = None) -> str:
