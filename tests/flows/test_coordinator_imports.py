@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
-from tests.conftest import REPO_ROOT, write_shape_images
+from tests.conftest import write_shape_images
+from tests.flows.sstar_cli import learn_argv, run_python
 
 HEAVY = ("torch", "diffusers", "transformers", "open_clip")
 COORDINATOR = (
@@ -35,14 +35,7 @@ COORDINATOR = (
 
 
 def _python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
+    return run_python(code, *args, env={**os.environ, **(env or {})})
 
 
 def test_coordinator_modules_do_not_import_torch():
@@ -85,13 +78,7 @@ def test_noop_learn_does_not_import_torch(prefect_harness, tiny_model_dir, tmp_p
     seed_learned_output(open_store(str(catalog)), open_store(str(out)), LearnSettings(model=str(tiny_model_dir)))
     done = _python(
         NOOP_LEARN,
-        "learn",
-        "--catalog",
-        str(catalog),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model_dir),
+        *learn_argv(catalog, out, tiny_model_dir),
         env={"PREFECT_API_URL": str(PREFECT_API_URL.value())},
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_shape_images
+from tests.flows.sstar_cli import learn_argv, run_python
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SSTAR = Path(sys.executable).with_name("sstar")  # the installed entry point, as a user runs it
 
 
@@ -37,10 +37,7 @@ def _apply_defaults(tmp_path: Path, env: dict[str, str]) -> dict:
         "print(json.dumps({'applied': applied, 'timeout': s.ephemeral.startup_timeout_seconds,"
         " 'analytics': s.analytics_enabled}))\n"
     )
-    env = {**env, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_python(code, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -88,35 +85,21 @@ def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path
     (catalog / "red-square" / "concept.json").write_text(json.dumps({"initializer": "square"}))
     assert not home.exists()
 
+    argv = learn_argv(
+        catalog,
+        out,
+        tiny_model_dir,
+        tiny_clip=clip,
+        steps=1,
+        batch_size=1,
+        samples=1,
+        render_steps=1,
+        prompts=prompts,
+        device="cpu",
+        workers=1,
+    )
     done = subprocess.run(
-        [
-            str(SSTAR),
-            "learn",
-            "--catalog",
-            str(catalog),
-            "--out",
-            str(out),
-            "--model",
-            str(tiny_model_dir),
-            "--steps",
-            "1",
-            "--batch-size",
-            "1",
-            "--samples",
-            "1",
-            "--render-steps",
-            "1",
-            "--prompts",
-            str(prompts),
-            "--clip-arch",
-            "sstar-tiny-clip",
-            "--clip-checkpoint",
-            str(clip),
-            "--device",
-            "cpu",
-            "--workers",
-            "1",
-        ],
+        [str(SSTAR), *argv],
         env=_fresh_env(home),
         cwd=tmp_path,
         capture_output=True,

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import write_shape_images
+from tests.flows.sstar_cli import learn_argv
 
 
 @pytest.fixture(scope="module")
@@ -27,26 +28,7 @@ def _learn(catalog, out, model, *extra: str) -> tuple[int, str, float]:
     err = io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stderr(err):
-        code = main(
-            [
-                "learn",
-                "--catalog",
-                str(catalog),
-                "--out",
-                str(out),
-                "--model",
-                str(model),
-                "--steps",
-                "1",
-                "--samples",
-                "1",
-                "--render-steps",
-                "1",
-                "--device",
-                "cpu",
-                *extra,
-            ]
-        )
+        code = main([*learn_argv(catalog, out, model, steps=1, samples=1, render_steps=1, device="cpu"), *extra])
     return code, err.getvalue(), time.monotonic() - started
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import write_shape_images
+from tests.flows.sstar_cli import learn_argv
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -21,35 +22,20 @@ STEPS = 100
 
 
 def _learn_args(catalog, out, model, clip):
-    return [
-        "learn",
-        "--catalog",
-        str(catalog),
-        "--out",
-        str(out),
-        "--model",
-        str(model),
-        "--steps",
-        str(STEPS),
-        "--batch-size",
-        "1",
-        "--checkpoint-every",
-        "5",
-        "--samples",
-        "1",
-        "--render-steps",
-        "2",
-        "--prompts",
-        str(clip.parent / "prompts.txt"),
-        "--clip-arch",
-        "sstar-tiny-clip",
-        "--clip-checkpoint",
-        str(clip),
-        "--device",
-        "cpu",
-        "--workers",
-        "1",
-    ]
+    return learn_argv(
+        catalog,
+        out,
+        model,
+        tiny_clip=clip,
+        steps=STEPS,
+        batch_size=1,
+        checkpoint_every=5,
+        samples=1,
+        render_steps=2,
+        prompts=clip.parent / "prompts.txt",
+        device="cpu",
+        workers=1,
+    )
 
 
 def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_dir, tmp_path):
