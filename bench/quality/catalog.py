@@ -6,7 +6,7 @@ plateau rule (with continuous packing and the cached words-only baseline, both a
 
 Writes a catalog of the toy world's 4 held-out concepts and 4 more at the other half-way hues
 (:data:`EXTRA`), runs the real command (``sstar learn`` in a subprocess, Prefect's ephemeral server,
-one torch thread as the demo) into ``DIR/out`` with the demo's evaluation (``a photo of a {}``,
+one torch thread as the demo, a brand-new ``PREFECT_HOME`` per run) into ``DIR/out-<stop>`` with the demo's evaluation (``a photo of a {}``,
 guidance 3, the world CLIP), and prints the wall time and, per concept, the metrics row: status,
 steps run, stop reason, training and evaluation seconds, CLIP image similarity and lift. ``--rerun``
 runs the same catalog a second time into a fresh output that keeps the first run's baseline cache
@@ -56,7 +56,9 @@ def run_catalog(root: Path, stop: str, steps: int, sampler: str, render_steps: i
                "--render-steps", str(render_steps), "--sampler", sampler, "--guidance", "3",
                "--clip-arch", toyworld.CLIP_ARCH, "--clip-checkpoint", str(toyworld.CLIP_CHECKPOINT),
                "--device", "cpu", "--workers", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    home = out.parent / f"prefect-home-{out.name}"  # a fresh Prefect home per run: its migration costs each run
+    shutil.rmtree(home, ignore_errors=True)          # the same, and no slot left in a shared database blocks it
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(home)}
     tick = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - tick

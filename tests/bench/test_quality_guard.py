@@ -15,6 +15,19 @@ import pytest
 
 from toyworld import MODEL_DIR as WEIGHTS
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The world's tensors are tiny: one intra-op thread, as the demo runs (flows/demo.py). On the shared
+    2-core machine (load 8-15) two threads spin-waited for a preempted partner: the plateau guard ran past
+    its 900 s limit with two threads and took 266 s with one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
 # 3-7° against the best caption's 23-28° (ratio 0.12-0.26): far from the 0.7 bar, but a broken
 # trainer starts from the shape word, which says nothing about hue (~90° error).
