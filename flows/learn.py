@@ -31,10 +31,9 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.utilities.annotations import quote
 
 from flows.compositions import compose_catalog
-from flows.sync import sync_result
+from flows.sync import passed_whole, sync_result
 from storage.metrics import MetricsRow, read_embeddings_index
 from storage.objectstore import open_store
 from storage.results import ResultStore
@@ -223,7 +222,7 @@ def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], composit
     from flows.dashboard import refresh_dashboard
     from flows.report import write_report
 
-    metrics_uri = write_metrics(out, quote(rows))  # quote: Prefect need not walk thousands of rows
+    metrics_uri = write_metrics(out, passed_whole(rows))  # Prefect need not walk thousands of rows
     store = open_store(out)
     dict_rows = [r.to_dict() for r in rows]
     report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions or ()])
@@ -369,7 +368,8 @@ def learn_catalog(
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
-    remember_scan(out, quote(scan.state.merged(learned)), quote(scan.previous))  # not walked: one entry per concept
+    # passed whole, not walked: the scan state has one entry per concept
+    remember_scan(out, passed_whole(scan.state.merged(learned)), passed_whole(scan.previous))
     update_progress_artifact(progress_id, 100.0)
     compositions = compose_catalog(catalog, out, run_id, rows, records, learn, evaluation, run)
     summary = _publish_run_outputs(out, run_id, rows, compositions)
