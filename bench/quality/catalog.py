@@ -6,8 +6,8 @@ plateau rule (with continuous packing and the cached words-only baseline, both a
 
 Writes a catalog of the toy world's 4 held-out concepts and 4 more at the other half-way hues
 (:data:`EXTRA`), runs the real command (``sstar learn`` in a subprocess, Prefect's ephemeral server,
-one torch thread as the demo, a brand-new ``PREFECT_HOME`` per run) into ``DIR/out-<stop>`` with the demo's evaluation (``a photo of a {}``,
-guidance 3, the world CLIP), and prints the wall time and, per concept, the metrics row: status,
+one torch thread as the demo, a brand-new ``PREFECT_HOME`` per run) into ``DIR/out-<stop>`` with the
+demo's evaluation (``a photo of a {}``, guidance 3, the world CLIP), and prints the wall time and, per concept, the metrics row: status,
 steps run, stop reason, training and evaluation seconds, CLIP image similarity and lift. ``--rerun``
 runs the same catalog a second time into a fresh output that keeps the first run's baseline cache
 (a re-learned catalog). Results go to ``DIR/catalog-<stop>.json``.
@@ -36,12 +36,22 @@ EXTRA: tuple[HeldOutConcept, ...] = (
     HeldOutConcept("extra-blue-purple-square", 247.5, "square", 0.65, "white"),
     HeldOutConcept("extra-pink-red-triangle", 337.5, "triangle", 0.70, "black"),
 )
-COLUMNS = ("concept_id", "status", "steps_run", "stop_reason", "train_seconds", "eval_seconds", "image_similarity",
-           "baseline_image_similarity", "inversion_lift")
+COLUMNS = (
+    "concept_id",
+    "status",
+    "steps_run",
+    "stop_reason",
+    "train_seconds",
+    "eval_seconds",
+    "image_similarity",
+    "baseline_image_similarity",
+    "inversion_lift",
+)
 
 
-def run_catalog(root: Path, stop: str, steps: int, sampler: str, render_steps: int, samples: int, k: int,
-                out: Path) -> dict:
+def run_catalog(
+    root: Path, stop: str, steps: int, sampler: str, render_steps: int, samples: int, k: int, out: Path
+) -> dict:
     """One ``sstar learn`` of the 8-concept catalog into ``out``; the wall time and the metrics rows."""
     from flows.demo import write_world_catalog
 
@@ -50,14 +60,46 @@ def run_catalog(root: Path, stop: str, steps: int, sampler: str, render_steps: i
         write_world_catalog(catalog, concepts=HELD_OUT + EXTRA)
     prompts = root / "prompts.txt"
     prompts.write_text("a photo of a {}\n")
-    command = [sys.executable, "-m", "flows.cli", "learn", "--catalog", str(catalog), "--out", str(out),
-               "--model", str(toyworld.MODEL_DIR), "--max-steps", str(steps), "--stop", stop, "--batch-size", "4",
-               "--concepts-per-batch", str(k), "--prompts", str(prompts), "--samples", str(samples),
-               "--render-steps", str(render_steps), "--sampler", sampler, "--guidance", "3",
-               "--clip-arch", toyworld.CLIP_ARCH, "--clip-checkpoint", str(toyworld.CLIP_CHECKPOINT),
-               "--device", "cpu", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "learn",
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        "--model",
+        str(toyworld.MODEL_DIR),
+        "--max-steps",
+        str(steps),
+        "--stop",
+        stop,
+        "--batch-size",
+        "4",
+        "--concepts-per-batch",
+        str(k),
+        "--prompts",
+        str(prompts),
+        "--samples",
+        str(samples),
+        "--render-steps",
+        str(render_steps),
+        "--sampler",
+        sampler,
+        "--guidance",
+        "3",
+        "--clip-arch",
+        toyworld.CLIP_ARCH,
+        "--clip-checkpoint",
+        str(toyworld.CLIP_CHECKPOINT),
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+    ]
     home = out.parent / f"prefect-home-{out.name}"  # a fresh Prefect home per run: its migration costs each run
-    shutil.rmtree(home, ignore_errors=True)          # the same, and no slot left in a shared database blocks it
+    shutil.rmtree(home, ignore_errors=True)  # the same, and no slot left in a shared database blocks it
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(home)}
     tick = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -65,16 +107,25 @@ def run_catalog(root: Path, stop: str, steps: int, sampler: str, render_steps: i
     if done.returncode != 0:
         raise SystemExit(f"sstar learn exited {done.returncode}:\n{done.stderr[-3000:]}")
     rows = ds.dataset(out / "metrics", format="parquet", partitioning="hive").to_table().to_pylist()
-    return {"stop": stop, "steps": steps, "sampler": sampler, "render_steps": render_steps, "samples": samples,
-            "k": k, "wall_seconds": wall, "rows": [{c: r.get(c) for c in COLUMNS} for r in rows]}
+    return {
+        "stop": stop,
+        "steps": steps,
+        "sampler": sampler,
+        "render_steps": render_steps,
+        "samples": samples,
+        "k": k,
+        "wall_seconds": wall,
+        "rows": [{c: r.get(c) for c in COLUMNS} for r in rows],
+    }
 
 
 def format_result(result: dict) -> str:
-    lines = [f"stop={result['stop']} cap={result['steps']} sampler={result['sampler']}×{result['render_steps']} "
-             f"K={result['k']}: wall {result['wall_seconds']:.0f} s"]
+    lines = [
+        f"stop={result['stop']} cap={result['steps']} sampler={result['sampler']}×{result['render_steps']} "
+        f"K={result['k']}: wall {result['wall_seconds']:.0f} s"
+    ]
     for row in sorted(result["rows"], key=lambda r: r["concept_id"]):
-        lines.append("  " + "  ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                                      for c in COLUMNS))
+        lines.append("  " + "  ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS))
     return "\n".join(lines)
 
 
@@ -97,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         again = root / f"out-{args.stop}-rerun"
         shutil.rmtree(again, ignore_errors=True)
         shutil.copytree(out / "baselines", again / "baselines")
-        results.append(run_catalog(root, args.stop, args.steps, args.sampler, args.render_steps, args.samples,
-                                   args.k, again))
+        results.append(
+            run_catalog(root, args.stop, args.steps, args.sampler, args.render_steps, args.samples, args.k, again)
+        )
     for result in results:
         print(format_result(result))
     (root / f"catalog-{args.stop}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")

@@ -28,6 +28,7 @@ def one_torch_thread():
     yield
     torch.set_num_threads(threads)
 
+
 # ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
 # 3-7° against the best caption's 23-28° (ratio 0.12-0.26): far from the 0.7 bar, but a broken
 # trainer starts from the shape word, which says nothing about hue (~90° error).
