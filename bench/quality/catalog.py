@@ -7,7 +7,8 @@ plateau rule (with continuous packing and the cached words-only baseline, both a
 Writes a catalog of the toy world's 4 held-out concepts and 4 more at the other half-way hues
 (:data:`EXTRA`), runs the real command (``sstar learn`` in a subprocess, Prefect's ephemeral server,
 one torch thread as the demo, a brand-new ``PREFECT_HOME`` per run) into ``DIR/out-<stop>`` with the
-demo's evaluation (``a photo of a {}``, guidance 3, the world CLIP), and prints the wall time and, per concept, the metrics row: status,
+demo's evaluation (``a photo of a {}``, guidance 3, the world CLIP), and prints the wall time and, per
+concept, the metrics row: status,
 steps run, stop reason, training and evaluation seconds, CLIP image similarity and lift. ``--rerun``
 runs the same catalog a second time into a fresh output that keeps the first run's baseline cache
 (a re-learned catalog). Results go to ``DIR/catalog-<stop>.json``.
