@@ -5,11 +5,14 @@ Used by the trainer, the renderer, CLIP scoring and the benchmarks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "synchronize"]
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "synchronize", "torch_threads"]
 
 #: the dtype of each precision name (:data:`inversion.config.PRECISIONS`) of the frozen weights;
 #: learned vectors are always fp32
@@ -48,3 +51,24 @@ def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (a no-op on the CPU), e.g. before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads (``None``: leave torch's setting), then restore it.
+
+    The thread count is process-wide and changes the order of float reductions, so code that sets it must
+    give it back: a caller in the same process (a test, a flow task) would otherwise train with a
+    different count and get results that differ in the last bits.
+    """
+    if count is None:
+        yield
+        return
+    if count < 1:
+        raise ConfigError(f"thread count must be at least 1, got {count}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -44,6 +44,19 @@ def _quiet_libraries() -> None:
     quiet_libraries()
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_given_back() -> Iterator[None]:
+    """A test (or the code it calls) that changes torch's process-wide thread count must restore it: a
+    later test training in the same process would otherwise reduce floats in another order and lose
+    bit-exact comparisons (a leaked ``set_num_threads(1)`` broke the resume-after-kill test this way)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    assert after == before, f"torch's thread count was left at {after} (was {before}); restore it"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight Stable Diffusion pipeline folder (real CLIP vocabulary), built once."""

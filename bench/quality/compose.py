@@ -391,13 +391,19 @@ def measure_strength(renderer, concepts, learned: Learned, settings: ComposeSett
 
 
 def run_compose(world: Path, settings: ComposeSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Learn the words and measure all four parts; returns the rows of each part and the seconds per phase."""
-    import torch
+    """Learn the words and measure all four parts; returns the rows of each part and the seconds per phase.
 
+    Runs with ``settings.threads`` torch threads and gives the caller's count back afterwards."""
+    from inversion.device import torch_threads
+
+    with torch_threads(settings.threads):
+        return _measure_all(world, settings, log)
+
+
+def _measure_all(world: Path, settings: ComposeSettings, log: Callable[[str], None]) -> dict[str, Any]:
     from inversion.models import load_components
     from inversion.render import Renderer, RenderSettings
 
-    torch.set_num_threads(settings.threads)
     components = load_components(Path(world))
     renderer = Renderer(
         components,

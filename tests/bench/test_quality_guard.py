@@ -1,9 +1,9 @@
 """Regression guard of Textual Inversion quality in the toy world (issue 6).
 
-Learns the 4 held-out concepts with our trainer's defaults (TrainConfig(), 600 steps; in one pack,
-which gives each concept exactly its own gradient, to share the UNet passes) on the committed world
-model and asserts that the learned word's median hue error is below 0.7 × the best caption's on at least
-3 of the 4 concepts.
+Learns held-out concepts with our trainer's defaults (TrainConfig(), 600 steps; in one pack, which
+gives each concept exactly its own gradient, to share the UNet passes) on the committed world model and
+asserts that the learned word's median hue error is below 0.7 × the best caption's; and the same with
+``--stop plateau``, the catalog default, which must also stop early.
 
 The weights are committed (``toyworld/weights/``, trained once by ``python -m bench.world.train``);
 the test never retrains them.
@@ -21,17 +21,17 @@ def one_torch_thread():
     """The world's tensors are tiny: one intra-op thread, as the demo runs (flows/demo.py). On the shared
     2-core machine (load 8-15) two threads spin-waited for a preempted partner: the plateau guard ran past
     its 900 s limit with two threads and took 266 s with one."""
-    import torch
+    from inversion.device import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
-# ~100 s on 2 CPU cores. With the H200-trained weights the learned word's median hue error was
-# 3-7° against the best caption's 23-28° (ratio 0.12-0.26): far from the 0.7 bar, but a broken
-# trainer starts from the shape word, which says nothing about hue (~90° error).
+# With the H200-trained weights the learned word's median hue error was 3-7° against the best caption's
+# 23-28° (ratio 0.12-0.26) on all 4 held-out concepts: far from the 0.7 bar, but a broken trainer starts
+# from the shape word, which says nothing about hue (~90° error). The fixed-step guard trains the first 2
+# of them (a packed concept's result equals training it alone, so they are the same words as in the
+# 4-concept tables): 600 pack steps of 4 concepts took 172 s of a 14-minute suite; 2 take about half.
 
 
 @pytest.mark.timeout(900)
@@ -39,12 +39,13 @@ def test_learned_word_beats_the_best_caption_on_hue():
     from bench.quality.run import QualitySettings, format_table, run_quality
 
     settings = QualitySettings(
-        concepts=4, samples=16, render_steps=20, guidance=3.0, recipe_curve=False, clip=False, pack=True, device="cpu"
+        concepts=2, samples=16, render_steps=20, guidance=3.0, recipe_curve=False, clip=False, pack=True, device="cpu"
     )
     rows = run_quality(WEIGHTS, None, settings, log=lambda message: None)
     table = format_table(rows)
+    assert [r["train_steps"] for r in rows] == [600, 600], table
     wins = [r["concept"] for r in rows if r["learned_median_hue_error"] < 0.7 * r["caption_median_hue_error"]]
-    assert len(wins) >= 3, table
+    assert len(wins) == 2, table
 
 
 @pytest.mark.timeout(900)
