@@ -1,6 +1,6 @@
 """Time one UNet forward + backward to the text conditioning alone — the floor of any trainer's step.
 
-    python -m bench.unet_pass --model sd15 --resolution 512 --passes 4 [--profile]
+    python -m bench.unet_pass --model sd15|sdxl|… --resolution 512 --passes 4 [--precision bf16] [--profile]
 
 Textual Inversion needs the gradient only at the text conditioning, so no weight gradients are
 computed (every weight is frozen). Each pass prints its wall time, process user/system CPU seconds
@@ -19,7 +19,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.unet_pass", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="sd15", choices=["tiny", "sd15"])
+    parser.add_argument("--model", default="sd15", help="an architecture of inversion.models.ARCHITECTURES")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--passes", type=int, default=4, help="timed passes (the first includes warm-up)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -29,21 +29,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from inversion.device import resolve_dtype
+    from inversion.families import PromptEmbeds, PromptEncoder
     from inversion.models import build_random_components
-    from inversion.tokens import encode_text
 
     dtype = resolve_dtype(args.precision, torch.device("cpu"))
     components = build_random_components(args.model, seed=0)
     components.to(torch.device("cpu"), dtype)
+    text = PromptEncoder(components)
     with torch.no_grad():
-        hidden = encode_text(components.tokenizer, components.text_encoder, ["a photo of a cat"])
-    hidden = hidden.detach().requires_grad_(True)
+        embeds = text.encode(["a photo of a cat"])
+    hidden = embeds.hidden.detach().requires_grad_(True)
+    size = args.resolution
+    time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32)  # SDXL's; others ignore it
+    kwargs = text.unet_kwargs(PromptEmbeds(hidden, embeds.pooled), dtype, time_ids)
     side = args.resolution // components.vae_scale_factor
     latents = torch.randn(1, components.unet.config.in_channels, side, side, dtype=dtype)
     timestep = torch.tensor([500])
 
     def one_pass() -> None:
-        components.unet(latents, timestep, hidden).sample.float().pow(2).mean().backward()
+        components.unet(latents, timestep, **kwargs).sample.float().pow(2).mean().backward()
         hidden.grad = None
 
     print(f"{args.model} UNet, {args.resolution} px, {args.precision}, {torch.get_num_threads()} threads")

@@ -202,11 +202,12 @@ def test_baseline_gpu_recipe_path_runs_on_cpu(tmp_path):
     assert components.unet.dtype == components.dtype and components.vae.dtype == components.dtype
 
 
-def test_unet_pass_times_each_pass(capsys):
+@pytest.mark.parametrize("model", ["tiny", "sdxl-tiny"])
+def test_unet_pass_times_each_pass(capsys, model):
     from bench import unet_pass
 
-    assert unet_pass.main(["--model", "tiny", "--resolution", "64", "--passes", "2"]) == 0
+    assert unet_pass.main(["--model", model, "--resolution", "64", "--passes", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("tiny UNet, 64 px, fp32") and lines[1].split()[:2] == ["pass", "wall"]
+    assert lines[0].startswith(f"{model} UNet, 64 px, fp32") and lines[1].split()[:2] == ["pass", "wall"]
     passes = [line.split() for line in lines[2:]]
     assert [p[0] for p in passes] == ["1", "2"] and all(float(p[1]) > 0 for p in passes)
