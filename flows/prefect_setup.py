@@ -3,8 +3,8 @@
 On a brand-new Prefect home the local ephemeral server first migrates a new SQLite database; on a
 busy 2-core machine that takes about 30 s, longer than Prefect's default 20 s startup timeout, so
 the first ``sstar demo`` failed with "Timed out while attempting to connect to ephemeral Prefect API
-server". :func:`apply_cli_defaults` raises that timeout and turns analytics off — each only when the
-user has not set it anywhere Prefect reads settings from (environment, ``.env``, ``prefect.toml``,
+server". :func:`apply_cli_defaults` raises that timeout, turns analytics off and shortens the wait of
+a task refused a GPU slot (:data:`SLOT_WAIT_S`) — each only when the user has not set it anywhere Prefect reads settings from (environment, ``.env``, ``prefect.toml``,
 ``pyproject.toml``, the active profile): a user's own setting always wins.
 
 Call it before the first flow run of the process; the ephemeral server subprocess inherits the
@@ -18,6 +18,12 @@ import os
 #: seconds the CLI waits for the ephemeral server (Prefect's own default is 20)
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
 
+#: the longest a task refused a GPU slot sleeps before asking again (Prefect's server default is 30 s: it
+#: tells a refused task to wait the limit's average occupancy, capped there; GPU tasks hold the slot for
+#: minutes, so a queued scoring task slept ~30 s after the slot freed — 28 s of a 118 s toy-world
+#: catalog run. A deployed server takes the same setting: deployments/README.md)
+SLOT_WAIT_S = 1
+
 #: ``(environment variable, section path in prefect's settings, field, value)`` of each default
 _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     (
@@ -27,6 +33,12 @@ _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         str(EPHEMERAL_STARTUP_TIMEOUT_S),
     ),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", ("server",), "analytics_enabled", "false"),
+    (
+        "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS",
+        ("server", "concurrency"),
+        "maximum_concurrency_slot_wait_seconds",
+        str(SLOT_WAIT_S),
+    ),
 )
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -109,6 +110,7 @@ def run_catalog(
         raise SystemExit(f"sstar learn exited {done.returncode}:\n{done.stderr[-3000:]}")
     rows = ds.dataset(out / "metrics", format="parquet", partitioning="hive").to_table().to_pylist()
     return {
+        **prefect_timings(home),
         "stop": stop,
         "steps": steps,
         "sampler": sampler,
@@ -120,10 +122,31 @@ def run_catalog(
     }
 
 
+def prefect_timings(home: Path) -> dict:
+    """Seconds of the flow run and of each kind of task run (summed; tasks of one kind may overlap), read
+    from the run's own Prefect database in ``home`` — what the Prefect UI shows for the run."""
+    db = sqlite3.connect(home / "prefect.db")
+    try:
+        (flow,) = db.execute(
+            "select (julianday(end_time) - julianday(start_time)) * 86400 from flow_run where end_time is not null"
+        ).fetchall()
+        tasks: dict[str, float] = {}
+        query = "select name, (julianday(end_time) - julianday(start_time)) * 86400 from task_run"
+        for name, seconds in db.execute(query + " where end_time is not null"):
+            kind = name.rsplit("-", 1)[0]
+            tasks[kind] = tasks.get(kind, 0.0) + seconds
+    finally:
+        db.close()
+    return {"flow_run_seconds": flow[0], "task_seconds": tasks}
+
+
 def format_result(result: dict) -> str:
+    tasks = result.get("task_seconds", {})
     lines = [
         f"stop={result['stop']} cap={result['steps']} sampler={result['sampler']}×{result['render_steps']} "
-        f"K={result['k']}: wall {result['wall_seconds']:.0f} s"
+        f"samples={result['samples']} K={result['k']}: wall {result['wall_seconds']:.0f} s, flow run "
+        f"{result.get('flow_run_seconds', float('nan')):.0f} s (invert {tasks.get('invert-concepts', 0):.0f} s, "
+        f"score {tasks.get('score-concepts', 0):.0f} s summed over its tasks)"
     ]
     for row in sorted(result["rows"], key=lambda r: r["concept_id"]):
         lines.append("  " + "  ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS))
