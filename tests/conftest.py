@@ -195,8 +195,14 @@ def s3_client(s3_settings: S3Settings):
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One Prefect test server (SQLite, ephemeral) for the whole session."""
+    """One Prefect test server (SQLite, ephemeral) for the whole session, with the slot wait the CLI
+    gives its own ephemeral server (``flows.prefect_setup.SLOT_WAIT_S``): with Prefect's 30 s default a
+    test whose tasks queue for the GPU slot sleeps up to 30 s each time."""
     from prefect.testing.utilities import prefect_test_harness
 
+    from flows.prefect_setup import SLOT_WAIT_S
+
+    variable = "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"
+    os.environ.setdefault(variable, str(SLOT_WAIT_S))  # the server subprocess inherits it
     with prefect_test_harness(server_startup_timeout=60):
         yield
