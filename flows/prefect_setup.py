@@ -4,8 +4,9 @@ On a brand-new Prefect home the local ephemeral server first migrates a new SQLi
 busy 2-core machine that takes about 30 s, longer than Prefect's default 20 s startup timeout, so
 the first ``sstar demo`` failed with "Timed out while attempting to connect to ephemeral Prefect API
 server". :func:`apply_cli_defaults` raises that timeout, turns analytics off and shortens the wait of
-a task refused a GPU slot (:data:`SLOT_WAIT_S`) — each only when the user has not set it anywhere Prefect reads settings from (environment, ``.env``, ``prefect.toml``,
-``pyproject.toml``, the active profile): a user's own setting always wins.
+a task refused a GPU slot (:data:`SLOT_WAIT_S`) — each only when the user has not set it anywhere
+Prefect reads settings from (environment, ``.env``, ``prefect.toml``, ``pyproject.toml``, the active
+profile): a user's own setting always wins.
 
 Call it before the first flow run of the process; the ephemeral server subprocess inherits the
 environment it sets.
