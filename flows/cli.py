@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from flows import commands as flow_commands
-from flows.prefect_setup import apply_cli_defaults
+from flows.prefect_setup import EPHEMERAL_TIMEOUT, apply_cli_defaults, ephemeral_timeout_message
 from inversion import cli as inversion_cli
 from inversion.errors import SstarError
 from storage.errors import StorageError
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (SstarError, StorageError) as exc:
         print(f"sstar: error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if EPHEMERAL_TIMEOUT not in str(exc):
+            raise
+        print(f"sstar: error: {ephemeral_timeout_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sstar: interrupted", file=sys.stderr)

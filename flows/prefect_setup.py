@@ -66,3 +66,19 @@ def apply_cli_defaults() -> dict[str, str]:
     if len(applied) > ("DO_NOT_TRACK" in applied):
         refresh_global_settings_context()  # prefect read its settings at import, before these existed
     return applied
+
+
+#: what Prefect's ``RuntimeError`` says when its local ephemeral server did not answer in time
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+def ephemeral_timeout_message() -> str:
+    """One line for a user whose local Prefect server did not start in time: the limit in force and the
+    two settings that fix it (Prefect itself raises a bare ``RuntimeError`` with a traceback)."""
+    from prefect.settings import get_current_settings
+
+    limit = get_current_settings().server.ephemeral.startup_timeout_seconds
+    return (
+        f"the local Prefect server did not start within {limit} s; raise "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or set PREFECT_API_URL to a running Prefect server"
+    )

@@ -115,3 +115,26 @@ def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "1 learned, 0 skipped, 0 failed" in done.stdout
     assert (home / "prefect.db").is_file(), "the run did not use the fresh Prefect home"
+
+
+def test_a_server_that_does_not_start_in_time_is_one_line(tiny_model_dir, tmp_path):
+    """The user's own timeout is too short for a new database: exit 2 with one line naming the settings
+    that fix it — not Prefect's traceback — and nothing written."""
+    from inversion.clip import write_tiny_clip
+
+    clip = write_tiny_clip(tmp_path / "clip" / "tiny.pt")
+    catalog, out = tmp_path / "catalog", tmp_path / "out"
+    write_shape_images(catalog / "red-square", count=2)
+    argv = learn_argv(catalog, out, tiny_model_dir, tiny_clip=clip, steps=1, device="cpu")
+    env = _fresh_env(tmp_path / "prefect-home", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    done = subprocess.run(
+        [str(SSTAR), *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sstar: error:")]
+    assert done.returncode == 2, (done.stdout + done.stderr)[-4000:]
+    assert errors == [
+        "sstar: error: the local Prefect server did not start within 1 s; raise "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or set PREFECT_API_URL to a running Prefect server"
+    ], done.stderr[-4000:]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    assert not out.exists()
