@@ -24,6 +24,7 @@ EPHEMERAL_STARTUP_TIMEOUT_S = 180
 #: minutes, so a queued scoring task slept ~30 s after the slot freed — 28 s of a 118 s toy-world
 #: catalog run. A deployed server takes the same setting: deployments/README.md)
 SLOT_WAIT_S = 1
+SLOT_WAIT_VARIABLE = "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"
 
 #: ``(environment variable, section path in prefect's settings, field, value)`` of each default
 _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
@@ -35,7 +36,7 @@ _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", ("server",), "analytics_enabled", "false"),
     (
-        "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS",
+        SLOT_WAIT_VARIABLE,
         ("server", "concurrency"),
         "maximum_concurrency_slot_wait_seconds",
         str(SLOT_WAIT_S),

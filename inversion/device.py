@@ -54,16 +54,13 @@ def synchronize(device: torch.device) -> None:
 
 
 @contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` intra-op CPU threads (``None``: leave torch's setting), then restore it.
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op CPU threads, then restore the caller's count.
 
     The thread count is process-wide and changes the order of float reductions, so code that sets it must
     give it back: a caller in the same process (a test, a flow task) would otherwise train with a
     different count and get results that differ in the last bits.
     """
-    if count is None:
-        yield
-        return
     if count < 1:
         raise ConfigError(f"thread count must be at least 1, got {count}")
     before = torch.get_num_threads()

@@ -200,9 +200,8 @@ def prefect_harness():
     test whose tasks queue for the GPU slot sleeps up to 30 s each time."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.prefect_setup import SLOT_WAIT_S
+    from flows.prefect_setup import SLOT_WAIT_S, SLOT_WAIT_VARIABLE
 
-    variable = "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"
-    os.environ.setdefault(variable, str(SLOT_WAIT_S))  # the server subprocess inherits it
+    os.environ.setdefault(SLOT_WAIT_VARIABLE, str(SLOT_WAIT_S))  # the server subprocess inherits it
     with prefect_test_harness(server_startup_timeout=60):
         yield

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality.run import QualitySettings, defaults_config, token_of, write_concept_images
+from bench.quality.run import QualitySettings, defaults_config, given, token_of, write_concept_images
 from bench.world import oracle as O
 from toyworld import MODEL_DIR
 from toyworld.scenes import BACKGROUNDS, BEST_TEMPLATE, HELD_OUT, SIZE_WORDS, HeldOutConcept, circular_distance, phrase
@@ -567,17 +567,13 @@ def main(argv: list[str] | None = None) -> int:
     from inversion.cli import quiet_libraries
 
     quiet_libraries()
-    overrides = {
-        k: v
-        for k, v in dict(
-            samples=args.samples,
-            steps=args.steps,
-            render_steps=args.render_steps,
-            device=args.device,
-            threads=args.threads,
-        ).items()
-        if v is not None
-    }
+    overrides = given(
+        samples=args.samples,
+        steps=args.steps,
+        render_steps=args.render_steps,
+        device=args.device,
+        threads=args.threads,
+    )
     settings = replace(FAST if args.fast else ComposeSettings(), **overrides)
     load_before = os.getloadavg()
     tick = time.perf_counter()

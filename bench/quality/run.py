@@ -410,6 +410,11 @@ def write_results(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -
             writer.writerow(flat)
 
 
+def given(**options: Any) -> dict[str, Any]:
+    """The command-line options the user gave (those not ``None``), to override a settings object with."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__.split("\n")[0])
     p.add_argument("--world", type=Path, default=MODEL_DIR)
@@ -432,21 +437,17 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     settings = FAST if args.fast else QualitySettings()
-    overrides = {
-        k: v
-        for k, v in dict(
-            concepts=args.concepts,
-            samples=args.samples,
-            steps=args.steps,
-            render_steps=args.render_steps,
-            guidance=args.guidance,
-            curve_every=args.curve_every,
-            curve_samples=args.curve_samples,
-            device=args.device,
-            stop=args.stop,
-        ).items()
-        if v is not None
-    }
+    overrides = given(
+        concepts=args.concepts,
+        samples=args.samples,
+        steps=args.steps,
+        render_steps=args.render_steps,
+        guidance=args.guidance,
+        curve_every=args.curve_every,
+        curve_samples=args.curve_samples,
+        device=args.device,
+        stop=args.stop,
+    )
     if args.no_recipe:
         overrides["recipe_curve"] = False
     if args.no_clip:
