@@ -2,7 +2,7 @@
 
 Our own re-implementation of what the widely used diffusers example scripts do on every optimizer
 step, so that the benchmark compares our trainer with what users run today. One loop serves both
-recipes; the model family (:func:`inversion.families.family_of`) switches what differs:
+recipes; the model family (:attr:`inversion.model.components.DiffusionComponents.family`) switches what differs:
 
 * SD 1.x/2.x — ``examples/textual_inversion/textual_inversion.py`` (default settings);
 * SDXL — ``examples/textual_inversion/textual_inversion_sdxl.py`` (the version that trains both
@@ -23,14 +23,14 @@ What both do:
 * conditioning: SD 1.x/2.x the text encoder's last hidden state; SDXL the penultimate hidden states
   of both encoders concatenated, the second encoder's pooled projection and the micro-conditioning
   time ids ``(original h, w, crop top, left, target h, w)`` of each image (the script's
-  ``--center_crop`` view, which is also our trainer's: :func:`inversion.families.crop_conditioning`);
+  ``--center_crop`` view, which is also our trainer's: :func:`inversion.text.encoder.crop_conditioning`);
 * precision (:func:`recipe_precision`): ``no`` = everything fp32; ``fp16``/``bf16`` = UNet and VAE
   weights in that dtype, the first text encoder fp32 with its forward under autocast (what
   ``accelerate.prepare`` does), a gradient scaler for fp16; SDXL also casts its second text encoder
   (its table included) to that dtype, as the script does — so SDXL cannot use fp16 (the scaler
   refuses fp16 gradients) and the script's README runs it in bf16.
 
-It runs on the same :class:`~inversion.models.DiffusionComponents`, images and prompt templates as
+It runs on the same :class:`~inversion.model.components.DiffusionComponents`, images and prompt templates as
 our trainer, and restores the components exactly afterwards (embedding tables, modes, ``requires_grad``,
 placement; weights it casts to a narrower dtype from a copy taken before the cast).
 """
@@ -50,10 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from inversion.device import DTYPES, synchronize
-from inversion.families import Family, crop_conditioning, family_of
 from inversion.images import center_crop_resize, list_images, open_rgb, to_tensor
-from inversion.models import DiffusionComponents
-from inversion.templates import templates_for
+from inversion.model.components import DiffusionComponents
+from inversion.model.info import Family
+from inversion.text.encoder import crop_conditioning
+from inversion.training.templates import templates_for
 
 #: defaults of the example scripts
 ADAM_BETAS = (0.9, 0.999)
@@ -264,7 +265,7 @@ def run_baseline(
     from diffusers.optimization import get_scheduler
 
     device = torch.device(device)
-    family = family_of(components)
+    family = components.family
     mixed_precision = recipe_precision(family, device, mixed_precision)
     weight_dtype = DTYPES["fp32" if mixed_precision == "no" else mixed_precision]
     result = BaselineResult()

@@ -98,8 +98,8 @@ def _settings(learn_model: str, clip: str):
 
 def build(n: int, root: str, moto: str, model: str, clip: str, workers: int) -> dict:
     """Catalog + complete results + metrics + index + scan state for N concepts, straight on moto."""
-    from storage.objectstore import open_store
-    from storage.settings import S3Settings
+    from storage.store.open import open_store
+    from storage.store.settings import S3Settings
     from tests.flows.seeding import seed_learned_output
 
     s3 = S3Settings(
@@ -178,7 +178,7 @@ def run_flow(root: str, proxy: CountingProxy, model: str, clip: str, run_id: str
 
 def change(ids: list[str], fraction: float, s3, root: str, seed: int = 0) -> tuple[int, int]:
     """Replace one image of ``fraction`` of the concepts; returns (concepts changed, bytes of their images)."""
-    from storage.objectstore import open_store
+    from storage.store.open import open_store
 
     catalog = open_store(f"s3://{BUCKET}/{root}/catalog", s3)
     picked = random.Random(seed).sample(ids, max(1, round(len(ids) * fraction)))
@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the table as CSV here")
     args = parser.parse_args(argv)
     os.environ.update(ENV)
-    from inversion.clip import write_tiny_clip
-    from inversion.models import write_random_model
+    from inversion.evaluation.clip import write_tiny_clip
+    from inversion.model.zoo import write_random_model
 
     rows: list[dict] = []
     moto, endpoint = _start_moto()
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             model = str(write_random_model("tiny", work / "tiny"))
             clip = str(write_tiny_clip(work / "tiny-clip.pt"))
             os.environ["SSTAR_CACHE_DIR"] = str(work / "cache")
-            from storage.settings import S3Settings
+            from storage.store.settings import S3Settings
 
             S3Settings(
                 endpoint_url=endpoint,
@@ -262,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(_row(n, "no-op", run_flow(root, proxy, model, clip, f"{root}-noop", work)))
                 print_table(rows[-1:])
                 if args.first_run:
-                    from storage.objectstore import open_store
                     from storage.scanstate import STATE_KEY
+                    from storage.store.open import open_store
 
                     open_store(f"s3://{BUCKET}/{root}/out", built["s3"]).delete(STATE_KEY)
                     rows.append(_row(n, "first", run_flow(root, proxy, model, clip, f"{root}-first", work)))

@@ -4,7 +4,7 @@
 
 Builds metrics rows for a catalog of ``--concepts`` concepts: a first run that learns all of them,
 then ``--runs - 1`` nightly runs over about ``--changed`` random concepts each (70% re-learned, the
-rest skipped; 1% fail), seeded, renders ``reports/dashboard.html`` with :mod:`flows.dashboard` into a
+rest skipped; 1% fail), seeded, renders ``reports/dashboard.html`` with :mod:`reports.dashboard` into a
 temporary folder and opens it ``--loads`` times in headless Chromium (tests/browser.py), printing the page size and the
 navigation's ``loadEventEnd`` (scripts run, charts and the table's first page drawn).
 """
@@ -89,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changed", type=int, default=300)
     p.add_argument("--loads", type=int, default=3)
     args = p.parse_args(argv)
-    from flows.dashboard import render_dashboard, summarise
-    from storage.objectstore import open_store
+    from reports.dashboard import render_dashboard, summarise
     from storage.results import ResultStore
+    from storage.store.open import open_store
     from tests.browser import open_page
 
     rows = synthetic_rows(args.concepts, args.runs, args.changed)

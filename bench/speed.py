@@ -8,7 +8,7 @@ For every model × resolution it runs the variants
 
 * ``baseline``      — the model family's standard recipe (:mod:`bench.baseline`: the diffusers SD or
   SDXL example script), one concept per step;
-* ``sstar``         — our trainer (:func:`inversion.train.train_concepts`) with one concept;
+* ``sstar``         — our trainer (:func:`inversion.training.trainer.train_concepts`) with one concept;
 * ``sstar-packed``  — our trainer with K concepts per UNet batch, for every K > 1 in ``--packs``;
 
 on random-weight models built in memory (no download; directly in bf16/fp16 when the variant
@@ -141,8 +141,8 @@ DEFAULT_RESOLUTIONS = {"sd1": "256,512"}
 
 def model_family(model: str) -> str:
     """The family (``sd1``, ``sd2``, ``sdxl``) of the random-weight architecture ``model``, from its config alone."""
-    from inversion.families import classify
-    from inversion.models import ARCHITECTURES
+    from inversion.model.info import classify
+    from inversion.model.zoo import ARCHITECTURES
 
     if model not in ARCHITECTURES:
         raise SystemExit(f"unknown model {model!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -152,20 +152,20 @@ def model_family(model: str) -> str:
 
 def native_resolution(model: str) -> int:
     """The image size the architecture ``model`` was built for (UNet sample size × VAE down-sampling)."""
-    from inversion.models import ARCHITECTURES
+    from inversion.model.zoo import ARCHITECTURES
 
     configs = ARCHITECTURES[model]
     return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
 
 
 def get_components(model: str, dtype=None):
-    """The random-weight model ``model`` (a key of ``inversion.models.ARCHITECTURES``), built once per
+    """The random-weight model ``model`` (a key of ``inversion.model.components.ARCHITECTURES``), built once per
     process and dtype; ``dtype`` (default fp32) is the dtype the weights are created in."""
     import torch
 
     dtype = dtype or torch.float32
     if (model, dtype) not in _COMPONENTS:
-        from inversion.models import build_random_components
+        from inversion.model.zoo import build_random_components
 
         started = time.perf_counter()
         log(f"building {model} (random weights, in memory, {dtype})…")
@@ -247,7 +247,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from bench.baseline import recipe_precision, run_baseline
     from inversion.config import ConceptConfig, TrainConfig
     from inversion.device import DTYPES, resolve_device, resolve_dtype, synchronize
-    from inversion.train import train_concepts
+    from inversion.training.trainer import train_concepts
 
     torch.manual_seed(0)
     device = resolve_device(cell.device)

@@ -19,7 +19,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.unet_pass", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="sd15", help="an architecture of inversion.models.ARCHITECTURES")
+    parser.add_argument("--model", default="sd15", help="an architecture of inversion.model.components.ARCHITECTURES")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--passes", type=int, default=4, help="timed passes (the first includes warm-up)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from inversion.device import resolve_dtype
-    from inversion.families import PromptEmbeds, PromptEncoder
-    from inversion.models import build_random_components
+    from inversion.model.zoo import build_random_components
+    from inversion.text.encoder import PromptEmbeds, PromptEncoder
 
     dtype = resolve_dtype(args.precision, torch.device("cpu"))
     components = build_random_components(args.model, seed=0)

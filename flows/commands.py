@@ -19,7 +19,7 @@ def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSet
     """The flows' parameter models from the flags of ``sstar learn`` / ``sstar serve``."""
     prompts = None
     if args.prompts:
-        from inversion.prompts import load_prompts
+        from inversion.evaluation.prompts import load_prompts
 
         prompts = list(load_prompts(Path(args.prompts)))
     learn = LearnSettings(**values_from_args(args, LEARN_SETTINGS))
@@ -38,7 +38,7 @@ def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
     )
     summary_text = None
     try:
-        from storage.objectstore import open_store
+        from storage.store.open import open_store
 
         summary_text = open_store(out).get(f"runs/{run_id}/summary.json").decode()
     except Exception:  # noqa: BLE001 - the run may have failed before writing its summary
@@ -91,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from flows.dashboard import write_dashboard
+    from reports.dashboard import write_dashboard
 
     print(f"dashboard: {write_dashboard(args.out)}")
     return 0

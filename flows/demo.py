@@ -151,8 +151,8 @@ def _world_demo(root: Path, steps: int | None) -> Demo:
 
 
 def _random_demo(root: Path, steps: int | None) -> Demo:
-    from inversion.clip import write_tiny_clip
-    from inversion.models import write_random_model
+    from inversion.evaluation.clip import write_tiny_clip
+    from inversion.model.zoo import write_random_model
 
     catalog = _catalog(root / "catalog", {c[0] for c in SAMPLE_CONCEPTS}, write_sample_catalog)
     model, clip = root / "models" / "tiny-sd", root / "models" / "tiny-clip.pt"

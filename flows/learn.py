@@ -35,9 +35,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.compositions import compose_catalog
 from flows.sync import passed_whole, sync_result
 from storage.metrics import MetricsRow, read_embeddings_index
-from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
+from storage.store.open import open_store
 from tasks.concurrency import ensure_gpu_limit
 from tasks.ingest import remember_scan, scan_catalog, stage_concept
 from tasks.invert import invert_pack
@@ -219,8 +219,8 @@ def run_concept_deployment(
 def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], compositions: list | None = None) -> dict:
     """Metrics (one Parquet file), embeddings index, HTML report (with ``compositions``' rows), dashboard,
     artifacts; returns the run summary."""
-    from flows.dashboard import refresh_dashboard
-    from flows.report import write_report
+    from reports.dashboard import refresh_dashboard
+    from reports.run_page import write_report
 
     metrics_uri = write_metrics(out, passed_whole(rows))  # Prefect need not walk thousands of rows
     store = open_store(out)

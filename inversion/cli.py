@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, Property, TrainConfig, clip_spec
-from .fields import add_arguments, settings_of, values_from_args
+from inversion.config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, Property, TrainConfig, clip_spec
+from inversion.fields import add_arguments, settings_of, values_from_args
 
 if TYPE_CHECKING:
-    from .clip import ClipSpec
-    from .render import RenderSettings
+    from inversion.config import ClipSpec
+    from inversion.evaluation.render import RenderSettings
 
 _TRAIN = settings_of(TrainConfig)
 _EVAL = settings_of(EvalConfig)
@@ -61,7 +61,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from .models import write_random_model
+    from inversion.model.zoo import write_random_model
 
     out = write_random_model(args.name, Path(args.out), seed=args.seed)
     print(f"wrote {args.name} model to {out}")
@@ -71,8 +71,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 def cmd_invert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .models import load_components
-    from .train import train_concept
+    from inversion.model.components import load_components
+    from inversion.training.trainer import train_concept
 
     concept = ConceptConfig(
         token=args.token,
@@ -119,9 +119,9 @@ def cmd_invert(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .formats import load_embeddings
-    from .models import load_components
-    from .render import Renderer, RenderSettings, make_grid
+    from inversion.embeddings.formats import load_embeddings
+    from inversion.evaluation.render import Renderer, RenderSettings, make_grid
+    from inversion.model.components import load_components
 
     embeddings = load_embeddings(args.embedding)
     settings = RenderSettings(
@@ -143,7 +143,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .render import RenderSettings
+    from inversion.evaluation.render import RenderSettings
 
     evaluation = EvalConfig(**values_from_args(args, _EVAL.values()))
     scores = run_score_command(
@@ -201,13 +201,13 @@ def run_score_command(
     Cheap checks (images, embedding files, prompts) run before any model loads. Returns the scores
     written to ``scores.json`` (raw cosines), with ``files`` naming the written files by their full paths.
     """
-    from .clip import load_clip
-    from .formats import load_embeddings
-    from .images import list_images, open_rgb
-    from .models import load_components
-    from .prompts import load_prompts
-    from .render import Renderer, RenderSettings
-    from .scoring import ScoreSettings, embed_reference_images, score_concept, write_scores
+    from inversion.embeddings.formats import load_embeddings
+    from inversion.evaluation.clip import load_clip
+    from inversion.evaluation.prompts import load_prompts
+    from inversion.evaluation.render import Renderer, RenderSettings
+    from inversion.evaluation.scoring import ScoreSettings, embed_reference_images, score_concept, write_scores
+    from inversion.images import list_images, open_rgb
+    from inversion.model.components import load_components
 
     say = log or (lambda message: None)
     files = list_images(Path(images_dir))
@@ -247,7 +247,7 @@ def run_score_command(
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_files, parse_source
+    from inversion.embeddings.merge import merge_files, parse_source
 
     files = merge_files([parse_source(text) for text in args.sources], args.token, Path(args.out), args.mode)
     print(f"merged {len(args.sources)} word(s) into {args.token} ({args.mode})")

@@ -17,30 +17,29 @@ import builtins
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
-from .errors import ConfigError
-from .fields import setting, validate
-from .stopping import PlateauRule, StopPolicy
-
-if TYPE_CHECKING:
-    from .clip import ClipSpec
+from inversion.errors import ConfigError
+from inversion.fields import setting, validate
 
 Property = Literal["object", "style"]
 Precision = Literal["fp32", "bf16", "fp16"]
 LrSchedule = Literal["constant", "cosine"]
-Sampler = Literal["ddim", "dpm"]  # inversion.render.make_scheduler
+Sampler = Literal["ddim", "dpm"]  # inversion.evaluation.render.make_scheduler
 PROPERTIES: tuple[str, ...] = get_args(Property)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
-#: how ``sstar merge`` combines learned words (:mod:`inversion.merge`; here so the CLI needs no torch)
+#: how ``sstar merge`` combines learned words (:mod:`inversion.embeddings.merge`; here so the CLI needs no torch)
 MergeMode = Literal["sum", "slerp", "concat"]
 MERGE_MODES: tuple[str, ...] = get_args(MergeMode)
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
-#: the method's evaluation CLIP: OpenAI's ViT-B/32 (``inversion.clip`` uses these too)
+#: the method's evaluation CLIP: OpenAI's ViT-B/32 (``inversion.evaluation.clip`` uses these too)
 DEFAULT_CLIP_ARCH = "ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "openai"
+
+StopPolicy = Literal["fixed", "plateau"]
+STOP_POLICIES: tuple[str, ...] = get_args(StopPolicy)
 
 _TOKEN_RE = re.compile(r"^\S+$")
 
@@ -59,6 +58,69 @@ def as_property(value: str) -> Property:
     if not _is_property(value):
         raise ConfigError(f"property must be one of {', '.join(PROPERTIES)}, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class PlateauRule:
+    """The ``plateau`` policy's parameters (validated by :class:`TrainConfig`; the rule's state is
+    :class:`inversion.training.stopping.StopState`)."""
+
+    every: int
+    patience: int
+    min_delta: float
+    min_steps: int
+
+    def due(self, step: int) -> bool:
+        """Whether the held-out loss is measured after optimizer step ``step`` (1-based)."""
+        return step > 0 and step % self.every == 0
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which CLIP to score with: an open_clip architecture and where its weights come from.
+
+    Exactly one of ``checkpoint`` (a local state-dict file: ``.pt``, ``.pth``, ``.bin`` or
+    ``.safetensors``) and ``pretrained`` (an open_clip tag such as ``openai``, downloaded on first
+    use) must be given; see :meth:`default` for the method's evaluation model.
+    """
+
+    arch: str = DEFAULT_CLIP_ARCH
+    checkpoint: Path | None = None
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            raise ConfigError(f"CLIP architecture must be a non-empty name, got {self.arch!r}")
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", Path(self.checkpoint).expanduser().absolute())
+        if self.pretrained is not None and (not isinstance(self.pretrained, str) or not self.pretrained.strip()):
+            raise ConfigError(f"CLIP pretrained tag must be a non-empty name, got {self.pretrained!r}")
+        if self.checkpoint is not None and self.pretrained is not None:
+            raise ConfigError(
+                f"CLIP {self.arch}: give a checkpoint file or a pretrained tag, not both "
+                f"(got {self.checkpoint} and {self.pretrained!r})"
+            )
+        if self.checkpoint is None and self.pretrained is None:
+            raise ConfigError(
+                f"CLIP {self.arch} needs weights: a local checkpoint file or a pretrained tag "
+                f"(e.g. {DEFAULT_CLIP_ARCH} with {DEFAULT_CLIP_PRETRAINED!r})"
+            )
+
+    @classmethod
+    def default(cls) -> "ClipSpec":
+        """OpenAI's CLIP ViT-B/32, the method's evaluation model (downloaded by open_clip on first use)."""
+        return cls(DEFAULT_CLIP_ARCH, pretrained=DEFAULT_CLIP_PRETRAINED)
+
+    def describe(self) -> str:
+        """``arch`` + the weights, for logs and scores.json (e.g. ``ViT-B-32/openai``)."""
+        return f"{self.arch}/{self.pretrained}" if self.pretrained else f"{self.arch}@{self.checkpoint}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "pretrained": self.pretrained,
+        }
 
 
 @dataclass(frozen=True)
@@ -149,7 +211,7 @@ class TrainConfig:
         "fixed",
         help=(
             "fixed: train every concept to the cap; plateau: stop a concept once its held-out denoising loss "
-            "stops improving (see inversion.stopping)"
+            "stops improving (see inversion.training.stopping)"
         ),
         group="run",
     )
@@ -218,8 +280,6 @@ class EvalConfig:
 def clip_spec(arch: str, checkpoint: str | None, pretrained: str | None) -> ClipSpec:
     """The CLIP to score with. Without a checkpoint or a pretrained tag, the method's evaluation
     weights (``openai``), which open_clip downloads where the machine can reach them."""
-    from .clip import ClipSpec
-
     if checkpoint is None and pretrained is None:
         pretrained = DEFAULT_CLIP_PRETRAINED
     return ClipSpec(arch=arch, checkpoint=Path(checkpoint) if checkpoint else None, pretrained=pretrained)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .errors import ConfigError
+from inversion.errors import ConfigError
 
 __all__ = ["DTYPES", "resolve_device", "resolve_dtype", "synchronize", "torch_threads"]
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from .errors import ConfigError
+from inversion.errors import ConfigError
 
 _KEY = "sstar.setting"
 _KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}

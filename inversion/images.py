@@ -9,8 +9,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.images import normalise_image
-
-from .errors import InputError
+from inversion.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

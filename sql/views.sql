@@ -6,7 +6,7 @@
 --
 --   Python (a local folder or S3, through pyarrow; S3 needs no DuckDB extension):
 --     import duckdb, pyarrow.dataset as ds
---     from storage.objectstore import pyarrow_filesystem
+--     from storage.store.base import pyarrow_filesystem
 --     fs, base = pyarrow_filesystem("s3://bucket/learned")          # or "/data/learned"
 --     con = duckdb.connect()
 --     con.register("metrics_files", ds.dataset(f"{base}/metrics", filesystem=fs, format="parquet",
@@ -19,7 +19,7 @@
 --     .read sql/views.sql
 --
 -- Similarities are raw CLIP cosines in [-1, 1]; inversion_lift = image_similarity - baseline_image_similarity.
--- flows/dashboard.py computes the same aggregates for reports/dashboard.html (a test checks they agree).
+-- reports/dashboard.py computes the same aggregates for reports/dashboard.html (a test checks they agree).
 
 -- Every row, with run_date as a DATE and `reason`: the error's first line with quoted text replaced by '…'
 -- and digit runs by '#', at most 160 characters, so that failures group by what went wrong.

@@ -3,16 +3,16 @@
 Modules (none imports torch):
 
 * :mod:`storage.errors` — :class:`StorageError` and its subclasses; :func:`redact`.
-* :mod:`storage.settings` — :class:`S3Settings` (endpoint, region, credentials, retries).
-* :mod:`storage.objectstore` — :class:`ObjectStore`, :func:`open_store`, :func:`pyarrow_filesystem`;
-  backends :mod:`storage.local` and :mod:`storage.s3`.
+* :mod:`storage.store.settings` — :class:`S3Settings` (endpoint, region, credentials, retries).
+* :mod:`storage.store.base` — :class:`ObjectStore`, :func:`open_store`, :func:`pyarrow_filesystem`;
+  backends :mod:`storage.store.local` and :mod:`storage.store.s3`.
 * :mod:`storage.catalog` — concept discovery, metadata defaults, content digests.
 * :mod:`storage.images` — image validation/normalisation, ingest, materialising PNGs.
 * :mod:`storage.results` — write-once publishing with ``_SUCCESS`` manifests, checkpoints.
 * :mod:`storage.metrics` — the Parquet metrics dataset and the embeddings index.
 """
 
-from .errors import (
+from storage.errors import (
     AlreadyExists,
     BackendError,
     InvalidConcept,
@@ -24,8 +24,9 @@ from .errors import (
     NotFound,
     StorageError,
 )
-from .objectstore import ObjectStore, open_store, pyarrow_filesystem
-from .settings import S3Settings
+from storage.store.base import ObjectStore
+from storage.store.open import open_store, pyarrow_filesystem
+from storage.store.settings import S3Settings
 
 __all__ = [
     "AlreadyExists",

@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import InvalidConcept, InvalidInput, StorageError
-from .objectstore import ObjectInfo, ObjectStore
-from .scanstate import ConceptState, MetaState, ScanState
+from storage.errors import InvalidConcept, InvalidInput, StorageError
+from storage.scanstate import ConceptState, MetaState, ScanState
+from storage.store.base import ObjectInfo, ObjectStore
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -28,12 +28,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from .catalog import validate_concept_id
-from .errors import InvalidConcept, InvalidInput, NotFound, redact
-from .objectstore import open_store
-from .results import check_run_id
-from .runfiles import append_run_file, read_run_files, rows_table
-from .settings import S3Settings
+from storage.catalog import validate_concept_id
+from storage.errors import InvalidConcept, InvalidInput, NotFound, redact
+from storage.results import check_run_id
+from storage.runfiles import append_run_file, read_run_files, rows_table
+from storage.store.open import open_store
+from storage.store.settings import S3Settings
 
 COMPOSITIONS_FILE = "_compositions.json"
 COMPOSITIONS_DIR = "compositions"

@@ -46,7 +46,7 @@ class InvalidKey(InvalidInput):
 
 
 class InvalidSettings(InvalidInput):
-    """An :class:`~storage.settings.S3Settings` field is invalid."""
+    """An :class:`~storage.store.settings.S3Settings` field is invalid."""
 
 
 class InvalidConcept(InvalidInput):
@@ -100,7 +100,7 @@ def redact(text: str) -> str:
     """``text`` with credentials replaced by ``***``.
 
     Scrubs the secret values currently in the environment, secrets registered through explicit
-    :class:`~storage.settings.S3Settings`, access key ids, ``secret=…``-style pairs, presigned
+    :class:`~storage.store.settings.S3Settings`, access key ids, ``secret=…``-style pairs, presigned
     URL signatures and ``user:password@`` in URLs.
     """
     text = str(text)

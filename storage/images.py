@@ -18,10 +18,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from common.images import normalise_image
-
-from .catalog import ConceptProblem, ConceptSpec
-from .errors import InvalidImage, InvalidInput, StorageError
-from .objectstore import ObjectStore
+from storage.catalog import ConceptProblem, ConceptSpec
+from storage.errors import InvalidImage, InvalidInput, StorageError
+from storage.store.base import ObjectStore
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",

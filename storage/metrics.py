@@ -7,7 +7,7 @@ Layout under the output root::
 
 Files are serialised in memory and stored with a write-once put (atomic on both backends), so
 a reader never sees a partial file and appends never collide. Reading goes through
-:func:`pyarrow.dataset` with the filesystem from :func:`storage.objectstore.pyarrow_filesystem`
+:func:`pyarrow.dataset` with the filesystem from :func:`storage.store.base.pyarrow_filesystem`
 (explicit S3 endpoint). ``run_date`` lives in the directory name only (hive convention).
 """
 
@@ -23,11 +23,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import InvalidInput, StorageError, redact
-from .objectstore import open_store, pyarrow_filesystem
-from .results import ResultStore, check_run_id
-from .runfiles import append_run_file, read_run_files, rows_table, run_files_dataset, to_parquet
-from .settings import S3Settings
+from storage.errors import InvalidInput, StorageError, redact
+from storage.results import ResultStore, check_run_id
+from storage.runfiles import append_run_file, read_run_files, rows_table, run_files_dataset, to_parquet
+from storage.store.open import open_store, pyarrow_filesystem
+from storage.store.settings import S3Settings
 
 __all__ = [
     "METRICS_SCHEMA",

@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .catalog import validate_concept_id
-from .errors import AlreadyExists, InvalidInput, NotFound, StorageError
-from .objectstore import ObjectStore, open_store, validate_key
-from .settings import S3Settings
+from storage.catalog import validate_concept_id
+from storage.errors import AlreadyExists, InvalidInput, NotFound, StorageError
+from storage.store.base import ObjectStore, validate_key
+from storage.store.open import open_store
+from storage.store.settings import S3Settings
 
 __all__ = ["SUCCESS", "FileEntry", "ResultManifest", "PublishedResult", "ResultStore", "check_run_id"]
 

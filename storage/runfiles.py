@@ -20,9 +20,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import StorageError
-from .objectstore import open_store, pyarrow_filesystem
-from .settings import S3Settings
+from storage.errors import StorageError
+from storage.store.open import open_store, pyarrow_filesystem
+from storage.store.settings import S3Settings
 
 RUN_DATE_PARTITIONING = ds.partitioning(pa.schema([pa.field("run_date", pa.date32())]), flavor="hive")
 

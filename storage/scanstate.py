@@ -20,8 +20,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import NotFound, StorageError
-from .objectstore import ObjectStore
+from storage.errors import NotFound, StorageError
+from storage.store.base import ObjectStore
 
 __all__ = ["STATE_KEY", "MetaState", "ConceptState", "ScanState", "load_scan_state", "save_scan_state"]
 

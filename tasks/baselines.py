@@ -1,8 +1,8 @@
 """The words-only baseline cache of a catalog's output: ``<out>/baselines/<key>.png``.
 
-A baseline rendering does not depend on the learned word (:class:`inversion.scoring.BaselineCache`),
+A baseline rendering does not depend on the learned word (:class:`inversion.evaluation.scoring.BaselineCache`),
 so it is rendered once per model, prompts, seeds and sampler settings (the key,
-:func:`inversion.scoring.baseline_key`) and read back by every later concept and run that needs it.
+:func:`inversion.evaluation.scoring.baseline_key`) and read back by every later concept and run that needs it.
 Each entry is one lossless PNG sheet: one row per prompt, one column per seed, every cell the
 rendering's size (the shape is in the PNG's ``sstar-grid`` text chunk). Entries are written
 atomically; a missing or unreadable one is rendered again.
@@ -16,9 +16,9 @@ from functools import lru_cache
 from PIL import Image
 from PIL.PngImagePlugin import PngImageFile, PngInfo
 
-from inversion.fingerprint import model_fingerprint
+from inversion.model.fingerprint import model_fingerprint
 from storage.errors import StorageError
-from storage.objectstore import open_store
+from storage.store.open import open_store
 
 #: where baseline renderings live under ``<out>/``
 BASELINES_PREFIX = "baselines/"
@@ -57,7 +57,7 @@ def _scope(model: str) -> str:
 
 
 class StoreBaselineCache:
-    """:class:`inversion.scoring.BaselineCache` over ``<out_uri>/baselines/`` for the model ``model``
+    """:class:`inversion.evaluation.scoring.BaselineCache` over ``<out_uri>/baselines/`` for the model ``model``
     (a folder or hub id; keys name it by content)."""
 
     def __init__(self, out_uri: str, model: str) -> None:

@@ -1,4 +1,4 @@
-"""The composition task: render and score one composition of learned words (:mod:`inversion.composition`),
+"""The composition task: render and score one composition of learned words (:mod:`inversion.evaluation.composition`),
 publish its grid and scores under ``<out>/compositions/<id>/<key>/`` and return its row.
 
 A composition's ``key`` digests its prompt, the digests of the concepts it names and the settings that
@@ -20,30 +20,29 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
-from inversion.errors import SstarError
-from inversion.filenames import (
+from common.filenames import (
     DIFFUSERS_FILENAME,
     DIFFUSERS_FILENAME_2,
     GRID_FILENAME,
     GRID_THUMBNAIL_FILENAME,
     SCORES_FILENAME,
 )
+from inversion.errors import SstarError
 from storage.catalog import read_concept
 from storage.compositions import CompositionRow, CompositionSpec, composition_prefix
 from storage.errors import StorageError
 from storage.images import ingest_concept
-from storage.objectstore import open_store
 from storage.results import ResultStore
-
-from . import runtime
-from .concurrency import gpu_slot
-from .ingest import spec_of
-from .records import ConceptRecord
-from .retry import RETRY
-from .settings import EvalSettings, LearnSettings, RunSettings
+from storage.store.open import open_store
+from tasks import model_cache
+from tasks.concurrency import gpu_slot
+from tasks.ingest import spec_of
+from tasks.records import ConceptRecord
+from tasks.retry import RETRY
+from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 if TYPE_CHECKING:
-    from inversion.composition import Word
+    from inversion.evaluation.composition import Word
 
 
 @dataclass(frozen=True)
@@ -98,9 +97,9 @@ def _row(
 
 def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip) -> Word:
     """Download the concept's embedding (both files of an SDXL word) and CLIP-embed its training images."""
-    from inversion.composition import Word
-    from inversion.formats import load_embedding
-    from inversion.scoring import embed_reference_images
+    from inversion.embeddings.formats import load_embedding
+    from inversion.evaluation.composition import Word
+    from inversion.evaluation.scoring import embed_reference_images
 
     folder = work / concept.record.concept_id
     folder.mkdir(parents=True)
@@ -135,14 +134,14 @@ def compose(
         return _row(spec, run_id, "skipped", concepts, key, json.loads(raw), store.url(f"{prefix}/{GRID_FILENAME}"))
     except StorageError:
         pass  # not rendered yet (or unreadable): render it
-    from inversion.composition import score_composition  # torch: only when something is rendered
-    from inversion.scoring import save_thumbnail
+    from inversion.evaluation.composition import score_composition  # torch: only when something is rendered
+    from inversion.evaluation.scoring import save_thumbnail
 
     try:
-        clip = runtime.clip_model(
+        clip = model_cache.clip_model(
             evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
         )
-        renderer = runtime.renderer(
+        renderer = model_cache.renderer(
             learn.model, evaluation.render_steps, evaluation.guidance, run.device, learn.precision, evaluation.sampler
         )
         with tempfile.TemporaryDirectory(prefix="sstar-compose-") as work:

@@ -17,23 +17,22 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from inversion.config import as_property
-from inversion.fingerprint import model_fingerprint
-from inversion.modelinfo import tokenizer_vocabulary
-from inversion.placeholders import token_collisions, vocabulary_clash
+from inversion.model.fingerprint import model_fingerprint
+from inversion.model.info import tokenizer_vocabulary
+from inversion.text.placeholders import token_collisions, vocabulary_clash
 from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog, read_concept
 from storage.images import ingest_concept, write_pngs
-from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
-
-from .records import ConceptRecord, StagedConcept
-from .retry import RETRY
-from .settings import LearnSettings
+from storage.store.open import open_store
+from tasks.records import ConceptRecord, StagedConcept
+from tasks.retry import RETRY
+from tasks.settings import LearnSettings
 
 
 def learning_identity(learn: LearnSettings) -> dict:
     """The learning settings as the digest sees them: the model by its content
-    (:func:`inversion.fingerprint.model_fingerprint`), not by its path."""
+    (:func:`inversion.model.fingerprint.model_fingerprint`), not by its path."""
     return {**learn.digest_settings(), "model": model_fingerprint(learn.model)}
 
 
@@ -108,7 +107,7 @@ def scan_catalog(
     read here, in parallel: most of them are skippable, and one full scan beats a task per concept.
     Tokens the pipeline cannot carry (see :func:`storage.catalog.token_problem`), that the
     model's vocabulary already holds, or that two concepts share (ignoring case, as the tokenizer
-    does; :func:`inversion.placeholders.token_collisions`) make their concepts unusable here, before
+    does; :func:`inversion.text.placeholders.token_collisions`) make their concepts unusable here, before
     any GPU time is spent; colliding concepts name each other.
     """
     store = open_store(catalog_uri)

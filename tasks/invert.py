@@ -2,7 +2,7 @@
 
 Continuous packing: the queue trains in one pack of ``concepts_per_batch`` slots, and a concept that
 stops (its cap, or its loss plateau) hands its slot to the next waiting one, so the batch stays full
-until the queue is empty (:func:`inversion.train.train_concepts` with ``slots``).
+until the queue is empty (:func:`inversion.training.trainer.train_concepts` with ``slots``).
 
 Checkpoints go to the output store every K steps, so a run killed mid-inversion resumes from the
 last one on whichever worker retries it. GPU work holds a slot of a Prefect global concurrency
@@ -19,18 +19,17 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
+from common.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME
 from inversion.errors import SstarError
-from inversion.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME
 from storage.results import ResultStore
-
-from . import runtime
-from .concurrency import gpu_slot
-from .records import InversionOutcome, StagedConcept
-from .retry import RETRY
-from .settings import LearnSettings, RunSettings
+from tasks import model_cache
+from tasks.concurrency import gpu_slot
+from tasks.records import InversionOutcome, StagedConcept
+from tasks.retry import RETRY
+from tasks.settings import LearnSettings, RunSettings
 
 if TYPE_CHECKING:
-    from inversion.train import StepReport
+    from inversion.training.trainer import StepReport
 
 #: published next to the embedding: the loss curve and whether the run resumed from a checkpoint
 TRAINING_LOG = "training.json"
@@ -52,7 +51,7 @@ def invert_pack(
 ) -> list[InversionOutcome]:
     """Learn every staged concept of the queue, ``run.concepts_per_batch`` at a time in one UNet batch."""
     from inversion.config import ConceptConfig
-    from inversion.train import train_concepts  # torch: imported by the task body, never by the coordinator
+    from inversion.training.trainer import train_concepts  # torch: imported by the task body, never by the coordinator
 
     logger = get_run_logger()
     live = [s for s in staged if s.error is None]
@@ -93,7 +92,7 @@ def invert_pack(
                 logger.info("%s: stopped (%s) at pack step %d", by_token[token].record.concept_id, reason, report.step)
 
         try:
-            components = runtime.diffusion_components(learn.model)
+            components = model_cache.diffusion_components(learn.model)
             with gpu_slot(run.gpu_limit_name):
                 trained = train_concepts(
                     components,

@@ -23,13 +23,12 @@ from urllib.parse import urlsplit
 
 from inversion.config import DEFAULT_CLIP_PRETRAINED
 from inversion.errors import SstarError
-from inversion.fingerprint import model_fingerprint
-from inversion.modelinfo import tokenizer_vocabulary
+from inversion.model.fingerprint import model_fingerprint
+from inversion.model.info import tokenizer_vocabulary
 from storage.errors import StorageError
-from storage.objectstore import open_store, parse_uri
-
-from . import runtime
-from .settings import EvalSettings, LearnSettings, RunSettings
+from storage.store.open import open_store, parse_uri
+from tasks import model_cache
+from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 __all__ = [
     "PreflightError",
@@ -144,7 +143,7 @@ def check_clip(evaluation: EvalSettings, device: str) -> None:
                 f"the scoring CLIP {evaluation.clip_arch} with {source} needs a download, but {blocked}; {fix}",
             )
     try:
-        runtime.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, device)
+        model_cache.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, device)
     except Exception as exc:  # noqa: BLE001 - open_clip, torch and the hub raise many types
         raise PreflightError(
             "--clip-checkpoint",

@@ -10,15 +10,14 @@ from typing import Any, TypedDict
 
 from prefect import get_run_logger, task
 
-from inversion.modelinfo import family_or_none
+from inversion.model.info import family_or_none
 from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
-from storage.objectstore import open_store
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
-
-from .records import ConceptRecord, ScoredConcept
-from .retry import RETRY
-from .settings import LearnSettings
+from storage.store.open import open_store
+from tasks.records import ConceptRecord, ScoredConcept
+from tasks.retry import RETRY
+from tasks.settings import LearnSettings
 
 
 class ScoreFields(TypedDict):

@@ -70,7 +70,7 @@ class InversionOutcome:
     final_loss: float | None = None
     train_seconds: float = 0.0
     error: str | None = None
-    stop_reason: str | None = None  # why training stopped: ``max_steps`` or ``plateau`` (inversion.stopping)
+    stop_reason: str | None = None  # why training stopped: ``max_steps`` or ``plateau`` (inversion.training.stopping)
 
 
 @dataclass(frozen=True)

@@ -13,25 +13,24 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
+from common.filenames import CHECKPOINT_FILENAME
 from inversion.errors import SstarError
-from inversion.filenames import CHECKPOINT_FILENAME
-
-from . import runtime
-from .baselines import StoreBaselineCache
-from .concurrency import gpu_slot
-from .invert import TRAINING_LOG
-from .records import InversionOutcome, ScoredConcept
-from .retry import RETRY
-from .settings import EvalSettings, LearnSettings, RunSettings
+from tasks import model_cache
+from tasks.baselines import StoreBaselineCache
+from tasks.concurrency import gpu_slot
+from tasks.invert import TRAINING_LOG
+from tasks.records import InversionOutcome, ScoredConcept
+from tasks.retry import RETRY
+from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 if TYPE_CHECKING:
-    from inversion.scoring import ConceptScores
+    from inversion.evaluation.scoring import ConceptScores
 
 
 def _files_to_publish(work_dir: str, embedding_path: str, scores: ConceptScores) -> tuple[str, ...]:
     """The files of a scored concept: its embedding files (in ``embedding_path``'s folder), training
     log and the scores and grids written under ``work_dir``."""
-    from inversion.scoring import write_scores
+    from inversion.evaluation.scoring import write_scores
 
     written = write_scores(scores, Path(work_dir) / "result")
     embedding_dir = Path(embedding_path).parent
@@ -60,9 +59,11 @@ def score_outcomes(
     Each concept's ``eval_seconds`` is its share of the whole. Deterministic failures come back as
     ``error`` (for all of them: they share one rendering), so they are not retried.
     """
-    from inversion.formats import load_embedding  # torch: imported by the task body, never by the coordinator
+    from inversion.embeddings.formats import (
+        load_embedding,  # torch: imported by the task body, never by the coordinator
+    )
+    from inversion.evaluation.scoring import ScoreRequest, ScoreSettings, score_concepts
     from inversion.images import list_images, open_rgb
-    from inversion.scoring import ScoreRequest, ScoreSettings, score_concepts
 
     scored: dict[int, ScoredConcept] = {}
     embedding_paths: dict[int, str] = {}  # the outcomes to score: those that learned an embedding
@@ -87,7 +88,7 @@ def score_outcomes(
                         record.property,
                     )
                 )
-            renderer = runtime.renderer(
+            renderer = model_cache.renderer(
                 learn.model,
                 evaluation.render_steps,
                 evaluation.guidance,
@@ -95,7 +96,7 @@ def score_outcomes(
                 learn.precision,
                 evaluation.sampler,
             )
-            clip = runtime.clip_model(
+            clip = model_cache.clip_model(
                 evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
             )
             settings = ScoreSettings(

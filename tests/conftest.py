@@ -60,7 +60,7 @@ def _torch_threads_given_back() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight Stable Diffusion pipeline folder (real CLIP vocabulary), built once."""
-    from inversion.models import write_random_model
+    from inversion.model.zoo import write_random_model
 
     return write_random_model("tiny", tmp_path_factory.mktemp("models") / "tiny")
 
@@ -68,7 +68,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sd2_tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight SD 2.x-structured pipeline folder (OpenCLIP-style text side, v-prediction)."""
-    from inversion.models import write_random_model
+    from inversion.model.zoo import write_random_model
 
     return write_random_model("sd2-tiny", tmp_path_factory.mktemp("models") / "sd2-tiny")
 
@@ -76,7 +76,7 @@ def sd2_tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sdxl_tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight SDXL pipeline folder (two text encoders of widths 32 and 48)."""
-    from inversion.models import write_random_model
+    from inversion.model.zoo import write_random_model
 
     return write_random_model("sdxl-tiny", tmp_path_factory.mktemp("models") / "sdxl-tiny")
 
@@ -99,7 +99,7 @@ def concept_images(tmp_path) -> Path:
 
 
 # --- a real S3 endpoint: moto's server on 127.0.0.1 in a child process -----------------------------
-from storage.settings import S3Settings  # noqa: E402
+from storage.store.settings import S3Settings  # noqa: E402
 from tests.storage.helpers import ACCESS_KEY, BUCKET, SECRET_KEY, make_settings  # noqa: E402
 
 MOTO_SERVER = Path(__file__).resolve().parent / "storage" / "moto_s3_server.py"

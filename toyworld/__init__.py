@@ -20,7 +20,7 @@ __all__ = ["CLIP_ARCH", "CLIP_CHECKPOINT", "MODEL_DIR"]
 
 #: the world's diffusion model (a diffusers folder)
 MODEL_DIR: Path = Path(__file__).resolve().parent / "weights"
-#: open_clip architecture of the world's CLIP (``inversion/clip_configs/sstar-world-clip.json``)
+#: open_clip architecture of the world's CLIP (``inversion/evaluation/clip_configs/sstar-world-clip.json``)
 CLIP_ARCH = "sstar-world-clip"
 #: the world CLIP's weights
 CLIP_CHECKPOINT: Path = MODEL_DIR / "clip" / f"{CLIP_ARCH}.safetensors"

@@ -13,12 +13,12 @@ same seeds (``0 … samples-1``) at guidance 3 and measured by the oracle (:mod:
    ``a photo of a {small,large} <tok>``; the same edits of the best caption. Per word: the median hue
    error of the unedited prompt and of each edit (target: every edit ≤ 1.5× unedited), background
    accuracy over the background edits and size accuracy over the size edits (targets ≥ 0.9);
-2. **blends** — :func:`inversion.merge.merge_embeddings` of the two held-out circles (22.5° and
+2. **blends** — :func:`inversion.embeddings.merge.merge_embeddings` of the two held-out circles (22.5° and
    292.5°) at ``w`` = 0 … 1 (weights ``1-w`` and ``w``) in ``sum`` and ``slerp`` modes: the median hue
    unwrapped along the short arc between the parents, Spearman ρ against ``w`` (target |ρ| ≥ 0.9), the
    ends' hue errors against the parents' own (target: within 2°) and the largest deviation from the
    straight line between the measured ends (the straighter mode has the smaller one);
-3. **strength** — ``a photo of a (<tok>:s)`` (A1111's rule, :mod:`inversion.weighting`): median hue
+3. **strength** — ``a photo of a (<tok>:s)`` (A1111's rule, :mod:`inversion.text.weighting`): median hue
    error and share within 10°;
 4. **vectors** — part 1's measures for the 1-, 2- and 4-vector words (the paper's trade-off: more
    vectors reconstruct better and edit worse).
@@ -241,7 +241,7 @@ class Learned:
 def learn(components, concepts: Sequence[HeldOutConcept], settings: ComposeSettings, work: Path) -> Learned:
     """Every (concept, vector count) word in one pack at the defaults; raises if any word failed."""
     from inversion.config import ConceptConfig
-    from inversion.train import train_concepts
+    from inversion.training.trainer import train_concepts
 
     configs = []
     for i, concept in enumerate(concepts):
@@ -317,7 +317,7 @@ def measure_blends(
     renderer, pair: tuple[HeldOutConcept, HeldOutConcept], learned: Learned, parent_errors, settings: ComposeSettings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Part 2: the pair's blends per mode and weight; returns (per-weight rows, per-mode rows)."""
-    from inversion.merge import Parent, merge_embeddings
+    from inversion.embeddings.merge import Parent, merge_embeddings
 
     a, b = pair
     parents = [learned.embeddings[token_of(c)] for c in pair]
@@ -401,8 +401,8 @@ def run_compose(world: Path, settings: ComposeSettings, log: Callable[[str], Non
 
 
 def _measure_all(world: Path, settings: ComposeSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    from inversion.models import load_components
-    from inversion.render import Renderer, RenderSettings
+    from inversion.evaluation.render import Renderer, RenderSettings
+    from inversion.model.components import load_components
 
     components = load_components(Path(world))
     renderer = Renderer(

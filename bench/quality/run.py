@@ -13,7 +13,8 @@ words, a fixed shape, size and background):
    class word of CLIP text similarity;
 2. render ``--samples`` images of ``a photo of a <token>`` and of the concept's best caption
    (``a photo of a large orange circle on a white background``) with the same seeds, guidance 3,
-   through :func:`inversion.scoring.score_concept` (which renders with :class:`inversion.render.Renderer`
+   through :func:`inversion.evaluation.scoring.score_concept` (which renders with
+   :class:`inversion.evaluation.render.Renderer`
    and scores with the world CLIP exactly as the flows do: image similarity, text similarity,
    words-only baseline, inversion lift), and measure both sets with the oracle: median hue error,
    share within 10°, background accuracy;
@@ -67,7 +68,7 @@ class QualitySettings:
     pack: bool = False  # train all concepts in one pack (no curves): the regression test's cheap mode
     device: str = "auto"
     train_images: int = 4
-    stop: str = "fixed"  # TrainConfig.stop: fixed (to the cap) or plateau (inversion.stopping)
+    stop: str = "fixed"  # TrainConfig.stop: fixed (to the cap) or plateau (inversion.training.stopping)
 
 
 FAST = QualitySettings(concepts=2, samples=4, steps=6, render_steps=4, curve_every=3, curve_samples=2)
@@ -120,7 +121,7 @@ class Curve:
         self.eval_seconds = 0.0
 
     def measure(self, step: int, vectors: torch.Tensor, train_seconds: float | None = None) -> None:
-        from inversion.formats import LearnedEmbedding
+        from inversion.embeddings.formats import LearnedEmbedding
 
         tick = time.perf_counter()
         if train_seconds is None:
@@ -134,7 +135,7 @@ class Curve:
         self.eval_seconds += time.perf_counter() - tick
 
     def on_checkpoint(self, token: str, path: Path) -> None:
-        from inversion.checkpoint import read_checkpoint
+        from inversion.training.checkpoint import read_checkpoint
 
         checkpoint = read_checkpoint(path)
         self.measure(checkpoint.step, checkpoint.vectors)
@@ -155,8 +156,8 @@ class Curve:
 
 def learn_with_curve(components, renderer, concept_cfg, concept, config, work: Path, settings: QualitySettings):
     """Train one concept, measuring the curve at every ``curve_every`` steps; returns (result, curve)."""
-    from inversion.tokens import initial_vectors
-    from inversion.train import train_concepts
+    from inversion.text.tokens import initial_vectors
+    from inversion.training.trainer import train_concepts
 
     curve = Curve(renderer, concept, list(range(1000, 1000 + settings.curve_samples)))
     start = initial_vectors(components.text_encoder, components.tokenizer, concept_cfg.initializer, 1)
@@ -178,7 +179,7 @@ def evaluate(renderer, clip, concept: G.HeldOutConcept, embedding, reference, se
     best = concept.best_caption()
     row: dict[str, Any] = {}
     if clip is not None:
-        from inversion.scoring import ScoreSettings, score_concept
+        from inversion.evaluation.scoring import ScoreSettings, score_concept
 
         scores = score_concept(
             renderer,
@@ -216,11 +217,11 @@ def run_quality(world: Path, out: Path | None, settings: QualitySettings, log=pr
     """Learn and measure ``settings.concepts`` held-out concepts; returns one row per concept."""
     from PIL import Image
 
-    from inversion.clip import ClipSpec, load_clip
-    from inversion.config import ConceptConfig
-    from inversion.models import load_components
-    from inversion.render import Renderer, RenderSettings
-    from inversion.train import train_concepts
+    from inversion.config import ClipSpec, ConceptConfig
+    from inversion.evaluation.clip import load_clip
+    from inversion.evaluation.render import Renderer, RenderSettings
+    from inversion.model.components import load_components
+    from inversion.training.trainer import train_concepts
 
     world = Path(world)
     components = load_components(world)

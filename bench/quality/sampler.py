@@ -5,7 +5,7 @@
 
 Learns the 4 held-out concepts once (one pack, ``--stop plateau``, the trainer's defaults, as
 ``bench.quality.run --pack --stop plateau``), then scores the same learned words with each
-``sampler:steps`` setting exactly as the flows do (:func:`inversion.scoring.score_concepts`: the pack's
+``sampler:steps`` setting exactly as the flows do (:func:`inversion.evaluation.scoring.score_concepts`: the pack's
 words in one batched render, the words-only baseline of each class word, the world CLIP), with the
 demo's evaluation (``a photo of a {}``, guidance 3) over ``--samples`` seeds. Per setting and concept
 it reports CLIP image similarity, inversion lift and the oracle's median hue error of the learned
@@ -46,7 +46,7 @@ def learn_held_out(components, device: str, work: Path) -> tuple[list, list, lis
     from PIL import Image
 
     from inversion.config import ConceptConfig, TrainConfig
-    from inversion.train import train_concepts
+    from inversion.training.trainer import train_concepts
 
     concepts = list(G.HELD_OUT)
     configs, references = [], []
@@ -66,8 +66,8 @@ def score_setting(
     components, clip, concepts, results, references, sampler: str, steps: int, samples: int, repeats: int, device: str
 ) -> dict[str, Any]:
     """Score every learned word with one sampler setting; per-concept scores and seconds per concept."""
-    from inversion.render import Renderer, RenderSettings
-    from inversion.scoring import ScoreRequest, ScoreSettings, score_concepts
+    from inversion.evaluation.render import Renderer, RenderSettings
+    from inversion.evaluation.scoring import ScoreRequest, ScoreSettings, score_concepts
 
     renderer = Renderer(
         components, RenderSettings(steps=steps, guidance=3.0, device=device, batch_size=32, sampler=sampler)
@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    from inversion.clip import ClipSpec, load_clip
-    from inversion.models import load_components
+    from inversion.config import ClipSpec
+    from inversion.evaluation.clip import load_clip
+    from inversion.model.components import load_components
 
     components = load_components(MODEL_DIR)
     clip = load_clip(ClipSpec(WORLD_CLIP_ARCH, checkpoint=MODEL_DIR / CLIP_FILE), args.device)

@@ -1,11 +1,11 @@
-"""The toy world's model architectures, as data (in the spirit of :data:`inversion.models.ARCHITECTURES`).
+"""The toy world's model architectures, as data (in the spirit of :data:`inversion.model.components.ARCHITECTURES`).
 
 :data:`WORLD_ARCHITECTURE` is a Stable-Diffusion-style latent diffusion model for 32 px images:
 a 4×-down AutoencoderKL (4 latent channels, 8×8 latents), a two-level UNet with cross-attention
 (dim 128) and a 3-layer CLIP text encoder (hidden 128) over the real CLIP vocabulary. It shares
 the text-encoder settings (vocabulary, special tokens) and the scheduler with our tiny and SD-1.5
 architectures. The world CLIP is an open_clip custom architecture registered with our own CLIP
-configs (``inversion/clip_configs/sstar-world-clip.json``), so ``sstar score --clip-arch
+configs (``inversion/evaluation/clip_configs/sstar-world-clip.json``), so ``sstar score --clip-arch
 sstar-world-clip --clip-checkpoint …`` scores with it like with any other.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from inversion.clip import CONFIG_DIR
-from inversion.models import SCHEDULER_CONFIG, TEXT_ENCODER_COMMON
+from inversion.evaluation.clip import CONFIG_DIR
+from inversion.model.zoo import SCHEDULER_CONFIG, TEXT_ENCODER_COMMON
 from toyworld import CLIP_ARCH as WORLD_CLIP_ARCH
 
 WORLD_CLIP_CONFIG = CONFIG_DIR / f"{WORLD_CLIP_ARCH}.json"
@@ -69,7 +69,7 @@ def build_diffusion(resolution: int = 32, seed: int = 0):
 
     They come frozen; each training phase unfreezes what it trains.
     """
-    from inversion.models import build_random_components
+    from inversion.model.zoo import build_random_components
 
     c = build_random_components(world_architecture(resolution), seed=seed)
     return c.tokenizer, c.text_encoder, c.vae, c.unet, c.noise_scheduler
@@ -79,7 +79,7 @@ def build_clip(seed: int = 0):
     """A fresh (seeded, random) world CLIP (open_clip ``CLIP``)."""
     import torch
 
-    from inversion.clip import open_clip_module
+    from inversion.evaluation.clip import open_clip_module
 
     open_clip = open_clip_module()
     torch.manual_seed(seed)

@@ -54,7 +54,7 @@ EMPTY_CAPTION_PROB = 0.10
 DROP_PROB = {"size": 0.3, "hue": 0.2, "background": 0.3}
 
 #: templates around the noun phrase; the photo-style ones are our trainer's object templates
-#: (:data:`inversion.templates.OBJECT_TEMPLATES`), so the world's text encoder has seen the filler
+#: (:data:`inversion.training.templates.OBJECT_TEMPLATES`), so the world's text encoder has seen the filler
 #: words Textual Inversion trains with. "a large {} in a photo"-style templates are left out (they
 #: would contradict the size word).
 PLAIN_TEMPLATES: tuple[str, ...] = ("{}", "a {}")
@@ -62,7 +62,7 @@ WRAP_PROB = 0.6
 
 
 def _photo_templates() -> tuple[str, ...]:
-    from inversion.templates import OBJECT_TEMPLATES
+    from inversion.training.templates import OBJECT_TEMPLATES
 
     extra = ("a photo of a {}", "an image of a {}", "a picture of a {}")
     kept = tuple(t for t in OBJECT_TEMPLATES if not any(w in t.split() for w in SIZE_WORDS))

@@ -16,7 +16,7 @@ Phases, in order (each saved as soon as it finishes, so a crash later does not l
 
 Everything is written into ``OUT.partial/`` and renamed to ``OUT`` at the end; ``--resume`` reuses
 the finished phases found in ``OUT.partial/``. Output: a diffusers Stable Diffusion folder (fp16
-safetensors; loadable by :func:`inversion.models.load_components`), ``clip/sstar-world-clip.safetensors``
+safetensors; loadable by :func:`inversion.model.components.load_components`), ``clip/sstar-world-clip.safetensors``
 (+ its JSON config) and ``train_log.json``.
 
 CUDA runs under bf16 autocast (weights and optimizer fp32); the CPU runs fp32. The dataset (images,
@@ -290,7 +290,8 @@ def train_diffusion(
 
 
 def save_diffusion(folder: Path, tokenizer, text_encoder, vae, unet, scheduler) -> None:
-    from inversion.models import DiffusionComponents, save_pipeline
+    from inversion.model.components import DiffusionComponents
+    from inversion.model.zoo import save_pipeline
 
     components = DiffusionComponents(
         tokenizer, half_copy(text_encoder), half_copy(vae), half_copy(unet), scheduler, "world"
@@ -383,7 +384,7 @@ def sample_captions(
     """Render each prompt once (independent noise per prompt, seeded); uint8 ``[N, H, W, 3]``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from inversion.models import load_components
+    from inversion.model.components import load_components
 
     components = load_components(model_dir)
     components.to(device, torch.float32)
@@ -467,7 +468,8 @@ def clip_zero_shot(clip_path: Path, args, device: torch.device) -> float:
     """
     from PIL import Image
 
-    from inversion.clip import ClipSpec, load_clip
+    from inversion.config import ClipSpec
+    from inversion.evaluation.clip import load_clip
 
     clip = load_clip(ClipSpec(WORLD_CLIP_ARCH, checkpoint=clip_path), device)
     images, _, info = G.make_batch(np.random.default_rng(args.seed + 30_000), 256, args.resolution)

@@ -10,7 +10,7 @@ import torch
 
 from bench import speed
 from bench.baseline import encode_conditioning, recipe_precision, run_baseline
-from inversion.families import PromptEncoder
+from inversion.text.encoder import PromptEncoder
 
 
 def test_benchmark_runs_two_steps_on_tiny_and_prints_the_table(tmp_path, capsys):

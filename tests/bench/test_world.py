@@ -43,7 +43,7 @@ def test_hue_words_bin_the_hue_and_are_single_clip_tokens():
     assert G.hue_word(0.0) == "red" and G.hue_word(359.0) == "red" and G.hue_word(44.0) == "orange"
     assert G.hue_word(22.5) == "orange"  # half-way goes to the upper bin
     assert G.hue_word(225.0) == "blue" and G.hue_word(315.0) == "pink"
-    from inversion.vocab import clip_vocab
+    from inversion.model.vocab import clip_vocab
 
     vocab = clip_vocab()
     for word in (*G.HUE_WORDS, *G.SHAPES, *G.BACKGROUNDS, *G.SIZE_WORDS):
@@ -116,8 +116,9 @@ def test_world_training_command_writes_a_loadable_model(tmp_path):
     """A few steps of every phase: the folder loads as our diffusion model and the CLIP as ours."""
     from bench.world.configs import WORLD_CLIP_ARCH
     from bench.world.train import main
-    from inversion.clip import ClipSpec, load_clip
-    from inversion.models import load_components
+    from inversion.config import ClipSpec
+    from inversion.evaluation.clip import load_clip
+    from inversion.model.components import load_components
 
     out = tmp_path / "world"
     assert (

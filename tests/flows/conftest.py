@@ -26,7 +26,7 @@ class TwoRuns:
 @pytest.fixture(scope="session")
 def two_runs(prefect_harness, tiny_model_dir, tmp_path_factory) -> TwoRuns:
     from flows.learn import learn_catalog
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
     root = tmp_path_factory.mktemp("two-runs")

@@ -15,10 +15,10 @@ from PIL import Image
 
 from storage.catalog import CatalogScan, discover_catalog
 from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
-from storage.objectstore import ObjectStore
 from storage.results import ResultStore
 from storage.scanstate import save_scan_state
-from storage.settings import S3Settings
+from storage.store.base import ObjectStore
+from storage.store.settings import S3Settings
 from tasks.ingest import learning_identity
 from tasks.settings import LearnSettings
 

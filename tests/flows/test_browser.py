@@ -52,9 +52,9 @@ def test_run_report_renders_in_chromium_with_its_thumbnails(two_runs: TwoRuns) -
 def test_dashboard_with_10000_concepts_renders(tmp_path) -> None:
     """The catalog-size page (bench/dashboard_size.py measures its size and load time) is usable."""
     from bench.dashboard_size import synthetic_rows
-    from flows.dashboard import render_dashboard, summarise
-    from storage.objectstore import open_store
+    from reports.dashboard import render_dashboard, summarise
     from storage.results import ResultStore
+    from storage.store.open import open_store
 
     page_path = tmp_path / "reports" / "dashboard.html"
     page_path.parent.mkdir()

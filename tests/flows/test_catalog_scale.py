@@ -61,8 +61,8 @@ def _statuses(out, run_id):
 
 
 def test_nightly_runs_read_what_changed(prefect_harness, proxy, s3_client, tiny_model_dir, tmp_path):
-    from inversion.clip import write_tiny_clip
-    from inversion.formats import a1111_filename
+    from inversion.embeddings.formats import a1111_filename
+    from inversion.evaluation.clip import write_tiny_clip
     from storage.results import ResultStore
 
     clip = write_tiny_clip(tmp_path / "clip.pt")

@@ -35,7 +35,7 @@ def _png(color, seed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def clip_checkpoint(tmp_path_factory):
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt")
 

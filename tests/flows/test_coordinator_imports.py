@@ -18,8 +18,8 @@ HEAVY = ("torch", "diffusers", "transformers", "open_clip")
 COORDINATOR = (
     "flows.learn",
     "flows.cli",
-    "flows.report",
-    "flows.dashboard",
+    "reports.run_page",
+    "reports.dashboard",
     "flows.compositions",
     "tasks.ingest",
     "tasks.publish",
@@ -28,9 +28,9 @@ COORDINATOR = (
     "tasks.score",
     "tasks.compose",
     "storage",
-    "inversion.modelinfo",
-    "inversion.placeholders",
-    "inversion.filenames",
+    "inversion.model.info",
+    "inversion.text.placeholders",
+    "common.filenames",
 )
 
 
@@ -49,7 +49,9 @@ def test_coordinator_modules_do_not_import_torch():
 
 def test_the_check_itself_sees_torch():
     """The same check fails for a module that does import torch (so the test above can fail)."""
-    done = _python(f"import sys; import inversion.train; assert not any(m in sys.modules for m in {HEAVY!r})")
+    done = _python(
+        f"import sys; import inversion.training.trainer; assert not any(m in sys.modules for m in {HEAVY!r})"
+    )
     assert done.returncode != 0 and "AssertionError" in done.stderr
 
 
@@ -67,7 +69,7 @@ def test_noop_learn_does_not_import_torch(prefect_harness, tiny_model_dir, tmp_p
     the model's fingerprint come from its files)."""
     from prefect.settings import PREFECT_API_URL
 
-    from storage.objectstore import open_store
+    from storage.store.open import open_store
     from tasks.settings import LearnSettings
     from tests.flows.seeding import seed_learned_output
 

@@ -10,9 +10,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bench.dashboard_size import metrics_row
-from flows.dashboard import DASHBOARD_KEY, render_dashboard, summarise
-from storage.objectstore import open_store
+from reports.dashboard import DASHBOARD_KEY, render_dashboard, summarise
 from storage.results import ResultStore
+from storage.store.open import open_store
 
 T0 = datetime(2024, 5, 1, 2, 0, tzinfo=timezone.utc)
 EVIL = "<script>alert('x')</script>"
@@ -141,7 +141,7 @@ def _table_statuses(out) -> dict[str, str]:
 def test_a_run_adds_its_rows_to_the_stored_state(rows: list[dict], tmp_path) -> None:
     """refresh_dashboard reads the state, not the metrics: rows given to it but absent from the metrics
     still reach the page; a corrupt state, or a run the state already holds, rebuilds from the metrics."""
-    from flows.dashboard import (
+    from reports.dashboard import (
         STATE_KEY,
         DashboardState,
         refresh_dashboard,
@@ -171,7 +171,7 @@ def test_a_run_adds_its_rows_to_the_stored_state(rows: list[dict], tmp_path) -> 
 
 
 def test_refresh_failure_is_logged_not_raised(tmp_path) -> None:
-    from flows.dashboard import refresh_dashboard
+    from reports.dashboard import refresh_dashboard
 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

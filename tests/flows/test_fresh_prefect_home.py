@@ -79,7 +79,7 @@ def test_the_users_profile_wins(tmp_path):
 def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path):
     """The real CLI, in its own process, with nothing configured: the ephemeral server migrates a new
     database (PREFECT_HOME/prefect.db did not exist) and the run still ends with exit 0."""
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     assert SSTAR.is_file(), f"the sstar entry point is not installed next to {sys.executable}"
     clip = write_tiny_clip(tmp_path / "clip" / "tiny.pt")
@@ -120,7 +120,7 @@ def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path
 def test_a_server_that_does_not_start_in_time_is_one_line(tiny_model_dir, tmp_path):
     """The user's own timeout is too short for a new database: exit 2 with one line naming the settings
     that fix it — not Prefect's traceback — and nothing written."""
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     clip = write_tiny_clip(tmp_path / "clip" / "tiny.pt")
     catalog, out = tmp_path / "catalog", tmp_path / "out"

@@ -19,7 +19,7 @@ REAL_CONCEPTS = {"can": "can", "candle": "candle"}
 
 @pytest.fixture(scope="module")
 def clip_checkpoint(tmp_path_factory):
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt")
 
@@ -79,8 +79,8 @@ def test_catalog_runs_skip_and_relearn(
     prefect_harness, s3_catalog, dreambooth_dir, s3_client, tiny_model_dir, clip_checkpoint
 ):
     from storage.metrics import read_embeddings_index
-    from storage.objectstore import open_store
     from storage.results import ResultStore
+    from storage.store.open import open_store
     from tests.conftest import BUCKET
 
     catalog, out = s3_catalog

@@ -15,7 +15,7 @@ from tests.flows.sstar_cli import learn_argv
 
 @pytest.fixture(scope="module")
 def clip_checkpoint(tmp_path_factory):
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.pt")
 

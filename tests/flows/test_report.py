@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from flows.report import MAX_BARS, MAX_LISTED, lift_chart, render_report, write_report
-from storage.objectstore import open_store
+from reports.run_page import MAX_BARS, MAX_LISTED, lift_chart, render_report, write_report
 from storage.results import ResultStore
+from storage.store.open import open_store
 
 EVIL = "<script>alert('x')</script>"
 DIGEST = "ab" * 8

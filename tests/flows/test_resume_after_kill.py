@@ -42,11 +42,11 @@ def test_killed_inversion_resumes_from_checkpoint(prefect_harness, tiny_model_di
     from prefect.settings import PREFECT_API_URL
 
     from flows.cli import main
-    from inversion.clip import write_tiny_clip
     from inversion.config import ConceptConfig, TrainConfig
-    from inversion.formats import load_embedding
-    from inversion.models import load_components
-    from inversion.train import train_concept
+    from inversion.embeddings.formats import load_embedding
+    from inversion.evaluation.clip import write_tiny_clip
+    from inversion.model.components import load_components
+    from inversion.training.trainer import train_concept
     from storage.results import ResultStore
 
     clip = write_tiny_clip(tmp_path / "clip" / "tiny.pt")

@@ -92,7 +92,7 @@ def test_two_workers_share_the_catalog(prefect_server, tiny_model_dir, tmp_path)
     for concept_id, colour in zip(concepts, COLOURS):
         write_shape_images(catalog / concept_id, color=colour, count=2)
         (catalog / concept_id / "concept.json").write_text(json.dumps({"initializer": "square"}))
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     clip = write_tiny_clip(tmp_path / "tiny-clip.pt")
 

@@ -10,8 +10,8 @@ from tests.conftest import write_shape_images
 
 def test_learn_catalog_on_sdxl(prefect_harness, sdxl_tiny_model_dir, tmp_path):
     from flows.learn import learn_catalog
-    from inversion.clip import write_tiny_clip
-    from inversion.formats import load_embedding
+    from inversion.embeddings.formats import load_embedding
+    from inversion.evaluation.clip import write_tiny_clip
     from storage.metrics import read_metrics
     from tasks.settings import EvalSettings, LearnSettings, RunSettings
 

@@ -73,7 +73,7 @@ def test_views_over_s3(two_runs: TwoRuns, moto_endpoint, s3_client) -> None:
     """The same metrics files, copied byte for byte to a bucket on the moto server, read through pyarrow's S3."""
     import uuid
 
-    from storage.objectstore import open_store
+    from storage.store.open import open_store
     from tests.conftest import BUCKET, make_settings
 
     settings = make_settings(moto_endpoint)
@@ -87,7 +87,7 @@ def test_views_over_s3(two_runs: TwoRuns, moto_endpoint, s3_client) -> None:
 
 
 def test_dashboard_agrees_with_the_views(two_runs: TwoRuns) -> None:
-    from flows.dashboard import summarise
+    from reports.dashboard import summarise
     from storage.metrics import read_metrics
 
     con = _connect(str(two_runs.out))
@@ -115,7 +115,7 @@ def test_dashboard_agrees_with_the_views(two_runs: TwoRuns) -> None:
 def test_failure_reason_masks_particulars_like_the_sql() -> None:
     import duckdb
 
-    from flows.dashboard import failure_reason
+    from reports.dashboard import failure_reason
 
     errors = [
         "ingest failed: corrupt/00.jpg: cannot identify image 'x 12.jpg'\nTraceback …",

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from inversion.formats import load_embedding
+from inversion.embeddings.formats import load_embedding
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -129,8 +129,8 @@ def test_score_command(tiny_model_dir, concept_images, tmp_path, capsys):
 
     import torch
 
-    from inversion.clip import write_tiny_clip
-    from inversion.formats import LearnedEmbedding, save_diffusers
+    from inversion.embeddings.formats import LearnedEmbedding, save_diffusers
+    from inversion.evaluation.clip import write_tiny_clip
 
     clip = write_tiny_clip(tmp_path / "clip.pt")
     emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
@@ -165,7 +165,7 @@ def test_score_command(tiny_model_dir, concept_images, tmp_path, capsys):
 def test_score_command_unknown_clip(tiny_model_dir, concept_images, tmp_path, capsys):
     import torch
 
-    from inversion.formats import LearnedEmbedding, save_diffusers
+    from inversion.embeddings.formats import LearnedEmbedding, save_diffusers
 
     emb = save_diffusers(LearnedEmbedding("<red-sq>", torch.randn(1, 32)), tmp_path / "e.safetensors")
     code, _, err = _run(

@@ -1,4 +1,4 @@
-"""CLIP loading and embedding (inversion.clip): tiny random architecture, no downloads."""
+"""CLIP loading and embedding (inversion.evaluation.clip): tiny random architecture, no downloads."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from inversion import clip as clip_mod
-from inversion.clip import TINY_ARCH, ClipSpec, load_clip, open_clip_module, write_tiny_clip
+from inversion.config import ClipSpec
 from inversion.errors import ConfigError, InputError
+from inversion.evaluation import clip as clip_mod
+from inversion.evaluation.clip import TINY_ARCH, load_clip, open_clip_module, write_tiny_clip
 
 
 @pytest.fixture(autouse=True)

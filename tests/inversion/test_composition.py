@@ -1,14 +1,15 @@
-"""Composition scoring (inversion.composition) and its key (tasks.compose): tokens become class words for CLIP's
-text side, every named word is scored against its own concept, and the key follows prompt and concept digests."""
+"""Composition scoring (inversion.evaluation.composition) and its key (tasks.compose): tokens become class words
+for CLIP's text side, every named word is scored against its own concept,
+and the key follows prompt and concept digests."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from inversion.composition import Word, class_prompt, score_composition
+from inversion.embeddings.formats import LearnedEmbedding
 from inversion.errors import InputError
-from inversion.formats import LearnedEmbedding
+from inversion.evaluation.composition import Word, class_prompt, score_composition
 
 
 def _word(token: str, class_word: str) -> Word:

@@ -7,8 +7,8 @@ import torch
 
 from inversion.config import ConceptConfig, EvalConfig, TrainConfig, clip_spec
 from inversion.errors import ConfigError, TokenError
-from inversion.models import load_components
-from inversion.tokens import expand_token, initial_vectors, register_token, vector_names
+from inversion.model.components import load_components
+from inversion.text.tokens import expand_token, initial_vectors, register_token, vector_names
 
 
 @pytest.fixture(scope="module")

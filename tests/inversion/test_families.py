@@ -11,13 +11,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from inversion.config import ConceptConfig, TrainConfig
+from inversion.embeddings.formats import load_embedding
 from inversion.errors import EmbeddingFormatError
-from inversion.families import PromptEncoder, crop_conditioning, read_family
-from inversion.formats import load_embedding
-from inversion.models import load_components
-from inversion.render import Renderer, RenderSettings
-from inversion.tokens import expand_token
-from inversion.train import train_concept, train_concepts
+from inversion.evaluation.render import Renderer, RenderSettings
+from inversion.model.components import load_components
+from inversion.model.info import read_family
+from inversion.text.encoder import PromptEncoder, crop_conditioning
+from inversion.text.tokens import expand_token
+from inversion.training.trainer import train_concept, train_concepts
 from tests.conftest import write_shape_images
 
 FAMILY_DIRS = {"sd1": "tiny_model_dir", "sd2": "sd2_tiny_model_dir", "sdxl": "sdxl_tiny_model_dir"}
@@ -91,7 +92,7 @@ def test_sdxl_pack_matches_alone_and_resume_is_exact(sdxl, tmp_path):
 
 
 def test_sdxl_render_uses_the_word_and_refuses_a_one_encoder_embedding(sdxl, tmp_path):
-    from inversion.formats import LearnedEmbedding
+    from inversion.embeddings.formats import LearnedEmbedding
 
     renderer = Renderer(sdxl, RenderSettings(steps=2, guidance=2.0, device="cpu"))
     word = LearnedEmbedding("<xl-w>", torch.randn(1, 80, generator=torch.Generator().manual_seed(0)) * 3, (32, 48))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from inversion import fingerprint
 from inversion.errors import InputError
-from inversion.fingerprint import model_fingerprint
+from inversion.model import fingerprint
+from inversion.model.fingerprint import model_fingerprint
 
 
 @pytest.fixture

@@ -11,8 +11,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from inversion.embeddings.formats import (
+    LearnedEmbedding,
+    load_embedding,
+    save_a1111,
+    save_diffusers,
+    save_embedding_files,
+)
 from inversion.errors import EmbeddingFormatError
-from inversion.formats import LearnedEmbedding, load_embedding, save_a1111, save_diffusers, save_embedding_files
 
 
 @pytest.fixture
@@ -177,7 +183,7 @@ def test_sdxl_files_every_client_loads(tmp_path):
 
 
 def test_sdxl_file_names_never_clash_with_the_other_files():
-    from inversion.formats import sdxl_filename
+    from inversion.embeddings.formats import sdxl_filename
 
     assert sdxl_filename("<checkpoint>") == "checkpoint-sdxl.safetensors"
     assert sdxl_filename("<learned_embeds_2>") == "learned_embeds_2-sdxl.safetensors"

@@ -1,5 +1,5 @@
-"""sstar merge (inversion.merge): weighted sum, slerp and concatenation, every format written with the parents
-and weights in its metadata, and clear refusals."""
+"""sstar merge (inversion.embeddings.merge): weighted sum, slerp and concatenation, every format written with the
+parents and weights in its metadata, and clear refusals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from flows.cli import main
+from inversion.embeddings.formats import (
+    LearnedEmbedding,
+    load_embedding,
+    read_metadata,
+    save_a1111,
+    save_diffusers,
+    save_sdxl,
+)
+from inversion.embeddings.merge import MERGE_METADATA_KEY, Parent, merge_embeddings, merge_files, parse_source
 from inversion.errors import ConfigError, EmbeddingFormatError
-from inversion.formats import LearnedEmbedding, load_embedding, read_metadata, save_a1111, save_diffusers, save_sdxl
-from inversion.merge import MERGE_METADATA_KEY, Parent, merge_embeddings, merge_files, parse_source
 from tests.inversion.test_formats import a1111_safe_check
 
 

@@ -1,4 +1,4 @@
-"""inversion.modelinfo: a model's family and its tokenizers' words, read from its JSON files alone."""
+"""inversion.model.info: a model's family and its tokenizers' words, read from its JSON files alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inversion.errors import InputError
-from inversion.modelinfo import family_or_none, read_family, tokenizer_vocabulary
+from inversion.model.info import family_or_none, read_family, tokenizer_vocabulary
 
 
 def _configs_only(model: Path, folder: Path) -> Path:

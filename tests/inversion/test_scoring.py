@@ -1,4 +1,5 @@
-"""CLIP scoring (inversion.scoring, inversion.prompts): tiny diffusion model + tiny random CLIP, no downloads."""
+"""CLIP scoring (inversion.evaluation.scoring, inversion.evaluation.prompts): tiny diffusion model + tiny random CLIP,
+no downloads."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inversion import scoring
 from inversion.cli import run_score_command
-from inversion.clip import TINY_ARCH, ClipSpec, load_clip, write_tiny_clip
+from inversion.config import ClipSpec
+from inversion.embeddings.formats import LearnedEmbedding, save_diffusers
 from inversion.errors import ConfigError, EmbeddingFormatError, InputError
-from inversion.formats import LearnedEmbedding, save_diffusers
-from inversion.images import list_images, open_rgb
-from inversion.models import load_components
-from inversion.prompts import (
+from inversion.evaluation import scoring
+from inversion.evaluation.clip import TINY_ARCH, load_clip, write_tiny_clip
+from inversion.evaluation.prompts import (
     OBJECT_PROMPTS,
     STYLE_PROMPTS,
     caption_phrase,
@@ -24,9 +24,11 @@ from inversion.prompts import (
     default_prompts,
     load_prompts,
 )
-from inversion.render import Renderer, RenderSettings
-from inversion.scoring import ScoreSettings, image_similarity, score_concept, text_similarity
-from inversion.tokens import initial_vectors
+from inversion.evaluation.render import Renderer, RenderSettings
+from inversion.evaluation.scoring import ScoreSettings, image_similarity, score_concept, text_similarity
+from inversion.images import list_images, open_rgb
+from inversion.model.components import load_components
+from inversion.text.tokens import initial_vectors
 from tests.conftest import write_shape_images
 
 TEMPLATES = ("a photo of a {} on the beach", "an oil painting of a {}")
@@ -338,7 +340,7 @@ def test_captions_and_their_phrases():
 
 
 class _DictCache:
-    """The smallest :class:`inversion.scoring.BaselineCache`: a dict, counting what it serves and keeps."""
+    """The smallest :class:`inversion.evaluation.scoring.BaselineCache`: a dict, counting what it serves and keeps."""
 
     scope = "tiny-model"
 
@@ -358,7 +360,7 @@ class _DictCache:
 def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(
     renderer, clip, components, reference_images, monkeypatch
 ):
-    from inversion.scoring import ScoreRequest, score_concepts
+    from inversion.evaluation.scoring import ScoreRequest, score_concepts
 
     settings = ScoreSettings(prompts=TEMPLATES, seeds=(1, 2))
     words = [LearnedEmbedding("<a>", _vector(components, "dog")), LearnedEmbedding("<b>", _vector(components, "cup"))]
@@ -387,7 +389,7 @@ def test_a_pack_scores_as_each_word_alone_and_the_baseline_is_rendered_once(
     assert rendered == [[t.format("<a>") for t in TEMPLATES]] and cache.hits == 1
     assert again.baseline_image_similarity == pytest.approx(packed[0].baseline_image_similarity, abs=1e-6)
     # another sampler setting is another rendering: a different key
-    from inversion.scoring import baseline_key
+    from inversion.evaluation.scoring import baseline_key
 
     prompts = [t.format("red square") for t in TEMPLATES]
     assert baseline_key("m", prompts, (1, 2), FAST, 64) != baseline_key(

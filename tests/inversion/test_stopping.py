@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from inversion.config import TrainConfig
+from inversion.config import PlateauRule, TrainConfig
 from inversion.errors import ConfigError
-from inversion.stopping import PlateauRule, StopState
-from inversion.train import pack_steps
+from inversion.training.stopping import StopState
+from inversion.training.trainer import pack_steps
 
 RULE = PlateauRule(every=10, patience=2, min_delta=0.05, min_steps=30)
 

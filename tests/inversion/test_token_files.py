@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from inversion.formats import a1111_filename
+from inversion.embeddings.formats import a1111_filename
 from storage.results import ResultStore
 
 TOKENS = ["<my-cat>", "<café-猫>", "<猫>", "<a+b>", "<a-b>", "<MyCat>", "Ω", "_x", "<" + "é" * 60 + ">"]

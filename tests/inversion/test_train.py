@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from inversion.checkpoint import CHECKPOINT_FILENAME, read_checkpoint
 from inversion.config import ConceptConfig, TrainConfig
 from inversion.errors import ConfigError, InputError, TrainingDivergedError
-from inversion.models import load_components
-from inversion.tokens import initial_vectors
-from inversion.train import evaluation_loss, train_concept, train_concepts
+from inversion.model.components import load_components
+from inversion.text.tokens import initial_vectors
+from inversion.training.checkpoint import CHECKPOINT_FILENAME, read_checkpoint
+from inversion.training.trainer import evaluation_loss, train_concept, train_concepts
 from tests.conftest import write_shape_images
 
 

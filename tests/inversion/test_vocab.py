@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
-from inversion.vocab import BOS_TOKEN_ID, EOS_TOKEN_ID, VOCAB_SIZE, clip_vocab, write_clip_tokenizer
+from inversion.model.vocab import BOS_TOKEN_ID, EOS_TOKEN_ID, VOCAB_SIZE, clip_vocab, write_clip_tokenizer
 
 
 def test_token_ids_match_open_clips_tokenizer():

@@ -1,4 +1,4 @@
-"""Word strengths (inversion.weighting): A1111's attention syntax, and its rule checked by hand against the
+"""Word strengths (inversion.text.weighting): A1111's attention syntax, and its rule checked by hand against the
 unweighted encoder output; several words in one prompt; colliding tokens refused."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from flows.cli import main
+from inversion.embeddings.formats import LearnedEmbedding, load_embeddings, save_a1111, save_diffusers
 from inversion.errors import EmbeddingFormatError, InputError
-from inversion.families import PromptEncoder
-from inversion.formats import LearnedEmbedding, load_embeddings, save_a1111, save_diffusers
-from inversion.models import load_components
-from inversion.render import Renderer, RenderSettings
-from inversion.tokens import expand_token
-from inversion.weighting import encode_weighted, is_weighted, parse_weights, plain_text
+from inversion.evaluation.render import Renderer, RenderSettings
+from inversion.model.components import load_components
+from inversion.text.encoder import PromptEncoder
+from inversion.text.tokens import expand_token
+from inversion.text.weighting import encode_weighted, is_weighted, parse_weights, plain_text
 
 FAST = RenderSettings(steps=2, guidance=15.0, device="cpu", batch_size=4)  # strong guidance: the text shows
 
@@ -212,7 +212,8 @@ def test_score_command_installs_more_words_for_its_prompts(components, tmp_path,
     import json
 
     from inversion.cli import run_score_command
-    from inversion.clip import TINY_ARCH, ClipSpec, write_tiny_clip
+    from inversion.config import ClipSpec
+    from inversion.evaluation.clip import TINY_ARCH, write_tiny_clip
     from tests.conftest import write_shape_images
 
     clip = ClipSpec(TINY_ARCH, checkpoint=write_tiny_clip(tmp_path / "clip.safetensors"))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storage.objectstore import ObjectStore, open_store
-from storage.settings import S3Settings
+from storage.store.base import ObjectStore
+from storage.store.open import open_store
+from storage.store.settings import S3Settings
 
 from .helpers import FaultProxy, unique_s3_uri
 

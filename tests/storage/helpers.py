@@ -7,7 +7,7 @@ import random
 import socket
 import uuid
 
-from storage.settings import S3Settings
+from storage.store.settings import S3Settings
 from tests.storage.forwarding import ForwardingHandler, ForwardingServer
 
 BUCKET = "sstar-test"

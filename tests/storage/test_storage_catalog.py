@@ -10,7 +10,7 @@ import pytest
 from storage.catalog import ConceptMeta, concept_digest, discover_catalog, validate_concept_id
 from storage.errors import InvalidConcept, InvalidInput
 from storage.images import ingest_concept
-from storage.objectstore import ObjectStore
+from storage.store.base import ObjectStore
 
 from . import imagegen
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage.objectstore import open_store
+from storage.store.open import open_store
 
 from .counting_proxy import CountingProxy, by_kind, bytes_read, keys_read
 from .helpers import make_settings, unique_s3_uri

@@ -11,7 +11,7 @@ import pytest
 
 from storage.catalog import IMAGE_EXTENSIONS, discover_catalog
 from storage.images import ingest_concept, write_pngs
-from storage.objectstore import open_store
+from storage.store.open import open_store
 
 from .helpers import unique_s3_uri
 

@@ -14,8 +14,8 @@ import pytest
 from storage.catalog import discover_catalog
 from storage.images import ingest_concept
 from storage.metrics import MetricsRow, append_metrics, read_embeddings_index, read_metrics, update_embeddings_index
-from storage.objectstore import open_store
 from storage.results import ResultStore
+from storage.store.open import open_store
 
 from . import imagegen
 from .helpers import make_settings, unique_s3_uri

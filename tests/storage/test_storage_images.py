@@ -10,7 +10,7 @@ from PIL import Image
 from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import InvalidImage, InvalidInput
 from storage.images import ingest_concept, validate_image, write_pngs
-from storage.local import LocalStore
+from storage.store.local import LocalStore
 
 from . import imagegen
 

@@ -19,8 +19,9 @@ from storage.metrics import (
     read_metrics,
     update_embeddings_index,
 )
-from storage.objectstore import ObjectStore, open_store
 from storage.results import ResultStore
+from storage.store.base import ObjectStore
+from storage.store.open import open_store
 
 from .helpers import SECRET_KEY
 

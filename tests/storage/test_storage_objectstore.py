@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.errors import BackendError, InvalidKey, InvalidURI, NotFound
-from storage.local import TEMP_PREFIX, LocalStore
-from storage.objectstore import ObjectStore, open_store, parse_uri, pyarrow_filesystem
-from storage.s3 import S3Store
-from storage.settings import S3Settings
+from storage.store.base import ObjectStore
+from storage.store.local import TEMP_PREFIX, LocalStore
+from storage.store.open import open_store, parse_uri, pyarrow_filesystem
+from storage.store.s3 import S3Store
+from storage.store.settings import S3Settings
 
 from .helpers import BUCKET
 

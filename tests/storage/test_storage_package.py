@@ -15,8 +15,8 @@ from .helpers import SECRET_KEY
 
 def test_storage_never_imports_torch() -> None:
     code = (
-        "import sys, storage, storage.catalog, storage.images, storage.local, storage.metrics, "
-        "storage.objectstore, storage.results, storage.s3, storage.settings\n"
+        "import sys, storage, storage.catalog, storage.images, storage.store.local, storage.metrics, "
+        "storage.store.base, storage.results, storage.store.s3, storage.store.settings\n"
         "bad = sorted(m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

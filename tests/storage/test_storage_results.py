@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from storage.errors import AlreadyExists, InvalidConcept, InvalidInput, NotFound
-from storage.objectstore import ObjectStore
 from storage.results import ResultStore
+from storage.store.base import ObjectStore
 
 from .helpers import SECRET_KEY
 

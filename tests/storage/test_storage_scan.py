@@ -15,8 +15,8 @@ from storage.catalog import (
     token_problem,
 )
 from storage.errors import InvalidConcept
-from storage.objectstore import ObjectStore
 from storage.scanstate import STATE_KEY, ScanState, load_scan_state, save_scan_state
+from storage.store.base import ObjectStore
 
 from . import imagegen
 

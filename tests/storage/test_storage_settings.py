@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from storage.errors import BackendError, InvalidSettings, NotFound, StorageError, redact
-from storage.objectstore import open_store
-from storage.settings import S3Settings
+from storage.store.open import open_store
+from storage.store.settings import S3Settings
 
 from .helpers import BUCKET, SECRET_KEY, make_settings
 

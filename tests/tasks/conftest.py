@@ -35,7 +35,7 @@ def learn(tiny_model_dir: Path):
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from inversion.clip import write_tiny_clip
+    from inversion.evaluation.clip import write_tiny_clip
 
     return write_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip.safetensors")
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from storage.catalog import discover_catalog
-from storage.objectstore import open_store
+from storage.store.open import open_store
 from tasks.ingest import learning_identity, remember_scan, scan_catalog, stage_concept
 
 pytestmark = pytest.mark.usefixtures("quiet_run_logger")

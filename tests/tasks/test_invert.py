@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inversion.formats import load_embedding
+from inversion.embeddings.formats import load_embedding
 from storage.results import ResultStore
 from tasks.ingest import scan_catalog, stage_concept
 from tasks.invert import TRAINING_LOG, invert_pack

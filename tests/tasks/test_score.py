@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inversion.formats import DIFFUSERS_FILENAME, LearnedEmbedding, a1111_filename, save_embedding_files
-from tasks import runtime
+from inversion.embeddings.formats import DIFFUSERS_FILENAME, LearnedEmbedding, a1111_filename, save_embedding_files
+from tasks import model_cache
 from tasks.invert import TRAINING_LOG
 from tasks.publish import SCORE_COLUMNS
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
@@ -38,7 +38,7 @@ def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
     """A learned (here: random) word for a red square, laid out as the inversion task leaves it."""
     work = tmp_path / "work"
     images = write_shape_images(work / "images", count=2)
-    width = dim or runtime.diffusion_components(learn.model).text_encoder.get_input_embeddings().weight.shape[1]
+    width = dim or model_cache.diffusion_components(learn.model).text_encoder.get_input_embeddings().weight.shape[1]
     vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
     save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
     (work / "embedding" / TRAINING_LOG).write_text(json.dumps({"steps": 2}))
@@ -84,7 +84,7 @@ def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSett
 
 
 def test_an_upstream_failure_is_passed_on_without_rendering(tmp_path: Path, learn, evaluation, monkeypatch) -> None:
-    monkeypatch.setattr(runtime, "renderer", lambda *a, **k: pytest.fail("nothing may be rendered"))
+    monkeypatch.setattr(model_cache, "renderer", lambda *a, **k: pytest.fail("nothing may be rendered"))
     outcome = InversionOutcome(_outcome(tmp_path, learn).staged, None, error="training of <red-square> diverged")
     scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
     assert scored.error == "training of <red-square> diverged" and scored.files == ()

@@ -1,0 +1,287 @@
+"""Embedding files: the formats diffusers and AUTOMATIC1111-style UIs load, and kohya's.
+
+SD 1.x (``dim`` 768) and SD 2.x (1024), one text encoder:
+
+* diffusers: ``learned_embeds.safetensors`` = ``{token: tensor[N, dim]}``.
+* AUTOMATIC1111: a ``.pt`` file ``{"string_to_token": {"*": 265}, "string_to_param": {"*": tensor[N, dim]},
+  "name": ..., "step": ...}`` in torch's legacy serialization (what A1111's safe-unpickle check
+  accepts); the file name is the trigger word. diffusers' ``load_textual_inversion`` reads it too.
+* kohya / A1111 safetensors: ``{"emb_params": tensor[N, dim]}``.
+
+SDXL, two text encoders (CLIP-L 768, OpenCLIP bigG 1280):
+
+* A1111 / ComfyUI / kohya: ``<token-slug>.safetensors`` = ``{"clip_l": [N, 768], "clip_g": [N, 1280]}``
+  (a plain dict; A1111 takes it only with both keys).
+* diffusers: ``learned_embeds.safetensors`` = ``{token: [N, 768]}`` (for ``text_encoder``) and
+  ``learned_embeds_2.safetensors`` = ``{token: [N, 1280]}`` (for ``text_encoder_2``). Reading
+  ``learned_embeds.safetensors`` picks up its ``_2`` sibling when there is one.
+
+Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from common.atomic import atomic_write
+from common.filenames import DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, a1111_filename, sdxl_filename
+from inversion.errors import EmbeddingFormatError
+
+#: the keys of an SDXL embedding in A1111/ComfyUI/kohya files, in text-encoder order
+SDXL_KEYS = ("clip_l", "clip_g")
+A1111_PLACEHOLDER = "*"
+A1111_PLACEHOLDER_ID = 265  # the id of "*" in CLIP's vocabulary, as A1111 writes it
+#: where an A1111 ``.pt`` keeps sstar's metadata (A1111 ignores keys it does not know)
+A1111_METADATA_KEY = "sstar_metadata"
+
+
+@dataclass(frozen=True, init=False)
+class LearnedEmbedding:
+    """A learned word: its token and its vectors ``[N, dim]`` (fp32, CPU).
+
+    For a model with several text encoders (SDXL) ``vectors`` holds each encoder's vectors side by
+    side, in encoder order, and ``widths`` says how many columns each has (``(768, 1280)``). Given
+    as ``None``, there is one text encoder and ``widths`` is ``(dim,)``.
+    """
+
+    token: str
+    vectors: torch.Tensor
+    widths: tuple[int, ...]
+
+    def __init__(self, token: str, vectors: torch.Tensor, widths: Sequence[int] | None = None) -> None:
+        object.__setattr__(self, "token", token)
+        object.__setattr__(self, "vectors", vectors)
+        columns = int(vectors.shape[-1])
+        object.__setattr__(self, "widths", (columns,) if widths is None else tuple(int(w) for w in widths))
+        if sum(self.widths) != columns:
+            raise EmbeddingFormatError(
+                f"embedding {token}: widths {self.widths} do not add up to its {columns} columns"
+            )
+
+    @property
+    def num_vectors(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def tables(self) -> tuple[torch.Tensor, ...]:
+        """The vectors of each text encoder, ``[N, width]`` each, in encoder order."""
+        return tuple(self.vectors.split(list(self.widths), dim=1))
+
+
+def _clean(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors.detach().to(device="cpu", dtype=torch.float32).contiguous().clone()
+
+
+def save_diffusers(
+    embedding: LearnedEmbedding, path: Path, encoder: int = 0, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write the diffusers ``{token: [N, dim]}`` safetensors file of text encoder ``encoder`` (atomically),
+    with ``metadata`` in the safetensors header (:func:`read_metadata`)."""
+    tensors = {embedding.token: _clean(embedding.tables[encoder])}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
+    return Path(path)
+
+
+def save_sdxl(embedding: LearnedEmbedding, path: Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the SDXL ``{"clip_l": [N, 768], "clip_g": [N, 1280]}`` safetensors file (atomically):
+    what AUTOMATIC1111, ComfyUI and kohya load for SDXL."""
+    if len(embedding.tables) != len(SDXL_KEYS):
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token} has {len(embedding.tables)} table(s); an SDXL file needs {len(SDXL_KEYS)}"
+        )
+    tensors = {key: _clean(table) for key, table in zip(SDXL_KEYS, embedding.tables)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None))
+    return Path(path)
+
+
+def save_a1111(
+    embedding: LearnedEmbedding,
+    path: Path,
+    step: int = 0,
+    name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write an AUTOMATIC1111-style ``.pt`` embedding (also loadable by diffusers), atomically.
+
+    It is written in torch's legacy (non-zip) serialization: AUTOMATIC1111's default safe-unpickle
+    check refuses zip archives holding entries other than ``data.pkl``, ``data/N``, ``version``,
+    ``byteorder`` and ``.data/serialization_id`` — and current torch's zip files also hold
+    ``.format_version`` and ``.storage_alignment``. ``torch.load(weights_only=True)`` reads both.
+    """
+    if len(embedding.tables) != 1:
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token} is for {len(embedding.tables)} text encoders; "
+            f"an A1111 .pt holds one (use the SDXL .safetensors)"
+        )
+    payload = {
+        "string_to_token": {A1111_PLACEHOLDER: A1111_PLACEHOLDER_ID},
+        "string_to_param": {A1111_PLACEHOLDER: _clean(embedding.vectors)},
+        "name": name or Path(path).stem,
+        "step": int(step),
+        "sd_checkpoint": None,
+        "sd_checkpoint_name": None,
+    }
+    if metadata:
+        payload[A1111_METADATA_KEY] = {str(k): str(v) for k, v in metadata.items()}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp, _use_new_zipfile_serialization=False))
+    return Path(path)
+
+
+def _only_tensor(tensors: dict, path: Path) -> torch.Tensor:
+    values = [v for v in tensors.values() if isinstance(v, torch.Tensor)]
+    if len(values) != 1:
+        raise EmbeddingFormatError(f"{path}: expected exactly one embedding tensor, found {len(values)}")
+    return values[0]
+
+
+def _as_vectors(tensor: torch.Tensor, path: Path) -> torch.Tensor:
+    if tensor.ndim == 1:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 2 or tensor.shape[0] < 1 or not tensor.is_floating_point():
+        raise EmbeddingFormatError(f"{path}: embedding must be a float tensor [N, dim], got {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all():
+        raise EmbeddingFormatError(f"{path}: embedding contains NaN or infinite values")
+    return tensor.to(torch.float32).contiguous()
+
+
+def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
+    """Interpret the tensors of an embedding file (any format above)."""
+    stem_token = token or f"<{path.stem}>"
+    if any(key in data for key in SDXL_KEYS):
+        missing = [key for key in SDXL_KEYS if not isinstance(data.get(key), torch.Tensor)]
+        if missing:
+            raise EmbeddingFormatError(f"{path}: SDXL embedding lacks its {missing[0]} tensor")
+        tables = [_as_vectors(data[key], path) for key in SDXL_KEYS]
+        if tables[0].shape[0] != tables[1].shape[0]:
+            raise EmbeddingFormatError(
+                f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g {tables[1].shape[0]}"
+            )
+        return LearnedEmbedding(stem_token, torch.cat(tables, dim=1), tuple(t.shape[1] for t in tables))
+    if "string_to_param" in data:
+        params = data["string_to_param"]
+        if not isinstance(params, dict):
+            raise EmbeddingFormatError(f"{path}: string_to_param is not a dict")
+        return LearnedEmbedding(stem_token, _as_vectors(_only_tensor(params, path), path))
+    if "emb_params" in data:
+        return LearnedEmbedding(stem_token, _as_vectors(data["emb_params"], path))
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    if len(tensors) != 1:
+        raise EmbeddingFormatError(
+            f"{path}: expected one token in a diffusers embedding, found {len(tensors)} "
+            f"(keys: {', '.join(map(str, data))})"
+        )
+    ((stored, vectors),) = tensors.items()
+    return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
+
+
+def _read_tensors(path: Path) -> dict:
+    if not path.is_file():
+        raise EmbeddingFormatError(f"embedding file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise EmbeddingFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EmbeddingFormatError(f"{path}: not a readable embedding file ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise EmbeddingFormatError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+    return data
+
+
+def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
+    """Read a diffusers, A1111, kohya or SDXL (``clip_l``/``clip_g``) embedding file.
+
+    ``token`` overrides the token stored in the file; A1111, kohya and SDXL files default to
+    ``<file-stem>`` (as the UIs use the stem as the trigger word). A diffusers file ``X.safetensors``
+    with a sibling ``X_2.safetensors`` (diffusers' SDXL layout) is read as one SDXL word: both files
+    must hold the same token and number of vectors.
+    """
+    path = Path(path)
+    embedding = _from_dict(_read_tensors(path), path, token)
+    second = path.with_name(f"{path.stem}_2{path.suffix}")
+    if path.suffix != ".safetensors" or len(embedding.widths) != 1 or not second.is_file():
+        return embedding
+    other = _from_dict(_read_tensors(second), second, token)
+    if other.token != embedding.token or other.num_vectors != embedding.num_vectors or len(other.widths) != 1:
+        raise EmbeddingFormatError(
+            f"{second}: holds {other.token} with {other.num_vectors} vector(s), but {path.name} "
+            f"holds {embedding.token} with {embedding.num_vectors}"
+        )
+    return LearnedEmbedding(
+        embedding.token, torch.cat([embedding.vectors, other.vectors], dim=1), embedding.widths + other.widths
+    )
+
+
+def save_embedding_files(
+    embedding: LearnedEmbedding, folder: Path, step: int = 0, metadata: Mapping[str, str] | None = None
+) -> dict[str, Path]:
+    """Write the files a user needs into ``folder``, by kind, each carrying ``metadata`` (:func:`read_metadata`).
+
+    One text encoder (SD 1.x/2.x): ``diffusers`` (``learned_embeds.safetensors``) and ``a1111``
+    (``<token-slug>.pt``). Two (SDXL): ``diffusers`` and ``diffusers_2`` (``learned_embeds_2.safetensors``)
+    and ``sdxl`` (``<token-slug>.safetensors`` with ``clip_l``/``clip_g``).
+    """
+    folder = Path(folder)
+    if len(embedding.tables) == 1:
+        return {
+            "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME, metadata=metadata),
+            "a1111": save_a1111(embedding, folder / a1111_filename(embedding.token), step=step, metadata=metadata),
+        }
+    if len(embedding.tables) != len(SDXL_KEYS):
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token}: no file format for {len(embedding.tables)} text encoders"
+        )
+    return {
+        "diffusers": save_diffusers(embedding, folder / DIFFUSERS_FILENAME, metadata=metadata),
+        "diffusers_2": save_diffusers(embedding, folder / DIFFUSERS_FILENAME_2, encoder=1, metadata=metadata),
+        "sdxl": save_sdxl(embedding, folder / sdxl_filename(embedding.token), metadata=metadata),
+    }
+
+
+def load_embeddings(paths: Sequence[Path | str], tokens: Sequence[str | None] = ()) -> list[LearnedEmbedding]:
+    """Read several embedding files to use together (:func:`load_embedding` each; ``tokens[i]``, where
+    given and not ``None``, overrides the token of ``paths[i]``).
+
+    Two files holding the same token are refused with one line naming both, and so are words of
+    different widths (learned for different model families).
+    """
+    seen: dict[str, Path] = {}
+    embeddings: list[LearnedEmbedding] = []
+    for i, path in enumerate(map(Path, paths)):
+        embedding = load_embedding(path, token=tokens[i] if i < len(tokens) else None)
+        if embedding.token in seen:
+            raise EmbeddingFormatError(
+                f"{seen[embedding.token]} and {path} both hold the token {embedding.token}; "
+                f"give one of them another token"
+            )
+        if embeddings and embedding.widths != embeddings[0].widths:
+            first = seen[embeddings[0].token]
+            raise EmbeddingFormatError(
+                f"{first} (width {'+'.join(map(str, embeddings[0].widths))}) and {path} "
+                f"(width {'+'.join(map(str, embedding.widths))}) were learned for different "
+                f"model families"
+            )
+        seen[embedding.token] = path
+        embeddings.append(embedding)
+    return embeddings
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The string metadata an embedding file carries: a safetensors header's, or an A1111 ``.pt``'s
+    :data:`A1111_METADATA_KEY` (empty when there is none)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        _read_tensors(path)  # the same one-line errors for a missing or unreadable file
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    found = _read_tensors(path).get(A1111_METADATA_KEY)
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}

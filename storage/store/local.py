@@ -1,0 +1,124 @@
+"""A local directory as an :class:`~storage.store.base.ObjectStore`.
+
+Writes go through :func:`common.atomic.atomic_write`: a hidden temp file in the target folder,
+fsynced, then published with ``os.replace`` (``put``) or ``os.link`` (``put_once``, which fails if
+the name exists), so a reader never sees a half-written file and a write-once object is never
+clobbered. Listings skip the temp files (names starting with :data:`TEMP_PREFIX`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.atomic import TEMP_PREFIX, atomic_write_bytes
+from storage.errors import BackendError, NotFound
+from storage.store.base import ObjectInfo, ObjectStore, validate_key, validate_prefix
+
+__all__ = ["LocalStore", "TEMP_PREFIX"]
+
+
+class LocalStore(ObjectStore):
+    """Objects are files under ``root``; keys are their ``/``-separated relative paths."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self._root = Path(root).expanduser().absolute()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def uri(self) -> str:
+        return str(self._root)
+
+    def _path(self, key: str) -> Path:
+        return self._root.joinpath(*validate_key(key).split("/"))
+
+    def url(self, key: str) -> str:
+        return str(self._path(key))
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        # walk only the deepest folder the prefix pins down
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._root.joinpath(*folder.split("/")) if folder else self._root
+        if not start.is_dir():
+            return iter(())
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_PREFIX)]
+            rel = Path(dirpath).relative_to(self._root).as_posix()
+            base = "" if rel == "." else rel + "/"
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX):
+                    continue
+                key = base + name
+                if key.startswith(prefix):
+                    try:
+                        stat = os.stat(os.path.join(dirpath, name))
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    found.append(_info(key, stat))
+        found.sort(key=lambda info: info.key)
+        return iter(found)
+
+    def get(self, key: str) -> bytes:
+        return self.get_with_info(key)[0]
+
+    def get_with_info(self, key: str) -> tuple[bytes, ObjectInfo]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                return handle.read(), _info(key, stat)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no such object: {path}") from None
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            raise BackendError(f"cannot delete {path}: {exc.strerror or exc}") from None
+
+    def _publish(self, key: str, data: bytes, *, exclusive: bool) -> tuple[Path, bool]:
+        path = self._path(key)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data for {path} must be bytes, got {type(data).__name__}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise BackendError(f"cannot create folder for {path}: a file is in the way") from None
+        try:
+            return path, atomic_write_bytes(path, data, exclusive=exclusive)
+        except OSError as exc:
+            if exclusive and exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise BackendError(
+                    f"write-once put needs hard links, which the filesystem of {path.parent} does not support"
+                ) from None
+            raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def put(self, key: str, data: bytes) -> str:
+        path, _ = self._publish(key, data, exclusive=False)
+        return str(path)
+
+    def put_once(self, key: str, data: bytes) -> bool:
+        return self._publish(key, data, exclusive=True)[1]
+
+
+def _info(key: str, stat: os.stat_result) -> ObjectInfo:
+    """Size and modification time stand in for an ETag: a rewrite changes at least one of them."""
+    return ObjectInfo(key, stat.st_size, f"mtime:{stat.st_mtime_ns}")
