@@ -43,6 +43,7 @@ from reports.charts import (
     stacked_bar_chart,
 )
 from reports.run_page import _CSS, _lift
+from storage.metrics import METRICS_SCHEMA, STATUSES, read_metrics
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -122,9 +123,7 @@ class DashboardState:
                     "started_at": row["created_at"],
                     "finished_at": row["created_at"],
                     "concepts": 0,
-                    "ok": 0,
-                    "failed": 0,
-                    "skipped": 0,
+                    **dict.fromkeys(STATUSES, 0),
                     "train_seconds": 0.0,
                     "eval_seconds": 0.0,
                     "lift_sum": 0.0,
@@ -176,8 +175,6 @@ class DashboardState:
 
     def to_parquet(self) -> bytes:
         """The state as one Parquet file: the latest rows (column ``kind``) and the runs as JSON metadata."""
-        from storage.metrics import METRICS_SCHEMA
-
         schema = METRICS_SCHEMA.append(pa.field("kind", pa.string(), nullable=False))
         records = [
             {**row, "kind": kind}
@@ -322,7 +319,7 @@ def _runs_charts(runs: list[dict]) -> str:
     labels = [f"{r['run_date']} {r['run_id'][-8:]}" for r in runs]
     counts = stacked_bar_chart(
         labels,
-        {s: [r[s] for r in runs] for s in ("ok", "failed", "skipped")},
+        {s: [r[s] for r in runs] for s in STATUSES},
         y_title="concepts",
         colours=STATUS_COLOURS,
     )
@@ -426,7 +423,7 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
             else ""
         )
         + "</div><div class='pills'>"
-        + "".join(f"<span class='{s}'>latest {s} {counts.get(s, 0)}</span>" for s in ("ok", "failed", "skipped"))
+        + "".join(f"<span class='{s}'>latest {s} {counts.get(s, 0)}</span>" for s in STATUSES)
         + "</div><p class='muted small'>Similarities are raw CLIP cosines in [-1, 1]; lift = image similarity "
         "of the learned word minus that of the words-only baseline. Same definitions as "
         "<code>sql/views.sql</code>.</p>"
@@ -468,8 +465,6 @@ def _write(store, state: DashboardState) -> str:
 
 def write_dashboard(out_uri: str) -> str:
     """Rebuild ``reports/dashboard.html`` (and its state) from every metrics row under ``out_uri``; returns its URL."""
-    from storage.metrics import read_metrics
-
     return _write(open_store(out_uri), DashboardState().add(read_metrics(out_uri).to_pylist()))
 
 

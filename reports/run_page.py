@@ -34,6 +34,7 @@ from common.filenames import (
 )
 from reports.charts import bar_chart, chart, charts_script, histogram
 from storage.compositions import composition_prefix
+from storage.metrics import STATUSES
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -272,7 +273,7 @@ def render_report(
     maps (concept id, digest, file name) to the file's key under the output root
     (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
     ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids."""
-    counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "failed", "skipped")}
+    counts = {s: sum(r.get("status") == s for r in rows) for s in STATUSES}
     lifts = [v for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
     mean_lift = sum(lifts) / len(lifts) if lifts else None
     run_date = next((r.get("run_date") for r in rows if r.get("run_date")), None)

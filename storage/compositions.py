@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from storage.catalog import validate_concept_id
 from storage.errors import InvalidConcept, InvalidInput, NotFound, redact
+from storage.metrics import STATUSES, Status
 from storage.results import check_run_id
 from storage.runfiles import append_run_file, read_run_files, rows_table
 from storage.store.open import open_store
@@ -40,7 +41,6 @@ COMPOSITIONS_DIR = "compositions"
 COMPOSITION_METRICS_DIR = "composition_metrics"
 MAX_COMPOSITIONS_BYTES = 1024 * 1024
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-_STATUSES = ("ok", "failed", "skipped")
 
 COMPOSITIONS_SCHEMA = pa.schema(
     [
@@ -133,7 +133,7 @@ class CompositionRow:
     run_id: str
     composition_id: str
     prompt: str
-    status: str
+    status: Status
     concepts: tuple[str, ...]
     key: str | None = None
     error: str | None = None
@@ -147,8 +147,8 @@ class CompositionRow:
 
     def __post_init__(self) -> None:
         check_run_id(self.run_id)
-        if self.status not in _STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(_STATUSES)}, got {self.status!r}")
+        if self.status not in STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, got {self.status!r}")
         if self.run_date is None:
             object.__setattr__(self, "run_date", self.created_at.astimezone(timezone.utc).date())
         if self.error is not None:

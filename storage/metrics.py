@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -33,6 +33,7 @@ __all__ = [
     "METRICS_SCHEMA",
     "INDEX_SCHEMA",
     "STATUSES",
+    "Status",
     "MetricsRow",
     "append_metrics",
     "metrics_dataset",
@@ -43,7 +44,9 @@ __all__ = [
 
 METRICS_DIR = "metrics"
 INDEX_KEY = "embeddings_index/index.parquet"
-STATUSES = ("ok", "failed", "skipped")
+#: what became of one concept (or one composition) in one run; the metrics' ``status`` column holds it
+Status = Literal["ok", "failed", "skipped"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 _MAX_ERROR_CHARS = 4000
 
 METRICS_SCHEMA = pa.schema(
@@ -121,7 +124,7 @@ class MetricsRow:
 
     run_id: str
     concept_id: str
-    status: str
+    status: Status
     digest: str | None = None
     token: str | None = None
     error: str | None = None

@@ -32,6 +32,7 @@ from storage.catalog import read_concept
 from storage.compositions import CompositionRow, CompositionSpec, composition_prefix
 from storage.errors import StorageError
 from storage.images import ingest_concept
+from storage.metrics import Status
 from storage.results import ResultStore
 from storage.store.open import open_store
 from tasks import model_cache
@@ -73,7 +74,7 @@ def composition_key(
 def _row(
     spec: CompositionSpec,
     run_id: str,
-    status: str,
+    status: Status,
     concepts: list[LearnedConcept],
     key: str,
     scores: dict,
