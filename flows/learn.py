@@ -53,7 +53,7 @@ from tasks.publish import (
     write_metrics,
 )
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
-from tasks.score import score_pack_task
+from tasks.score import score_outcomes_task
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 
@@ -159,7 +159,13 @@ def _learn_locally(
             for pack in _chunks(outcomes, run.concepts_per_batch):  # one batched rendering per pack
                 score_futures[
                     _submit(
-                        runner, score_pack_task, outcomes=pack, learn=learn, evaluation=evaluation, run=run, out_uri=out
+                        runner,
+                        score_outcomes_task,
+                        outcomes=pack,
+                        learn=learn,
+                        evaluation=evaluation,
+                        run=run,
+                        out_uri=out,
                     )
                 ] = pack
         for future in as_completed(list(score_futures)):
@@ -179,7 +185,7 @@ def _learn_locally(
     return rows, staged
 
 
-@task(name="run-concept-flow", retries=0)
+@task(name="run-concept-deployment", retries=0)
 def run_concept_deployment(
     deployment: str,
     catalog: str,

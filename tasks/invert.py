@@ -45,7 +45,7 @@ def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Pa
     return True
 
 
-@task(name="invert-concepts", **RETRY)
+@task(name="invert-pack", **RETRY)
 def invert_pack(
     staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str
 ) -> list[InversionOutcome]:

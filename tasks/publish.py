@@ -175,7 +175,7 @@ def rows_key(run_id: str, concept_id: str) -> str:
     return f"runs/{run_id}/rows/{concept_id}.json"
 
 
-@task(name="append-metrics", **RETRY)
+@task(name="write-metrics", **RETRY)
 def write_metrics(out_uri: str, rows: list[MetricsRow]) -> str:
     """Append the run's rows to the Parquet metrics dataset (one new file) and merge them into the
     embeddings index (the run's rows only, not the metrics history)."""

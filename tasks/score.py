@@ -125,12 +125,12 @@ def score_outcomes(
     return [scored[i] for i in range(len(outcomes))]
 
 
-score_pack_task = task(name="score-concepts", **RETRY)(score_outcomes)
+score_outcomes_task = task(name="score-outcomes", **RETRY)(score_outcomes)
 """:func:`score_outcomes` of one pack as a Prefect task (transient storage errors are retried)."""
 
 
 @task(name="score-concept", **RETRY)
-def score_concept_task(
+def score_concept(
     outcome: InversionOutcome,
     learn: LearnSettings,
     evaluation: EvalSettings,

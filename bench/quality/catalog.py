@@ -145,8 +145,8 @@ def format_result(result: dict) -> str:
     lines = [
         f"stop={result['stop']} cap={result['steps']} sampler={result['sampler']}×{result['render_steps']} "
         f"samples={result['samples']} K={result['k']}: wall {result['wall_seconds']:.0f} s, flow run "
-        f"{result.get('flow_run_seconds', float('nan')):.0f} s (invert {tasks.get('invert-concepts', 0):.0f} s, "
-        f"score {tasks.get('score-concepts', 0):.0f} s summed over its tasks)"
+        f"{result.get('flow_run_seconds', float('nan')):.0f} s (invert {tasks.get('invert-pack', 0):.0f} s, "
+        f"score {tasks.get('score-outcomes', 0):.0f} s summed over its tasks)"
     ]
     for row in sorted(result["rows"], key=lambda r: r["concept_id"]):
         lines.append("  " + "  ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in COLUMNS))

@@ -177,7 +177,7 @@ def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, c
     state = learn_one("can")
     row = state.result()
     assert row["concept_id"] == "can" and row["status"] == "ok" and row["steps"] == 2
-    assert {"scan-catalog", "ingest-concept", "invert-concepts", "score-concepts", "publish-concept"} <= set(
+    assert {"scan-catalog", "stage-concept", "invert-pack", "score-outcomes", "publish-concept"} <= set(
         _task_names(state.state_details.flow_run_id)
     ), "tasks run on the run's own runner still belong to the flow run"
     bad = learn_one("bad-meta")

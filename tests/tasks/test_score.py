@@ -14,7 +14,7 @@ from tasks import model_cache
 from tasks.invert import TRAINING_LOG
 from tasks.publish import SCORE_COLUMNS
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
-from tasks.score import score_concept_task
+from tasks.score import score_concept
 from tasks.settings import EvalSettings, RunSettings
 from tests.conftest import write_shape_images
 
@@ -59,7 +59,7 @@ def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
 
 def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSettings) -> None:
     outcome = _outcome(tmp_path, learn)
-    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    scored = score_concept.fn(outcome, learn, evaluation, RUN)
     assert scored.error is None and scored.inversion == outcome
     names = {Path(f).name for f in scored.files}
     assert {
@@ -86,12 +86,12 @@ def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSett
 def test_an_upstream_failure_is_passed_on_without_rendering(tmp_path: Path, learn, evaluation, monkeypatch) -> None:
     monkeypatch.setattr(model_cache, "renderer", lambda *a, **k: pytest.fail("nothing may be rendered"))
     outcome = InversionOutcome(_outcome(tmp_path, learn).staged, None, error="training of <red-square> diverged")
-    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    scored = score_concept.fn(outcome, learn, evaluation, RUN)
     assert scored.error == "training of <red-square> diverged" and scored.files == ()
 
 
 def test_a_deterministic_scoring_failure_is_an_error_not_an_exception(tmp_path: Path, learn, evaluation) -> None:
     outcome = _outcome(tmp_path, learn, dim=768)  # learned for another model
-    scored = score_concept_task.fn(outcome, learn, evaluation, RUN)
+    scored = score_concept.fn(outcome, learn, evaluation, RUN)
     assert scored.error.startswith("scoring failed: ") and "another model" in scored.error
     assert scored.files == ()
