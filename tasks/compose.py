@@ -139,12 +139,8 @@ def compose(
     from inversion.evaluation.scoring import save_thumbnail
 
     try:
-        clip = model_cache.clip_model(
-            evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
-        )
-        renderer = model_cache.renderer(
-            learn.model, evaluation.render_steps, evaluation.guidance, run.device, learn.precision, evaluation.sampler
-        )
+        clip = model_cache.clip_model(evaluation.clip_spec(), run.device)
+        renderer = model_cache.renderer_for(learn, evaluation, run)
         with tempfile.TemporaryDirectory(prefix="sstar-compose-") as work:
             words = [_word(catalog_uri, ResultStore(store), c, Path(work), clip) for c in concepts]
             prompt = spec.filled({c.record.concept_id: c.record.token for c in concepts})

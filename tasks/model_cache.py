@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-from inversion.config import Precision, Sampler
+from inversion.config import ClipSpec, Precision, Sampler
+
+if TYPE_CHECKING:
+    from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 _lock = threading.Lock()
 
@@ -41,11 +45,17 @@ def renderer(
     )
 
 
-def clip_model(arch: str, checkpoint: str | None, pretrained: str | None, device: str = "auto"):
-    """The CLIP scorer, loaded once per process (``inversion.evaluation.clip.load_clip`` caches it)."""
-    from inversion.config import clip_spec
+def renderer_for(learn: LearnSettings, evaluation: EvalSettings, run: RunSettings):
+    """The :func:`renderer` a run's settings ask for: their model, precision, render steps, guidance,
+    sampler and device."""
+    return renderer(
+        learn.model, evaluation.render_steps, evaluation.guidance, run.device, learn.precision, evaluation.sampler
+    )
+
+
+def clip_model(spec: ClipSpec, device: str = "auto"):
+    """The CLIP scorer ``spec`` names, loaded once per process (``inversion.evaluation.clip.load_clip`` caches it)."""
     from inversion.evaluation.clip import load_clip
 
-    spec = clip_spec(arch, checkpoint, pretrained)
     with _lock:
         return load_clip(spec, device=device)

@@ -143,7 +143,7 @@ def check_clip(evaluation: EvalSettings, device: str) -> None:
                 f"the scoring CLIP {evaluation.clip_arch} with {source} needs a download, but {blocked}; {fix}",
             )
     try:
-        model_cache.clip_model(evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, device)
+        model_cache.clip_model(evaluation.clip_spec(), device)
     except Exception as exc:  # noqa: BLE001 - open_clip, torch and the hub raise many types
         raise PreflightError(
             "--clip-checkpoint",

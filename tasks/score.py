@@ -88,17 +88,8 @@ def score_outcomes(
                         record.property,
                     )
                 )
-            renderer = model_cache.renderer(
-                learn.model,
-                evaluation.render_steps,
-                evaluation.guidance,
-                run.device,
-                learn.precision,
-                evaluation.sampler,
-            )
-            clip = model_cache.clip_model(
-                evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained, run.device
-            )
+            renderer = model_cache.renderer_for(learn, evaluation, run)
+            clip = model_cache.clip_model(evaluation.clip_spec(), run.device)
             settings = ScoreSettings(
                 prompts=tuple(evaluation.prompts) if evaluation.prompts else None, samples=evaluation.samples
             )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator
 
-from inversion.config import EvalConfig, TrainConfig
+from inversion.config import ClipSpec, EvalConfig, TrainConfig, clip_spec
 from inversion.fields import Setting, setting, settings_of
 
 #: a pipeline saves a resumable checkpoint this often unless told otherwise (a lone ``sstar invert`` does not)
@@ -141,6 +141,10 @@ class _Eval(_Parameters):
     prompts: list[str] | None = Field(
         default=None, description="evaluation prompts with {} for the token; default by property"
     )
+
+    def clip_spec(self) -> ClipSpec:
+        """The CLIP to score with, from the three ``clip_*`` settings (:func:`inversion.config.clip_spec`)."""
+        return clip_spec(self.clip_arch, self.clip_checkpoint, self.clip_pretrained)
 
     @field_validator("prompts")
     @classmethod

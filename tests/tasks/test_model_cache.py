@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import inversion.model.components
+from inversion.config import DEFAULT_CLIP_PRETRAINED, ClipSpec
 from tasks import model_cache
+from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 
 @pytest.fixture
@@ -66,12 +68,28 @@ def test_renderers_share_the_cached_weights(tiny_model_dir) -> None:
     assert (one.settings.steps, two.settings.steps) == (2, 3)
 
 
+def test_a_runs_renderer_takes_each_rendering_setting_from_its_settings(tiny_model_dir) -> None:
+    learn = LearnSettings(model=str(tiny_model_dir), precision="bf16")
+    evaluation = EvalSettings(render_steps=3, guidance=2.5, sampler="dpm")
+    made = model_cache.renderer_for(learn, evaluation, RunSettings(device="cpu"))
+    assert made.components is model_cache.diffusion_components(str(tiny_model_dir))
+    settings = made.settings
+    assert (settings.steps, settings.guidance, settings.sampler) == (3, 2.5, "dpm")
+    assert (settings.device, settings.precision) == ("cpu", "bf16")
+
+
+def test_eval_settings_name_their_clip(tiny_clip) -> None:
+    assert EvalSettings(clip_arch="a", clip_checkpoint=str(tiny_clip)).clip_spec() == ClipSpec("a", tiny_clip)
+    assert EvalSettings(clip_arch="a").clip_spec() == ClipSpec("a", pretrained=DEFAULT_CLIP_PRETRAINED)
+    assert EvalSettings(clip_arch="a", clip_pretrained="laion").clip_spec() == ClipSpec("a", pretrained="laion")
+
+
 def test_clip_loads_once_per_checkpoint_and_device(tiny_clip, tmp_path) -> None:
     from inversion.evaluation.clip import TINY_ARCH, write_tiny_clip
 
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda _: model_cache.clip_model(TINY_ARCH, str(tiny_clip), None, "cpu"), range(4)))
+        got = list(pool.map(lambda _: model_cache.clip_model(ClipSpec(TINY_ARCH, tiny_clip), "cpu"), range(4)))
     assert all(g is got[0] for g in got)
     other = write_tiny_clip(tmp_path / "other.safetensors", seed=1)
-    assert model_cache.clip_model(TINY_ARCH, str(other), None, "cpu") is not got[0]
-    assert model_cache.clip_model(TINY_ARCH, str(tiny_clip), None, "cpu") is got[0]
+    assert model_cache.clip_model(ClipSpec(TINY_ARCH, other), "cpu") is not got[0]
+    assert model_cache.clip_model(ClipSpec(TINY_ARCH, tiny_clip), "cpu") is got[0]
