@@ -10,13 +10,17 @@ world model never saw during training: the best any caption can do is a neighbou
 and a learned word has room to do better. ``sstar demo`` learns them; ``bench/world`` (the training
 stream, captions, oracle) and ``bench/quality`` build on this module.
 
+:data:`HELD_OUT_VARIED` holds the same hues and shapes, but each training image draws its background
+and size at random, as users' photos vary; its images are what makes a word learn *only* the hue and
+shape, so it is where editability (asking for another background or size) can be measured fairly.
+
 Everything is numpy; images are uint8 ``[N, H, W, 3]`` arrays, anti-aliased by supersampling (the
 mix of a colour with black, gray or white keeps its hue, so edge pixels do not disturb the oracle).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -62,13 +66,19 @@ def hue_to_rgb(hue: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class HeldOutConcept:
-    """A concept the training stream never shows: a hue half-way between two words, one shape, size, background."""
+    """A concept the training stream never shows: a hue half-way between two words, one shape, size, background.
+
+    A ``varied`` concept's training images draw background and size at random instead (its ``size`` and
+    ``background`` then only say which concept of :data:`HELD_OUT` it varies), and its best caption names
+    neither.
+    """
 
     name: str
     hue: float
     shape: str
     size: float  # extent as a fraction of the image side
     background: str
+    varied: bool = False
 
     @property
     def size_word(self) -> str:
@@ -80,7 +90,10 @@ class HeldOutConcept:
         return hue_word(self.hue)
 
     def best_caption(self) -> str:
-        """The most informative caption the grammar allows: hue word, size, shape, background."""
+        """The most informative caption the grammar allows: hue word, size, shape, background (a varied
+        concept: hue word and shape only, since its images have no one size or background)."""
+        if self.varied:
+            return BEST_TEMPLATE.format(phrase(None, self.hue_word, self.shape, None))
         return BEST_TEMPLATE.format(phrase(self.size_word, self.hue_word, self.shape, self.background))
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +114,12 @@ HELD_OUT: tuple[HeldOutConcept, ...] = (
 )
 
 
+#: the same hues and shapes, trained on images whose background and size vary (``varied-…`` names)
+HELD_OUT_VARIED: tuple[HeldOutConcept, ...] = tuple(
+    replace(c, name=c.name.replace("held-", "varied-", 1), varied=True) for c in HELD_OUT
+)
+
+
 def phrase(size_word: str | None, hue_word_: str | None, shape: str, background: str | None) -> str:
     """The world's noun phrase, e.g. ``large orange circle on a white background`` (``None`` parts are left out)."""
     words = [w for w in (size_word, hue_word_, shape) if w]
@@ -111,17 +130,41 @@ def phrase(size_word: str | None, hue_word_: str | None, shape: str, background:
 
 
 def concept_attributes(concept: HeldOutConcept, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    """``n`` scenes of ``concept`` (fixed hue, shape, size, background) at random positions."""
-    size = np.full(n, concept.size)
+    """``n`` scenes of ``concept`` (fixed hue and shape) at random positions; the size and background are the
+    concept's own, or for a varied concept drawn per image (:func:`_varied_looks`)."""
+    if concept.varied:
+        background, size_word, size = _varied_looks(rng, n)
+    else:
+        background = np.full(n, BACKGROUNDS.index(concept.background))
+        size_word = np.full(n, SIZE_WORDS.index(concept.size_word))
+        size = np.full(n, concept.size)
     return {
         "hue": np.full(n, concept.hue),
         "shape": np.full(n, SHAPES.index(concept.shape)),
-        "background": np.full(n, BACKGROUNDS.index(concept.background)),
-        "size_word": np.full(n, SIZE_WORDS.index(concept.size_word)),
+        "background": background,
+        "size_word": size_word,
         "size": size,
         "cx": rng.uniform(size / 2, 1 - size / 2),
         "cy": rng.uniform(size / 2, 1 - size / 2),
     }
+
+
+def _varied_looks(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image a background, a size word and a size inside that word's range, as the world's photos vary.
+
+    Drawn as shuffled rounds of every background and every size word, so that even 4 images show all three
+    backgrounds and both sizes (independent draws give 4 images of one background 1 time in 27)."""
+    background = _shuffled_rounds(rng, len(BACKGROUNDS), n)
+    size_word = _shuffled_rounds(rng, len(SIZE_WORDS), n)
+    lo = np.array([r[0] for r in SIZE_RANGES])[size_word]
+    hi = np.array([r[1] for r in SIZE_RANGES])[size_word]
+    return background, size_word, rng.uniform(lo, hi)
+
+
+def _shuffled_rounds(rng: np.random.Generator, choices: int, n: int) -> np.ndarray:
+    """``n`` indices below ``choices``: each round of ``choices`` draws holds every index once, in random order."""
+    rounds = -(-n // choices)
+    return np.concatenate([rng.permutation(choices) for _ in range(rounds)])[:n].astype(np.int64)
 
 
 # -- pixels -------------------------------------------------------------------------------------------
@@ -156,6 +199,7 @@ def render(attrs: dict[str, np.ndarray], resolution: int = DEFAULT_RESOLUTION, s
 def concept_images(
     concept: HeldOutConcept, n: int, seed: int = 0, resolution: int = DEFAULT_RESOLUTION, supersample: int = 4
 ) -> np.ndarray:
-    """``n`` training images of a held-out concept (seeded; positions vary)."""
+    """``n`` training images of a held-out concept (seeded; positions vary, and for a varied concept also
+    backgrounds and sizes)."""
     rng = np.random.default_rng(seed)
     return render(concept_attributes(concept, rng, n), resolution, supersample)

@@ -32,6 +32,7 @@ from toyworld.scenes import (  # noqa: F401 - re-exported: bench code reads them
     BEST_TEMPLATE,
     DEFAULT_RESOLUTION,
     HELD_OUT,
+    HELD_OUT_VARIED,
     HUE_BIN_WIDTH,
     HUE_CENTRES,
     HUE_WORDS,

@@ -69,6 +69,31 @@ def test_held_out_concepts_sit_half_way_between_bins_and_are_never_generated():
     assert near.sum() > 250
 
 
+#: sha256 of ``concept_images(HELD_OUT[0], 4, seed=0)``, the demo's and the quality guard's first training set
+ORIGINAL_FIRST_SET_SHA256 = "f7485bad2124c030b5272a95dc84d887ba0fa40ede00f801d1bc64a1a86b6f8e"
+
+
+def test_the_original_held_out_images_are_unchanged():
+    import hashlib
+
+    images = G.concept_images(G.HELD_OUT[0], 4, seed=0)
+    assert hashlib.sha256(images.tobytes()).hexdigest() == ORIGINAL_FIRST_SET_SHA256
+    assert not any(c.varied for c in G.HELD_OUT)
+
+
+def test_the_varied_set_keeps_hue_and_shape_and_varies_background_and_size():
+    assert [(c.hue, c.shape) for c in G.HELD_OUT_VARIED] == [(c.hue, c.shape) for c in G.HELD_OUT]
+    assert {c.name for c in G.HELD_OUT_VARIED}.isdisjoint(c.name for c in G.HELD_OUT)
+    for i, concept in enumerate(G.HELD_OUT_VARIED):
+        images = G.concept_images(concept, 4, seed=i)
+        assert np.array_equal(images, G.concept_images(concept, 4, seed=i))
+        m = O.measure(images)
+        assert np.all(O.hue_error(m.hue, concept.hue) < 1.0)
+        assert set(m.background_names) == set(G.BACKGROUNDS), concept.name
+        assert set(O.size_words(m, concept.shape).tolist()) == {0, 1}, concept.name
+        assert concept.best_caption() == f"a photo of a {concept.hue_word} {concept.shape}"
+
+
 def test_concept_images_are_seeded_and_show_the_concept():
     concept = G.HELD_OUT[1]
     a = G.concept_images(concept, 8, seed=5)
