@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common.digest import canonical_digest
 from storage.errors import InvalidConcept, InvalidInput, StorageError
 from storage.scanstate import ConceptState, MetaState, ScanState
 from storage.store.base import ObjectInfo, ObjectStore
@@ -272,49 +272,34 @@ class ConceptRead:
     state: ConceptState | None
 
 
-def _canonical_json(value: Any, what: str) -> str:
-    def check(v: Any) -> None:
-        if isinstance(v, float) and not math.isfinite(v):
-            raise InvalidInput(f"{what} must not contain NaN or infinity")
-        if isinstance(v, Mapping):
-            for k, item in v.items():
-                if not isinstance(k, str):
-                    raise InvalidInput(f"{what} keys must be strings, got {k!r}")
-                check(item)
-        elif isinstance(v, (list, tuple)):
-            for item in v:
-                check(item)
-        elif not (v is None or isinstance(v, (str, int, float, bool))):
-            raise InvalidInput(f"{what} must be JSON-like (str/int/float/bool/None/list/dict), got {type(v).__name__}")
-
-    check(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def _digest(value: Any, what: str, length: int | None = None) -> str:
+    """:func:`common.digest.canonical_digest`, its complaint about a value not JSON-like an :class:`InvalidInput`."""
+    try:
+        return canonical_digest(value, length, what)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def settings_fingerprint(learning_settings: Mapping[str, Any] | None) -> str:
     """SHA-256 of the learning settings (a JSON-like mapping, canonical: key order does not matter)."""
-    return _sha256(_canonical_json(dict(learning_settings or {}), "learning settings"))
+    return _digest(dict(learning_settings or {}), "learning settings")
 
 
 def images_fingerprint(content_hashes: Mapping[str, str]) -> str:
     """SHA-256 over a concept's image names (relative to its folder) and their content SHA-256s."""
-    return _sha256(_canonical_json(sorted([name, sha] for name, sha in content_hashes.items()), "image hashes"))
+    return _digest(sorted([name, sha] for name, sha in content_hashes.items()), "image hashes")
 
 
 def listing_fingerprint(entries: Iterable[tuple[str, int, str]]) -> str:
     """SHA-256 over a concept's image listing entries ``(name, size, etag)``."""
-    return _sha256(_canonical_json(sorted([n, int(s), str(e)] for n, s, e in entries), "image listing"))
+    return _digest(sorted([n, int(s), str(e)] for n, s, e in entries), "image listing")
 
 
 def digest_of(images: str, meta: ConceptMeta | Mapping[str, Any], settings: str) -> str:
     """The content digest from :func:`images_fingerprint`, the metadata and :func:`settings_fingerprint`."""
     meta_dict = meta.to_dict() if isinstance(meta, ConceptMeta) else dict(meta)
     payload = {"v": 2, "images": images, "meta": meta_dict, "settings": settings}
-    return _sha256(_canonical_json(payload, "learning settings and metadata"))[:DIGEST_LENGTH]
+    return _digest(payload, "learning settings and metadata", DIGEST_LENGTH)
 
 
 def concept_digest(

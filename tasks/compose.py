@@ -10,7 +10,6 @@ module without it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tempfile
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from prefect import task
 
+from common.digest import canonical_digest
 from common.filenames import (
     DIFFUSERS_FILENAME,
     DIFFUSERS_FILENAME_2,
@@ -37,7 +37,6 @@ from storage.results import ResultStore
 from storage.store.open import open_store
 from tasks import model_cache
 from tasks.concurrency import gpu_slot
-from tasks.ingest import spec_of
 from tasks.records import ConceptRecord
 from tasks.retry import RETRY
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
@@ -68,7 +67,7 @@ def composition_key(
         "precision": learn.precision,
         "clip": [evaluation.clip_arch, evaluation.clip_checkpoint, evaluation.clip_pretrained],
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return canonical_digest(identity, 16)
 
 
 def _row(
@@ -110,7 +109,7 @@ def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work:
             (folder / name).write_bytes(results.store.get(key))
     embedding = load_embedding(folder / DIFFUSERS_FILENAME, token=concept.record.token)
     catalog = open_store(catalog_uri)
-    read = read_concept(catalog, spec_of(concept.record))
+    read = read_concept(catalog, concept.record.spec)
     images = [image for _, image in ingest_concept(catalog, read.spec, data=read.data).images]
     return Word(embedding, concept.record.class_name, embed_reference_images(clip, images))
 
@@ -144,7 +143,7 @@ def compose(
         with tempfile.TemporaryDirectory(prefix="sstar-compose-") as work:
             words = [_word(catalog_uri, ResultStore(store), c, Path(work), clip) for c in concepts]
             prompt = spec.filled({c.record.concept_id: c.record.token for c in concepts})
-            with gpu_slot(run.gpu_limit_name):
+            with gpu_slot(run.gpu_limit_name, wait_timeout=run.slot_wait_timeout):
                 scores = score_composition(renderer, clip, prompt, words, range(evaluation.samples))
             grid = scores.grid(
                 f"{spec.composition_id}: min image sim {scores.min_image_similarity:.3f}, "

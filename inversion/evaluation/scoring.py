@@ -22,7 +22,6 @@ images the learned word gets than a description does.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 from PIL import Image
 
 from common.atomic import atomic_write_bytes
+from common.digest import canonical_digest
 from common.filenames import (
     BASELINE_GRID_FILENAME,
     BASELINE_GRID_THUMBNAIL_FILENAME,
@@ -309,7 +309,7 @@ def baseline_key(
         "precision": render.precision,
         "resolution": resolution,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+    return canonical_digest(identity, 32)
 
 
 def _score_images(
