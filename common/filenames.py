@@ -20,6 +20,8 @@ __all__ = [
     "BASELINE_GRID_FILENAME",
     "GRID_THUMBNAIL_FILENAME",
     "BASELINE_GRID_THUMBNAIL_FILENAME",
+    "TRAINING_LOG",
+    "SUCCESS_FILENAME",
     "a1111_filename",
     "sdxl_filename",
 ]
@@ -37,6 +39,10 @@ BASELINE_GRID_FILENAME = "baseline_grid.png"
 #: small JPEG copies of the grids, written beside them for reports to link (never embed)
 GRID_THUMBNAIL_FILENAME = "grid.thumb.jpg"
 BASELINE_GRID_THUMBNAIL_FILENAME = "baseline_grid.thumb.jpg"
+#: the loss curves, stop reason and settings of one training (:mod:`tasks.invert`), published with the embedding
+TRAINING_LOG = "training.json"
+#: the manifest that completes a published result, written last (:mod:`storage.results`)
+SUCCESS_FILENAME = "_SUCCESS"
 
 
 def a1111_filename(token: str, suffix: str = ".pt") -> str:

@@ -31,7 +31,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.filenames import GRID_FILENAME
+from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME
 from reports.charts import (
     STATUS_COLOURS,
     bar_chart,
@@ -63,7 +63,6 @@ DASHBOARD_KEY = "reports/dashboard.html"
 #: what the page is made from, so that a run adds its own rows instead of re-reading the metrics history
 STATE_KEY = "reports/dashboard-state.parquet"
 _RUNS_META = "sstar.runs"
-EMBEDDING_FILENAME = "learned_embeds.safetensors"
 SLOWEST = 20
 MAX_LOSERS = 100
 MAX_REASON_CHARS = 160
@@ -245,7 +244,7 @@ def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
                 error[:_ERROR_CHARS] if error else None,
             ]
         )
-    return {"columns": columns, "rows": data, "grid": GRID_FILENAME, "embedding": EMBEDDING_FILENAME}
+    return {"columns": columns, "rows": data, "grid": GRID_FILENAME, "embedding": DIFFUSERS_FILENAME}
 
 
 _TABLE_JS = """

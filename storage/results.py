@@ -22,15 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from common.filenames import SUCCESS_FILENAME
 from storage.catalog import validate_concept_id
 from storage.errors import AlreadyExists, InvalidInput, NotFound, StorageError
 from storage.store.base import ObjectStore, validate_key
 from storage.store.open import open_store
 from storage.store.settings import S3Settings
 
-__all__ = ["SUCCESS", "FileEntry", "ResultManifest", "PublishedResult", "ResultStore", "check_run_id"]
+__all__ = ["FileEntry", "ResultManifest", "PublishedResult", "ResultStore", "check_run_id"]
 
-SUCCESS = "_SUCCESS"
 EMBEDDINGS = "embeddings"
 CHECKPOINTS = "checkpoints"
 _DIGEST_RE = re.compile(r"^[0-9a-f]{8,64}$")
@@ -45,10 +45,10 @@ def _check_digest(digest: str) -> str:
 
 
 def _check_name(name: str, what: str = "file name") -> str:
-    if not isinstance(name, str) or not _FILE_RE.match(name) or name == SUCCESS or ".." in name:
+    if not isinstance(name, str) or not _FILE_RE.match(name) or name == SUCCESS_FILENAME or ".." in name:
         raise InvalidInput(
             f"{what} must be a plain name (letters, digits, . _ - + =, starting with a letter or digit; "
-            f"not {SUCCESS!r}), got {name!r}"
+            f"not {SUCCESS_FILENAME!r}), got {name!r}"
         )
     return name
 
@@ -134,7 +134,7 @@ class ResultStore:
         return f"{EMBEDDINGS}/{validate_concept_id(concept_id)}/{_check_digest(digest)}"
 
     def key(self, concept_id: str, digest: str, name: str) -> str:
-        if name != SUCCESS:
+        if name != SUCCESS_FILENAME:
             _check_name(name)
         return validate_key(f"{self.prefix(concept_id, digest)}/{name}")
 
@@ -144,11 +144,11 @@ class ResultStore:
 
     def is_complete(self, concept_id: str, digest: str) -> bool:
         """Whether the result was published completely (``_SUCCESS`` exists)."""
-        return self.store.exists(self.key(concept_id, digest, SUCCESS))
+        return self.store.exists(self.key(concept_id, digest, SUCCESS_FILENAME))
 
     def read_manifest(self, concept_id: str, digest: str) -> ResultManifest | None:
         """The ``_SUCCESS`` manifest, or ``None`` if the result is not complete."""
-        key = self.key(concept_id, digest, SUCCESS)
+        key = self.key(concept_id, digest, SUCCESS_FILENAME)
         try:
             raw = self.store.get(key)
         except NotFound:
@@ -166,7 +166,7 @@ class ResultStore:
         found: dict[str, set[str]] = {}
         for key in self.store.list(base):
             parts = key.split("/")
-            if len(parts) == 4 and parts[3] == SUCCESS:
+            if len(parts) == 4 and parts[3] == SUCCESS_FILENAME:
                 found.setdefault(parts[1], set()).add(parts[2])
         return {cid: frozenset(digests) for cid, digests in found.items()}
 
@@ -242,12 +242,12 @@ class ResultStore:
         manifest = ResultManifest(
             concept_id, digest, run_id, datetime.now(timezone.utc).isoformat(timespec="milliseconds"), entries
         )
-        if self.store.put_once(self.key(concept_id, digest, SUCCESS), manifest.to_json()):
+        if self.store.put_once(self.key(concept_id, digest, SUCCESS_FILENAME), manifest.to_json()):
             return self._result(concept_id, digest, manifest, created=True)
         # someone completed it first (or our own earlier attempt whose reply got lost)
         existing = self.read_manifest(concept_id, digest)
         if existing is None:  # pragma: no cover - _SUCCESS vanished right after the 412
-            raise StorageError(f"{self.uri(concept_id, digest, SUCCESS)} disappeared while publishing")
+            raise StorageError(f"{self.uri(concept_id, digest, SUCCESS_FILENAME)} disappeared while publishing")
         return self._settle(concept_id, digest, entries, existing)
 
     def _settle(
@@ -266,7 +266,7 @@ class ResultStore:
             digest=digest,
             prefix_uri=self.store.url(self.prefix(concept_id, digest)),
             uris={name: self.uri(concept_id, digest, name) for name in sorted(manifest.files)},
-            manifest_uri=self.uri(concept_id, digest, SUCCESS),
+            manifest_uri=self.uri(concept_id, digest, SUCCESS_FILENAME),
             manifest=manifest,
             created=created,
         )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from common.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME
+from common.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME, TRAINING_LOG
 from inversion.errors import SstarError
 from storage.results import ResultStore
 from tasks import model_cache
@@ -30,9 +30,6 @@ from tasks.settings import LearnSettings, RunSettings
 
 if TYPE_CHECKING:
     from inversion.training.trainer import StepReport
-
-#: published next to the embedding: the loss curve and whether the run resumed from a checkpoint
-TRAINING_LOG = "training.json"
 
 
 def _restore_checkpoint(results: ResultStore, staged: StagedConcept, out_dir: Path) -> bool:

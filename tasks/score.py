@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from common.filenames import CHECKPOINT_FILENAME
+from common.filenames import CHECKPOINT_FILENAME, TRAINING_LOG
 from inversion.errors import SstarError
 from tasks import model_cache
 from tasks.baselines import StoreBaselineCache
 from tasks.concurrency import gpu_slot
-from tasks.invert import TRAINING_LOG
 from tasks.records import InversionOutcome, ScoredConcept
 from tasks.retry import RETRY
 from tasks.settings import EvalSettings, LearnSettings, RunSettings

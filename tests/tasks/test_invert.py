@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from common.filenames import TRAINING_LOG
 from inversion.embeddings.formats import load_embedding
 from storage.results import ResultStore
 from tasks.ingest import scan_catalog, stage_concept
-from tasks.invert import TRAINING_LOG, invert_pack
+from tasks.invert import invert_pack
 from tasks.settings import RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "quiet_run_logger")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from common.filenames import SUCCESS_FILENAME
 from storage.errors import AlreadyExists
 from storage.metrics import read_embeddings_index, read_metrics
-from storage.results import SUCCESS, ResultStore
+from storage.results import ResultStore
 from tasks.publish import SCORE_COLUMNS, publish_concept, skipped_row, write_metrics
 from tasks.records import ConceptRecord, InversionOutcome, ScoredConcept, StagedConcept
 
@@ -90,7 +91,7 @@ def test_publish_writes_every_file_then_success_and_clears_checkpoints(tmp_path:
 
 def test_publishing_the_same_bytes_again_is_a_no_op(tmp_path: Path, out: str, learn) -> None:
     first = publish_concept.fn(_scored(tmp_path / "a"), out, "run-1", learn)
-    success = Path(out) / "embeddings" / RECORD.concept_id / RECORD.digest / SUCCESS
+    success = Path(out) / "embeddings" / RECORD.concept_id / RECORD.digest / SUCCESS_FILENAME
     manifest = success.read_bytes()
     again = publish_concept.fn(_scored(tmp_path / "b"), out, "run-2", learn)
     assert again.status == "ok" and again.embedding_uri == first.embedding_uri

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.filenames import TRAINING_LOG
 from inversion.embeddings.formats import DIFFUSERS_FILENAME, LearnedEmbedding, a1111_filename, save_embedding_files
 from tasks import model_cache
-from tasks.invert import TRAINING_LOG
 from tasks.publish import SCORE_COLUMNS
 from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
 from tasks.score import score_concept
