@@ -1,12 +1,10 @@
-"""Small helpers shared by :mod:`inversion` and :mod:`storage`, which may not import each other.
+"""common: the few helpers :mod:`inversion` and :mod:`storage` share, since they may not import each other.
 
-This package imports nothing of ours and nothing heavier than Pillow:
+This package imports nothing of ours and nothing heavier than Pillow; this file imports nothing at all,
+so callers name the module they use:
 
 * :mod:`common.atomic` — :func:`~common.atomic.atomic_write`, the one way files are published whole;
-* :mod:`common.images` — :func:`~common.images.normalise_image`, the one image normaliser.
+* :mod:`common.images` — :func:`~common.images.normalise_image`, the one image normaliser;
+* :mod:`common.filenames` — the names of the files a learned word's result is made of;
+* :mod:`common.digest` — the one content-key recipe (canonical JSON, then SHA-256).
 """
-
-from .atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes
-from .images import normalise_image
-
-__all__ = ["TEMP_PREFIX", "atomic_write", "atomic_write_bytes", "normalise_image"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from inversion.errors import ConfigError, InputError
-from inversion.model.info import Family, classify
+from inversion.model.info import Family, classify, read_family
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,6 @@ def load_components(model: str | Path) -> DiffusionComponents:
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from inversion.model.info import read_family
 
     source = str(model)
     path = Path(source).expanduser()
