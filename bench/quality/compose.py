@@ -123,12 +123,11 @@ def word_prompt(token: str, edit: Edit) -> str:
 
 
 def caption_prompt(concept: HeldOutConcept, edit: Edit) -> str:
-    """The concept's best caption with the edit's background or size word in place of its own."""
-    return BEST_TEMPLATE.format(
-        phrase(
-            edit.size_word or concept.size_word, concept.hue_word, concept.shape, edit.background or concept.background
-        )
-    )
+    """The concept's best caption with the edit's background or size word in place of its own (a varied
+    concept's best caption names neither, so the edit adds it)."""
+    size_word = edit.size_word or (None if concept.varied else concept.size_word)
+    background = edit.background or (None if concept.varied else concept.background)
+    return BEST_TEMPLATE.format(phrase(size_word, concept.hue_word, concept.shape, background))
 
 
 def word_token(concept: HeldOutConcept, vectors: int) -> str:

@@ -39,6 +39,10 @@ def test_prompts_follow_the_worlds_caption_grammar():
     assert C.caption_prompt(concept, C.EDITS[0]) == concept.best_caption()
     assert C.caption_prompt(concept, gray) == "a photo of a large orange circle on a gray background"
     assert C.caption_prompt(concept, small) == "a photo of a small orange circle on a white background"
+    varied = G.HELD_OUT_VARIED[0]  # its best caption names no background or size, so an edit adds one
+    assert C.caption_prompt(varied, C.EDITS[0]) == varied.best_caption() == "a photo of a orange circle"
+    assert C.caption_prompt(varied, gray) == "a photo of a orange circle on a gray background"
+    assert C.caption_prompt(varied, small) == "a photo of a small orange circle"
 
 
 def test_unwrap_on_arc_follows_the_short_arc_across_zero():
