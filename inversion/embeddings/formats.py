@@ -16,6 +16,10 @@ SDXL, two text encoders (CLIP-L 768, OpenCLIP bigG 1280):
   ``learned_embeds_2.safetensors`` = ``{token: [N, 1280]}`` (for ``text_encoder_2``). Reading
   ``learned_embeds.safetensors`` picks up its ``_2`` sibling when there is one.
 
+Files from other trainers are read by the same rules (:func:`parse_embedding` names the format): kohya's
+``emb_params`` and ``clip_l``/``clip_g`` files, diffusers' ``learned_embeds.bin`` (``torch.save`` of
+``{token: tensor}``), A1111 ``.pt`` files in either torch serialization, ComfyUI's per-encoder keys.
+
 Reading never unpickles arbitrary objects: ``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``.
 """
 
@@ -150,26 +154,49 @@ def _as_vectors(tensor: torch.Tensor, path: Path) -> torch.Tensor:
     return tensor.to(torch.float32).contiguous()
 
 
-def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
-    """Interpret the tensors of an embedding file (any format above)."""
-    stem_token = token or f"<{path.stem}>"
-    if any(key in data for key in SDXL_KEYS):
-        missing = [key for key in SDXL_KEYS if not isinstance(data.get(key), torch.Tensor)]
-        if missing:
-            raise EmbeddingFormatError(f"{path}: SDXL embedding lacks its {missing[0]} tensor")
-        tables = [_as_vectors(data[key], path) for key in SDXL_KEYS]
-        if tables[0].shape[0] != tables[1].shape[0]:
-            raise EmbeddingFormatError(
-                f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g {tables[1].shape[0]}"
-            )
-        return LearnedEmbedding(stem_token, torch.cat(tables, dim=1), tuple(t.shape[1] for t in tables))
+#: the per-encoder keys of single-file embeddings (ComfyUI's names: SDXL has the first two, SD 3 all
+#: three, Flux ``clip_l`` and ``t5xxl``), in text-encoder order
+ENCODER_KEYS = ("clip_l", "clip_g", "t5xxl")
+
+
+@dataclass(frozen=True)
+class EmbeddingFile:
+    """What an embedding file holds, read without any model: its format, the token it names (if any) and
+    its vectors ``[N, dim]`` by table (``"*"``/the token/``emb_params`` for one encoder, else
+    :data:`ENCODER_KEYS`), in text-encoder order."""
+
+    format: str  # one of FORMATS
+    stored_token: str | None
+    tables: dict[str, torch.Tensor]
+
+
+#: the formats :func:`parse_embedding` tells apart, with the tools that write each
+FORMATS = {
+    "diffusers": "diffusers {token: tensor}",
+    "a1111": "AUTOMATIC1111 .pt (string_to_param)",
+    "emb_params": "kohya / AUTOMATIC1111 (emb_params)",
+    "per-encoder": "single file with per-encoder keys (A1111 / ComfyUI / kohya SDXL)",
+}
+
+
+def parse_embedding(data: dict, path: Path) -> EmbeddingFile:
+    """Tell an embedding file's format from its keys and take its float tensors ``[N, dim]``."""
+    if any(key in data for key in ENCODER_KEYS):
+        keys = [key for key in ENCODER_KEYS if key in data]
+        bad = [key for key in keys if not isinstance(data[key], torch.Tensor)]
+        if bad:
+            raise EmbeddingFormatError(f"{path}: {bad[0]} is not a tensor")
+        return EmbeddingFile("per-encoder", None, {key: _as_vectors(data[key], path) for key in keys})
     if "string_to_param" in data:
         params = data["string_to_param"]
         if not isinstance(params, dict):
             raise EmbeddingFormatError(f"{path}: string_to_param is not a dict")
-        return LearnedEmbedding(stem_token, _as_vectors(_only_tensor(params, path), path))
+        name = data.get("name")
+        return EmbeddingFile(
+            "a1111", name if isinstance(name, str) else None, {"*": _as_vectors(_only_tensor(params, path), path)}
+        )
     if "emb_params" in data:
-        return LearnedEmbedding(stem_token, _as_vectors(data["emb_params"], path))
+        return EmbeddingFile("emb_params", None, {"emb_params": _as_vectors(data["emb_params"], path)})
     tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     if len(tensors) != 1:
         raise EmbeddingFormatError(
@@ -177,10 +204,33 @@ def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
             f"(keys: {', '.join(map(str, data))})"
         )
     ((stored, vectors),) = tensors.items()
-    return LearnedEmbedding(token or stored, _as_vectors(vectors, path))
+    return EmbeddingFile("diffusers", str(stored), {str(stored): _as_vectors(vectors, path)})
 
 
-def _read_tensors(path: Path) -> dict:
+def _from_dict(data: dict, path: Path, token: str | None) -> LearnedEmbedding:
+    """Interpret the tensors of an embedding file (any format above) as a word for SD 1.x/2.x or SDXL."""
+    parsed = parse_embedding(data, path)
+    stem_token = token or f"<{path.stem}>"
+    if parsed.format != "per-encoder":
+        (vectors,) = parsed.tables.values()
+        stored = parsed.stored_token if parsed.format == "diffusers" else None
+        return LearnedEmbedding(token or stored or stem_token, vectors)
+    missing = [key for key in SDXL_KEYS if key not in parsed.tables]
+    if missing or len(parsed.tables) != len(SDXL_KEYS):
+        raise EmbeddingFormatError(
+            f"{path}: SDXL embedding lacks its {missing[0]} tensor"
+            if missing
+            else f"{path}: holds {', '.join(parsed.tables)}; an SD 1.x/2.x/SDXL word has clip_l and clip_g only"
+        )
+    tables = [parsed.tables[key] for key in SDXL_KEYS]
+    if tables[0].shape[0] != tables[1].shape[0]:
+        raise EmbeddingFormatError(f"{path}: clip_l has {tables[0].shape[0]} vectors but clip_g {tables[1].shape[0]}")
+    return LearnedEmbedding(stem_token, torch.cat(tables, dim=1), tuple(t.shape[1] for t in tables))
+
+
+def read_tensors(path: Path) -> dict:
+    """The raw contents of an embedding file (safetensors, or a ``.pt``/``.bin`` read with ``weights_only``);
+    one-line :class:`EmbeddingFormatError` for a missing or unreadable file."""
     if not path.is_file():
         raise EmbeddingFormatError(f"embedding file not found: {path}")
     if path.suffix == ".safetensors":
@@ -197,6 +247,12 @@ def _read_tensors(path: Path) -> dict:
     return data
 
 
+def diffusers_sibling(path: Path) -> Path | None:
+    """``X_2.safetensors`` beside ``X.safetensors`` (diffusers' second SDXL file), when there is one."""
+    second = path.with_name(f"{path.stem}_2{path.suffix}")
+    return second if path.suffix == ".safetensors" and second.is_file() else None
+
+
 def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
     """Read a diffusers, A1111, kohya or SDXL (``clip_l``/``clip_g``) embedding file.
 
@@ -206,11 +262,11 @@ def load_embedding(path: Path, token: str | None = None) -> LearnedEmbedding:
     must hold the same token and number of vectors.
     """
     path = Path(path)
-    embedding = _from_dict(_read_tensors(path), path, token)
-    second = path.with_name(f"{path.stem}_2{path.suffix}")
-    if path.suffix != ".safetensors" or len(embedding.widths) != 1 or not second.is_file():
+    embedding = _from_dict(read_tensors(path), path, token)
+    second = diffusers_sibling(path)
+    if second is None or len(embedding.widths) != 1:
         return embedding
-    other = _from_dict(_read_tensors(second), second, token)
+    other = _from_dict(read_tensors(second), second, token)
     if other.token != embedding.token or other.num_vectors != embedding.num_vectors or len(other.widths) != 1:
         raise EmbeddingFormatError(
             f"{second}: holds {other.token} with {other.num_vectors} vector(s), but {path.name} "
@@ -280,8 +336,8 @@ def read_metadata(path: Path | str) -> dict[str, str]:
     :data:`A1111_METADATA_KEY` (empty when there is none)."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        _read_tensors(path)  # the same one-line errors for a missing or unreadable file
+        read_tensors(path)  # the same one-line errors for a missing or unreadable file
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
-    found = _read_tensors(path).get(A1111_METADATA_KEY)
+    found = read_tensors(path).get(A1111_METADATA_KEY)
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
