@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from inversion.config import as_property
 from inversion.model.fingerprint import model_fingerprint
 from inversion.model.info import tokenizer_vocabulary
 from inversion.text.placeholders import token_collisions, vocabulary_clash
-from storage.catalog import ConceptMeta, ConceptSpec, discover_catalog, read_concept
+from storage.catalog import discover_catalog, read_concept
 from storage.images import ingest_concept, write_pngs
 from storage.results import ResultStore
 from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
@@ -34,29 +33,6 @@ def learning_identity(learn: LearnSettings) -> dict:
     """The learning settings as the digest sees them: the model by its content
     (:func:`inversion.model.fingerprint.model_fingerprint`), not by its path."""
     return {**learn.digest_settings(), "model": model_fingerprint(learn.model)}
-
-
-def record_of(spec: ConceptSpec, vectors_override: int | None = None) -> ConceptRecord:
-    meta = spec.meta
-    return ConceptRecord(
-        concept_id=spec.concept_id,
-        digest=spec.digest,
-        token=meta.token,
-        initializer=meta.initializer,
-        class_name=meta.class_name,
-        property=as_property(meta.property),  # ConceptMeta checked it; this narrows the type
-        vectors=vectors_override or meta.vectors,
-        images=tuple(spec.images),
-        captions=tuple(meta.captions),
-        settings=spec.settings,
-    )
-
-
-def spec_of(record: ConceptRecord) -> ConceptSpec:
-    meta = ConceptMeta(
-        record.token, record.initializer, record.class_name, record.property, record.vectors, record.captions
-    )
-    return ConceptSpec(record.concept_id, meta, record.images, record.digest, settings=record.settings)
 
 
 @dataclass(frozen=True)
@@ -122,14 +98,14 @@ def scan_catalog(
         read_changed=(lambda concept_id: concept_id in done) if lost else False,
     )
     vocabulary = tokenizer_vocabulary(learn.model)
-    candidates = [(spec, record_of(spec, learn.vectors)) for spec in scan.specs]
-    collisions = _collision_problems([record for _, record in candidates])
+    candidates = [ConceptRecord.of(spec, learn.vectors) for spec in scan.specs]
+    collisions = _collision_problems(candidates)
     records: list[ConceptRecord] = []
     fatal: dict[str, list[str]] = {}
-    for spec, record in candidates:
+    for record in candidates:
         problem = _vocabulary_problem(vocabulary, record, learn.model) or collisions.get(record.concept_id)
         if problem:
-            fatal.setdefault(record.concept_id, []).append(f"{spec.meta_key or record.concept_id}: {problem}")
+            fatal.setdefault(record.concept_id, []).append(f"{record.spec.meta_key or record.concept_id}: {problem}")
         else:
             records.append(record)
     usable = {r.concept_id for r in records}
@@ -170,8 +146,8 @@ def stage_concept(
     comes back with ``error`` set.
     """
     store = open_store(catalog_uri)
-    read = read_concept(store, spec_of(record))
-    record = replace(record, digest=read.spec.digest, images=read.spec.images)
+    read = read_concept(store, record.spec)
+    record = ConceptRecord(read.spec)  # with the digest of the bytes read
     scan: ConceptState | None = read.state
     work_dir = Path(work_root) / f"{record.concept_id}-{record.digest or 'unread'}"
     image_dir = work_dir / "images"

@@ -11,27 +11,13 @@ from typing import Any, TypedDict
 from prefect import get_run_logger, task
 
 from inversion.model.info import family_or_none
-from storage.metrics import MetricsRow, append_metrics, update_embeddings_index
+from storage.metrics import MetricsRow, Status, append_metrics, update_embeddings_index
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
 from storage.store.open import open_store
-from tasks.records import ConceptRecord, ScoredConcept
+from tasks.records import ConceptRecord, ScoredConcept, ScoreSummary
 from tasks.retry import RETRY
 from tasks.settings import LearnSettings
-
-
-class ScoreFields(TypedDict):
-    """The score fields of ``scores.json`` that become metrics columns."""
-
-    image_similarity: float | None
-    text_similarity: float | None
-    baseline_image_similarity: float | None
-    baseline_text_similarity: float | None
-    inversion_lift: float | None
-
-
-#: the score fields of scores.json that become metrics columns
-SCORE_COLUMNS: tuple[str, ...] = tuple(ScoreFields.__annotations__)
 
 
 class _IdentityFields(TypedDict):
@@ -48,14 +34,17 @@ class _IdentityFields(TypedDict):
     lr: float
 
 
-def _score_fields(scores: Mapping[str, Any]) -> ScoreFields:
-    """The metrics score columns of ``scores`` (a ``scores.json`` or an index row); absent ones are ``None``."""
-    return ScoreFields(
-        image_similarity=scores.get("image_similarity"),
-        text_similarity=scores.get("text_similarity"),
-        baseline_image_similarity=scores.get("baseline_image_similarity"),
-        baseline_text_similarity=scores.get("baseline_text_similarity"),
-        inversion_lift=scores.get("inversion_lift"),
+def _row(status: Status, scores: ScoreSummary, identity: _IdentityFields, **fields: Any) -> MetricsRow:
+    """A metrics row: its status, the score columns of ``scores``, which concept it is and the rest of ``fields``."""
+    return MetricsRow(
+        status=status,
+        image_similarity=scores.image_similarity,
+        text_similarity=scores.text_similarity,
+        baseline_image_similarity=scores.baseline_image_similarity,
+        baseline_text_similarity=scores.baseline_text_similarity,
+        inversion_lift=scores.inversion_lift,
+        **identity,
+        **fields,
     )
 
 
@@ -88,27 +77,27 @@ def skipped_row(
     results = ResultStore.open(out_uri)
     digest = record.known_digest()
     if index_row is not None and index_row.get("digest") == digest:
-        return MetricsRow(
-            status="skipped",
+        return _row(
+            "skipped",
+            ScoreSummary.of(index_row),
+            _base_row(run_id, record, record.concept_id, learn),
             error=None,
             embedding_uri=index_row.get("embedding_uri"),
             grid_uri=index_row.get("grid_uri"),
-            **_score_fields(index_row),
-            **_base_row(run_id, record, record.concept_id, learn),
         )
     manifest = results.read_manifest(record.concept_id, digest)
     scores = {}
     if manifest is not None and "scores.json" in manifest.files:
         scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, digest, "scores.json")))
-    return MetricsRow(
-        status="skipped",
+    return _row(
+        "skipped",
+        ScoreSummary.of(scores),
+        _base_row(run_id, record, record.concept_id, learn),
         error=None,
         embedding_uri=results.uri(record.concept_id, digest, "learned_embeds.safetensors"),
         grid_uri=results.uri(record.concept_id, digest, "grid.png")
         if manifest and "grid.png" in manifest.files
         else None,
-        **_score_fields(scores),
-        **_base_row(run_id, record, record.concept_id, learn),
     )
 
 
@@ -124,14 +113,16 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     if error is not None:
         get_run_logger().warning("%s failed: %s", record.concept_id, error)
         return failed_row(run_id, record.concept_id, error, learn, record)
-    files = {Path(name).name: Path(name).read_bytes() for name in scored.files}
+    files = {Path(name).name: Path(name).read_bytes() for name in scored.files_to_publish()}
     results = ResultStore.open(out_uri)
     digest = record.known_digest()
     published = results.publish(record.concept_id, digest, files, run_id, replace_incomplete=True)
     results.clear_checkpoints(record.concept_id, digest)
     get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
-    return MetricsRow(
-        status="ok",
+    return _row(
+        "ok",
+        scored.scores,
+        _base_row(run_id, record, record.concept_id, learn),
         error=None,
         final_loss=inversion.final_loss,
         train_seconds=inversion.train_seconds,
@@ -140,8 +131,6 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         stop_reason=inversion.stop_reason,
         embedding_uri=published.uris.get("learned_embeds.safetensors"),
         grid_uri=published.uris.get("grid.png"),
-        **_score_fields(scored.scores),
-        **_base_row(run_id, record, record.concept_id, learn),
     )
 
 

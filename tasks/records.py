@@ -1,35 +1,78 @@
-"""Small, serialisable records that tasks pass to one another (URIs and numbers — never tensors or images)."""
+"""Small, serialisable records that tasks pass to one another (URIs and numbers — never tensors or images).
+
+A concept keeps one typed shape from the scan to its metrics row: a :class:`ConceptRecord` carries the
+storage :class:`~storage.catalog.ConceptSpec` it was discovered as, an :class:`InversionOutcome` every
+file the trainer wrote, and a :class:`ScoredConcept` its scores as a :class:`ScoreSummary`. All are
+frozen dataclasses of plain values: they pickle for Prefect's task results and process pools.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from inversion.config import Property
+from inversion.config import ConceptConfig, Property, as_property
+from storage.catalog import ConceptSpec
 from storage.scanstate import ConceptState
 
 
 @dataclass(frozen=True)
 class ConceptRecord:
-    """A catalog concept as discovered: where it is, what to learn, and its content digest.
+    """A catalog concept as discovered: its storage spec (where its images are, what to learn, its
+    content digest), with the run's vector-count override applied to the metadata (:meth:`of`).
 
     ``digest`` is ``None`` while pending (an image changed since the last scan): staging reads the
     images and fills it in. ``settings`` fingerprints the learning settings, the digest's third input.
     """
 
-    concept_id: str
-    digest: str | None
-    token: str
-    initializer: str
-    class_name: str
-    property: Property
-    vectors: int
-    images: tuple[str, ...]
-    captions: tuple[str, ...] = ()
-    settings: str = ""
+    spec: ConceptSpec
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @classmethod
+    def of(cls, spec: ConceptSpec, vectors: int | None = None) -> ConceptRecord:
+        """The record of ``spec``, learning ``vectors`` vectors when given (``learn.vectors``), else the
+        metadata's own count. The override enters the metadata the digest is finished with, as staging
+        reads the images (:func:`storage.catalog.read_concept`)."""
+        if vectors is None or vectors == spec.meta.vectors:
+            return cls(spec)
+        return cls(replace(spec, meta=replace(spec.meta, vectors=vectors)))
+
+    @property
+    def concept_id(self) -> str:
+        return self.spec.concept_id
+
+    @property
+    def digest(self) -> str | None:
+        return self.spec.digest
+
+    @property
+    def token(self) -> str:
+        return self.spec.meta.token
+
+    @property
+    def initializer(self) -> str:
+        return self.spec.meta.initializer
+
+    @property
+    def class_name(self) -> str:
+        return self.spec.meta.class_name
+
+    @property
+    def vectors(self) -> int:
+        return self.spec.meta.vectors
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return self.spec.images
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        return self.spec.meta.captions
+
+    @property  # last: in the rest of the class body the name is this property, not the builtin
+    def property(self) -> Property:
+        return as_property(self.spec.meta.property)  # ConceptMeta checked it; this narrows the type
 
     def known_digest(self) -> str:
         """The digest, which a record has once its images were read (every staged concept that has
@@ -57,11 +100,25 @@ class StagedConcept:
     done: bool = False
     scan: ConceptState | None = None
 
+    def concept_config(self, seed: int) -> ConceptConfig:
+        """What the trainer learns for this concept: its record's word, initializer, vector count and
+        property, over the staged images."""
+        record = self.record
+        return ConceptConfig(
+            token=record.token,
+            initializer=record.initializer,
+            images=Path(self.image_dir),
+            num_vectors=record.vectors,
+            property=record.property,
+            seed=seed,
+        )
+
 
 @dataclass(frozen=True)
 class InversionOutcome:
-    """What inverting one concept produced (the embedding files sit in ``work_dir``); ``steps`` is
-    the number of steps it actually ran."""
+    """What inverting one concept produced: ``files`` are every file the trainer wrote for it (its
+    embedding files by format, and the training log), ``embedding_path`` the one scoring loads;
+    ``steps`` is the number of steps it actually ran."""
 
     staged: StagedConcept
     embedding_path: str | None
@@ -71,14 +128,41 @@ class InversionOutcome:
     train_seconds: float = 0.0
     error: str | None = None
     stop_reason: str | None = None  # why training stopped: ``max_steps`` or ``plateau`` (inversion.training.stopping)
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """The five scores of a concept that become metrics columns (raw cosines and their difference; see
+    :mod:`inversion.evaluation.scoring`). ``None`` where the source lacks one."""
+
+    image_similarity: float | None = None
+    text_similarity: float | None = None
+    baseline_image_similarity: float | None = None
+    baseline_text_similarity: float | None = None
+    inversion_lift: float | None = None
+
+    @classmethod
+    def of(cls, scores: Mapping[str, Any]) -> ScoreSummary:
+        """The summary of ``scores``: a ``scores.json``, an embeddings index row or a metrics row as a dict."""
+        return cls(**{name: scores.get(name) for name in SCORE_COLUMNS})
+
+
+#: the score fields that are metrics columns, in their order
+SCORE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ScoreSummary))
 
 
 @dataclass(frozen=True)
 class ScoredConcept:
-    """An inverted concept with its scores and the grid files rendered for people."""
+    """An inverted concept with its scores and the files scoring wrote (its grids and ``scores.json``);
+    publishing takes these with the inversion's files."""
 
     inversion: InversionOutcome
-    scores: dict[str, Any] = field(default_factory=dict)
+    scores: ScoreSummary = ScoreSummary()
     files: tuple[str, ...] = ()
     error: str | None = None
     eval_seconds: float | None = None  # rendering and scoring
+
+    def files_to_publish(self) -> tuple[str, ...]:
+        """The inversion's files and scoring's, each once."""
+        return tuple(dict.fromkeys((*self.inversion.files, *self.files)))

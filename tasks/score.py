@@ -13,36 +13,55 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from common.filenames import CHECKPOINT_FILENAME, TRAINING_LOG
 from inversion.errors import SstarError
 from tasks import model_cache
 from tasks.baselines import StoreBaselineCache
 from tasks.concurrency import gpu_slot
-from tasks.records import InversionOutcome, ScoredConcept
+from tasks.records import InversionOutcome, ScoredConcept, ScoreSummary
 from tasks.retry import RETRY
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 if TYPE_CHECKING:
-    from inversion.evaluation.scoring import ConceptScores
+    from inversion.evaluation.scoring import ConceptScores, ScoreRequest
 
 
-def _files_to_publish(work_dir: str, embedding_path: str, scores: ConceptScores) -> tuple[str, ...]:
-    """The files of a scored concept: its embedding files (in ``embedding_path``'s folder), training
-    log and the scores and grids written under ``work_dir``."""
+def _requests(outcomes: list[InversionOutcome]) -> list[ScoreRequest]:
+    """What scoring needs of each learned word: its embedding, class word, staged images, captions, property."""
+    from inversion.embeddings.formats import load_embedding  # torch: imported by the task body, never the coordinator
+    from inversion.evaluation.scoring import ScoreRequest
+    from inversion.images import list_images, open_rgb
+
+    requests = []
+    for outcome in outcomes:
+        record, embedding_path = outcome.staged.record, outcome.embedding_path
+        assert embedding_path is not None  # only learned words are scored
+        references = [open_rgb(p) for p in list_images(Path(outcome.staged.image_dir))]
+        requests.append(
+            ScoreRequest(
+                load_embedding(Path(embedding_path)),
+                record.class_name,
+                references,
+                list(record.captions) or None,
+                record.property,
+            )
+        )
+    return requests
+
+
+def _scored(outcome: InversionOutcome, scores: ConceptScores, eval_seconds: float) -> ScoredConcept:
+    """The scored concept, with the grids and ``scores.json`` written under its work folder."""
     from inversion.evaluation.scoring import write_scores
 
-    written = write_scores(scores, Path(work_dir) / "result")
-    embedding_dir = Path(embedding_path).parent
-    # every embedding file the trainer wrote (the .pt, or SDXL's learned_embeds_2 and clip_l/clip_g file)
-    extras = [
-        *(
-            p
-            for p in sorted(embedding_dir.iterdir())
-            if p.suffix in (".pt", ".safetensors") and p.name not in (CHECKPOINT_FILENAME, Path(embedding_path).name)
-        ),
-        embedding_dir / TRAINING_LOG,
-    ]
-    return (embedding_path, *(str(p) for p in extras if p.is_file()), *(str(p) for p in written.values()))
+    get_run_logger().info(
+        "%s: image similarity %.3f vs baseline %.3f (lift %+.3f)",
+        outcome.staged.record.concept_id,
+        scores.image_similarity,
+        scores.baseline_image_similarity,
+        scores.inversion_lift,
+    )
+    written = write_scores(scores, Path(outcome.staged.work_dir) / "result")
+    summary = ScoreSummary.of(scores.to_json())
+    return ScoredConcept(outcome, summary, tuple(str(p) for p in written.values()), eval_seconds=eval_seconds)
 
 
 def score_outcomes(
@@ -58,60 +77,35 @@ def score_outcomes(
     Each concept's ``eval_seconds`` is its share of the whole. Deterministic failures come back as
     ``error`` (for all of them: they share one rendering), so they are not retried.
     """
-    from inversion.embeddings.formats import (
-        load_embedding,  # torch: imported by the task body, never by the coordinator
-    )
-    from inversion.evaluation.scoring import ScoreRequest, ScoreSettings, score_concepts
-    from inversion.images import list_images, open_rgb
+    from inversion.evaluation.scoring import ScoreSettings, score_concepts
 
-    scored: dict[int, ScoredConcept] = {}
-    embedding_paths: dict[int, str] = {}  # the outcomes to score: those that learned an embedding
-    for i, outcome in enumerate(outcomes):
-        if outcome.error is not None or outcome.embedding_path is None:
-            scored[i] = ScoredConcept(outcome, error=outcome.error or "no embedding was learned")
-        else:
-            embedding_paths[i] = outcome.embedding_path
-    live = list(embedding_paths)
-    if live:
-        try:
-            requests = []
-            for i in live:
-                record = outcomes[i].staged.record
-                references = [open_rgb(p) for p in list_images(Path(outcomes[i].staged.image_dir))]
-                requests.append(
-                    ScoreRequest(
-                        load_embedding(Path(embedding_paths[i])),
-                        record.class_name,
-                        references,
-                        list(record.captions) or None,
-                        record.property,
-                    )
-                )
-            renderer = model_cache.renderer_for(learn, evaluation, run)
-            clip = model_cache.clip_model(evaluation.clip_spec(), run.device)
-            settings = ScoreSettings(
-                prompts=tuple(evaluation.prompts) if evaluation.prompts else None, samples=evaluation.samples
-            )
-            cache = StoreBaselineCache(out_uri, learn.model) if out_uri is not None else None
-            with gpu_slot(run.gpu_limit_name):
-                started = time.perf_counter()
-                all_scores = score_concepts(renderer, clip, requests, settings, cache)
-                eval_seconds = (time.perf_counter() - started) / len(live)
-        except SstarError as exc:
-            for i in live:
-                scored[i] = ScoredConcept(outcomes[i], error=f"scoring failed: {exc}")
-            all_scores = []
-        for i, scores in zip(live, all_scores):
-            outcome = outcomes[i]
-            get_run_logger().info(
-                "%s: image similarity %.3f vs baseline %.3f (lift %+.3f)",
-                outcome.staged.record.concept_id,
-                scores.image_similarity,
-                scores.baseline_image_similarity,
-                scores.inversion_lift,
-            )
-            files = _files_to_publish(outcome.staged.work_dir, embedding_paths[i], scores)
-            scored[i] = ScoredConcept(outcome, scores.to_json(), files, eval_seconds=eval_seconds)
+    # 1. a concept whose inversion failed is not scored
+    scored: dict[int, ScoredConcept] = {
+        i: ScoredConcept(outcome, error=outcome.error or "no embedding was learned")
+        for i, outcome in enumerate(outcomes)
+        if outcome.error is not None or outcome.embedding_path is None
+    }
+    live = [i for i in range(len(outcomes)) if i not in scored]
+    if not live:
+        return [scored[i] for i in range(len(outcomes))]
+    # 2. render and score the learned words together, on the GPU slot
+    try:
+        requests = _requests([outcomes[i] for i in live])
+        renderer = model_cache.renderer_for(learn, evaluation, run)
+        clip = model_cache.clip_model(evaluation.clip_spec(), run.device)
+        settings = ScoreSettings(
+            prompts=tuple(evaluation.prompts) if evaluation.prompts else None, samples=evaluation.samples
+        )
+        cache = StoreBaselineCache(out_uri, learn.model) if out_uri is not None else None
+        with gpu_slot(run.gpu_limit_name):
+            started = time.perf_counter()
+            all_scores = score_concepts(renderer, clip, requests, settings, cache)
+            eval_seconds = (time.perf_counter() - started) / len(live)
+    except SstarError as exc:
+        scored.update({i: ScoredConcept(outcomes[i], error=f"scoring failed: {exc}") for i in live})
+        return [scored[i] for i in range(len(outcomes))]
+    # 3. each concept's grids and scores.json
+    scored.update({i: _scored(outcomes[i], scores, eval_seconds) for i, scores in zip(live, all_scores)})
     return [scored[i] for i in range(len(outcomes))]
 
 

@@ -30,13 +30,14 @@ def test_a_prompt_missing_a_word_is_refused_before_rendering():
 
 
 def test_composition_key_follows_the_prompt_and_the_concept_digests():
+    from storage.catalog import ConceptMeta, ConceptSpec
     from storage.compositions import CompositionSpec
     from tasks.compose import LearnedConcept, composition_key
     from tasks.records import ConceptRecord
     from tasks.settings import EvalSettings, LearnSettings
 
     def concept(cid: str, digest: str) -> LearnedConcept:
-        return LearnedConcept(ConceptRecord(cid, digest, f"<{cid}>", cid, cid, "object", 1, ()), digest)
+        return LearnedConcept(ConceptRecord(ConceptSpec(cid, ConceptMeta(f"<{cid}>", cid, cid), (), digest)), digest)
 
     learn, evaluation = LearnSettings(model="m"), EvalSettings()
     spec = CompositionSpec("c", "a {a} and {b}", ("a", "b"))

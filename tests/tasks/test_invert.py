@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from common.filenames import TRAINING_LOG
-from inversion.embeddings.formats import load_embedding
+from inversion.embeddings.formats import a1111_filename, load_embedding
 from storage.results import ResultStore
 from tasks.ingest import scan_catalog, stage_concept
 from tasks.invert import invert_pack
+from tasks.records import ConceptRecord
 from tasks.settings import RunSettings
 
 pytestmark = pytest.mark.usefixtures("prefect_harness", "quiet_run_logger")
@@ -43,6 +44,13 @@ def test_a_pack_learns_each_live_concept_and_passes_failures_through(catalog: Pa
         assert embedding.token == record.token and tuple(embedding.vectors.shape)[0] == record.vectors
         training = json.loads((Path(outcome.embedding_path).parent / TRAINING_LOG).read_text())
         assert (training["steps"], training["resumed_from"], len(training["losses"])) == (2, 0, 2)
+        # every file the trainer wrote, with the training log: what publishing takes
+        folder = Path(outcome.embedding_path).parent
+        assert outcome.files == (
+            outcome.embedding_path,
+            str(folder / a1111_filename(record.token)),
+            str(folder / TRAINING_LOG),
+        )
         # a pipeline's default policy is plateau, which never stops before its minimum steps: the cap stops these
         assert outcome.stop_reason == training["stop_reason"] == "max_steps"
         assert training["settings"]["stop"] == "plateau"
@@ -74,6 +82,8 @@ def test_a_later_attempt_on_a_fresh_worker_resumes_from_the_stored_checkpoint(
 
 def test_a_deterministic_training_error_fails_the_pack_without_raising(catalog: Path, learn, tmp_path: Path) -> None:
     (staged,) = _stage(catalog, learn, tmp_path / "work", ["red-square"])
-    taken = dataclasses.replace(staged, record=dataclasses.replace(staged.record, token="cat"))  # already a word
+    spec = staged.record.spec
+    word = ConceptRecord(dataclasses.replace(spec, meta=dataclasses.replace(spec.meta, token="cat")))  # already a word
+    taken = dataclasses.replace(staged, record=word)
     (outcome,) = invert_pack.fn([taken], learn, RUN, str(tmp_path / "out"))
     assert outcome.embedding_path is None and "cat" in outcome.error

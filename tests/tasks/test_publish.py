@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from common.filenames import SUCCESS_FILENAME
+from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import AlreadyExists
 from storage.metrics import read_embeddings_index, read_metrics
 from storage.results import ResultStore
-from tasks.publish import SCORE_COLUMNS, publish_concept, skipped_row, write_metrics
-from tasks.records import ConceptRecord, InversionOutcome, ScoredConcept, StagedConcept
+from tasks.publish import publish_concept, skipped_row, write_metrics
+from tasks.records import SCORE_COLUMNS, ConceptRecord, InversionOutcome, ScoredConcept, ScoreSummary, StagedConcept
 
 SCORES = {
     "image_similarity": 0.75,
@@ -23,7 +24,9 @@ SCORES = {
     "inversion_lift": 0.25,
 }
 RECORD = ConceptRecord(
-    "red-square", "0123456789abcdef", "<red-square>", "square", "square", "object", 1, ("red-square/00.png",)
+    ConceptSpec(
+        "red-square", ConceptMeta("<red-square>", "square", "square"), ("red-square/00.png",), "0123456789abcdef"
+    )
 )
 
 
@@ -43,8 +46,10 @@ def _scored(work: Path, embedding: bytes = b"vectors", error: str | None = None)
         steps=2,
         final_loss=0.5,
         train_seconds=1.25,
+        files=(str(work / "learned_embeds.safetensors"),),
     )
-    return ScoredConcept(outcome, dict(SCORES), tuple(str(work / name) for name in files), error=error)
+    scored_files = tuple(str(work / name) for name in ("grid.png", "scores.json"))
+    return ScoredConcept(outcome, ScoreSummary.of(SCORES), scored_files, error=error)
 
 
 @pytest.fixture

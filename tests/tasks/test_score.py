@@ -11,9 +11,9 @@ import torch
 
 from common.filenames import TRAINING_LOG
 from inversion.embeddings.formats import DIFFUSERS_FILENAME, LearnedEmbedding, a1111_filename, save_embedding_files
+from storage.catalog import ConceptMeta, ConceptSpec
 from tasks import model_cache
-from tasks.publish import SCORE_COLUMNS
-from tasks.records import ConceptRecord, InversionOutcome, StagedConcept
+from tasks.records import SCORE_COLUMNS, ConceptRecord, InversionOutcome, ScoreSummary, StagedConcept
 from tasks.score import score_concept
 from tasks.settings import EvalSettings, RunSettings
 from tests.conftest import write_shape_images
@@ -40,46 +40,34 @@ def _outcome(tmp_path: Path, learn, dim: int | None = None) -> InversionOutcome:
     images = write_shape_images(work / "images", count=2)
     width = dim or model_cache.diffusion_components(learn.model).text_encoder.get_input_embeddings().weight.shape[1]
     vectors = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
-    save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
+    written = save_embedding_files(LearnedEmbedding("<red-square>", vectors), work / "embedding")
     (work / "embedding" / TRAINING_LOG).write_text(json.dumps({"steps": 2}))
+    meta = ConceptMeta("<red-square>", "square", "square", "object", 1, ("a red square",))
     record = ConceptRecord(
-        "red-square",
-        "0123456789abcdef",
-        "<red-square>",
-        "square",
-        "square",
-        "object",
-        1,
-        ("red-square/00.png", "red-square/01.png"),
-        ("a red square",),
+        ConceptSpec("red-square", meta, ("red-square/00.png", "red-square/01.png"), "0123456789abcdef")
     )
     staged = StagedConcept(record, str(work), str(images), 2)
-    return InversionOutcome(staged, str(work / "embedding" / DIFFUSERS_FILENAME), steps=2)
+    files = (*(str(path) for path in written.values()), str(work / "embedding" / TRAINING_LOG))
+    return InversionOutcome(staged, str(work / "embedding" / DIFFUSERS_FILENAME), steps=2, files=files)
 
 
 def test_scores_and_files_to_publish(tmp_path: Path, learn, evaluation: EvalSettings) -> None:
     outcome = _outcome(tmp_path, learn)
     scored = score_concept.fn(outcome, learn, evaluation, RUN)
     assert scored.error is None and scored.inversion == outcome
-    names = {Path(f).name for f in scored.files}
-    assert {
-        DIFFUSERS_FILENAME,
-        a1111_filename("<red-square>"),
-        TRAINING_LOG,
-        "grid.png",
-        "baseline_grid.png",
-        "scores.json",
-    } <= names
-    assert all(Path(f).is_file() for f in scored.files)
+    assert {Path(f).name for f in scored.files} >= {"grid.png", "baseline_grid.png", "scores.json"}
+    names = [Path(f).name for f in scored.files_to_publish()]  # the inversion's files, then scoring's
+    assert names[:3] == [DIFFUSERS_FILENAME, a1111_filename("<red-square>"), TRAINING_LOG]
+    assert len(names) == len(set(names)) and all(Path(f).is_file() for f in scored.files_to_publish())
     for column in SCORE_COLUMNS:
         bound = 2.0 if column == "inversion_lift" else 1.0  # cosines; the lift is a difference of two
-        assert -bound <= scored.scores[column] <= bound, column
-    assert scored.scores["inversion_lift"] == pytest.approx(
-        scored.scores["image_similarity"] - scored.scores["baseline_image_similarity"]
+        assert -bound <= getattr(scored.scores, column) <= bound, column
+    assert scored.scores.inversion_lift == pytest.approx(
+        scored.scores.image_similarity - scored.scores.baseline_image_similarity
     )
-    assert scored.scores["baselines"][0]["phrase"] == "red square"  # the record's caption, not the class word
     saved = json.loads(next(Path(f) for f in scored.files if f.endswith("scores.json")).read_text())
-    assert {k: saved[k] for k in SCORE_COLUMNS} == {k: scored.scores[k] for k in SCORE_COLUMNS}
+    assert saved["baselines"][0]["phrase"] == "red square"  # the record's caption, not the class word
+    assert ScoreSummary.of(saved) == scored.scores
     assert scored.eval_seconds is not None and scored.eval_seconds > 0
 
 
