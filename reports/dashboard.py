@@ -42,7 +42,7 @@ from reports.charts import (
     line_chart,
     stacked_bar_chart,
 )
-from reports.run_page import _CSS, _lift
+from reports.style import PAGE_CSS, format_lift
 from storage.metrics import METRICS_SCHEMA, STATUSES, read_metrics
 from storage.results import ResultStore
 from storage.store.open import open_store
@@ -358,7 +358,7 @@ def _lift_panel(latest: list[dict]) -> str:
     else:
         body = "<p class='muted'>No concept has a lift score yet.</p>"
     rows = "".join(
-        f"<tr><td>{escape(r['concept_id'])}</td><td class='num'>{_lift(r['inversion_lift'])}</td>"
+        f"<tr><td>{escape(r['concept_id'])}</td><td class='num'>{format_lift(r['inversion_lift'])}</td>"
         f"<td>{escape(r['run_id'])}</td></tr>"
         for r in losers[:MAX_LOSERS]
     )
@@ -417,7 +417,7 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
         f"{len(dashboard.runs)} runs · generated {dashboard.generated_at:%Y-%m-%d %H:%M} UTC"
         + (
             f" · latest run <a href='{escape(quote(last['run_id']), quote=True)}.html'>"
-            f"{escape(last['run_id'])}</a> (mean lift {_lift(last['mean_lift'])})"
+            f"{escape(last['run_id'])}</a> (mean lift {format_lift(last['mean_lift'])})"
             if last
             else ""
         )
@@ -447,7 +447,7 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{escape(title)}</title><style>{_CSS}{_EXTRA_CSS}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{PAGE_CSS}{_EXTRA_CSS}</style></head><body>"
         f"{header}{empty}<h2>Runs over time</h2>{_runs_charts(dashboard.runs)}<h2>Quality</h2>"
         f"{_lift_panel(dashboard.latest)}<h2>Failures and cost</h2><div class='grid2'>"
         f"{_failures_panel(dashboard.reasons)}{_slowest_panel(dashboard.slowest)}</div><h2>All concepts</h2>"

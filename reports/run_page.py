@@ -19,8 +19,6 @@ CLIPScore; the lift is the learned word's image similarity minus the words-only 
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
@@ -33,6 +31,7 @@ from common.filenames import (
     GRID_THUMBNAIL_FILENAME,
 )
 from reports.charts import bar_chart, chart, charts_script, histogram
+from reports.style import MISSING, PAGE_CSS, finite_number, format_lift, format_lr, format_value
 from storage.compositions import composition_prefix
 from storage.metrics import STATUSES
 from storage.results import ResultStore
@@ -45,69 +44,9 @@ MAX_BARS = 60
 #: failures listed one by one (the rest are counted); skipped concepts named in the summary
 MAX_LISTED = 200
 MAX_SKIPPED_NAMES = 40
-MISSING = "—"
 #: ``(concept_id, digest, file name) -> key under the output root`` (``ResultStore.key``)
 ResultKey = Callable[[str, str, str], str]
 _SAFE_SCHEMES = {"http", "https", "s3", "gs", "file", ""}
-
-_CSS = """
-*{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;padding:24px 32px;
-color:#1d232b;background:#f5f6f8}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:30px 0 10px}
-.muted{color:#69727d}.small{font-size:12px}
-.pills span{display:inline-block;padding:3px 11px;border-radius:12px;margin:6px 6px 0 0;font-size:13px}
-.ok{background:#dff3e4}.failed{background:#fbe0e0}.skipped{background:#e7eaee}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(360px,1fr));gap:14px}
-.card{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:12px 14px}
-.card h3{margin:0 0 4px;font-size:15px;word-break:break-all}
-.card img{display:block;width:100%;height:auto;border-radius:4px;margin-top:4px;background:#eee;
-image-rendering:pixelated}
-.grids{display:grid;grid-template-columns:1fr;gap:6px;margin-top:8px}.grids figure{margin:0}
-.grids figcaption{font-size:12px;color:#69727d}
-table{border-collapse:collapse;font-size:13px;width:100%;margin-top:6px}
-td{padding:2px 8px 2px 0;vertical-align:top}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.up{color:#17803d;font-weight:600}.down{color:#b42318;font-weight:600}
-.fail{background:#fff;border-left:4px solid #d92d20;padding:8px 12px;margin:6px 0}
-.fail pre{margin:4px 0 0;white-space:pre-wrap;word-break:break-word;font-size:12px}
-.chart{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px;overflow-x:auto}
-code{font-size:12px;word-break:break-all}a{color:#1558b0}
-"""
-
-
-def _number(value: Any) -> float | None:
-    """``value`` as a finite float, or None (missing, NaN, inf, not a number)."""
-    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    """A cell's text, escaped; missing values (None, NaN, empty) as an em dash."""
-    if value is None or (isinstance(value, str) and not value):
-        return MISSING
-    if isinstance(value, bool):
-        return escape(str(value))
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, numbers.Real):
-        number = _number(value)
-        return MISSING if number is None else f"{number:.{digits}f}"
-    return escape(str(value))
-
-
-def _fmt_lr(value: Any) -> str:
-    number = _number(value)
-    return MISSING if number is None else f"{number:.2g}"
-
-
-def _lift(value: Any) -> str:
-    number = _number(value)
-    if number is None:
-        return f'<span class="muted">{MISSING}</span>'
-    css = "up" if number >= 0 else "down"
-    return f'<span class="{css}">{number:+.3f}</span>'
 
 
 def _safe_href(uri: Any) -> str | None:
@@ -148,10 +87,17 @@ def _relative(result_key: ResultKey, row: dict, name: str) -> str | None:
     return "../" + quote(key)
 
 
+def _scored(rows: Sequence[dict]) -> list[tuple[dict, float]]:
+    """The rows learned in this run (``ok``) that have a finite lift, each with its lift."""
+    return [
+        (r, v) for r in rows if r.get("status") == "ok" and (v := finite_number(r.get("inversion_lift"))) is not None
+    ]
+
+
 def lift_chart(rows: list[dict]) -> str:
     """The inversion lift of the concepts learned in this run (``ok`` rows with a score): one bar per
     concept sorted high to low (negative bars red) up to :data:`MAX_BARS` concepts, a histogram beyond."""
-    scored = [(r, v) for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
+    scored = _scored(rows)
     if not scored:
         return f'<p class="muted">No concept learned in this run has a lift score ({MISSING}).</p>'
     scored.sort(key=lambda item: (-item[1], _cid(item[0])))
@@ -185,15 +131,15 @@ def _figure(href: str | None, full: str | None, caption: str, cid: str) -> str:
 def _card(row: dict, result_key: ResultKey) -> str:
     cid = _cid(row)
     scores = (
-        ("image similarity, learned word", _fmt(row.get("image_similarity"))),
-        ("image similarity, words only", _fmt(row.get("baseline_image_similarity"))),
-        ("text similarity, learned word", _fmt(row.get("text_similarity"))),
-        ("text similarity, words only", _fmt(row.get("baseline_text_similarity"))),
-        ("steps", _fmt(row.get("steps"))),
-        ("vectors", _fmt(row.get("vectors"))),
-        ("learning rate", _fmt_lr(row.get("lr"))),
-        ("final loss", _fmt(row.get("final_loss"), 4)),
-        ("train seconds", _fmt(row.get("train_seconds"), 1)),
+        ("image similarity, learned word", format_value(row.get("image_similarity"))),
+        ("image similarity, words only", format_value(row.get("baseline_image_similarity"))),
+        ("text similarity, learned word", format_value(row.get("text_similarity"))),
+        ("text similarity, words only", format_value(row.get("baseline_text_similarity"))),
+        ("steps", format_value(row.get("steps"))),
+        ("vectors", format_value(row.get("vectors"))),
+        ("learning rate", format_lr(row.get("lr"))),
+        ("final loss", format_value(row.get("final_loss"), 4)),
+        ("train seconds", format_value(row.get("train_seconds"), 1)),
     )
     cells = "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
     grids = (
@@ -214,19 +160,20 @@ def _card(row: dict, result_key: ResultKey) -> str:
     )
     return (
         f"<div class='card'><h3>{escape(cid)}</h3>"
-        f"<div>token <code>{_fmt(row.get('token'))}</code> · lift {_lift(row.get('inversion_lift'))}</div>"
+        f"<div>token <code>{format_value(row.get('token'))}</code> · "
+        f"lift {format_lift(row.get('inversion_lift'))}</div>"
         f"{grids}<table>{cells}</table>"
         f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
-        f"<div class='small muted'>model {_fmt(row.get('model'))} · digest "
+        f"<div class='small muted'>model {format_value(row.get('model'))} · digest "
         f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div></div>"
     )
 
 
 def _skipped_summary(skipped: list[dict]) -> str:
-    lifts = [v for r in skipped if (v := _number(r.get("inversion_lift"))) is not None]
+    lifts = [v for r in skipped if (v := finite_number(r.get("inversion_lift"))) is not None]
     stats = (
-        f"lift of their last learning: mean {_lift(sum(lifts) / len(lifts))}, min {_lift(min(lifts))}, "
-        f"max {_lift(max(lifts))}, below zero {sum(v < 0 for v in lifts)}"
+        f"lift of their last learning: mean {format_lift(sum(lifts) / len(lifts))}, min {format_lift(min(lifts))}, "
+        f"max {format_lift(max(lifts))}, below zero {sum(v < 0 for v in lifts)}"
         if lifts
         else "no lift scores"
     )
@@ -254,16 +201,67 @@ def _composition_card(row: dict) -> str:
     concepts = list(row.get("concepts") or ())
     similarities = list(row.get("image_similarities") or ())
     cells = "".join(
-        f"<tr><td>image similarity to {escape(str(c))}</td><td class='num'>{_fmt(v)}</td></tr>"
+        f"<tr><td>image similarity to {escape(str(c))}</td><td class='num'>{format_value(v)}</td></tr>"
         for c, v in zip(concepts, similarities)
     )
-    cells += f"<tr><td>text similarity (class words)</td><td class='num'>{_fmt(row.get('text_similarity'))}</td></tr>"
+    text_similarity = format_value(row.get("text_similarity"))
+    cells += f"<tr><td>text similarity (class words)</td><td class='num'>{text_similarity}</td></tr>"
     error = f"<pre>{escape(str(row.get('error')))}</pre>" if row.get("error") else ""
     return (
         f"<div class='card'><h3>{escape(cid)} <span class='small {escape(str(row.get('status')))}'>"
         f"{escape(str(row.get('status')))}</span></h3><div><code>{escape(str(row.get('prompt') or ''))}</code></div>"
         f"{error}<div class='grids'>{grid}</div><table>{cells}</table></div>"
     )
+
+
+def _header(rows: list[dict], run_id: str, title: str) -> list[str]:
+    """The page's head and the run's summary: counts per status, the mean lift, the definitions."""
+    counts = {s: sum(r.get("status") == s for r in rows) for s in STATUSES}
+    lifts = [v for _, v in _scored(rows)]
+    mean_lift = sum(lifts) / len(lifts) if lifts else None
+    run_date = next((r.get("run_date") for r in rows if r.get("run_date")), None)
+    return [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>{escape(title)}</title><style>{PAGE_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<div class='muted'>run <code>{escape(str(run_id))}</code>"
+        + (f" · {escape(str(run_date))}" if run_date else "")
+        + f" · mean inversion lift of the concepts learned in this run: {format_lift(mean_lift)}"
+        + " · <a href='dashboard.html'>all runs</a></div>",
+        "<div class='pills'>" + "".join(f"<span class='{s}'>{s} {n}</span>" for s, n in counts.items()) + "</div>",
+        "<p class='muted small'>Similarities are raw CLIP cosines in [-1, 1] (not the 2.5×-scaled CLIPScore). "
+        "Lift = image similarity of the learned word minus that of the same prompts with plain words; "
+        "positive means the learned word captures the concept better than words do.</p>",
+    ]
+
+
+def _failures(failed: list[dict]) -> list[str]:
+    """The failures with their reasons, the first :data:`MAX_LISTED` one by one and the rest counted."""
+    html = [f"<h2>Failures ({len(failed)})</h2>"]
+    html.extend(
+        f"<div class='fail'><b>{escape(_cid(row))}</b>"
+        f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>"
+        for row in failed[:MAX_LISTED]
+    )
+    if len(failed) > MAX_LISTED:
+        html.append(
+            f"<p class='muted'>… and {len(failed) - MAX_LISTED} more failures: see the metrics "
+            "(<code>status = 'failed'</code>) or the <a href='dashboard.html'>dashboard</a>.</p>"
+        )
+    return html
+
+
+def _compositions(compositions: Sequence[dict]) -> list[str]:
+    """The compositions, one card each, by id."""
+    return [
+        f"<h2>Compositions ({len(compositions)})</h2><p class='muted small'>Each prompt names several "
+        "learned words; image similarity to each word's training images, text similarity with the prompt "
+        "in class words. Skipped: unchanged prompt and concepts, the earlier rendering.</p>"
+        "<div class='cards'>",
+        *(_composition_card(c) for c in sorted(compositions, key=lambda c: str(c.get("composition_id")))),
+        "</div>",
+    ]
 
 
 def render_report(
@@ -273,59 +271,27 @@ def render_report(
     maps (concept id, digest, file name) to the file's key under the output root
     (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
     ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids."""
-    counts = {s: sum(r.get("status") == s for r in rows) for s in STATUSES}
-    lifts = [v for r in rows if r.get("status") == "ok" and (v := _number(r.get("inversion_lift"))) is not None]
-    mean_lift = sum(lifts) / len(lifts) if lifts else None
-    run_date = next((r.get("run_date") for r in rows if r.get("run_date")), None)
+    by_status = {s: sorted((r for r in rows if r.get("status") == s), key=_cid) for s in STATUSES}
+    # 1. the head, the run's summary and the lift chart
     lift = lift_chart(rows)
-    html = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
-        f"<div class='muted'>run <code>{escape(str(run_id))}</code>"
-        + (f" · {escape(str(run_date))}" if run_date else "")
-        + f" · mean inversion lift of the concepts learned in this run: {_lift(mean_lift)}"
-        + " · <a href='dashboard.html'>all runs</a></div>",
-        "<div class='pills'>" + "".join(f"<span class='{s}'>{s} {n}</span>" for s, n in counts.items()) + "</div>",
-        "<p class='muted small'>Similarities are raw CLIP cosines in [-1, 1] (not the 2.5×-scaled CLIPScore). "
-        "Lift = image similarity of the learned word minus that of the same prompts with plain words; "
-        "positive means the learned word captures the concept better than words do.</p>",
-        "<h2>Inversion lift of the concepts learned in this run</h2>",
-        f"<div class='chart'>{lift}</div>",
-    ]
-    learned = sorted((r for r in rows if r.get("status") == "ok"), key=_cid)
-    if learned:
+    html = _header(rows, run_id, title)
+    html += ["<h2>Inversion lift of the concepts learned in this run</h2>", f"<div class='chart'>{lift}</div>"]
+    # 2. one card per concept learned in this run
+    if learned := by_status["ok"]:
         html.append(f"<h2>Concepts learned in this run ({len(learned)})</h2><div class='cards'>")
         html.extend(_card(row, result_key) for row in learned)
         html.append("</div>")
-    failed = sorted((r for r in rows if r.get("status") == "failed"), key=_cid)
-    if failed:
-        html.append(f"<h2>Failures ({len(failed)})</h2>")
-        for row in failed[:MAX_LISTED]:
-            html.append(
-                f"<div class='fail'><b>{escape(_cid(row))}</b>"
-                f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>"
-            )
-        if len(failed) > MAX_LISTED:
-            html.append(
-                f"<p class='muted'>… and {len(failed) - MAX_LISTED} more failures: see the metrics "
-                "(<code>status = 'failed'</code>) or the <a href='dashboard.html'>dashboard</a>.</p>"
-            )
-    skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)
-    if skipped:
-        html.append(_skipped_summary(skipped))
+    # 3. the failures, then the skipped concepts summarised
+    if by_status["failed"]:
+        html += _failures(by_status["failed"])
+    if by_status["skipped"]:
+        html.append(_skipped_summary(by_status["skipped"]))
+    # 4. the compositions
     if compositions:
-        html.append(
-            f"<h2>Compositions ({len(compositions)})</h2><p class='muted small'>Each prompt names several "
-            "learned words; image similarity to each word's training images, text similarity with the prompt "
-            "in class words. Skipped: unchanged prompt and concepts, the earlier rendering.</p>"
-            "<div class='cards'>"
-        )
-        html.extend(_composition_card(c) for c in sorted(compositions, key=lambda c: str(c.get("composition_id"))))
-        html.append("</div>")
+        html += _compositions(compositions)
     if not rows:
         html.append("<p class='muted'>This run had no concepts.</p>")
+    # 5. the chart library, only when a chart needs it
     if "data-chart-for" in lift:
         html.append(charts_script())
     html.append("</body></html>")
