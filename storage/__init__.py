@@ -1,46 +1,15 @@
-"""storage: catalogs in, embeddings and Parquet metrics out — on a local directory or S3.
+"""storage: catalogs in, embeddings and Parquet metrics out — on a local directory or S3 (no torch).
 
-Modules (none imports torch):
+This package imports nothing itself: import what you use from the module that defines it.
 
-* :mod:`storage.errors` — :class:`StorageError` and its subclasses; :func:`redact`.
-* :mod:`storage.store.settings` — :class:`S3Settings` (endpoint, region, credentials, retries).
-* :mod:`storage.store.base` — :class:`ObjectStore`, :func:`open_store`, :func:`pyarrow_filesystem`;
-  backends :mod:`storage.store.local` and :mod:`storage.store.s3`.
+* :mod:`storage.errors` — :class:`~storage.errors.StorageError` and its subclasses; :func:`~storage.errors.redact`.
+* :mod:`storage.store` — the object stores: the interface (:mod:`~storage.store.base`), the local and S3
+  backends, their settings and :func:`~storage.store.open.open_store`, which picks one by URI.
 * :mod:`storage.catalog` — concept discovery, metadata defaults, content digests.
-* :mod:`storage.images` — image validation/normalisation, ingest, materialising PNGs.
-* :mod:`storage.results` — write-once publishing with ``_SUCCESS`` manifests, checkpoints.
-* :mod:`storage.metrics` — the Parquet metrics dataset and the embeddings index.
+* :mod:`storage.scanstate` — what the last scan learned, so the next one needs only listings.
+* :mod:`storage.images` — image validation and normalisation, ingest, materialising PNGs.
+* :mod:`storage.results` — write-once publishing completed by a ``_SUCCESS`` manifest; checkpoints.
+* :mod:`storage.runfiles` — the per-run Parquet files shared by the metrics and the compositions.
+* :mod:`storage.metrics` — the Parquet metrics dataset, the embeddings index, the status vocabulary.
+* :mod:`storage.compositions` — the catalog's compositions in, composition rows out.
 """
-
-from storage.errors import (
-    AlreadyExists,
-    BackendError,
-    InvalidConcept,
-    InvalidImage,
-    InvalidInput,
-    InvalidKey,
-    InvalidSettings,
-    InvalidURI,
-    NotFound,
-    StorageError,
-)
-from storage.store.base import ObjectStore
-from storage.store.open import open_store, pyarrow_filesystem
-from storage.store.settings import S3Settings
-
-__all__ = [
-    "AlreadyExists",
-    "BackendError",
-    "InvalidConcept",
-    "InvalidImage",
-    "InvalidInput",
-    "InvalidKey",
-    "InvalidSettings",
-    "InvalidURI",
-    "NotFound",
-    "StorageError",
-    "ObjectStore",
-    "S3Settings",
-    "open_store",
-    "pyarrow_filesystem",
-]

@@ -7,7 +7,7 @@ Layout under the output root::
 
 Files are serialised in memory and stored with a write-once put (atomic on both backends), so
 a reader never sees a partial file and appends never collide. Reading goes through
-:func:`pyarrow.dataset` with the filesystem from :func:`storage.store.base.pyarrow_filesystem`
+:func:`pyarrow.dataset` with the filesystem from :func:`storage.store.open.pyarrow_filesystem`
 (explicit S3 endpoint). ``run_date`` lives in the directory name only (hive convention).
 """
 
