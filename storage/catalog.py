@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from common.digest import canonical_digest
@@ -354,6 +355,142 @@ def read_concept(store: ObjectStore, spec: ConceptSpec, *, max_workers: int = 4)
     return ConceptRead(replace(spec, images=tuple(sorted(data)), digest=digest), data, tuple(problems), state)
 
 
+@dataclass(frozen=True)
+class _FolderEntries:
+    """A concept folder's listing entries sorted by what they are."""
+
+    images: tuple[ObjectInfo, ...]  # images within the size limit, by key
+    meta: ObjectInfo | None  # ``concept.json``, if present
+    ignored: tuple[ConceptProblem, ...]  # nested folders, non-images, images over the size limit
+
+
+@dataclass(frozen=True)
+class _ConceptScan:
+    """What scanning one concept folder found: its spec (``None`` when it cannot be learned), its
+    problems, and what the scan state remembers of its ``concept.json`` and of its images."""
+
+    spec: ConceptSpec | None
+    problems: tuple[ConceptProblem, ...]
+    meta_state: MetaState | None = None
+    state: ConceptState | None = None
+
+
+def _group_listing(
+    store: ObjectStore, concept_ids: Iterable[str] | None
+) -> tuple[dict[str, list[ObjectInfo]], list[ConceptProblem]]:
+    """Step 1 of a scan: list the catalog (or only the requested concepts' folders) and group the
+    entries by concept folder; files at the root are not concepts. Invalid requested ids are problems."""
+    problems: list[ConceptProblem] = []
+    if concept_ids is None:
+        entries: Iterable[ObjectInfo] = store.list_info()
+    else:
+        if isinstance(concept_ids, str):
+            raise InvalidInput(f"concept_ids must be a collection of ids, not the string {concept_ids!r}")
+        entries = []
+        for concept_id in dict.fromkeys(concept_ids):
+            try:
+                validate_concept_id(concept_id)
+            except InvalidConcept as exc:
+                problems.append(ConceptProblem(concept_id, None, str(exc)))
+                continue
+            entries.extend(store.list_info(f"{concept_id}/"))
+    groups: dict[str, list[ObjectInfo]] = {}
+    for entry in entries:
+        concept_id, _, rest = entry.key.partition("/")
+        if rest:  # files at the catalog root (README, …) are not concepts
+            groups.setdefault(concept_id, []).append(entry)
+    return groups, problems
+
+
+def _classify_entries(concept_id: str, entries: list[ObjectInfo]) -> _FolderEntries:
+    """Step 2 of a concept's scan, from the listing alone: its images, its ``concept.json`` and what is
+    ignored (reported, not disqualifying). Hidden files (``.name``) are skipped silently."""
+    images: list[ObjectInfo] = []
+    meta: ObjectInfo | None = None
+    ignored: list[ConceptProblem] = []
+    for entry in sorted(entries, key=lambda e: e.key):
+        name = entry.key.partition("/")[2]
+        if name.rsplit("/", 1)[-1].startswith("."):
+            continue
+        if "/" in name:
+            ignored.append(ConceptProblem(concept_id, entry.key, "ignored: nested folders are not scanned"))
+        elif name == CONCEPT_FILE:
+            meta = entry
+        elif not _is_image(name):
+            reason = f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})"
+            ignored.append(ConceptProblem(concept_id, entry.key, reason))
+        elif entry.size > MAX_IMAGE_BYTES:
+            reason = f"ignored: {entry.size} bytes is more than the {MAX_IMAGE_BYTES}-byte limit"
+            ignored.append(ConceptProblem(concept_id, entry.key, reason))
+        else:
+            images.append(entry)
+    return _FolderEntries(tuple(images), meta, tuple(ignored))
+
+
+def _read_meta(
+    store: ObjectStore, known: ScanState, concept_id: str, entry: ObjectInfo | None
+) -> tuple[bytes | None, MetaState | None]:
+    """Step 3 of a concept's scan: ``concept.json``'s bytes (``None``: absent) and what to remember of it
+    (a cached copy when its listing entry is unchanged: no read)."""
+    if entry is None:
+        return None, None
+    if entry.size > MAX_META_BYTES:
+        raise InvalidConcept(f"{CONCEPT_FILE} is {entry.size} bytes, larger than {MAX_META_BYTES}")
+    cached = known.metas.get(concept_id)
+    if cached is not None and (cached.size, cached.etag) == (entry.size, entry.etag):
+        return cached.text.encode("utf-8"), cached
+    raw, info = store.get_with_info(entry.key)
+    try:
+        return raw, MetaState(info.size, info.etag, raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return raw, None  # not text: parsing reports it; nothing to remember
+
+
+def _scan_concept(
+    store: ObjectStore,
+    concept_id: str,
+    entries: list[ObjectInfo],
+    *,
+    known: ScanState,
+    settings: str,
+    read_changed: bool | Callable[[str], bool],
+) -> _ConceptScan:
+    """Scan one concept folder: validate its id, sort its entries, parse its metadata, then find its digest
+    from the previous scan (listing unchanged), from its images' bytes (``read_changed``) or not yet."""
+    # 1. the id and the entries
+    try:
+        validate_concept_id(concept_id)
+    except InvalidConcept as exc:
+        return _ConceptScan(None, (ConceptProblem(concept_id, None, str(exc)),))
+    folder = _classify_entries(concept_id, entries)
+    # 2. the metadata: a bad file is remembered all the same, so that an unchanged one is not read again
+    meta_key = folder.meta.key if folder.meta else None
+    meta_state = None
+    try:
+        raw, meta_state = _read_meta(store, known, concept_id, folder.meta)
+        meta = ConceptMeta.from_json(concept_id, raw)
+    except InvalidConcept as exc:
+        return _ConceptScan(None, (*folder.ignored, ConceptProblem(concept_id, meta_key, str(exc))), meta_state)
+    except StorageError as exc:
+        return _ConceptScan(None, (*folder.ignored, ConceptProblem(concept_id, meta_key, f"cannot read: {exc}")))
+    if not folder.images:
+        reason = f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the concept folder"
+        return _ConceptScan(None, (*folder.ignored, ConceptProblem(concept_id, None, reason)), meta_state)
+    # 3. the digest: from the last scan when the images' listing is unchanged, else read the images (or leave it)
+    spec = ConceptSpec(concept_id, meta, tuple(e.key for e in folder.images), None, meta_key, settings)
+    listing = listing_fingerprint((e.key.partition("/")[2], e.size, e.etag) for e in folder.images)
+    last = known.concepts.get(concept_id)
+    if last is not None and last.listing == listing:
+        return _ConceptScan(
+            replace(spec, digest=digest_of(last.images, meta, settings)), folder.ignored, meta_state, last
+        )
+    if not (read_changed(concept_id) if callable(read_changed) else read_changed):
+        return _ConceptScan(spec, folder.ignored, meta_state)
+    read = read_concept(store, spec)
+    found = (*folder.ignored, *read.problems)
+    return _ConceptScan(read.spec if read.spec.digest else None, found, meta_state, read.state)
+
+
 def discover_catalog(
     store: ObjectStore,
     learning_settings: Mapping[str, Any] | None = None,
@@ -381,122 +518,19 @@ def discover_catalog(
     so learning one concept of a large catalog costs one listing, not a download of the catalog.
     A requested id with no files is simply absent from the result.
     """
-    groups: dict[str, list[ObjectInfo]] = {}
-    problems: list[ConceptProblem] = []
-    if concept_ids is None:
-        entries: Iterable[ObjectInfo] = store.list_info()
-    else:
-        if isinstance(concept_ids, str):
-            raise InvalidInput(f"concept_ids must be a collection of ids, not the string {concept_ids!r}")
-        entries = []
-        for concept_id in dict.fromkeys(concept_ids):
-            try:
-                validate_concept_id(concept_id)
-            except InvalidConcept as exc:
-                problems.append(ConceptProblem(concept_id, None, str(exc)))
-                continue
-            entries.extend(store.list_info(f"{concept_id}/"))
-    for entry in entries:
-        concept_id, _, rest = entry.key.partition("/")
-        if not rest:
-            continue  # files at the catalog root (README, …) are not concepts
-        groups.setdefault(concept_id, []).append(entry)
-
-    settings = settings_fingerprint(learning_settings)  # validates the settings once, up front
+    # 1. list the catalog (or the requested folders) and group the entries by concept
+    groups, problems = _group_listing(store, concept_ids)
+    # 2. the settings fingerprint, validated once up front, and what the last scan learned
+    settings = settings_fingerprint(learning_settings)
     known = previous if previous is not None else ScanState(store.uri)
-
-    def read_meta(concept_id: str, entry: ObjectInfo | None) -> tuple[bytes | None, MetaState | None]:
-        """``concept.json``'s bytes (``None``: absent) and what to remember of it (a cached copy when
-        its listing entry is unchanged: no read)."""
-        if entry is None:
-            return None, None
-        if entry.size > MAX_META_BYTES:
-            raise InvalidConcept(f"{CONCEPT_FILE} is {entry.size} bytes, larger than {MAX_META_BYTES}")
-        cached = known.metas.get(concept_id)
-        if cached is not None and (cached.size, cached.etag) == (entry.size, entry.etag):
-            return cached.text.encode("utf-8"), cached
-        raw, info = store.get_with_info(entry.key)
-        try:
-            return raw, MetaState(info.size, info.etag, raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            return raw, None  # not text: parsing reports it; nothing to remember
-
-    def scan(
-        concept_id: str, found_entries: list[ObjectInfo]
-    ) -> tuple[ConceptSpec | None, list[ConceptProblem], MetaState | None, ConceptState | None]:
-        found: list[ConceptProblem] = []
-        try:
-            validate_concept_id(concept_id)
-        except InvalidConcept as exc:
-            return None, [ConceptProblem(concept_id, None, str(exc))], None, None
-        images: list[ObjectInfo] = []
-        meta_entry = None
-        for entry in sorted(found_entries, key=lambda e: e.key):
-            name = entry.key.partition("/")[2]
-            if name.rsplit("/", 1)[-1].startswith("."):
-                continue
-            if "/" in name:
-                found.append(ConceptProblem(concept_id, entry.key, "ignored: nested folders are not scanned"))
-            elif name == CONCEPT_FILE:
-                meta_entry = entry
-            elif not _is_image(name):
-                found.append(
-                    ConceptProblem(concept_id, entry.key, f"ignored: not an image ({', '.join(IMAGE_EXTENSIONS)})")
-                )
-            elif entry.size > MAX_IMAGE_BYTES:
-                found.append(
-                    ConceptProblem(
-                        concept_id,
-                        entry.key,
-                        f"ignored: {entry.size} bytes is more than the {MAX_IMAGE_BYTES}-byte limit",
-                    )
-                )
-            else:
-                images.append(entry)
-        meta_key = meta_entry.key if meta_entry else None
-        meta_state = None
-        try:
-            raw, meta_state = read_meta(concept_id, meta_entry)
-            meta = ConceptMeta.from_json(concept_id, raw)
-        except InvalidConcept as exc:  # remembered all the same: an unchanged bad file is not read again
-            return None, [*found, ConceptProblem(concept_id, meta_key, str(exc))], meta_state, None
-        except StorageError as exc:
-            return None, [*found, ConceptProblem(concept_id, meta_key, f"cannot read: {exc}")], None, None
-        if not images:
-            return (
-                None,
-                [
-                    *found,
-                    ConceptProblem(
-                        concept_id, None, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the concept folder"
-                    ),
-                ],
-                meta_state,
-                None,
-            )
-        spec = ConceptSpec(concept_id, meta, tuple(e.key for e in images), None, meta_key, settings)
-        listing = listing_fingerprint((e.key.partition("/")[2], e.size, e.etag) for e in images)
-        last = known.concepts.get(concept_id)
-        if last is not None and last.listing == listing:
-            return replace(spec, digest=digest_of(last.images, meta, settings)), found, meta_state, last
-        if not (read_changed(concept_id) if callable(read_changed) else read_changed):
-            return spec, found, meta_state, None
-        read = read_concept(store, spec)
-        found.extend(read.problems)
-        return (read.spec if read.spec.digest else None), found, meta_state, read.state
-
-    specs: list[ConceptSpec] = []
-    concepts: dict[str, ConceptState] = {}
-    metas: dict[str, MetaState] = {}
+    # 3. scan the concepts in parallel (each reads what its listing says changed)
+    scan_one = partial(_scan_concept, store, known=known, settings=settings, read_changed=read_changed)
+    found = sorted(groups)
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        for (concept_id, _), (spec, found, meta_state, concept_state) in zip(
-            sorted(groups.items()), pool.map(lambda item: scan(*item), sorted(groups.items()))
-        ):
-            problems.extend(found)
-            if spec is not None:
-                specs.append(spec)
-            if meta_state is not None:
-                metas[concept_id] = meta_state
-            if concept_state is not None:
-                concepts[concept_id] = concept_state
-    return CatalogScan(tuple(specs), tuple(problems), ScanState(known.catalog, concepts, metas))
+        scans = dict(zip(found, pool.map(scan_one, found, (groups[cid] for cid in found))))
+    # 4. gather the specs, the problems and the new scan state, in concept order
+    specs = tuple(scan.spec for scan in scans.values() if scan.spec is not None)
+    problems.extend(problem for scan in scans.values() for problem in scan.problems)
+    metas = {cid: scan.meta_state for cid, scan in scans.items() if scan.meta_state is not None}
+    concepts = {cid: scan.state for cid, scan in scans.items() if scan.state is not None}
+    return CatalogScan(specs, tuple(problems), ScanState(known.catalog, concepts, metas))

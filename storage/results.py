@@ -113,6 +113,19 @@ class PublishedResult:
     created: bool
 
 
+def _file_entries(concept_id: str, digest: str, files: Mapping[str, bytes]) -> dict[str, FileEntry]:
+    """The manifest's entry of each file to publish; :class:`InvalidInput` for no files, a bad name or non-bytes."""
+    if not files:
+        raise InvalidInput(f"nothing to publish for {concept_id}/{digest}: files is empty")
+    entries: dict[str, FileEntry] = {}
+    for name, data in files.items():
+        _check_name(name)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InvalidInput(f"file {name!r} must be bytes, got {type(data).__name__}")
+        entries[name] = _entry(bytes(data))
+    return entries
+
+
 def _entry(data: bytes) -> FileEntry:
     return FileEntry(len(data), hashlib.sha256(data).hexdigest())
 
@@ -203,42 +216,19 @@ class ResultStore:
         concept/digest, e.g. a retry of the same task). If the result is already complete
         with the same content, nothing is written and ``created`` is ``False``.
         """
+        # 1. check the names and the bytes, and hash every file
         validate_concept_id(concept_id)
         _check_digest(digest)
         check_run_id(run_id)
-        if not files:
-            raise InvalidInput(f"nothing to publish for {concept_id}/{digest}: files is empty")
-        entries: dict[str, FileEntry] = {}
-        for name, data in files.items():
-            _check_name(name)
-            if not isinstance(data, (bytes, bytearray, memoryview)):
-                raise InvalidInput(f"file {name!r} must be bytes, got {type(data).__name__}")
-            entries[name] = _entry(bytes(data))
-
+        entries = _file_entries(concept_id, digest, files)
+        # 2. already complete: the same content is a no-op, other content a conflict
         existing = self.read_manifest(concept_id, digest)
         if existing is not None:
             return self._settle(concept_id, digest, entries, existing)
-
+        # 3. every file, write-once
         for name in sorted(files):
-            key = self.key(concept_id, digest, name)
-            data = bytes(files[name])
-            if self.store.put_once(key, data):
-                continue
-            try:
-                same = _entry(self.store.get(key)) == entries[name]
-            except NotFound:  # deleted in between: try once more
-                same = self.store.put_once(key, data)
-            if same:
-                continue
-            if replace_incomplete and not self.is_complete(concept_id, digest):
-                self.store.put(key, data)
-                continue
-            raise AlreadyExists(
-                f"{self.store.url(key)} already exists with different content "
-                "(another writer is publishing this concept/digest, or an earlier attempt left it; "
-                "pass replace_incomplete=True on a retry)"
-            )
-
+            self._put_file(concept_id, digest, name, bytes(files[name]), entries[name], replace_incomplete)
+        # 4. the manifest last: it makes the result complete
         manifest = ResultManifest(
             concept_id, digest, run_id, datetime.now(timezone.utc).isoformat(timespec="milliseconds"), entries
         )
@@ -249,6 +239,29 @@ class ResultStore:
         if existing is None:  # pragma: no cover - _SUCCESS vanished right after the 412
             raise StorageError(f"{self.uri(concept_id, digest, SUCCESS_FILENAME)} disappeared while publishing")
         return self._settle(concept_id, digest, entries, existing)
+
+    def _put_file(
+        self, concept_id: str, digest: str, name: str, data: bytes, entry: FileEntry, replace_incomplete: bool
+    ) -> None:
+        """Write one file of a result once; an existing file with the same bytes is kept (a retry), one with other
+        bytes is overwritten only with ``replace_incomplete`` while the result is incomplete, else a conflict."""
+        key = self.key(concept_id, digest, name)
+        if self.store.put_once(key, data):
+            return
+        try:
+            same = _entry(self.store.get(key)) == entry
+        except NotFound:  # deleted in between: try once more
+            same = self.store.put_once(key, data)
+        if same:
+            return
+        if replace_incomplete and not self.is_complete(concept_id, digest):
+            self.store.put(key, data)
+            return
+        raise AlreadyExists(
+            f"{self.store.url(key)} already exists with different content "
+            "(another writer is publishing this concept/digest, or an earlier attempt left it; "
+            "pass replace_incomplete=True on a retry)"
+        )
 
     def _settle(
         self, concept_id: str, digest: str, entries: Mapping[str, FileEntry], existing: ResultManifest
