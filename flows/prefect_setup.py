@@ -3,8 +3,9 @@
 On a brand-new Prefect home the local ephemeral server first migrates a new SQLite database; on a
 busy 2-core machine that takes about 30 s, longer than Prefect's default 20 s startup timeout, so
 the first ``sstar demo`` failed with "Timed out while attempting to connect to ephemeral Prefect API
-server". :func:`apply_cli_defaults` raises that timeout, turns analytics off and shortens the wait of
-a task refused a GPU slot (:data:`SLOT_WAIT_S`) — each only when the user has not set it anywhere
+server". :func:`apply_cli_defaults` raises that timeout, turns analytics off, shortens the wait of
+a task refused a GPU slot (:data:`SLOT_WAIT_S`) and keeps concurrency leases in files under
+``PREFECT_HOME`` (:data:`LEASE_STORAGE`) — each only when the user has not set it anywhere
 Prefect reads settings from (environment, ``.env``, ``prefect.toml``, ``pyproject.toml``, the active
 profile): a user's own setting always wins.
 
@@ -26,6 +27,14 @@ EPHEMERAL_STARTUP_TIMEOUT_S = 180
 SLOT_WAIT_S = 1
 SLOT_WAIT_VARIABLE = "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"
 
+#: where the server keeps the leases of concurrency slots. Prefect's default keeps them in the server's
+#: memory while the slot counts live in its database: each ``sstar`` command starts its own local server,
+#: so a slot held by a killed command could never be freed by the next one (and a restart leaked every
+#: held slot). In files under ``PREFECT_HOME`` every command on that home sees every lease, and
+#: ``tasks.slot_holders`` frees a dead holder's slot through them.
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+LEASE_STORAGE_VARIABLE = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+
 #: ``(environment variable, section path in prefect's settings, field, value)`` of each default
 _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     (
@@ -41,6 +50,7 @@ _PREFECT_DEFAULTS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
         "maximum_concurrency_slot_wait_seconds",
         str(SLOT_WAIT_S),
     ),
+    (LEASE_STORAGE_VARIABLE, ("server", "concurrency"), "lease_storage", LEASE_STORAGE),
 )
 
 

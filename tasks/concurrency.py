@@ -3,14 +3,31 @@
 Its slots are the number of inversions allowed to share the GPU(s) at once; every GPU task holds one
 slot while it runs. ``deployments/create_gpu_limit.py`` calls :func:`ensure_gpu_limit` for a
 server's operators; ``learn_catalog`` calls it at start so a run never goes unguarded.
+
+No wait without a deadline, and none on the dead: :func:`gpu_slot` asks for a slot once a second
+(one request each, so no grant is lost to a cancelled request), frees the slot of a holder that died
+(:mod:`tasks.slot_holders`), logs who holds the slot every minute, and gives up after the run's
+``slot_wait_timeout`` with one line naming the limit, the holder and ``sstar slots --release``. It
+takes the slot with Prefect's own lease calls rather than ``prefect.concurrency.sync.concurrency``,
+which does not tell its caller the lease id that the holder record needs.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from uuid import UUID
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+
+from inversion.errors import SstarError
+from tasks import slot_holders
 
 
 def ensure_gpu_limit(name: str = "sstar-gpu", slots: int = 1, *, update: bool = True) -> str:
@@ -33,18 +50,165 @@ def ensure_gpu_limit(name: str = "sstar-gpu", slots: int = 1, *, update: bool = 
         return "updated"
 
 
-#: seconds a slot's lease lasts without renewal; Prefect renews it while the holder lives, so a
-#: killed worker's slot goes back to the pool this long after it died (the server's repossessor)
+#: seconds a slot's lease lasts without renewal; Prefect renews it while the holder lives. A server
+#: with a lease repossessor (``prefect server start``) frees a killed holder's slot this long after it
+#: died; the local ephemeral server has none, so a waiter frees it (:mod:`tasks.slot_holders`)
 GPU_LEASE_SECONDS = 60
 
+#: seconds between two tries of a task waiting for a slot (each try also looks for dead holders)
+SLOT_POLL_S = 1.0
 
-def gpu_slot(name: str):
-    """Hold one slot of the GPU limit ``name`` for the duration of a ``with`` block."""
-    return concurrency(name, occupy=1, strict=False, lease_duration=GPU_LEASE_SECONDS)
+#: seconds between two log lines of a task waiting for a slot
+SLOT_LOG_EVERY_S = 60.0
 
 
-def release_all_slots(name: str) -> None:
-    """Mark every slot of ``name`` free — for operators after a crash, when the server's lease
-    repossessor is not running (it is in ``prefect server start``; test servers may not run it)."""
+class SlotWaitTimeout(SstarError, TimeoutError):
+    """A task waited its whole ``slot_wait_timeout`` for a slot that a live run kept."""
+
+
+@contextmanager
+def gpu_slot(name: str, *, wait_timeout: float) -> Iterator[None]:
+    """Hold one slot of the GPU limit ``name`` for the duration of a ``with`` block.
+
+    Waits for it at most ``wait_timeout`` seconds (then :class:`SlotWaitTimeout`), logging the holder
+    every minute and freeing the slot of a holder that died meanwhile. A limit that does not exist
+    guards nothing (as Prefect's ``strict=False``).
+    """
+    taken = _wait_for_slot(name, wait_timeout)
+    if taken is None:
+        yield
+        return
+    limit_id, lease_id = taken
+    try:
+        slot_holders.write_record(limit_id, lease_id)
+        with _lease_renewed(lease_id):
+            yield
+    finally:
+        slot_holders.release_lease(lease_id)
+        slot_holders.remove_record(limit_id, lease_id)
+
+
+def _wait_for_slot(name: str, wait_timeout: float) -> tuple[UUID, UUID] | None:
+    """``(limit id, lease id)`` of a slot of ``name`` taken for this process, or None where no limit exists."""
+    started = last_log = time.monotonic()
+    while True:
+        taken = _try_slot(name)
+        if taken is not _TAKEN:
+            return taken
+        limit_id = _limit_id(name)
+        for freed in slot_holders.recover_dead_holders(limit_id):
+            _logger().warning("freed the slot of %r held by %s, which is dead", name, freed)
+        now = time.monotonic()
+        if now - started >= wait_timeout:
+            raise SlotWaitTimeout(_gave_up(name, limit_id, now - started))
+        if now - last_log >= SLOT_LOG_EVERY_S:
+            last_log = now
+            _logger().info("waited %.0f s for a slot of %r: %s", now - started, name, _held_by(name, limit_id))
+        time.sleep(min(SLOT_POLL_S, max(0.0, wait_timeout - (now - started))))
+
+
+#: what :func:`_try_slot` returns when every slot is taken
+_TAKEN: Any = object()
+
+
+def _try_slot(name: str) -> Any:
+    """One request for a slot: ``(limit id, lease id)``, None (no such limit) or :data:`_TAKEN`."""
+    import httpx
+    from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+
+    try:
+        with get_client(sync_client=True) as client:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=GPU_LEASE_SECONDS, holder=_lease_holder()
+            )
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:  # every slot taken
+            return _TAKEN
+        raise
+    granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+    return (granted.limits[0].id, granted.lease_id) if granted.limits else None
+
+
+@contextmanager
+def _lease_renewed(lease_id: UUID) -> Iterator[None]:
+    """Renew ``lease_id`` every third of its duration while the block runs (a failed renewal is logged and
+    tried again: the holder lives, and its record keeps its slot from being taken meanwhile)."""
+    stop = threading.Event()
+    logger = _logger()
+
+    def renew() -> None:
+        while not stop.wait(GPU_LEASE_SECONDS / 3):
+            try:
+                with get_client(sync_client=True) as client:
+                    client.renew_concurrency_lease(lease_id, GPU_LEASE_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - a server hiccup must not end the GPU work
+                logger.warning("could not renew the GPU slot's lease %s: %s", lease_id, exc)
+
+    renewer = threading.Thread(target=renew, name=f"sstar-lease-{lease_id}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join(30)
+
+
+def _lease_holder() -> Any:
+    """The task run (else flow run) this slot is taken for, as Prefect records it on the lease."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if (task := TaskRunContext.get()) is not None:
+        return ConcurrencyLeaseHolder(type="task_run", id=task.task_run.id)
+    if (flow := FlowRunContext.get()) is not None and flow.flow_run is not None:
+        return ConcurrencyLeaseHolder(type="flow_run", id=flow.flow_run.id)
+    return None
+
+
+def _limit_id(name: str) -> UUID:
     with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        return client.read_global_concurrency_limit_by_name(name).id
+
+
+def _held_by(name: str, limit_id: UUID) -> str:
+    """``N of M slots taken, held by <holder>; <holder>`` from sstar's records (and Prefect's count)."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    holders = [h.describe() for h in slot_holders.read_records(limit_id)]
+    held = "; ".join(holders) if holders else "a holder sstar has no record of (a run on another host?)"
+    return f"{limit.active_slots} of {limit.limit} slots taken, held by {held}"
+
+
+def _gave_up(name: str, limit_id: UUID, waited: float) -> str:
+    return (
+        f"waited {waited:.0f} s (slot_wait_timeout) for a slot of Prefect concurrency limit {name!r}: "
+        f"{_held_by(name, limit_id)}; stop that run, or free its slot with `sstar slots --release {name}`"
+    )
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect.logging import get_logger, get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow or task run: the module's own logger
+        return get_logger(__name__)
+
+
+def release_all_slots(name: str) -> list[str]:
+    """Free every slot of ``name``, a live holder's too — for operators (``sstar slots --release``) when no
+    run uses the limit. Each recorded or stored lease is given back through Prefect's API, then the
+    count is set to 0 (slots whose lease the server forgot); what was freed, described."""
+    limit_id = _limit_id(name)
+    freed = []
+    with slot_holders.recovery_lock(limit_id):
+        for holder in slot_holders.read_records(limit_id):
+            slot_holders.release_lease(holder.lease_id)
+            slot_holders.remove_record(limit_id, holder.lease_id)
+            freed.append(holder.describe())
+        for lease_id in slot_holders.stored_leases(limit_id):
+            slot_holders.release_lease(lease_id)
+            freed.append(f"lease {lease_id} with no holder record")
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+    return freed

@@ -97,7 +97,7 @@ def score_outcomes(
             prompts=tuple(evaluation.prompts) if evaluation.prompts else None, samples=evaluation.samples
         )
         cache = StoreBaselineCache(out_uri, learn.model) if out_uri is not None else None
-        with gpu_slot(run.gpu_limit_name):
+        with gpu_slot(run.gpu_limit_name, wait_timeout=run.slot_wait_timeout):
             started = time.perf_counter()
             all_scores = score_concepts(renderer, clip, requests, settings, cache)
             eval_seconds = (time.perf_counter() - started) / len(live)

@@ -63,6 +63,14 @@ class PipelineConfig:
     deployment: str | None = setting(
         None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')"
     )
+    slot_wait_timeout: float = setting(
+        21600.0,
+        help=(
+            "seconds a GPU task waits at most for a slot of the GPU limit held by a live run, then fails naming "
+            "the holder (a dead holder's slot is freed at once)"
+        ),
+        gt=0,
+    )
 
 
 #: a pipeline stops each concept when its held-out loss plateaus unless told otherwise (``sstar invert``: fixed)

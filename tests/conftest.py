@@ -197,11 +197,13 @@ def s3_client(s3_settings: S3Settings):
 def prefect_harness():
     """One Prefect test server (SQLite, ephemeral) for the whole session, with the slot wait the CLI
     gives its own ephemeral server (``flows.prefect_setup.SLOT_WAIT_S``): with Prefect's 30 s default a
-    test whose tasks queue for the GPU slot sleeps up to 30 s each time."""
+    test whose tasks queue for the GPU slot sleeps up to 30 s each time — and the CLI's lease storage
+    (files under ``PREFECT_HOME``), which lets a waiter free the slot of a holder that was killed."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.prefect_setup import SLOT_WAIT_S, SLOT_WAIT_VARIABLE
+    from flows.prefect_setup import LEASE_STORAGE, LEASE_STORAGE_VARIABLE, SLOT_WAIT_S, SLOT_WAIT_VARIABLE
 
     os.environ.setdefault(SLOT_WAIT_VARIABLE, str(SLOT_WAIT_S))  # the server subprocess inherits it
+    os.environ.setdefault(LEASE_STORAGE_VARIABLE, LEASE_STORAGE)
     with prefect_test_harness(server_startup_timeout=60):
         yield

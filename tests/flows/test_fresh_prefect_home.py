@@ -18,6 +18,8 @@ from tests.flows.sstar_cli import learn_argv, run_python
 pytestmark = pytest.mark.slow
 
 SSTAR = Path(sys.executable).with_name("sstar")  # the installed entry point, as a user runs it
+FILE_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
 
 
 def _fresh_env(prefect_home: Path, **extra: str) -> dict[str, str]:
@@ -35,7 +37,8 @@ def _apply_defaults(tmp_path: Path, env: dict[str, str]) -> dict:
         "from prefect.settings import get_current_settings\n"
         "s = get_current_settings().server\n"
         "print(json.dumps({'applied': applied, 'timeout': s.ephemeral.startup_timeout_seconds,"
-        " 'analytics': s.analytics_enabled, 'slot_wait': s.concurrency.maximum_concurrency_slot_wait_seconds}))\n"
+        " 'analytics': s.analytics_enabled, 'slot_wait': s.concurrency.maximum_concurrency_slot_wait_seconds,"
+        " 'leases': s.concurrency.lease_storage}))\n"
     )
     done = run_python(code, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -49,18 +52,25 @@ def test_defaults_apply_where_the_user_set_nothing(tmp_path):
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILE_LEASES,
     }
     assert seen["timeout"] == 180 and seen["analytics"] is False and seen["slot_wait"] == 1
+    assert seen["leases"] == FILE_LEASES
 
 
 def test_the_users_environment_wins(tmp_path):
-    env = _fresh_env(tmp_path / "home", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="7", DO_NOT_TRACK="0")
+    env = _fresh_env(
+        tmp_path / "home",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="7",
+        DO_NOT_TRACK="0",
+        PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=MEMORY_LEASES,
+    )
     seen = _apply_defaults(tmp_path, env)
     assert seen["applied"] == {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
     }
-    assert seen["timeout"] == 7
+    assert seen["timeout"] == 7 and seen["leases"] == MEMORY_LEASES
 
 
 def test_the_users_profile_wins(tmp_path):
@@ -70,10 +80,12 @@ def test_the_users_profile_wins(tmp_path):
         'active = "mine"\n\n[profiles.mine]\nPREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 9\n'
         "PREFECT_SERVER_ANALYTICS_ENABLED = true\n"
         "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS = 5\n"
+        f'PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE = "{MEMORY_LEASES}"\n'
     )
     seen = _apply_defaults(tmp_path, _fresh_env(home))
     assert seen["applied"] == {"DO_NOT_TRACK": "1"}
     assert seen["timeout"] == 9 and seen["analytics"] is True and seen["slot_wait"] == 5
+    assert seen["leases"] == MEMORY_LEASES
 
 
 def test_sstar_learn_passes_on_a_brand_new_prefect_home(tiny_model_dir, tmp_path):

@@ -1,14 +1,28 @@
-"""tasks.concurrency: the GPU limit is created once and never changed by a run, and a slot is held for
-exactly the duration of a ``gpu_slot`` block — against the session's Prefect test server."""
+"""tasks.concurrency: the GPU limit is created once and never changed by a run; a slot is held for exactly
+the duration of a ``gpu_slot`` block; a killed holder's slot is freed by the next taker (once, however
+many race for it), a live holder's never, and a wait ends at its cap with one line naming the holder —
+against the session's Prefect test server, with holders in real processes killed by SIGKILL."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tasks.concurrency import ensure_gpu_limit, gpu_slot, release_all_slots
+from tasks import concurrency, slot_holders
+from tasks.concurrency import SlotWaitTimeout, ensure_gpu_limit, gpu_slot, release_all_slots
+from tests.conftest import REPO_ROOT
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -46,7 +60,7 @@ def test_a_limit_needs_a_slot(name: str) -> None:
 
 def test_a_slot_is_held_inside_the_block_only(name: str) -> None:
     ensure_gpu_limit(name, 2)
-    with gpu_slot(name):
+    with gpu_slot(name, wait_timeout=60):
         assert _limit(name).active_slots == 1
     assert _limit(name).active_slots == 0
 
@@ -58,14 +72,14 @@ def test_a_second_holder_waits_for_the_only_slot(name: str) -> None:
 
     def second() -> None:
         first_in.wait(30)
-        with gpu_slot(name):
+        with gpu_slot(name, wait_timeout=60):
             order.append("second in")
             second_in.set()
 
     thread = threading.Thread(target=second)
     thread.start()
     try:
-        with gpu_slot(name):
+        with gpu_slot(name, wait_timeout=60):
             order.append("first in")
             first_in.set()
             # the second holder must not get in while the only slot is held; 3 s is ample for an
@@ -90,3 +104,151 @@ def test_release_all_slots_frees_what_a_dead_holder_kept(name: str) -> None:
     assert _limit(name).active_slots == 2
     release_all_slots(name)
     assert _limit(name).active_slots == 0
+
+
+#: a process that takes one slot of the limit argv[1] inside a flow run and holds it until killed;
+#: it prints ``held <flow run name>`` once it has the slot
+_HOLDER = """
+import sys, time
+from prefect import flow
+from prefect.runtime import flow_run
+from tasks.concurrency import gpu_slot
+
+@flow(name="slot-holder")
+def hold(name: str) -> None:
+    with gpu_slot(name, wait_timeout=60):
+        print("held", flow_run.name, flush=True)
+        time.sleep(600)
+
+hold(sys.argv[1])
+"""
+
+
+def _env() -> dict[str, str]:
+    """This process's environment, the test server's API and the repository importable: the same server
+    and the same ``PREFECT_HOME`` (holder records, lease files) as the test, as for real commands."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(REPO_ROOT)}
+
+
+@pytest.fixture
+def holders(tmp_path: Path) -> Iterator[list[subprocess.Popen]]:
+    """Started slot-holding processes (see :func:`_hold`); every one still alive is killed afterwards."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _hold(holders: list[subprocess.Popen], name: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """A new process holding a slot of ``name``, once it holds it; with its flow run's name."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLDER, name], env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    holders.append(proc)
+    line = wait_until(
+        lambda: next((x for x in log.read_text().splitlines() if x.startswith("held ")), None),
+        120,
+        "the holder to take its slot",
+        abort=lambda: proc.poll() is not None and log.read_text()[-3000:],
+    )
+    return proc, line.split(" ", 1)[1]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_killed_holders_slot_goes_to_the_next_taker(name: str, holders, tmp_path: Path) -> None:
+    """SIGKILL leaves the slot taken (the test server runs no lease repossessor); the next taker frees it
+    within seconds by itself — no ``release_all_slots`` — and leaves no record behind."""
+    ensure_gpu_limit(name, 1)
+    proc, _ = _hold(holders, name, tmp_path / "holder.log")
+    _kill(proc)
+    assert _limit(name).active_slots == 1  # nobody gave it back
+
+    started = time.monotonic()
+    with gpu_slot(name, wait_timeout=30):
+        waited = time.monotonic() - started
+        assert _limit(name).active_slots == 1
+    assert waited < 10, f"the dead holder's slot took {waited:.1f} s to recover"
+    assert _limit(name).active_slots == 0
+    assert slot_holders.read_records(_limit(name).id) == []
+
+
+def test_a_live_holders_slot_is_waited_for_then_the_wait_ends_in_one_line(
+    name: str, holders, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """The slot of a live run is never taken: the waiter logs who holds it (flow run, pid, host) while it
+    waits and, at its cap, fails with one line naming the limit, the holder and the command that frees it."""
+    ensure_gpu_limit(name, 1)
+    proc, flow_run_name = _hold(holders, name, tmp_path / "holder.log")
+    monkeypatch.setattr(concurrency, "SLOT_LOG_EVERY_S", 1.0)
+    monkeypatch.setattr(concurrency, "_logger", lambda: logging.getLogger("test-slot-wait"))
+    holder = f"flow run '{flow_run_name}' ("
+    where = f"pid {proc.pid} on host {socket.gethostname()}"
+
+    with caplog.at_level(logging.INFO, logger="test-slot-wait"), pytest.raises(SlotWaitTimeout) as raised:
+        with gpu_slot(name, wait_timeout=4):
+            pytest.fail("took the slot of a live holder")
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"waited 4 s (slot_wait_timeout) for a slot of Prefect concurrency limit '{name}'")
+    assert holder in message and where in message, message
+    assert message.endswith(f"stop that run, or free its slot with `sstar slots --release {name}`")
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waited ")]
+    assert len(waits) >= 2 and all(holder in w and where in w for w in waits), waits
+    assert proc.poll() is None and _limit(name).active_slots == 1
+
+
+def test_racing_waiters_recover_a_dead_holders_slot_once(name: str, holders, tmp_path: Path, monkeypatch) -> None:
+    """One holder alive, one killed, three waiters started together: exactly one frees the dead holder's
+    slot and exactly one gets it; the live holder keeps its own, so the count never drops below 1. Each
+    release is slowed by 0.3 s, as over a slow server, so that all three see the dead holder at once."""
+    ensure_gpu_limit(name, 2)
+    alive, _ = _hold(holders, name, tmp_path / "alive.log")
+    dead, _ = _hold(holders, name, tmp_path / "dead.log")
+    _kill(dead)
+    release = slot_holders.release_lease
+    monkeypatch.setattr(slot_holders, "release_lease", lambda lease_id: (time.sleep(0.3), release(lease_id)))
+    freed: list[str] = []
+    monkeypatch.setattr(concurrency, "_logger", lambda: _Recorder(freed))
+    start, losers_done = threading.Barrier(3), threading.Semaphore(0)
+    outcomes: list[str] = []
+
+    def waiter() -> None:
+        start.wait()
+        try:
+            with gpu_slot(name, wait_timeout=6):
+                outcomes.append("got")
+                for _ in range(2):  # hold the slot until both others have given up
+                    losers_done.acquire(timeout=60)
+        except SlotWaitTimeout:
+            outcomes.append("timeout")
+            losers_done.release()
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    lowest = 2
+    while any(thread.is_alive() for thread in threads):
+        lowest = min(lowest, _limit(name).active_slots)
+    assert sorted(outcomes) == ["got", "timeout", "timeout"]
+    assert len(freed) == 1, freed
+    assert lowest >= 1, f"the count fell to {lowest} with a live holder"
+    assert alive.poll() is None and _limit(name).active_slots == 1
+
+
+class _Recorder(logging.LoggerAdapter):
+    """A logger that keeps the messages of freed slots (``freed …``) in a list."""
+
+    def __init__(self, freed: list[str]) -> None:
+        super().__init__(logging.getLogger("test-slot-race"), {})
+        self.freed = freed
+
+    def warning(self, msg, *args, **kwargs) -> None:  # type: ignore[override]
+        if str(msg).startswith("freed "):
+            self.freed.append(msg % args)
