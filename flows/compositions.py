@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from storage.compositions import CompositionRow, CompositionSpec, append_compositions, read_compositions
 from storage.errors import StorageError
 from storage.metrics import MetricsRow
-from tasks.compose import LearnedConcept, compose_task
+from tasks.compose import LearnedConcept, compose_task, failed_composition
 from tasks.records import ConceptRecord
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
@@ -38,6 +38,18 @@ def _concepts(
     return found, None
 
 
+def _read_specs(catalog: str, run_id: str, logger) -> tuple[list[CompositionSpec], list[CompositionRow]]:
+    """The catalog's compositions; none, and a ``failed`` row naming the file, when it cannot be read."""
+    try:
+        return read_compositions(catalog), []
+    except StorageError as exc:
+        logger.error("compositions: %s", exc)
+        unreadable = CompositionRow(
+            run_id=run_id, composition_id="_compositions.json", prompt="", status="failed", concepts=(), error=str(exc)
+        )
+        return [], [unreadable]
+
+
 def compose_catalog(
     catalog: str,
     out: str,
@@ -50,73 +62,34 @@ def compose_catalog(
 ) -> list[CompositionRow]:
     """Render and score the catalog's compositions; append their rows (one Parquet file) and return them."""
     logger = get_run_logger()
-    try:
-        specs = read_compositions(catalog)
-    except StorageError as exc:
-        logger.error("compositions: %s", exc)
-        specs, unreadable = (
-            [],
-            [
-                CompositionRow(
-                    run_id=run_id,
-                    composition_id="_compositions.json",
-                    prompt="",
-                    status="failed",
-                    concepts=(),
-                    error=str(exc),
-                )
-            ],
-        )
-    else:
-        unreadable = []
+    # 1. the compositions of the catalog
+    specs, results = _read_specs(catalog, run_id, logger)
+    # 2. compose each whose concepts were learned; the others fail, naming the concept
     by_concept = {row.concept_id: row for row in rows}
-    results: list[CompositionRow] = list(unreadable)
     with ThreadPoolTaskRunner[CompositionRow](max_workers=max(1, run.workers)) as runner:
         futures = []
         for spec in specs:
             concepts, problem = _concepts(spec, by_concept, records)
             if problem is not None:
-                results.append(
-                    CompositionRow(
-                        run_id=run_id,
-                        composition_id=spec.composition_id,
-                        prompt=spec.prompt,
-                        status="failed",
-                        concepts=spec.concepts,
-                        error=problem,
-                    )
-                )
+                results.append(failed_composition(spec, run_id, problem))
                 continue
-            futures.append(
-                (
-                    spec,
-                    runner.submit(
-                        compose_task,
-                        {
-                            "spec": spec,
-                            "concepts": concepts,
-                            "catalog_uri": catalog,
-                            "out_uri": out,
-                            "run_id": run_id,
-                            "learn": learn,
-                            "evaluation": evaluation,
-                            "run": run,
-                        },
-                    ),
-                )
-            )
+            parameters = {
+                "spec": spec,
+                "concepts": concepts,
+                "catalog_uri": catalog,
+                "out_uri": out,
+                "run_id": run_id,
+                "learn": learn,
+                "evaluation": evaluation,
+                "run": run,
+            }
+            futures.append((spec, runner.submit(compose_task, parameters)))
         for spec, future in futures:
             row = future.result(raise_on_failure=False)
             if isinstance(row, BaseException):
-                row = CompositionRow(
-                    run_id=run_id,
-                    composition_id=spec.composition_id,
-                    prompt=spec.prompt,
-                    status="failed",
-                    concepts=spec.concepts,
-                    error=f"composition failed: {row}",
-                )
+                row = failed_composition(spec, run_id, f"composition failed: {row}")
             results.append(row)
+    # 3. their rows
     for row in results:
         logger.info("composition %s: %s%s", row.composition_id, row.status, f" ({row.error})" if row.error else "")
     if results:

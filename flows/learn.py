@@ -13,19 +13,16 @@ artifacts. One bad concept never stops the others; the flow ends Failed (and ``s
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_markdown_artifact,
     create_progress_artifact,
-    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.futures import as_completed
@@ -33,13 +30,14 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.compositions import compose_catalog
+from flows.run_outputs import publish_run_outputs
 from flows.sync import passed_whole, sync_result
 from storage.metrics import MetricsRow, read_embeddings_index
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
 from storage.store.open import open_store
 from tasks.concurrency import ensure_gpu_limit
-from tasks.ingest import remember_scan, scan_catalog, stage_concept
+from tasks.ingest import ScanResult, remember_scan, scan_catalog, stage_concept
 from tasks.invert import invert_pack
 from tasks.preflight import check_inputs, check_outputs, preflight
 from tasks.publish import (
@@ -96,6 +94,91 @@ def _submit(runner: ThreadPoolTaskRunner[Any], task_, **parameters):
     return runner.submit(task_, parameters)
 
 
+def _stage(
+    runner: ThreadPoolTaskRunner[Any],
+    catalog: str,
+    todo: list[ConceptRecord],
+    work_root: str,
+    done: Mapping[str, frozenset[str]],
+) -> list[StagedConcept]:
+    """Stage every concept of ``todo``; a staging that raised comes back as a concept with its error."""
+    futures = [
+        (
+            record,
+            _submit(
+                runner,
+                stage_concept,
+                catalog_uri=catalog,
+                record=record,
+                work_root=work_root,
+                done_digests=sorted(done.get(record.concept_id, ())),
+            ),
+        )
+        for record in todo
+    ]
+    staged = []
+    for record, future in futures:
+        result = future.result(raise_on_failure=False)
+        if isinstance(result, BaseException):
+            result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
+        staged.append(result)
+    return staged
+
+
+def _invert_and_score(
+    runner: ThreadPoolTaskRunner[Any],
+    learning: list[StagedConcept],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    out: str,
+) -> dict[Any, list[InversionOutcome]]:
+    """Invert the concepts in queues, and score each finished queue pack by pack; returns the scoring
+    futures with the outcomes each scores (an inversion that raised fails its queue's concepts)."""
+    invert_futures = {
+        _submit(runner, invert_pack, staged=queue, learn=learn, run=run, out_uri=out): queue
+        for queue in inversion_queues(learning, run)
+    }
+    score_futures = {}
+    for future in as_completed(list(invert_futures)):
+        outcomes = future.result(raise_on_failure=False)
+        if isinstance(outcomes, BaseException):
+            outcomes = [
+                InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]
+            ]
+        for pack in _chunks(outcomes, run.concepts_per_batch):  # one batched rendering per pack
+            parameters = dict(outcomes=pack, learn=learn, evaluation=evaluation, run=run, out_uri=out)
+            score_futures[_submit(runner, score_outcomes_task, **parameters)] = pack
+    return score_futures
+
+
+def _publish_scored(
+    runner: ThreadPoolTaskRunner[Any],
+    score_futures: dict[Any, list[InversionOutcome]],
+    out: str,
+    run_id: str,
+    learn: LearnSettings,
+    on_done: Callable[[MetricsRow], None],
+) -> list[MetricsRow]:
+    """Publish each scored concept as its pack's scoring finishes; a failure becomes a ``failed`` row."""
+    rows = []
+    for future in as_completed(list(score_futures)):
+        results = future.result(raise_on_failure=False)
+        for i, outcome in enumerate(score_futures[future]):
+            record = outcome.staged.record
+            if isinstance(results, BaseException):
+                row = failed_row(run_id, record.concept_id, f"scoring failed: {results}", learn, record)
+            else:
+                row = _submit(
+                    runner, publish_concept, scored=results[i], out_uri=out, run_id=run_id, learn=learn
+                ).result(raise_on_failure=False)
+                if isinstance(row, BaseException):
+                    row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
+            rows.append(row)
+            on_done(row)
+    return rows
+
+
 def _learn_locally(
     catalog: str,
     out: str,
@@ -105,7 +188,7 @@ def _learn_locally(
     run: RunSettings,
     run_id: str,
     work_root: str,
-    on_done,
+    on_done: Callable[[MetricsRow], None],
     done: Mapping[str, frozenset[str]],
     index: Mapping[str, dict] | None = None,
 ) -> tuple[list[MetricsRow], list[StagedConcept]]:
@@ -119,69 +202,19 @@ def _learn_locally(
     ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
     """
     with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
+        # 1. stage: read each concept's images once, finish its digest, write its PNGs
+        staged = _stage(runner, catalog, todo, work_root, done)
+        # 2. identical bytes re-uploaded: a complete result exists already
         rows: list[MetricsRow] = []
-        staged: list[StagedConcept] = []
-        for record, future in [
-            (
-                r,
-                _submit(
-                    runner,
-                    stage_concept,
-                    catalog_uri=catalog,
-                    record=r,
-                    work_root=work_root,
-                    done_digests=sorted(done.get(r.concept_id, ())),
-                ),
-            )
-            for r in todo
-        ]:
-            result = future.result(raise_on_failure=False)
-            if isinstance(result, BaseException):
-                result = StagedConcept(record, "", "", 0, error=f"ingest failed: {result}")
-            staged.append(result)
         for s in staged:
             if s.done:
                 row = skipped_row(run_id, s.record, learn, out, (index or {}).get(s.record.concept_id))
                 rows.append(row)
                 on_done(row)
+        # 3. invert in queues, score each pack as its queue finishes, publish each scored concept
         learning = [s for s in staged if not s.done]
-        invert_futures = {
-            _submit(runner, invert_pack, staged=pack, learn=learn, run=run, out_uri=out): pack
-            for pack in inversion_queues(learning, run)
-        }
-        score_futures = {}
-        for future in as_completed(list(invert_futures)):
-            outcomes = future.result(raise_on_failure=False)
-            if isinstance(outcomes, BaseException):
-                outcomes = [
-                    InversionOutcome(s, None, error=f"inversion failed: {outcomes}") for s in invert_futures[future]
-                ]
-            for pack in _chunks(outcomes, run.concepts_per_batch):  # one batched rendering per pack
-                score_futures[
-                    _submit(
-                        runner,
-                        score_outcomes_task,
-                        outcomes=pack,
-                        learn=learn,
-                        evaluation=evaluation,
-                        run=run,
-                        out_uri=out,
-                    )
-                ] = pack
-        for future in as_completed(list(score_futures)):
-            results = future.result(raise_on_failure=False)
-            for i, outcome in enumerate(score_futures[future]):
-                record = outcome.staged.record
-                if isinstance(results, BaseException):
-                    row = failed_row(run_id, record.concept_id, f"scoring failed: {results}", learn, record)
-                else:
-                    row = _submit(
-                        runner, publish_concept, scored=results[i], out_uri=out, run_id=run_id, learn=learn
-                    ).result(raise_on_failure=False)
-                    if isinstance(row, BaseException):
-                        row = failed_row(run_id, record.concept_id, f"publishing failed: {row}", learn, record)
-                rows.append(row)
-                on_done(row)
+        score_futures = _invert_and_score(runner, learning, learn, evaluation, run, out)
+        rows += _publish_scored(runner, score_futures, out, run_id, learn, on_done)
     return rows, staged
 
 
@@ -222,66 +255,83 @@ def run_concept_deployment(
         ), None
 
 
-def _publish_run_outputs(out: str, run_id: str, rows: list[MetricsRow], compositions: list | None = None) -> dict:
-    """Metrics (one Parquet file), embeddings index, HTML report (with ``compositions``' rows), dashboard,
-    artifacts; returns the run summary."""
-    from reports.dashboard import refresh_dashboard
-    from reports.run_page import write_report
-
-    metrics_uri = write_metrics(out, passed_whole(rows))  # Prefect need not walk thousands of rows
-    store = open_store(out)
-    dict_rows = [r.to_dict() for r in rows]
-    report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions or ()])
-    refresh_dashboard(out, dict_rows, get_run_logger())
-    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
-    lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
-    summary = dict(
-        run_id=run_id,
-        out=out,
-        counts=counts,
-        metrics_uri=metrics_uri,
-        report_uri=report_uri,
-        mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
-        failed={r.concept_id: r.error for r in rows if r.status == "failed"},
-        compositions={c.composition_id: c.status for c in compositions or ()},
-    )
-    store.put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
-    # artifacts list what this run did; skipped concepts (thousands on a quiet night) are only counted
-    table = [
-        {
-            k: d[k]
-            for k in (
-                "concept_id",
-                "status",
-                "token",
-                "image_similarity",
-                "text_similarity",
-                "baseline_image_similarity",
-                "inversion_lift",
-                "final_loss",
-                "error",
-            )
+def _learn_on_deployment(
+    catalog: str,
+    out: str,
+    todo: list[ConceptRecord],
+    learn: LearnSettings,
+    evaluation: EvalSettings,
+    run: RunSettings,
+    run_id: str,
+    on_done: Callable[[MetricsRow], None],
+) -> tuple[list[MetricsRow], dict[str, ConceptState]]:
+    """Each concept of ``todo`` as a flow run of ``run.deployment``, ``fan_out_threads(run)`` at a time;
+    returns their rows and what they learned for the scan state."""
+    rows: list[MetricsRow] = []
+    learned: dict[str, ConceptState] = {}
+    with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
+        futures = {
+            _submit(
+                runner,
+                run_concept_deployment,
+                deployment=run.deployment,
+                catalog=catalog,
+                out=out,
+                record=record,
+                learn=learn,
+                evaluation=evaluation,
+                run=run,
+                run_id=run_id,
+            ): record
+            for record in todo
         }
-        for d in dict_rows
-        if d["status"] != "skipped"
-    ]
-    create_table_artifact(table=table, key="sstar-run-concepts", description=f"sstar run {run_id}")
-    lines = [
-        f"# sstar run {run_id}",
-        "",
-        f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}",
-        "",
-        f"Report: {report_uri}",
-        "",
-        "| concept | status | lift | grid |",
-        "|---|---|---|---|",
-    ]
-    for r in (r for r in rows if r.status != "skipped"):
-        lift = f"{r.inversion_lift:+.3f}" if r.inversion_lift is not None else "—"
-        grid = f"[grid]({r.grid_uri})" if r.grid_uri else (r.error or "—").replace("|", "/")[:120]
-        lines.append(f"| {r.concept_id} | {r.status} | {lift} | {grid} |")
-    create_markdown_artifact(markdown="\n".join(lines), key="sstar-run-summary", description=f"sstar run {run_id}")
-    return summary
+        for future in as_completed(list(futures)):
+            result = future.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                row = failed_row(run_id, futures[future].concept_id, str(result), learn, futures[future])
+            else:
+                row, concept_scan = result
+                if concept_scan is not None:
+                    learned[row.concept_id] = concept_scan
+            rows.append(row)
+            on_done(row)
+    return rows, learned
+
+
+def _rows_without_learning(
+    scan: ScanResult, index: Mapping[str, dict], run_id: str, learn: LearnSettings, out: str
+) -> tuple[list[MetricsRow], list[ConceptRecord]]:
+    """A ``failed`` row per unusable concept and a ``skipped`` row (scores from ``index``, the embeddings
+    index by concept) per concept whose digest has a complete result; and the concepts left to learn."""
+    rows = [failed_row(run_id, cid, reason, learn) for cid, reason in scan.unusable]
+    done = scan.done  # from one paginated listing of <out>/embeddings/, not a request per concept
+    todo = []
+    for record in scan.records:
+        if record.digest is not None and record.digest in done.get(record.concept_id, ()):
+            rows.append(skipped_row(run_id, record, learn, out, index.get(record.concept_id)))
+        else:
+            todo.append(record)
+    return rows, todo
+
+
+class _Progress:
+    """Counts the run's finished concepts into its progress artifact and its log (the ``on_done`` of the learners)."""
+
+    def __init__(self, run_id: str, total: int, logger) -> None:
+        self.total, self.logger, self.finished = total, logger, 0
+        self.artifact = sync_result(
+            create_progress_artifact(
+                progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
+            )
+        )
+
+    def __call__(self, row: MetricsRow) -> None:
+        self.finished += 1
+        update_progress_artifact(self.artifact, 100.0 * self.finished / max(1, self.total))
+        self.logger.info("[%d/%d] %s: %s", self.finished, self.total, row.concept_id, row.status)
+
+    def complete(self) -> None:
+        update_progress_artifact(self.artifact, 100.0)
 
 
 # The decorators' runners are fixed at import; the flows submit their tasks to a runner of
@@ -299,86 +349,44 @@ def learn_catalog(
     """Learn every new or changed concept of ``catalog``; write embeddings, grids, metrics and a report to ``out``."""
     logger = get_run_logger()
     run_id = run_id or new_run_id()
+    # 1. the catalog and model are usable; scan the catalog's listings
     check_inputs(catalog, learn)
     ensure_gpu_limit(run.gpu_limit_name, run.max_concurrent_inversions, update=False)
     scan = scan_catalog(catalog, learn, out_uri=out)
-    unusable = scan.unusable
-    rows: list[MetricsRow] = [failed_row(run_id, cid, reason, learn) for cid, reason in unusable]
-    done = scan.done  # from one paginated listing of <out>/embeddings/, not a request per concept
+    # 2. unusable concepts fail; those whose digest has a complete result are skipped
     index = {r["concept_id"]: r for r in read_embeddings_index(out).to_pylist()}
-    todo = []
-    for record in scan.records:
-        if record.digest is not None and record.digest in done.get(record.concept_id, ()):
-            rows.append(skipped_row(run_id, record, learn, out, index.get(record.concept_id)))
-        else:
-            todo.append(record)
+    rows, todo = _rows_without_learning(scan, index, run_id, learn, out)
     logger.info(
         "run %s: %d to stage (%d changed since the last scan), %d already done, %d unusable",
         run_id,
         len(todo),
         sum(r.digest is None for r in todo),
         len(scan.records) - len(todo),
-        len(unusable),
+        len(scan.unusable),
     )
     check_outputs(out, evaluation if todo and not run.deployment else None, run)  # before any training
-    progress_id = sync_result(
-        create_progress_artifact(
-            progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
-        )
-    )
-    finished = [0]
-
-    def on_done(row: MetricsRow) -> None:
-        finished[0] += 1
-        update_progress_artifact(progress_id, 100.0 * finished[0] / max(1, len(todo)))
-        logger.info("[%d/%d] %s: %s", finished[0], len(todo), row.concept_id, row.status)
-
+    # 3. learn the rest: here, or each concept as a flow run of the deployment
+    progress = _Progress(run_id, len(todo), logger)
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
-    learned: dict[str, ConceptState] = {}
     records = {r.concept_id: r for r in scan.records}
     try:
         if run.deployment:
-            with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
-                futures = {
-                    _submit(
-                        runner,
-                        run_concept_deployment,
-                        deployment=run.deployment,
-                        catalog=catalog,
-                        out=out,
-                        record=r,
-                        learn=learn,
-                        evaluation=evaluation,
-                        run=run,
-                        run_id=run_id,
-                    ): r
-                    for r in todo
-                }
-                for future in as_completed(list(futures)):
-                    result = future.result(raise_on_failure=False)
-                    if isinstance(result, BaseException):
-                        row = failed_row(run_id, futures[future].concept_id, str(result), learn, futures[future])
-                    else:
-                        row, concept_scan = result
-                        if concept_scan is not None:
-                            learned[row.concept_id] = concept_scan
-                    rows.append(row)
-                    on_done(row)
+            new_rows, learned = _learn_on_deployment(catalog, out, todo, learn, evaluation, run, run_id, progress)
         else:
             new_rows, staged = _learn_locally(
-                catalog, out, todo, learn, evaluation, run, run_id, work_root, on_done, done, index
+                catalog, out, todo, learn, evaluation, run, run_id, work_root, progress, scan.done, index
             )
-            rows += new_rows
-            learned.update({s.record.concept_id: s.scan for s in staged if s.scan is not None})
+            learned = {s.record.concept_id: s.scan for s in staged if s.scan is not None}
             records.update({s.record.concept_id: s.record for s in staged})  # digests and images as read
+        rows += new_rows
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
-    # passed whole, not walked: the scan state has one entry per concept
+    # 4. remember the scan (passed whole, not walked: it has one entry per concept), compose, report
     remember_scan(out, passed_whole(scan.state.merged(learned)), passed_whole(scan.previous))
-    update_progress_artifact(progress_id, 100.0)
+    progress.complete()
     compositions = compose_catalog(catalog, out, run_id, rows, records, learn, evaluation, run)
-    summary = _publish_run_outputs(out, run_id, rows, compositions)
+    summary = publish_run_outputs(out, run_id, rows, compositions)
     logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
     if summary["counts"]["failed"]:
         failed = ", ".join(sorted(summary["failed"]))

@@ -95,6 +95,19 @@ def _row(
     )
 
 
+def failed_composition(spec: CompositionSpec, run_id: str, error: str, key: str | None = None) -> CompositionRow:
+    """The ``failed`` row of ``spec``, with why (and its key, once known)."""
+    return CompositionRow(
+        run_id=run_id,
+        composition_id=spec.composition_id,
+        prompt=spec.prompt,
+        status="failed",
+        concepts=spec.concepts,
+        key=key,
+        error=error,
+    )
+
+
 def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip) -> Word:
     """Download the concept's embedding (both files of an SDXL word) and CLIP-embed its training images."""
     from inversion.embeddings.formats import load_embedding
@@ -153,15 +166,7 @@ def compose(
             grid.save(png, format="PNG")
             thumbnail = save_thumbnail(grid, thumb).read_bytes()
     except (SstarError, StorageError) as exc:
-        return CompositionRow(
-            run_id=run_id,
-            composition_id=spec.composition_id,
-            prompt=spec.prompt,
-            status="failed",
-            concepts=spec.concepts,
-            key=key,
-            error=f"composition failed: {exc}",
-        )
+        return failed_composition(spec, run_id, f"composition failed: {exc}", key)
     store.put(f"{prefix}/{GRID_FILENAME}", png.getvalue())
     store.put(f"{prefix}/{GRID_THUMBNAIL_FILENAME}", thumbnail)
     payload = {

@@ -75,6 +75,26 @@ def _training_log(result: TrainResult, config: TrainConfig, staged: StagedConcep
     )
 
 
+def _outcome(
+    staged: StagedConcept, out_dir: Path, result: TrainResult, config: TrainConfig, queue: int, slots: int
+) -> InversionOutcome:
+    """The concept's outcome: why training failed, or its embedding files and the training log (written here)."""
+    if result.error is not None:
+        return InversionOutcome(staged, None, error=result.error)
+    log = _training_log(result, config, staged, queue, slots)
+    (out_dir / TRAINING_LOG).write_text(json.dumps(log, indent=1, default=str))
+    return InversionOutcome(
+        staged,
+        str(out_dir / DIFFUSERS_FILENAME),
+        result.steps,
+        result.resumed_from,
+        result.final_loss,
+        result.seconds,
+        stop_reason=result.stop_reason,
+        files=(*(str(path) for path in result.files.values()), str(out_dir / TRAINING_LOG)),
+    )
+
+
 @task(name="invert-pack", **RETRY)
 def invert_pack(
     staged: list[StagedConcept], learn: LearnSettings, run: RunSettings, out_uri: str
@@ -106,7 +126,7 @@ def invert_pack(
     concepts = [s.concept_config(learn.seed) for s in live]
     try:
         components = model_cache.diffusion_components(learn.model)
-        with gpu_slot(run.gpu_limit_name, wait_timeout=run.slot_wait_timeout):
+        with gpu_slot(run.gpu_limit_name):
             trained = train_concepts(
                 components,
                 concepts,
@@ -121,21 +141,7 @@ def invert_pack(
         return [outcomes.get(s.record.concept_id) or InversionOutcome(s, None, error=str(exc)) for s in staged]
     # 3. one outcome per concept, its files with the training log
     for s, out_dir, result in zip(live, out_dirs, trained):
-        if result.error is not None:
-            outcomes[s.record.concept_id] = InversionOutcome(s, None, error=result.error)
-            continue
-        if result.resumed_from:
+        if result.error is None and result.resumed_from:
             logger.info("%s: resumed at step %d of %d", s.record.concept_id, result.resumed_from, result.steps)
-        log = _training_log(result, config, s, len(live), run.concepts_per_batch)
-        (out_dir / TRAINING_LOG).write_text(json.dumps(log, indent=1, default=str))
-        outcomes[s.record.concept_id] = InversionOutcome(
-            s,
-            str(out_dir / DIFFUSERS_FILENAME),
-            result.steps,
-            result.resumed_from,
-            result.final_loss,
-            result.seconds,
-            stop_reason=result.stop_reason,
-            files=(*(str(path) for path in result.files.values()), str(out_dir / TRAINING_LOG)),
-        )
+        outcomes[s.record.concept_id] = _outcome(s, out_dir, result, config, len(live), run.concepts_per_batch)
     return [outcomes[s.record.concept_id] for s in staged]
