@@ -31,10 +31,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
+from inversion.embeddings.norms import VocabNorms, vocab_norms
 from inversion.errors import EmbeddingFormatError, TokenError
 from inversion.images import open_rgb
 from inversion.model.info import Family
-from inversion.text.tokens import PlaceholderToken, initial_vectors, placeholder_embedding, register_token
+from inversion.text.tokens import (
+    PlaceholderToken,
+    cross_initial_vectors,
+    initial_vectors,
+    placeholder_embedding,
+    register_token,
+)
 
 if TYPE_CHECKING:
     from inversion.embeddings.formats import LearnedEmbedding
@@ -104,15 +111,21 @@ class PromptEncoder:
             )
         return placeholders[0]
 
-    def initial_vectors(self, initializer: str, num_vectors: int) -> torch.Tensor:
-        """Starting vectors ``[N, width]``: the initializer's embedding in each text encoder, side by side."""
+    def initial_vectors(self, initializer: str, num_vectors: int, cross: bool = False) -> torch.Tensor:
+        """Starting vectors ``[N, width]``: the initializer's embedding in each text encoder, side by side
+        (``cross``: each encoder's output for it, Cross Initialization; :func:`cross_initial_vectors`)."""
+        start = cross_initial_vectors if cross else initial_vectors
         return torch.cat(
             [
-                initial_vectors(encoder, tokenizer, initializer, num_vectors)
+                start(encoder, tokenizer, initializer, num_vectors)
                 for encoder, tokenizer in zip(self.encoders, self.tokenizers)
             ],
             dim=1,
         )
+
+    def vocab_norms(self) -> tuple[VocabNorms, ...]:
+        """Each text encoder's vocabulary row-norm statistics, in encoder order."""
+        return tuple(vocab_norms(encoder.get_input_embeddings().weight) for encoder in self.encoders)
 
     def check(self, embedding: LearnedEmbedding) -> None:
         """Raise :class:`EmbeddingFormatError` unless ``embedding`` has one table per text encoder, of its width."""

@@ -57,10 +57,28 @@ def initial_vectors(text_encoder, tokenizer, initializer: str, num_vectors: int)
     """
     ids = initializer_ids(tokenizer, initializer)
     table = text_encoder.get_input_embeddings().weight.detach().float().cpu()
-    rows = table[torch.tensor(ids)]
+    return _spread(table[torch.tensor(ids)], num_vectors)
+
+
+def cross_initial_vectors(text_encoder, tokenizer, initializer: str, num_vectors: int) -> torch.Tensor:
+    """Cross Initialization's starting vectors ``[num_vectors, dim]`` (fp32): the text encoder's output
+    (``last_hidden_state``) at the initializer's token positions of ``<bos> initializer <eos>``, fed
+    back as input embeddings. Spread over the vectors as :func:`initial_vectors` spreads the rows.
+
+    No padding is needed: CLIP's causal attention lets no position before ``<eos>`` see what follows.
+    """
+    ids = initializer_ids(tokenizer, initializer)
+    prompt = torch.tensor([[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]])
+    with torch.no_grad():
+        hidden = text_encoder(prompt.to(next(text_encoder.parameters()).device)).last_hidden_state
+    return _spread(hidden[0, 1:-1].detach().float().cpu(), num_vectors)
+
+
+def _spread(rows: torch.Tensor, num_vectors: int) -> torch.Tensor:
+    """One vector: the mean of ``rows``; several: vector i is row ``i mod k``."""
     if num_vectors == 1:
         return rows.mean(dim=0, keepdim=True).clone()
-    return torch.stack([rows[i % len(ids)] for i in range(num_vectors)]).clone()
+    return torch.stack([rows[i % len(rows)] for i in range(num_vectors)]).clone()
 
 
 def register_token(tokenizer, token: str, num_vectors: int) -> PlaceholderToken:

@@ -1,7 +1,9 @@
 """The training checkpoint format: one safetensors file per concept, written every ``checkpoint_every`` steps.
 
 Tensors: ``vectors`` (the learned vectors, fp32), the AdamW moments ``exp_avg`` and ``exp_avg_sq``
-(zeros before the first step) and ``rng_state`` (the concept's random generator). Metadata:
+(zeros before the first step) and ``rng_state`` (the concept's random generator); a run with an
+``init_mode`` or ``norm_mode`` other than the default also saves ``anchor`` (the vectors at step 0) and
+``norm_target`` (each text encoder's norm in ``vocab`` mode, :mod:`inversion.training.vector_modes`). Metadata:
 ``sstar_checkpoint`` (the format version) and ``state``, a JSON object with ``step``, ``adam_step``,
 ``losses``, ``seconds``, ``token``, ``num_vectors``, ``initializer``, ``train_config`` (the
 :meth:`TrainConfig.to_dict` of the run that wrote it) and ``stopping`` (the stopping rule's
@@ -39,6 +41,7 @@ CHECKPOINT_VERSION = "1"
 #: training settings that may differ between a checkpoint and the run resuming it
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "device", "compile", "stop"})
 _TENSORS = ("vectors", "exp_avg", "exp_avg_sq", "rng_state")
+_OPTIONAL_TENSORS = ("anchor", "norm_target")
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,13 @@ class Checkpoint:
 
 
 def write_checkpoint(path: Path, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]) -> Path:
-    """Write a checkpoint atomically: ``tensors`` must hold exactly the four named in the module docstring."""
-    if sorted(tensors) != sorted(_TENSORS):
-        raise ValueError(f"checkpoint tensors must be {', '.join(_TENSORS)}; got {', '.join(sorted(tensors))}")
+    """Write a checkpoint atomically: ``tensors`` must hold the four named in the module docstring, and may
+    hold the optional ones."""
+    if not set(_TENSORS) <= set(tensors) <= {*_TENSORS, *_OPTIONAL_TENSORS}:
+        raise ValueError(
+            f"checkpoint tensors must be {', '.join(_TENSORS)} (and optionally {', '.join(_OPTIONAL_TENSORS)}); "
+            f"got {', '.join(sorted(tensors))}"
+        )
     contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     metadata = {"sstar_checkpoint": CHECKPOINT_VERSION, "state": json.dumps(dict(state))}
     atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
