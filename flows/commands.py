@@ -1,4 +1,4 @@
-"""Workflow commands of the ``sstar`` CLI: ``demo``, ``learn``, ``serve``."""
+"""Workflow commands of the ``sstar`` CLI: ``demo``, ``learn``, ``serve``, ``slots``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tasks.settings import EVAL_SETTINGS, LEARN_SETTINGS, RUN_SETTINGS, EvalSett
 
 NIGHTLY_CRON = "0 2 * * *"
 #: the commands that run flows (the CLI applies its Prefect defaults before them)
-PREFECT_COMMANDS = ("demo", "learn", "serve")
+PREFECT_COMMANDS = ("demo", "learn", "serve", "slots")
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSettings, RunSettings]:
@@ -128,6 +128,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slots(args: argparse.Namespace) -> int:
+    from tasks.concurrency import release_all_slots, slots_report
+
+    if args.release is None:
+        print("\n".join(slots_report()))
+        return 0
+    freed = release_all_slots(args.release)
+    print(f"{args.release}: every slot freed" + (f" (held by {'; '.join(freed)})" if freed else ""))
+    return 0
+
+
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", required=True, help="catalog URI: s3://bucket/prefix or a local folder")
     p.add_argument("--out", required=True, help="output URI: s3://bucket/prefix or a local folder")
@@ -156,6 +167,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("learn", help="run learn-catalog on a catalog (local or s3://)")
     _add_run_arguments(p)
     p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("slots", help="the GPU slots (Prefect global concurrency limits): who holds them; free one")
+    p.add_argument(
+        "--release",
+        metavar="LIMIT",
+        help="free every slot of LIMIT, a live run's too: only when no run uses it (a dead run's slot is freed "
+        "by the next waiter by itself)",
+    )
+    p.set_defaults(func=cmd_slots)
 
     p = sub.add_parser("serve", help="serve learn-catalog (nightly) and learn-concept from this machine")
     _add_run_arguments(p)

@@ -195,11 +195,27 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return get_logger(__name__)
 
 
+def slots_report() -> list[str]:
+    """What ``sstar slots`` prints: each global concurrency limit's taken slots and its recorded holders."""
+    with get_client(sync_client=True) as client:
+        limits = client.read_global_concurrency_limits(limit=200)
+    lines = []
+    for limit in sorted(limits, key=lambda x: x.name):
+        lines.append(f"{limit.name}: {limit.active_slots} of {limit.limit} slots taken")
+        for holder in slot_holders.read_records(limit.id):
+            state = "dead: the next waiter frees its slot" if holder.is_dead() else "alive"
+            lines.append(f"  held by {holder.describe()} since {holder.since} ({state})")
+    return lines or ["no Prefect global concurrency limits on this server"]
+
+
 def release_all_slots(name: str) -> list[str]:
     """Free every slot of ``name``, a live holder's too — for operators (``sstar slots --release``) when no
     run uses the limit. Each recorded or stored lease is given back through Prefect's API, then the
     count is set to 0 (slots whose lease the server forgot); what was freed, described."""
-    limit_id = _limit_id(name)
+    try:
+        limit_id = _limit_id(name)
+    except ObjectNotFound:
+        raise SstarError(f"no Prefect global concurrency limit is named {name!r} (sstar slots lists them)") from None
     freed = []
     with slot_holders.recovery_lock(limit_id):
         for holder in slot_holders.read_records(limit_id):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tasks import concurrency, slot_holders
-from tasks.concurrency import SlotWaitTimeout, ensure_gpu_limit, gpu_slot, release_all_slots
+from tasks.concurrency import SlotWaitTimeout, ensure_gpu_limit, gpu_slot
 from tests.conftest import REPO_ROOT
 from tests.waiting import wait_until
 
@@ -94,16 +94,34 @@ def test_a_second_holder_waits_for_the_only_slot(name: str) -> None:
     assert _limit(name).active_slots == 0
 
 
-def test_release_all_slots_frees_what_a_dead_holder_kept(name: str) -> None:
+def test_sstar_slots_lists_the_holders_and_release_frees_every_slot(name: str, holders, tmp_path: Path, capsys) -> None:
+    """``sstar slots`` names each holder and whether it lives; ``--release`` frees every slot through the
+    holders' leases (and a count no lease explains), leaving no record; an unknown limit is one line."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-    ensure_gpu_limit(name, 2)
-    with get_client(sync_client=True) as client:  # as if two holders died without releasing
+    from flows.cli import main
+
+    ensure_gpu_limit(name, 3)
+    proc, flow_run_name = _hold(holders, name, tmp_path / "holder.log")
+    with get_client(sync_client=True) as client:  # as if a server forgot the lease of a second holder
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=2))
-    assert _limit(name).active_slots == 2
-    release_all_slots(name)
+    assert main(["slots"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    at = listed.index(f"{name}: 2 of 3 slots taken")
+    assert listed[at + 1].startswith(f"  held by flow run '{flow_run_name}' (")
+    assert listed[at + 1].endswith("(alive)") and f"pid {proc.pid} on host" in listed[at + 1]
+
+    assert main(["slots", "--release", name]) == 0
+    assert capsys.readouterr().out.startswith(f"{name}: every slot freed (held by flow run '{flow_run_name}'")
     assert _limit(name).active_slots == 0
+    assert slot_holders.read_records(_limit(name).id) == []
+    assert slot_holders.stored_leases(_limit(name).id) == []
+
+    assert main(["slots", "--release", f"{name}-nope"]) == 2
+    assert capsys.readouterr().err == (
+        f"sstar: error: no Prefect global concurrency limit is named '{name}-nope' (sstar slots lists them)\n"
+    )
 
 
 #: a process that takes one slot of the limit argv[1] inside a flow run and holds it until killed;
