@@ -71,6 +71,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("baseline_text_similarity", pa.float64()),
         pa.field("inversion_lift", pa.float64()),
         pa.field("final_loss", pa.float64()),
+        pa.field("norm_ratio", pa.float64()),
         pa.field("train_seconds", pa.float64()),
         pa.field("eval_seconds", pa.float64()),
         pa.field("embedding_uri", pa.string()),
@@ -108,6 +109,7 @@ _FLOAT_FIELDS = (
     "baseline_text_similarity",
     "inversion_lift",
     "final_loss",
+    "norm_ratio",
     "train_seconds",
     "eval_seconds",
 )
@@ -141,6 +143,7 @@ class MetricsRow:
     baseline_text_similarity: float | None = None
     inversion_lift: float | None = None
     final_loss: float | None = None
+    norm_ratio: float | None = None  # largest vector norm / its encoder's vocabulary mean (inversion.embeddings.norms)
     train_seconds: float | None = None
     eval_seconds: float | None = None
     embedding_uri: str | None = None

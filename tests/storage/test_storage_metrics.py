@@ -49,6 +49,7 @@ EXPECTED = [
     ("baseline_text_similarity", pa.float64(), True),
     ("inversion_lift", pa.float64(), True),
     ("final_loss", pa.float64(), True),
+    ("norm_ratio", pa.float64(), True),
     ("train_seconds", pa.float64(), True),
     ("eval_seconds", pa.float64(), True),
     ("embedding_uri", pa.string(), True),
