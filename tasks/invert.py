@@ -126,7 +126,7 @@ def invert_pack(
     concepts = [s.concept_config(learn.seed) for s in live]
     try:
         components = model_cache.diffusion_components(learn.model)
-        with gpu_slot(run.gpu_limit_name):
+        with gpu_slot(run.gpu_limit_name, wait_timeout=run.slot_wait_timeout):
             trained = train_concepts(
                 components,
                 concepts,
