@@ -270,3 +270,28 @@ class _Recorder(logging.LoggerAdapter):
     def warning(self, msg, *args, **kwargs) -> None:  # type: ignore[override]
         if str(msg).startswith("freed "):
             self.freed.append(msg % args)
+
+
+def test_an_expired_lease_with_no_holder_record_is_freed(name: str) -> None:
+    """A holder killed between taking its slot and writing its record leaves a lease nobody renews: once
+    it expired, the next taker frees it (a live holder's lease is renewed, so never expires)."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    ensure_gpu_limit(name, 1)
+    with get_client(sync_client=True) as client:  # a slot taken as gpu_slot takes it, and no record written
+        granted = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=60
+        ).json()
+    lease_file = get_current_settings().home / "concurrency_leases" / f"{granted['lease_id']}.json"
+    lease = json.loads(lease_file.read_text())
+    lease["expiration"] = "2000-01-01T00:00:00+00:00"  # 60 s have passed without a renewal
+    lease_file.write_text(json.dumps(lease))
+
+    started = time.monotonic()
+    with gpu_slot(name, wait_timeout=30):
+        assert _limit(name).active_slots == 1
+    assert time.monotonic() - started < 10
+    assert _limit(name).active_slots == 0 and not lease_file.exists()
