@@ -160,11 +160,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def append_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Append ``rows`` to a CSV (header from the first row when the file is new); flushed at once."""
+    """Append ``rows`` to a CSV (header from the first row when the file is new, else the file's own);
+    flushed at once."""
     if not rows:
         return
-    fields = list(rows[0])
     new = not path.is_file()
+    fields = list(rows[0]) if new else next(csv.reader(path.open(newline="", encoding="utf-8")))
     with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         if new:
@@ -359,30 +360,137 @@ def _run_cells(world: Path, out: Path, settings: OptionsSettings, log: Callable[
 # -- the table ----------------------------------------------------------------------------------------
 
 
+SUMMARY_HEADER = (
+    "set",
+    "combination",
+    "rule",
+    "concepts",
+    "steps to plateau (median; range)",
+    "steps to quality (median; range)",
+    "steps to settle (median; range)",
+    "hue err° (median)",
+    "ratio to best caption (max; ≤ 0.25)",
+    "bg acc",
+    "size acc",
+    "hue acc under edits",
+    "worst edit ratio (max)",
+    "strength 0.5 / 1.5 err° (median)",
+)
+CELL_HEADER = (
+    "set",
+    "combination",
+    "rule",
+    "concept",
+    "plateau step",
+    "quality step",
+    "settle step",
+    "hue err°",
+    "caption err°",
+    "ratio",
+    "bg acc",
+    "size acc",
+    "hue acc edits",
+    "worst edit (ratio)",
+    "s=0.5 / 1.5 err°",
+)
+CAPTION_HEADER = (
+    "set",
+    "concept",
+    "best caption (words only)",
+    "hue err°",
+    "bg acc",
+    "size acc",
+    "hue acc under edits",
+)
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
 def summary_table(cells: Sequence[dict[str, str]], captions: Sequence[dict[str, str]]) -> str:
-    """Markdown: one line per (set, combination, rule) over its concepts, then one per cell."""
+    """Markdown: one line per (set, combination, rule) over its concepts, the best captions, then one line per cell."""
     groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
     for row in cells:
         groups.setdefault((row["set"], row["combo"], row["rule"]), []).append(row)
-    lines = [
-        "| set | combination | rule | concepts | steps to plateau (median; range) | steps to quality (median; range) "
-        "| hue err° (median) | ratio to best caption (max; ≤ 0.25) | bg acc | size acc | hue acc under edits "
-        "| worst edit ratio (max) | strength 0.5 / 1.5 err° (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    summary = []
     for (set_name, combo, rule), rows in groups.items():
         col = _column_of(rows)
         ratio = col("hue_error_ratio")
-        lines.append(
-            f"| {set_name} | {combo} | {rule} | {len(rows)} | {_median_range(col('steps_to_plateau'))} "
-            f"| {_median_range(col('steps_to_quality'))} | {np.median(col('hue_error')):.1f} "
-            f"| {ratio.max():.2f}; {int((ratio <= 0.25).sum())}/{len(rows)} "
-            f"| {col('background_accuracy').mean():.2f} | {col('size_accuracy').mean():.2f} "
-            f"| {col('edited_hue_accuracy').mean():.2f} | {col('worst_edit_ratio').max():.2f} "
-            f"| {np.median(col('strength_0.5_hue_error')):.1f} / {np.median(col('strength_1.5_hue_error')):.1f} |"
+        summary.append(
+            [
+                set_name,
+                combo,
+                rule,
+                str(len(rows)),
+                _median_range(col("steps_to_plateau")),
+                _median_range(col("steps_to_quality")),
+                _median_range(np.array([steps_to_settle(r["curve"]) for r in rows])),
+                f"{np.median(col('hue_error')):.1f}",
+                f"{ratio.max():.2f}; {int((ratio <= 0.25).sum())}/{len(rows)}",
+                f"{col('background_accuracy').mean():.2f}",
+                f"{col('size_accuracy').mean():.2f}",
+                f"{col('edited_hue_accuracy').mean():.2f}",
+                f"{col('worst_edit_ratio').max():.2f}",
+                f"{np.median(col('strength_0.5_hue_error')):.1f} / {np.median(col('strength_1.5_hue_error')):.1f}",
+            ]
         )
-    lines += ["", _caption_table(captions), "", _cell_table(cells)]
-    return "\n".join(lines)
+    caption_rows = [
+        [
+            r["set"],
+            r["concept"],
+            f"`{r['caption']}`",
+            *_floats(r, "hue_error", "background_accuracy", "size_accuracy"),
+            f"{float(r['edited_hue_accuracy']):.2f}",
+        ]
+        for r in captions
+    ]
+    return "\n\n".join(
+        [
+            markdown(SUMMARY_HEADER, summary),
+            markdown(CAPTION_HEADER, caption_rows),
+            markdown(CELL_HEADER, [_cell_line(r) for r in cells]),
+        ]
+    )
+
+
+def _cell_line(r: dict[str, str]) -> list[str]:
+    return [
+        r["set"],
+        r["combo"],
+        r["rule"],
+        r["concept"],
+        r["steps_to_plateau"],
+        r["steps_to_quality"],
+        str(steps_to_settle(r["curve"])),
+        *_floats(r, "hue_error", "caption_hue_error"),
+        f"{float(r['hue_error_ratio']):.2f}",
+        f"{float(r['background_accuracy']):.2f}",
+        f"{float(r['size_accuracy']):.2f}",
+        f"{float(r['edited_hue_accuracy']):.2f}",
+        f"{r['worst_edit']} ({float(r['worst_edit_ratio']):.2f})",
+        f"{float(r['strength_0.5_hue_error']):.1f} / {float(r['strength_1.5_hue_error']):.1f}",
+    ]
+
+
+def _floats(row: dict[str, str], *keys: str) -> list[str]:
+    """Hue errors with one decimal, accuracies with two."""
+    return [f"{float(row[k]):.1f}" if k.endswith("error") else f"{float(row[k]):.2f}" for k in keys]
+
+
+def steps_to_settle(curve: str) -> int:
+    """The first checkpoint from which every later point of a cell's curve (its ``curve`` column: JSON
+    ``[[step, error], …]``) stays within 10 % (or 0.5°) of the last one: a stricter reading of steps to
+    quality that a lucky early point on a noisy curve cannot satisfy."""
+    points = json.loads(curve)
+    final = points[-1][1]
+    settled = points[-1][0]
+    for step, error in reversed(points):
+        if error > max(final * 1.1, final + 0.5):
+            break
+        settled = step
+    return int(settled)
 
 
 def _column_of(rows: Sequence[dict[str, str]]) -> Callable[[str], np.ndarray]:
@@ -391,38 +499,6 @@ def _column_of(rows: Sequence[dict[str, str]]) -> Callable[[str], np.ndarray]:
 
 def _median_range(values: np.ndarray) -> str:
     return f"{np.median(values):g}; {values.min():g}–{values.max():g}"
-
-
-def _caption_table(captions: Sequence[dict[str, str]]) -> str:
-    lines = [
-        "| set | concept | best caption (words only) | hue err° | bg acc | size acc | hue acc under edits |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in captions:
-        lines.append(
-            f"| {r['set']} | {r['concept']} | `{r['caption']}` | {float(r['hue_error']):.1f} "
-            f"| {float(r['background_accuracy']):.2f} | {float(r['size_accuracy']):.2f} "
-            f"| {float(r['edited_hue_accuracy']):.2f} |"
-        )
-    return "\n".join(lines)
-
-
-def _cell_table(cells: Sequence[dict[str, str]]) -> str:
-    lines = [
-        "| set | combination | rule | concept | plateau step | quality step | hue err° | caption err° | ratio "
-        "| bg acc | size acc | hue acc edits | worst edit (ratio) | s=0.5 / 1.5 err° |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in cells:
-        lines.append(
-            f"| {r['set']} | {r['combo']} | {r['rule']} | {r['concept']} | {r['steps_to_plateau']} "
-            f"| {r['steps_to_quality']} | {float(r['hue_error']):.1f} | {float(r['caption_hue_error']):.1f} "
-            f"| {float(r['hue_error_ratio']):.2f} | {float(r['background_accuracy']):.2f} "
-            f"| {float(r['size_accuracy']):.2f} | {float(r['edited_hue_accuracy']):.2f} "
-            f"| {r['worst_edit']} ({float(r['worst_edit_ratio']):.2f}) "
-            f"| {float(r['strength_0.5_hue_error']):.1f} / {float(r['strength_1.5_hue_error']):.1f} |"
-        )
-    return "\n".join(lines)
 
 
 def write_table(out: Path) -> str:

@@ -54,3 +54,16 @@ def test_fast_run_writes_one_cell_and_a_second_run_skips_it(tmp_path, capsys):
     assert B.main(["--fast", "--out", str(out), "--device", "cpu"]) == 0
     assert "0 cells measured" in capsys.readouterr().out
     assert len(list(csv.DictReader((out / B.CELLS_FILE).open()))) == 1
+
+
+def test_steps_to_settle_waits_for_the_curve_to_stay_near_its_end():
+    curve = "[[10, 19.0], [20, 5.0], [30, 13.0], [40, 5.5], [50, 5.2], [60, 5.0]]"
+    assert B.steps_to_settle(curve) == 40  # 20 is within 10 % of the end too, but 30 is not
+    assert B.steps_to_settle("[[10, 3.0]]") == 10
+
+
+def test_appended_rows_follow_the_files_header(tmp_path):
+    path = tmp_path / "cells.csv"
+    B.append_rows(path, [{"a": 1, "b": 2}])
+    B.append_rows(path, [{"b": 4, "a": 3, "c": 5}])
+    assert B.read_rows(path) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
