@@ -12,6 +12,7 @@ makes the command exit 2.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,21 +204,31 @@ def describe(found: Inspection) -> str:
     return "\n".join(lines)
 
 
-def inspect_files(paths: Sequence[Path | str], model: str | None = None, out: Callable[[str], None] = print) -> int:
-    """The ``sstar inspect`` command: a report per file; a file that is no embedding gets one line.
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def inspect_files(
+    paths: Sequence[Path | str],
+    model: str | None = None,
+    out: Callable[[str], None] = print,
+    err: Callable[[str], None] = _to_stderr,
+) -> int:
+    """The ``sstar inspect`` command: a report per file to ``out``; a file that is no embedding gets one line
+    on ``err``.
 
     Returns 0, or 2 when any file could not be read as an embedding (or the model could not be loaded).
     """
     try:
         vocabulary = ModelVocabulary.load(model) if model is not None else None
     except (OSError, ValueError, SstarError) as exc:
-        out(f"error: cannot read the vocabulary of {model}: {str(exc).splitlines()[0]}")
+        err(f"error: cannot read the vocabulary of {model}: {str(exc).splitlines()[0]}")
         return 2
     status = 0
     for path in paths:
         try:
             out(describe(inspect_file(path, vocabulary)))
         except EmbeddingFormatError as exc:
-            out(f"error: {exc}")
+            err(f"error: {exc}")
             status = 2
     return status

@@ -20,7 +20,7 @@ def _vectors(n: int, width: int, seed: int = 0, norm: float = 0.4) -> torch.Tens
 
 def _lines(paths, model=None) -> tuple[int, str]:
     out: list[str] = []
-    status = inspect_files([str(p) for p in paths], model, out.append)
+    status = inspect_files([str(p) for p in paths], model, out.append, out.append)
     return status, "\n".join(out)
 
 
