@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.sync import passed_whole
 from storage.compositions import CompositionRow
-from storage.metrics import MetricsRow
+from storage.metrics import STATUSES, MetricsRow
 from storage.store.open import open_store
 from tasks.publish import write_metrics
 
@@ -47,7 +47,7 @@ def publish_run_outputs(
     report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions])
     refresh_dashboard(out, dict_rows, get_run_logger())
     # 3. the summary
-    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "failed", "skipped")}
+    counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
     summary = dict(
         run_id=run_id,
