@@ -21,6 +21,7 @@ __all__ = [
     "NotFound",
     "AlreadyExists",
     "BackendError",
+    "UpdateConflict",
     "redact",
     "register_secret",
 ]
@@ -67,6 +68,10 @@ class AlreadyExists(StorageError):
 
 class BackendError(StorageError):
     """The object store failed (after retries) or refused the request."""
+
+
+class UpdateConflict(StorageError):
+    """A read-modify-write kept losing to concurrent writers until its retries or deadline ran out."""
 
 
 def _one_line(text: str) -> str:

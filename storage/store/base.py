@@ -4,17 +4,21 @@ relative to the store's root and are validated (no ``..``, no absolute paths, no
 
 Every ``put`` is atomic (readers see the old object or the new one, never half of it) and
 ``put_once`` is write-once: it creates the object only if it does not exist yet, so a retried
-or concurrent writer can never clobber an output.
+or concurrent writer can never clobber an output. ``put_if`` is a compare-and-swap on the object's
+ETag and ``update`` the read-modify-write built on it: objects that several runs rewrite (the
+embeddings index, the dashboard state, claims) lose no writer's change when runs overlap.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.errors import InvalidKey
+from storage.errors import InvalidKey, NotFound, UpdateConflict
 
 __all__ = [
     "ObjectInfo",
@@ -25,6 +29,9 @@ __all__ = [
 ]
 
 _MAX_KEY_BYTES = 900  # S3 allows 1024; keep headroom for the store prefix
+#: how long :meth:`ObjectStore.update` keeps retrying against concurrent writers, and how often at most
+UPDATE_DEADLINE_S = 120.0
+UPDATE_ATTEMPTS = 40
 
 
 def validate_key(key: str, *, what: str = "key") -> str:
@@ -110,6 +117,37 @@ class ObjectStore(abc.ABC):
         ``True`` if this call created it, ``False`` if an object already existed (or a concurrent
         writer won). On S3 a create whose reply was lost and then retried also reports ``False``:
         compare the stored bytes when the difference matters (``ResultStore.publish`` does)."""
+
+    @abc.abstractmethod
+    def put_if(self, key: str, data: bytes, etag: str | None) -> ObjectInfo | None:
+        """Compare-and-swap: write ``data`` only if the object's current ETag is ``etag`` (``None``: only if
+        the object is absent). Returns what was written, or ``None`` when another writer changed the object
+        first. A write whose reply was lost and whose retry then failed its precondition counts as written
+        when the stored bytes are ``data``."""
+
+    def update(self, key: str, merge: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """Read-modify-write of ``key`` that loses no concurrent writer's change: ``merge(current bytes or None)``
+        gives the new bytes (``None`` or the same bytes: nothing to write). On a lost race the object is read
+        and merged again, after a random pause, until :data:`UPDATE_ATTEMPTS` tries or
+        :data:`UPDATE_DEADLINE_S` seconds (then :class:`~storage.errors.UpdateConflict`). Returns the bytes
+        stored when it returned. ``merge`` may run several times: it must be a pure function of its input."""
+        started = time.monotonic()
+        for attempt in range(1, UPDATE_ATTEMPTS + 1):
+            try:
+                current, info = self.get_with_info(key)
+                etag: str | None = info.etag
+            except NotFound:
+                current, etag = None, None
+            new = merge(current)
+            if new is None or new == current or self.put_if(key, new, etag) is not None:
+                return current if new is None else new
+            if time.monotonic() - started > UPDATE_DEADLINE_S:
+                break
+            time.sleep(random.uniform(0, min(2.0, 0.02 * 2**attempt)))  # noqa: S311 - jitter, not security
+        raise UpdateConflict(
+            f"gave up updating {self.url(key)} after {attempt} tries in {time.monotonic() - started:.0f} s: "
+            "other writers kept changing it"
+        )
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:

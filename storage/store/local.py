@@ -4,16 +4,24 @@ Writes go through :func:`common.atomic.atomic_write`: a hidden temp file in the 
 fsynced, then published with ``os.replace`` (``put``) or ``os.link`` (``put_once``, which fails if
 the name exists), so a reader never sees a half-written file and a write-once object is never
 clobbered. Listings skip the temp files (names starting with :data:`TEMP_PREFIX`).
+
+Conditional writes (``put_if``, ``update``) hold an exclusive ``fcntl`` lock on a hidden lock file beside
+the object (``.sstar-tmp-lock-<name>``, skipped by listings) across the check and the rename, so two
+processes on one host (or on one NFS export with working locks) never both replace the version they
+read; each conditional write moves the file's modification time forward, so its ETag always changes.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from common.atomic import TEMP_PREFIX, atomic_write_bytes
+from common.atomic import TEMP_PREFIX, atomic_write, atomic_write_bytes
 from storage.errors import BackendError, NotFound
 from storage.store.base import ObjectInfo, ObjectStore, validate_key, validate_prefix
 
@@ -117,6 +125,60 @@ class LocalStore(ObjectStore):
 
     def put_once(self, key: str, data: bytes) -> bool:
         return self._publish(key, data, exclusive=True)[1]
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> ObjectInfo | None:
+        with self._locked(key):
+            try:
+                current = _info(key, os.stat(self._path(key))).etag
+            except FileNotFoundError:
+                current = None
+            return self._replace(key, data) if current == etag else None
+
+    def update(self, key: str, merge: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        """Read, merge and replace under the object's lock: nobody else can change it in between."""
+        with self._locked(key):
+            try:
+                current: bytes | None = self.get(key)
+            except NotFound:
+                current = None
+            new = merge(current)
+            if new is None or new == current:
+                return current
+            self._replace(key, new)
+            return new
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path.parent / f"{TEMP_PREFIX}lock-{path.name}"[:255], os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise BackendError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing lets the lock go
+
+    def _replace(self, key: str, data: bytes) -> ObjectInfo:
+        """Atomically replace ``key`` (its lock held) with a modification time later than the old file's."""
+        path = self._path(key)
+        try:
+            old = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            old = 0
+        stamp = max(time.time_ns(), old + 1_000_000)
+
+        def write(tmp: Path) -> None:
+            tmp.write_bytes(data)
+            os.utime(tmp, ns=(stamp, stamp))
+
+        try:
+            atomic_write(path, write)
+            return _info(key, os.stat(path))
+        except OSError as exc:
+            raise BackendError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _info(key: str, stat: os.stat_result) -> ObjectInfo:

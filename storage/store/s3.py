@@ -2,7 +2,10 @@
 
 Retries are botocore's standard mode (throttling, 5xx and dropped connections); bodies carry a
 ``Content-MD5`` so the server rejects a corrupted upload; write-once puts use
-``IfNoneMatch="*"`` (S3 conditional writes, also implemented by most S3-compatible stores).
+``IfNoneMatch="*"`` and compare-and-swap puts ``IfMatch=<ETag read>`` (S3 conditional writes, also
+implemented by most S3-compatible stores and by moto). A conditional put whose reply was lost is retried
+by botocore and then fails its precondition against its own first write: ``put_if`` re-reads the object
+and counts it as written when the stored bytes are its own.
 """
 
 from __future__ import annotations
@@ -150,6 +153,33 @@ class S3Store(ObjectStore):
             time.sleep(0.05 * 2**attempt)
         log.info("put_once of %s kept conflicting with a concurrent writer; treating it as lost", self.url(key))
         return False
+
+    def put_if(self, key: str, data: bytes, etag: str | None) -> ObjectInfo | None:
+        args = self._put_args(key, data)
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag}"'}
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                response = self.client.put_object(**condition, **args)
+                return ObjectInfo(key, len(args["Body"]), _etag(response.get("ETag")))
+            except _BOTO_ERRORS as exc:
+                code = _code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    return self._written_before(key, args["Body"])
+                if code in _MISSING_CODES and etag is not None:  # IfMatch on a deleted object
+                    return None
+                if code not in ("ConditionalRequestConflict", "409"):
+                    raise _translate(exc, "put_if", self.url(key)) from None
+            time.sleep(0.05 * 2**attempt)  # 409: a concurrent conditional write is in flight
+        return None
+
+    def _written_before(self, key: str, data: bytes) -> ObjectInfo | None:
+        """After a 412: the stored object's info if it holds exactly ``data`` (our own earlier try whose reply
+        was lost, or a writer that wrote the same bytes), else ``None`` (another writer won)."""
+        try:
+            stored, info = self.get_with_info(key)
+        except NotFound:
+            return None
+        return info if stored == data else None
 
     def delete(self, key: str) -> None:
         try:

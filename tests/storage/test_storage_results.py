@@ -79,6 +79,10 @@ class RecordingStore(ObjectStore):
         self.writes.append(key)
         return self.inner.put_once(key, data)
 
+    def put_if(self, key, data, etag):
+        self.writes.append(key)
+        return self.inner.put_if(key, data, etag)
+
     def exists(self, key):
         return self.inner.exists(key)
 
