@@ -10,7 +10,7 @@ Each ``{concept-id}`` names a concept of the catalog; the run puts that concept'
 Output::
 
     <out>/compositions/<composition_id>/<key>/grid.png, grid.thumb.jpg, scores.json   (scores.json last)
-    <out>/composition_metrics/run_date=YYYY-MM-DD/<run_id>-<uuid8>.parquet              one file per run
+    <out>/composition_metrics/run_date=YYYY-MM-DD/<run_id>-<hash8>.parquet              one file per run
 
 ``key`` (16 hex) is a digest of the prompt and the digests of the concepts it names (and the settings
 that change the pixels), so a composition is rendered again only when one of those changed.
@@ -166,7 +166,8 @@ def append_compositions(out_uri: str, rows: Iterable[CompositionRow], s3: S3Sett
     run_date = rows[0].run_date
     assert run_date is not None
     table = rows_table(rows, COMPOSITIONS_SCHEMA).drop_columns(["run_date"])
-    return append_run_file(out_uri, COMPOSITION_METRICS_DIR, rows[0].run_id, run_date, table, s3)
+    ids = [r.composition_id for r in rows]
+    return append_run_file(out_uri, COMPOSITION_METRICS_DIR, rows[0].run_id, run_date, table, ids, s3)
 
 
 def read_composition_rows(out_uri: str, s3: S3Settings | None = None) -> pa.Table:

@@ -2,20 +2,22 @@
 
 Layout under the output root::
 
-    metrics/run_date=YYYY-MM-DD/<run_id>-<uuid8>.parquet   one file per append, write-once
+    metrics/run_date=YYYY-MM-DD/<run_id>-<hash8>.parquet   one file per append, write-once (named by run and concepts)
     embeddings_index/index.parquet                         latest good embedding per concept
 
 Files are serialised in memory and stored with a write-once put (atomic on both backends), so
-a reader never sees a partial file and appends never collide. Reading goes through
-:func:`pyarrow.dataset` with the filesystem from :func:`storage.store.open.pyarrow_filesystem`
+a reader never sees a partial file and appends never collide; the index is rewritten by compare-and-swap.
+Reading goes through :func:`pyarrow.dataset` with the filesystem from :func:`storage.store.open.pyarrow_filesystem`
 (explicit S3 endpoint). ``run_date`` lives in the directory name only (hive convention).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal, get_args
 
 import pyarrow as pa
@@ -23,8 +25,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME, SCORES_FILENAME
 from storage.errors import InvalidInput, StorageError, redact
-from storage.results import ResultStore, check_run_id
+from storage.results import ResultManifest, ResultStore, check_run_id
 from storage.runfiles import append_run_file, read_run_files, rows_table, run_files_dataset, to_parquet
 from storage.store.open import open_store, pyarrow_filesystem
 from storage.store.settings import S3Settings
@@ -113,6 +116,13 @@ _FLOAT_FIELDS = (
     "train_seconds",
     "eval_seconds",
 )
+_SCORE_FIELDS = (
+    "image_similarity",
+    "text_similarity",
+    "baseline_image_similarity",
+    "baseline_text_similarity",
+    "inversion_lift",
+)
 _STR_FIELDS = ("digest", "token", "model", "model_family", "stop_reason", "embedding_uri", "grid_uri")
 
 
@@ -198,8 +208,9 @@ class MetricsRow:
 def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | None = None) -> str:
     """Write ``rows`` as ONE new Parquet file under ``<out>/metrics/run_date=…/``; returns its URI.
 
-    All rows must share ``run_id`` and ``run_date``. The file name
-    ``<run_id>-<uuid8>.parquet`` is unique and written once: existing files are never touched.
+    All rows must share ``run_id`` and ``run_date``. The file name ``<run_id>-<hash8>.parquet`` follows
+    from the run and its concept ids and is written once: existing files are never touched, and a retried
+    append of the same rows leaves the one file the first try wrote (no concept gets two rows in a run).
     """
     rows = list(rows)
     if not rows:
@@ -217,7 +228,7 @@ def append_metrics(out_uri: str, rows: Iterable[MetricsRow], s3: S3Settings | No
     run_id, run_date = rows[0].run_id, rows[0].run_date
     assert run_date is not None
     table = rows_table(rows, METRICS_SCHEMA).drop_columns(["run_date"])
-    return append_run_file(out_uri, METRICS_DIR, run_id, run_date, table, s3)
+    return append_run_file(out_uri, METRICS_DIR, run_id, run_date, table, [r.concept_id for r in rows], s3)
 
 
 def metrics_dataset(out_uri: str, s3: S3Settings | None = None) -> ds.Dataset | None:
@@ -235,7 +246,11 @@ def read_metrics(out_uri: str, s3: S3Settings | None = None) -> pa.Table:
 
 
 def update_embeddings_index(
-    out_uri: str, s3: S3Settings | None = None, *, rows: Iterable[MetricsRow] | None = None
+    out_uri: str,
+    s3: S3Settings | None = None,
+    *,
+    rows: Iterable[MetricsRow] | None = None,
+    published: Mapping[str, Iterable[str]] | None = None,
 ) -> str:
     """Bring ``<out>/embeddings_index/index.parquet`` up to date: for each concept, the most recent
     ``ok`` metrics row (by ``created_at``, then ``run_id``) with an ``embedding_uri`` whose result is
@@ -244,34 +259,160 @@ def update_embeddings_index(
     With ``rows`` (a run's new rows) the stored index is read and only those rows are merged in: the
     cost follows the run, not the metrics history, and an unchanged index is not rewritten. Without
     ``rows``, or when there is no readable index yet, it is rebuilt from the whole metrics history
-    (one listing finds the complete results). Writes are atomic replaces.
+    (one listing finds the complete results).
+
+    The index is then reconciled with the published results, ``published`` (concept id → digests with
+    a ``_SUCCESS``, the listing the run made anyway; listed here when rows are not given): a concept
+    published but missing from the index, or whose current content (a ``skipped`` row's digest) was
+    published after its indexed row, gets the ``ok`` row its publishing run wrote (or, when that run
+    died before writing metrics, a row made from the manifest and ``scores.json``). So a run killed
+    between its metrics and the index leaves nothing behind once any run of the catalog follows.
+
+    The write is a compare-and-swap (:meth:`~storage.store.base.ObjectStore.update`): two runs updating
+    one index at once both keep their concepts.
     """
     store = open_store(out_uri, s3)
     results = ResultStore(store)
-    current: dict[str, dict[str, Any]] | None = None
-    if rows is not None and store.exists(INDEX_KEY):
-        try:
-            current = {r["concept_id"]: r for r in read_embeddings_index(out_uri, s3).to_pylist()}
-        except StorageError:  # unreadable: rebuild it
-            current = None
-    if current is None:
-        complete = results.completed()
-        latest = _latest_ok(read_metrics(out_uri, s3).to_pylist(), lambda cid, digest: digest in complete.get(cid, ()))
-        before = None
-    else:
-        new = [r.to_dict() for r in rows or ()]
-        latest = _latest_ok(
-            [*current.values(), *new],
-            lambda cid, digest: (
-                True if current.get(cid, {}).get("digest") == digest else _is_complete(results, cid, digest)
-            ),
+    if rows is None and published is None:
+        published = results.completed()
+    merge = _IndexMerge(
+        out_uri,
+        s3,
+        results,
+        {cid: frozenset(digests) for cid, digests in (published or {}).items()},
+        None if rows is None else [r.to_dict() for r in rows],
+    )
+    store.update(INDEX_KEY, merge)
+    return store.url(INDEX_KEY)
+
+
+class _IndexMerge:
+    """The index's read-modify-write step (pure in the stored bytes, so it can run again after a lost race);
+    what it reads besides the index (metrics history, completeness, manifests) is read once and kept."""
+
+    def __init__(
+        self,
+        out_uri: str,
+        s3: S3Settings | None,
+        results: ResultStore,
+        published: Mapping[str, frozenset[str]],
+        new: list[dict[str, Any]] | None,
+    ) -> None:
+        self.out_uri, self.s3, self.results, self.published, self.new = out_uri, s3, results, published, new
+        self._history: list[dict[str, Any]] | None = None
+        self._complete: dict[tuple[str, str], bool] = {}
+        self._manifests: dict[tuple[str, str], ResultManifest | None] = {}
+        self._run_rows: dict[str, list[dict[str, Any]]] = {}
+
+    def __call__(self, raw: bytes | None) -> bytes | None:
+        current = _parse_index(raw)
+        if current is None or self.new is None:
+            if self._history is None:
+                self._history = read_metrics(self.out_uri, self.s3).to_pylist()
+            latest = _latest_ok([*self._history, *(self.new or ())], self.is_complete)
+        else:
+            trusted = {(cid, row["digest"]) for cid, row in current.items()}
+            latest = _latest_ok(
+                [*current.values(), *self.new],
+                lambda cid, digest: (cid, digest) in trusted or self.is_complete(cid, digest),
+            )
+        self.reconcile(latest)
+        if current is not None and latest == current:
+            return None
+        ordered = [latest[c] for c in sorted(latest)]
+        return to_parquet(pa.Table.from_pylist(ordered, schema=INDEX_SCHEMA))
+
+    def is_complete(self, concept_id: str, digest: str) -> bool:
+        if digest in self.published.get(concept_id, ()):
+            return True
+        if (concept_id, digest) not in self._complete:
+            self._complete[concept_id, digest] = _is_complete(self.results, concept_id, digest)
+        return self._complete[concept_id, digest]
+
+    def reconcile(self, latest: dict[str, dict[str, Any]]) -> None:
+        """Add the published concepts the index lacks, and move a concept whose current content was
+        published after its indexed row to that result (see :func:`update_embeddings_index`)."""
+        for concept_id, digests in sorted(self.published.items()):
+            if concept_id not in latest:
+                newest = self._newest(concept_id, digests)
+                if newest is not None:
+                    latest[concept_id] = self._index_row(newest)
+        for row in self.new or ():
+            indexed = latest.get(row["concept_id"])
+            if row["status"] != "skipped" or indexed is None or row["digest"] == indexed["digest"]:
+                continue
+            if row["digest"] in self.published.get(row["concept_id"], ()):
+                manifest = self._manifest(row["concept_id"], row["digest"])
+                if manifest is not None and _published_at(manifest) > indexed["created_at"]:
+                    latest[row["concept_id"]] = self._index_row(manifest)
+
+    def _manifest(self, concept_id: str, digest: str) -> ResultManifest | None:
+        if (concept_id, digest) not in self._manifests:
+            try:
+                self._manifests[concept_id, digest] = self.results.read_manifest(concept_id, digest)
+            except StorageError:  # unreadable: not a result to index
+                self._manifests[concept_id, digest] = None
+        return self._manifests[concept_id, digest]
+
+    def _newest(self, concept_id: str, digests: Iterable[str]) -> ResultManifest | None:
+        manifests = [m for m in (self._manifest(concept_id, d) for d in sorted(digests)) if m is not None]
+        return max(manifests, key=_published_at, default=None)
+
+    def _index_row(self, manifest: ResultManifest) -> dict[str, Any]:
+        """The index row of a published result: its publishing run's ``ok`` row, else one made from the
+        manifest, ``scores.json`` and this run's row of the concept."""
+        for row in self._rows_of_run(manifest.run_id, _published_at(manifest).date()):
+            if row["concept_id"] == manifest.concept_id and row["digest"] == manifest.digest and row["status"] == "ok":
+                return {k: row[k] for k in _INDEX_COLUMNS}
+        return self._row_from_manifest(manifest)
+
+    def _rows_of_run(self, run_id: str, published_on: date) -> list[dict[str, Any]]:
+        """The metrics rows run ``run_id`` wrote on the day it published or the next (a row is made after
+        its publish, maybe past midnight): one listing per day, only for results being reconciled."""
+        if run_id not in self._run_rows:
+            store, found = self.results.store, []
+            for day in (published_on, published_on + timedelta(days=1)):
+                for key in store.list(f"{METRICS_DIR}/run_date={day.isoformat()}/{run_id}"):
+                    if key.rsplit("/", 1)[1].startswith(f"{run_id}-"):
+                        table = pq.read_table(io.BytesIO(store.get(key)))
+                        found += [{**r, "run_date": day} for r in table.to_pylist()]
+            self._run_rows[run_id] = found
+        return self._run_rows[run_id]
+
+    def _row_from_manifest(self, manifest: ResultManifest) -> dict[str, Any]:
+        cid, digest, files = manifest.concept_id, manifest.digest, manifest.files
+        scores: dict[str, Any] = {}
+        if SCORES_FILENAME in files:
+            scores = json.loads(self.results.store.get(self.results.key(cid, digest, SCORES_FILENAME)))
+        ours = next((r for r in self.new or () if r["concept_id"] == cid and r["digest"] == digest), {})
+        created_at = _published_at(manifest)
+        row = {name: scores.get(name) for name in _INDEX_COLUMNS if name in _SCORE_FIELDS}
+        row.update({name: ours.get(name) for name in ("token", "model", "steps", "vectors")})
+        row.update(
+            concept_id=cid,
+            digest=digest,
+            embedding_uri=self.results.uri(cid, digest, DIFFUSERS_FILENAME) if DIFFUSERS_FILENAME in files else None,
+            grid_uri=self.results.uri(cid, digest, GRID_FILENAME) if GRID_FILENAME in files else None,
+            run_id=manifest.run_id,
+            run_date=created_at.date(),
+            created_at=created_at,
         )
-        before = current
-    if before is not None and latest == before:
-        return store.url(INDEX_KEY)
-    ordered = [latest[c] for c in sorted(latest)]
-    table = pa.Table.from_pylist([{k: r[k] for k in _INDEX_COLUMNS} for r in ordered], schema=INDEX_SCHEMA)
-    return store.put(INDEX_KEY, to_parquet(table))
+        return {k: row[k] for k in _INDEX_COLUMNS}
+
+
+def _published_at(manifest: ResultManifest) -> datetime:
+    return datetime.fromisoformat(manifest.created_at).astimezone(timezone.utc)
+
+
+def _parse_index(raw: bytes | None) -> dict[str, dict[str, Any]] | None:
+    """The stored index by concept; ``None`` when there is none or it is unreadable (then it is rebuilt)."""
+    if raw is None:
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(raw), schema=INDEX_SCHEMA)
+    except (OSError, pa.ArrowException):
+        return None
+    return {r["concept_id"]: r for r in table.cast(INDEX_SCHEMA).to_pylist()}
 
 
 def _is_complete(results: ResultStore, concept_id: str, digest: str) -> bool:
@@ -281,7 +422,7 @@ def _is_complete(results: ResultStore, concept_id: str, digest: str) -> bool:
         return False
 
 
-def _latest_ok(rows: list[dict[str, Any]], complete) -> dict[str, dict[str, Any]]:
+def _latest_ok(rows: list[dict[str, Any]], complete: Callable[[str, str], bool]) -> dict[str, dict[str, Any]]:
     """Per concept, the newest ``ok`` row with an embedding whose ``(concept_id, digest)`` is ``complete``."""
     candidates = [r for r in rows if r.get("status", "ok") == "ok" and r["embedding_uri"] and r["digest"]]
     candidates.sort(key=lambda r: (r["created_at"], r["run_id"]), reverse=True)

@@ -2,17 +2,19 @@
 
 Layout::
 
-    <out>/<directory>/run_date=YYYY-MM-DD/<run_id>-<uuid8>.parquet   one write-once file per append
+    <out>/<directory>/run_date=YYYY-MM-DD/<run_id>-<hash8>.parquet   one write-once file per append
 
 Shared by run metrics (:mod:`storage.metrics`) and composition rows (:mod:`storage.compositions`):
 files are serialised in memory and stored with a write-once put, so a reader never sees a partial
-file; ``run_date`` lives in the directory name only (hive convention).
+file; ``run_date`` lives in the directory name only (hive convention). A file's name follows from its
+run and the ids of its rows (``<hash8>``), so a retried append (a task retry after a lost reply, a re-run
+of a step) finds its own file instead of adding a second copy of the run's rows.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from datetime import date
 
 import pyarrow as pa
@@ -43,17 +45,22 @@ def to_parquet(table: pa.Table) -> bytes:
 
 
 def append_run_file(
-    out_uri: str, directory: str, run_id: str, run_date: date, table: pa.Table, s3: S3Settings | None = None
+    out_uri: str,
+    directory: str,
+    run_id: str,
+    run_date: date,
+    table: pa.Table,
+    ids: Iterable[str],
+    s3: S3Settings | None = None,
 ) -> str:
-    """Write ``table`` (one run on one date, without ``run_date``) as one new file under
-    ``<out>/<directory>/run_date=…/``; returns its URI. Existing files are never touched."""
-    data = to_parquet(table)
+    """Write ``table`` (one run on one date, without ``run_date``; ``ids`` name its rows) as one file under
+    ``<out>/<directory>/run_date=…/``; returns its URI. Existing files are never touched: when the run already
+    wrote these ids there (a retry), that file stands and its URI is returned."""
+    name = hashlib.sha256("\n".join([run_id, *sorted(ids)]).encode("utf-8")).hexdigest()[:8]
     store = open_store(out_uri, s3)
-    for _ in range(3):
-        key = f"{directory}/run_date={run_date.isoformat()}/{run_id}-{uuid.uuid4().hex[:8]}.parquet"
-        if store.put_once(key, data):
-            return store.url(key)
-    raise StorageError(f"could not find a free file name under {store.url(directory)}")  # pragma: no cover
+    key = f"{directory}/run_date={run_date.isoformat()}/{run_id}-{name}.parquet"
+    store.put_once(key, to_parquet(table))
+    return store.url(key)
 
 
 def run_files_dataset(

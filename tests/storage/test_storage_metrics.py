@@ -268,5 +268,6 @@ def test_index_update_merges_a_runs_rows_without_reading_the_history(
         r["concept_id"]: (r["run_id"], r["digest"]) for r in read_embeddings_index(root_uri, settings_for).to_pylist()
     }
     assert picked == {"cat": ("run2", d2), "dog": ("run1", d1)}
-    monkeypatch.setattr(type(store), "put", lambda *a, **k: pytest.fail("an unchanged index is rewritten"))
+    before = store.get_with_info("embeddings_index/index.parquet")[1]
     update_embeddings_index(root_uri, settings_for, rows=[_row("run3", "dog", "skipped", T0, digest=d1)])
+    assert store.get_with_info("embeddings_index/index.parquet")[1] == before, "an unchanged index is rewritten"
