@@ -138,6 +138,17 @@ class _ConceptRun:
         """Whether this concept trains no further: failed, at the cap, or stopped by its rule."""
         return self.failure is not None or self.step >= config.steps or self.stopping.reason is not None
 
+    def checkpoint_due(self, config: TrainConfig) -> bool:
+        """Whether to save a periodic checkpoint now: every ``checkpoint_every`` steps of a live concept with a
+        folder (the final one is written by :func:`_finish`)."""
+        return (
+            self.failure is None
+            and self.output_dir is not None
+            and bool(config.checkpoint_every)
+            and self.step % config.checkpoint_every == 0
+            and not self.finished(config)
+        )
+
     @property
     def stop_reason(self) -> str | None:
         if self.failure is not None:
@@ -341,12 +352,74 @@ def train_concepts(
     Each concept stops on its own (its cap or its plateau), whatever else shares its batch.
     Raises :class:`ConfigError` for settings the model cannot train with (e.g. an unknown prediction type).
     """
+    # 1. check the inputs, before any work
+    output_dirs, device, dtype, resolution = _check_inputs(components, concepts, config, output_dirs, slots)
+
+    with components.lock:
+        # 2. the frozen model on its device, one run per concept (resumed from its checkpoint if asked)
+        text, unet, num_timesteps = _ready_model(components, config, device, dtype)
+        runs = _prepare_runs(components, concepts, config, text, device, output_dirs, resume)
+        slots = len(runs) if slots is None else slots
+        total = pack_steps([0 if r.finished(config) else config.steps - r.step for r in runs], slots)
+        started = time.perf_counter()
+        pack_step = 0
+
+        # 3. the training loop: every pack step trains the first `slots` unfinished concepts
+        with text.learned([r.placeholder for r in runs], [r.vectors for r in runs]):
+            while active := [r for r in runs if not r.finished(config)][:slots]:
+                for run in active:
+                    if run.latent_mean is None:  # a concept entering its slot
+                        _enter_slot(components, run, config, resolution, text, num_timesteps, device)
+                _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
+                stopped = _check_plateau(components, unet, text, active, config, dtype)
+                pack_step += 1
+                _save_due_checkpoints(active, config, on_checkpoint)
+                if callback is not None:
+                    callback(_step_report(active, config, pack_step, total, time.perf_counter() - started, stopped))
+
+        # 4. the final checkpoint and embedding files of every concept that did not fail
+        return [_finish(run, config) for run in runs]
+
+
+def _ready_model(
+    components: DiffusionComponents, config: TrainConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[PromptEncoder, torch.nn.Module, int]:
+    """Move the frozen model to ``device`` and ``dtype``; return its prompt encoder, the UNet to train through
+    (compiled if asked) and the scheduler's number of training timesteps."""
+    components.to(device, dtype)
+    text = PromptEncoder(components)
+    scheduler = components.noise_scheduler
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
+    unet = components.compiled_unet() if config.compile else components.unet
+    return text, unet, int(scheduler.config.num_train_timesteps)
+
+
+def _save_due_checkpoints(
+    active: Sequence[_ConceptRun], config: TrainConfig, on_checkpoint: Callable[[str, Path], None] | None
+) -> None:
+    """Save the periodic checkpoint of every active concept due for one, and hand each to ``on_checkpoint``."""
+    for run in active:
+        if run.checkpoint_due(config):
+            path = run.save_checkpoint(config)
+            if on_checkpoint is not None and path is not None:
+                on_checkpoint(run.concept.token, path)
+
+
+def _check_inputs(
+    components: DiffusionComponents,
+    concepts: Sequence[ConceptConfig],
+    config: TrainConfig,
+    output_dirs: Sequence[Path | None] | None,
+    slots: int | None,
+) -> tuple[list[Path | None], torch.device, torch.dtype, int]:
+    """Refuse a pack that cannot train (:class:`ConfigError`); return its output folders, the device and
+    precision of the frozen model, and the image resolution."""
     if not concepts:
         raise ConfigError("no concepts to train")
     if slots is not None and slots < 1:
         raise ConfigError(f"slots must be at least 1, got {slots}")
-    output_dirs = list(output_dirs) if output_dirs is not None else [None] * len(concepts)
-    if len(output_dirs) != len(concepts):
+    folders: list[Path | None] = list(output_dirs) if output_dirs is not None else [None] * len(concepts)
+    if len(folders) != len(concepts):
         raise ConfigError("output_dirs must have one entry per concept")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.precision, device)
@@ -354,58 +427,48 @@ def train_concepts(
     if resolution % components.vae_scale_factor:
         raise ConfigError(f"resolution {resolution} is not a multiple of the VAE factor {components.vae_scale_factor}")
     _ = components.prediction_type  # raises ConfigError now, before any work, if the model's is unknown
+    return folders, device, dtype, resolution
 
-    with components.lock:
-        components.to(device, dtype)
-        text = PromptEncoder(components)
-        runs = _prepare_runs(components, concepts, config, text, device, output_dirs, resume)
-        scheduler = components.noise_scheduler
-        num_timesteps = int(scheduler.config.num_train_timesteps)
-        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
-        unet = components.compiled_unet() if config.compile else components.unet
-        slots = len(runs) if slots is None else slots
-        total = pack_steps([0 if r.finished(config) else config.steps - r.step for r in runs], slots)
-        started = time.perf_counter()
-        pack_step = 0
-        with text.learned([r.placeholder for r in runs], [r.vectors for r in runs]):
-            while active := [r for r in runs if not r.finished(config)][:slots]:
-                for run in active:
-                    if run.latent_mean is None:  # a concept entering its slot
-                        _cache_latents(components, run, resolution, text)
-                        if config.plateau is not None:
-                            generator = torch.Generator().manual_seed(run.concept.seed + HELD_OUT_SEED_OFFSET)
-                            run.held_out = _sample(
-                                run, config.stop_samples, num_timesteps, device, components.latent_scaling, generator
-                            )
-                _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
-                stopped = _check_plateau(components, unet, text, active, config, dtype)
-                pack_step += 1
-                for run in active:
-                    if (
-                        run.failure is None
-                        and run.output_dir is not None
-                        and config.checkpoint_every
-                        and run.step % config.checkpoint_every == 0
-                        and not run.finished(config)
-                    ):
-                        path = run.save_checkpoint(config)
-                        if on_checkpoint is not None and path is not None:
-                            on_checkpoint(run.concept.token, path)
-                if callback is not None:
-                    losses = {r.concept.token: r.losses[-1] for r in active if r.failure is None and r.losses}
-                    stopped.update(
-                        {r.concept.token: MAX_STEPS for r in active if r.failure is None and r.step >= config.steps}
-                    )
-                    callback(StepReport(pack_step, total, losses, time.perf_counter() - started, stopped))
-        results = []
-        for run in runs:
-            if run.failure is None and run.output_dir is not None:
-                run.save_checkpoint(config)
-            result = run.result()
-            if run.output_dir is not None and run.failure is None:
-                result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
-            results.append(result)
-        return results
+
+def _enter_slot(
+    components: DiffusionComponents,
+    run: _ConceptRun,
+    config: TrainConfig,
+    resolution: int,
+    text: PromptEncoder,
+    num_timesteps: int,
+    device: torch.device,
+) -> None:
+    """Ready a concept taking its slot in the batch: its cached latents and, for the plateau rule, its held-out
+    examples (drawn from a generator of their own, so its training stream is untouched)."""
+    _cache_latents(components, run, resolution, text)
+    if config.plateau is not None:
+        generator = torch.Generator().manual_seed(run.concept.seed + HELD_OUT_SEED_OFFSET)
+        run.held_out = _sample(run, config.stop_samples, num_timesteps, device, components.latent_scaling, generator)
+
+
+def _step_report(
+    active: Sequence[_ConceptRun],
+    config: TrainConfig,
+    pack_step: int,
+    total: int,
+    elapsed: float,
+    stopped: dict[str, str],
+) -> StepReport:
+    """The progress of one pack step: each live concept's last loss, and the concepts that stopped at it."""
+    losses = {r.concept.token: r.losses[-1] for r in active if r.failure is None and r.losses}
+    capped = {r.concept.token: MAX_STEPS for r in active if r.failure is None and r.step >= config.steps}
+    return StepReport(pack_step, total, losses, elapsed, {**stopped, **capped})
+
+
+def _finish(run: _ConceptRun, config: TrainConfig) -> TrainResult:
+    """A concept's result; unless it failed or lives in memory only, its last checkpoint and embedding files too."""
+    if run.failure is None and run.output_dir is not None:
+        run.save_checkpoint(config)
+    result = run.result()
+    if run.output_dir is not None and run.failure is None:
+        result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
+    return result
 
 
 def pack_steps(remaining: Sequence[int], slots: int) -> int:
