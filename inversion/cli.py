@@ -2,23 +2,19 @@
 ``sstar merge``.
 
 Registered on the ``sstar`` entry point by :mod:`flows.cli`. User errors print one line and exit 2.
+Argparse only: one ``_add_<command>`` declares each command's flags, and its ``cmd_<command>`` turns them
+into a library call and prints the outcome; the work itself lives in the wings (``sstar score``'s in
+:mod:`inversion.evaluation.score_files`), so it can be called, and tested, without a command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from inversion.config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, Property, TrainConfig, clip_spec
+from inversion.config import MERGE_MODES, PROPERTIES, ConceptConfig, EvalConfig, TrainConfig, clip_spec
 from inversion.fields import add_arguments, settings_of, values_from_args
-
-if TYPE_CHECKING:
-    from inversion.config import ClipSpec
-    from inversion.evaluation.render import RenderSettings
 
 _TRAIN = settings_of(TrainConfig)
 _EVAL = settings_of(EvalConfig)
@@ -144,9 +140,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from inversion.evaluation.render import RenderSettings
+    from inversion.evaluation.score_files import score_embedding_file
 
     evaluation = EvalConfig(**values_from_args(args, _EVAL.values()))
-    scores = run_score_command(
+    scores = score_embedding_file(
         args.model,
         args.embedding[0],
         args.images,
@@ -174,78 +171,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_score_command(
-    model_dir: str | Path,
-    embedding_path: str | Path,
-    images_dir: str | Path,
-    out_dir: str | Path,
-    clip_spec: ClipSpec,
-    class_word: str,
-    *,
-    prompts_file: str | Path | None = None,
-    samples: int = 4,
-    seeds: Sequence[int] | None = None,
-    captions: Sequence[str] | None = None,
-    property: Property = "object",
-    token: str | None = None,
-    words: Sequence[str | Path] = (),
-    render: RenderSettings | None = None,
-    clip_device: str = "auto",
-    clip_batch_size: int = 32,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """``sstar score``: load the models, render, score, write ``grid.png``, ``baseline_grid.png`` and ``scores.json``.
-
-    ``words`` are more embedding files installed while rendering, so the prompts may name their tokens
-    (``{} in the style of <brand-style>``); a token held by two files is refused naming both.
-    Cheap checks (images, embedding files, prompts) run before any model loads. Returns the scores
-    written to ``scores.json`` (raw cosines), with ``files`` naming the written files by their full paths.
-    """
-    from inversion.embeddings.formats import load_embeddings
-    from inversion.evaluation.clip import load_clip
-    from inversion.evaluation.prompts import load_prompts
-    from inversion.evaluation.render import Renderer, RenderSettings
-    from inversion.evaluation.scoring import ScoreSettings, embed_reference_images, score_concept, write_scores
-    from inversion.images import list_images, open_rgb
-    from inversion.model.components import load_components
-
-    say = log or (lambda message: None)
-    files = list_images(Path(images_dir))
-    embedding, *others = load_embeddings([embedding_path, *words], tokens=[token])
-    prompts = load_prompts(Path(prompts_file)) if prompts_file is not None else None
-    settings = ScoreSettings(
-        prompts=prompts,
-        samples=samples,
-        seeds=tuple(seeds) if seeds is not None else None,
-        render=render or RenderSettings(),
-        clip_batch_size=clip_batch_size,
-        words=tuple(others),
-    )
-    reference_images = [open_rgb(path) for path in files]
-    say(f"loading CLIP {clip_spec.describe()}")
-    clip = load_clip(clip_spec, clip_device)
-    reference_embeds = embed_reference_images(clip, reference_images, clip_batch_size)
-    say(f"loading diffusion model {model_dir}")
-    renderer = Renderer(load_components(model_dir), settings.render)
-    count = len(settings.prompts_for(property))
-    say(f"scoring {embedding.token} over {count} prompts × {len(settings.seed_list)} seeds")
-    scores = score_concept(
-        renderer,
-        clip,
-        embedding,
-        reference_images,
-        class_word,
-        captions,
-        property,
-        settings,
-        reference_embeds=reference_embeds,
-    )
-    written = write_scores(scores, Path(out_dir))
-    result: dict[str, Any] = json.loads(written["scores"].read_text(encoding="utf-8"))
-    result["files"] = {kind: str(path) for kind, path in written.items()}
-    return result
-
-
 def cmd_merge(args: argparse.Namespace) -> int:
     from inversion.embeddings.merge import merge_files, parse_source
 
@@ -258,16 +183,24 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
+    for add_command in (_add_model, _add_invert, _add_render, _add_score, _add_merge):
+        add_command(sub)
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="write a random-weight diffusers model folder (no download)")
     p.add_argument(
         "name",
-        choices=("tiny", "sd15-random", "sd2-tiny", "sd2-random", "sdxl-tiny", "sdxl-random"),
-        help="*-tiny: a few MB, for tests; *-random: the real architecture (SD 1.5, 2.1, XL base)",
+        choices=("tiny", "sd15-random", "sd2-tiny", "sd2-random", "sdxl-tiny", "sdxl-random", "sd3-tiny", "flux-tiny"),
+        help="*-tiny: a few MB, for tests (sd3-tiny, flux-tiny: SD 3.5 and Flux.1-dev structure); "
+        "*-random: the real architecture (SD 1.5, 2.1, XL base)",
     )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_model)
 
+
+def _add_invert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("invert", help="learn a new word for one concept from a folder of images")
     p.add_argument("--model", required=True, help="diffusers model folder (or hub id)")
     p.add_argument("--images", required=True, help="folder of the concept's images")
@@ -281,6 +214,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, _INVERT)
     p.set_defaults(func=cmd_invert)
 
+
+def _add_render(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="render prompts with learned embeddings into a labelled grid")
     p.add_argument("--model", required=True)
     p.add_argument(
@@ -303,6 +238,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="grid PNG path")
     p.set_defaults(func=cmd_render)
 
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
     p.add_argument("--model", required=True)
     p.add_argument(
@@ -326,6 +263,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for grid.png, baseline_grid.png and scores.json")
     p.set_defaults(func=cmd_score)
 
+
+def _add_merge(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="write a new word from learned words (weighted sum, slerp or concatenation)")
     p.add_argument(
         "--from",

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inversion.cli import run_score_command
 from inversion.config import ClipSpec
 from inversion.embeddings.formats import LearnedEmbedding, save_diffusers
 from inversion.errors import ConfigError, EmbeddingFormatError, InputError
@@ -25,6 +24,7 @@ from inversion.evaluation.prompts import (
     load_prompts,
 )
 from inversion.evaluation.render import Renderer, RenderSettings
+from inversion.evaluation.score_files import score_embedding_file
 from inversion.evaluation.scoring import ScoreSettings, image_similarity, score_concept, text_similarity
 from inversion.images import list_images, open_rgb
 from inversion.model.components import load_components
@@ -239,7 +239,7 @@ def test_score_settings_validation():
 # --- the command ---------------------------------------------------------------------------------------------
 
 
-def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, clip_spec, components):
+def test_score_embedding_file_writes_grids_and_scores(tmp_path, tiny_model_dir, clip_spec, components):
     images = write_shape_images(tmp_path / "images", count=2)
     embedding_path = save_diffusers(
         LearnedEmbedding("<sq>", _vector(components, "square")), tmp_path / "emb" / "learned_embeds.safetensors"
@@ -247,7 +247,7 @@ def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, cli
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two prompts\na photo of a {} in the snow\n\na red {}\n")
     out = tmp_path / "out"
-    result = run_score_command(
+    result = score_embedding_file(
         tiny_model_dir,
         embedding_path,
         images,
@@ -289,10 +289,10 @@ def test_run_score_command_writes_grids_and_scores(tmp_path, tiny_model_dir, cli
     assert result["files"]["scores"] == str(out / "scores.json")
 
 
-def test_run_score_command_refuses_an_empty_image_folder(tmp_path, tiny_model_dir, clip_spec):
+def test_score_embedding_file_refuses_an_empty_image_folder(tmp_path, tiny_model_dir, clip_spec):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no images .* in .*empty"):
-        run_score_command(
+        score_embedding_file(
             tiny_model_dir, tmp_path / "missing.safetensors", tmp_path / "empty", tmp_path / "out", clip_spec, "cat"
         )
     assert not (tmp_path / "out").exists()

@@ -211,9 +211,9 @@ def test_render_command_takes_several_words_and_strengths(components, tmp_path, 
 def test_score_command_installs_more_words_for_its_prompts(components, tmp_path, tiny_model_dir):
     import json
 
-    from inversion.cli import run_score_command
     from inversion.config import ClipSpec
     from inversion.evaluation.clip import TINY_ARCH, write_tiny_clip
+    from inversion.evaluation.score_files import score_embedding_file
     from tests.conftest import write_shape_images
 
     clip = ClipSpec(TINY_ARCH, checkpoint=write_tiny_clip(tmp_path / "clip.safetensors"))
@@ -222,7 +222,7 @@ def test_score_command_installs_more_words_for_its_prompts(components, tmp_path,
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a {} in the style of (<brand>:0.8)\n")
     images = write_shape_images(tmp_path / "images", count=2)
-    result = run_score_command(
+    result = score_embedding_file(
         tiny_model_dir,
         mug,
         images,
@@ -241,4 +241,4 @@ def test_score_command_installs_more_words_for_its_prompts(components, tmp_path,
     # CLIP reads the class word and the prompt without its weight syntax
     assert saved["learned"]["per_prompt"][0]["text_prompt"] == "a photo of a mug in the style of <brand>"
     with pytest.raises(EmbeddingFormatError, match="both hold the token <mug>"):
-        run_score_command(tiny_model_dir, mug, images, tmp_path / "out2", clip, "mug", words=[mug])
+        score_embedding_file(tiny_model_dir, mug, images, tmp_path / "out2", clip, "mug", words=[mug])
