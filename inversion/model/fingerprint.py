@@ -3,8 +3,9 @@
 A digest that named the model by its path would re-learn a whole catalog when the mount moves, and
 nothing when new weights replace old ones at the same path. :func:`model_fingerprint` names it by
 what the loader reads instead: ``model_index.json`` and every file of the ``tokenizer``,
-``text_encoder``, ``vae``, ``unet`` and ``scheduler`` folders (and SDXL's ``tokenizer_2`` and
-``text_encoder_2`` where present) (configs, vocabularies, weights; files
+``text_encoder``, ``vae``, ``unet`` and ``scheduler`` folders (and, where present, SDXL's, SD 3's and
+Flux's ``tokenizer_2`` and ``text_encoder_2``, SD 3's ``tokenizer_3`` and ``text_encoder_3``, and SD 3's
+and Flux's ``transformer``) (configs, vocabularies, weights; files
 whose name starts with a dot are ignored). Weight files are large, so their SHA-256 is cached in a
 small JSON file keyed by absolute path, size and modification time: an unchanged model costs a
 ``stat`` per file, not a re-hash. A hub id (``org/name``) is named by the commit its local cache
@@ -25,7 +26,11 @@ from inversion.errors import InputError
 __all__ = ["COMPONENT_FOLDERS", "WEIGHT_SUFFIXES", "default_cache_file", "model_fingerprint"]
 
 #: what :func:`inversion.model.components.load_components` reads from a diffusers folder
-COMPONENT_FOLDERS = ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae", "unet", "scheduler")
+#: (a folder absent from a model adds nothing, so the folders SD 3 and Flux brought leave older digests as they were)
+COMPONENT_FOLDERS = (
+    *("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "vae", "unet", "scheduler"),
+    *("tokenizer_3", "text_encoder_3", "transformer"),
+)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".onnx", ".h5", ".gguf")
 _CHUNK = 8 * 1024 * 1024
 _lock = threading.Lock()

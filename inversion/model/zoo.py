@@ -6,6 +6,16 @@ of diffusers' config-as-data. ``tiny``, ``sd2-tiny`` and ``sdxl-tiny`` are a few
 padding token, prediction type, SDXL's added conditioning); ``sd15``, ``sd2`` and ``sdxl`` are the real
 architectures (the public configs of SD 1.5, SD 2.1 and SDXL base 1.0) with random weights, for
 realistic speed and memory. All use the real CLIP vocabulary (see :mod:`inversion.model.vocab`).
+
+``sd3-tiny`` and ``flux-tiny`` (:data:`FLOW_ARCHITECTURES`) have the structure of SD 3.5 and Flux.1-dev:
+CLIP-L (+ CLIP-G for SD 3) and T5 text sides, a transformer denoiser (SD 3.5's query-key RMS norm and
+one dual-attention layer; Flux's double- and single-stream blocks, rotary image ids and distilled
+guidance input), a 16-channel VAE with its shift and scale, and a flow-matching scheduler (SD 3's fixed
+shift 3; Flux's resolution-dependent shift). T5 reads text with a small unigram tokenizer trained offline
+(:func:`inversion.model.vocab.write_t5_tokenizer`) and is 96 wide: SD 3 pads its CLIP features (32 + 48)
+up to T5's width, as the real one pads 768 + 1280 up to 4096. Each part's config carries its class
+(``_class_name`` in diffusers' configs, ``architectures`` in transformers'), so a family's builder needs no
+table of classes of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +28,16 @@ import torch
 
 from inversion.errors import InputError
 from inversion.model.components import DiffusionComponents, build_pipeline
-from inversion.model.vocab import BOS_TOKEN_ID, EOS_TOKEN_ID, MAX_LENGTH, VOCAB_SIZE, write_clip_tokenizer
+from inversion.model.info import classify
+from inversion.model.vocab import (
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    MAX_LENGTH,
+    T5_VOCAB_SIZE,
+    VOCAB_SIZE,
+    write_clip_tokenizer,
+    write_t5_tokenizer,
+)
 
 #: text-encoder settings every architecture shares: the CLIP vocabulary and its special tokens
 TEXT_ENCODER_COMMON = dict(
@@ -236,7 +255,96 @@ ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-#: CLI names of the random-weight models ``sstar model`` can write.
+_CLIP_L_TINY = dict(
+    TEXT_ENCODER_COMMON,
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    projection_dim=32,
+)
+#: T5 v1.1's shape (gated GELU, untied embeddings), 96 wide: at least SD 3's two CLIP widths together
+_T5_TINY = dict(
+    architectures=["T5EncoderModel"],
+    vocab_size=T5_VOCAB_SIZE,
+    d_model=96,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+_VAE_FLOW_TINY = dict(
+    _VAE_TINY, _class_name="AutoencoderKL", latent_channels=16, use_quant_conv=False, use_post_quant_conv=False
+)
+_FLOW_SCHEDULER = dict(_class_name="FlowMatchEulerDiscreteScheduler", num_train_timesteps=1000, shift=3.0)
+
+#: SD 3.5-like and Flux.1-dev-like tiny models (see the module docstring); text encoder ``_N`` reads with
+#: tokenizer ``_N``, a CLIP tokenizer for a CLIP encoder and the T5 one for T5
+FLOW_ARCHITECTURES: dict[str, dict[str, dict[str, Any]]] = {
+    "sd3-tiny": {
+        "text_encoder": dict(_CLIP_L_TINY, architectures=["CLIPTextModelWithProjection"]),
+        "tokenizer_2": OPENCLIP_TOKENIZER,
+        "text_encoder_2": dict(
+            _CLIP_L_TINY,
+            architectures=["CLIPTextModelWithProjection"],
+            hidden_size=48,
+            intermediate_size=64,
+            hidden_act="gelu",
+        ),
+        "text_encoder_3": _T5_TINY,
+        "vae": dict(_VAE_FLOW_TINY, scaling_factor=1.5305, shift_factor=0.0609),
+        "transformer": dict(
+            _class_name="SD3Transformer2DModel",
+            sample_size=32,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=2,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            joint_attention_dim=96,  # T5's width
+            caption_projection_dim=32,
+            pooled_projection_dim=32 + 32,  # CLIP-L's and CLIP-G's pooled projections, side by side
+            pos_embed_max_size=32,
+            qk_norm="rms_norm",
+            dual_attention_layers=(0,),
+        ),
+        "scheduler": _FLOW_SCHEDULER,
+    },
+    "flux-tiny": {
+        "text_encoder": dict(_CLIP_L_TINY, architectures=["CLIPTextModel"]),
+        "text_encoder_2": _T5_TINY,
+        "vae": dict(_VAE_FLOW_TINY, scaling_factor=0.3611, shift_factor=0.1159),
+        "transformer": dict(
+            _class_name="FluxTransformer2DModel",
+            patch_size=1,
+            in_channels=16 * 4,  # the VAE's 16 channels, packed 2 x 2
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=96,  # T5's width
+            pooled_projection_dim=32,  # CLIP-L's pooled output
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        ),
+        "scheduler": dict(
+            _FLOW_SCHEDULER,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+    },
+}
+
+#: CLI names of the random-weight models ``sstar model`` can write (an architecture's name).
 RANDOM_MODELS = {
     "tiny": "tiny",
     "sd15-random": "sd15",
@@ -244,6 +352,8 @@ RANDOM_MODELS = {
     "sd2-random": "sd2",
     "sdxl-tiny": "sdxl-tiny",
     "sdxl-random": "sdxl",
+    "sd3-tiny": "sd3-tiny",
+    "flux-tiny": "flux-tiny",
 }
 
 
@@ -291,12 +401,66 @@ def build_random_components(architecture: str | Mapping[str, dict], seed: int = 
     return components
 
 
+def _text_side(config: dict[str, Any], clip_folder: Path, t5_folder: Path, options: dict) -> tuple[Any, Any]:
+    """A text encoder built from ``config`` (its class in ``architectures``) with random weights, and its
+    tokenizer: the T5 one for a T5 encoder, the CLIP one otherwise (``options`` as for ``from_pretrained``)."""
+    import transformers
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # (lazily exported)
+
+    settings = {key: value for key, value in config.items() if key != "architectures"}
+    model_class = getattr(transformers, config["architectures"][0])
+    if model_class is transformers.T5EncoderModel:
+        tokenizer = T5TokenizerFast.from_pretrained(t5_folder, **options)
+        assert len(tokenizer) == settings["vocab_size"], "the T5 embedding has one row per tokenizer piece"
+        return tokenizer, model_class(transformers.T5Config(**settings))
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(clip_folder, **options)
+    return tokenizer, model_class(transformers.CLIPTextConfig(**settings))
+
+
+def build_flow_components(architecture: str | Mapping[str, dict], seed: int = 0) -> DiffusionComponents:
+    """Build an SD 3- or Flux-structured model with random weights (seeded), no download.
+
+    ``architecture`` is a key of :data:`FLOW_ARCHITECTURES` or a mapping of the same shape; the family
+    follows from the transformer's class.
+    """
+    import tempfile
+
+    from inversion.model.components import library_class
+
+    if isinstance(architecture, Mapping):
+        configs, name = architecture, "custom"
+    elif architecture in FLOW_ARCHITECTURES:
+        configs, name = FLOW_ARCHITECTURES[architecture], architecture
+    else:
+        raise InputError(f"unknown architecture {architecture!r}; known: {', '.join(FLOW_ARCHITECTURES)}")
+    classify(False, None, configs["transformer"]["_class_name"])  # a known family, or a one-line error
+    parts: dict[str, Any] = {}
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip_folder, t5_folder = write_clip_tokenizer(Path(tmp) / "clip"), write_t5_tokenizer(Path(tmp) / "t5")
+        for encoder in sorted(part for part in configs if part.startswith("text_encoder")):
+            tokenizer = encoder.replace("text_encoder", "tokenizer")
+            options = configs.get(tokenizer, {})
+            parts[tokenizer], parts[encoder] = _text_side(configs[encoder], clip_folder, t5_folder, options)
+    for part in ("vae", "transformer", "scheduler"):
+        parts[part] = library_class(configs[part]["_class_name"]).from_config(configs[part])
+    noise_scheduler = parts.pop("scheduler")
+    components = DiffusionComponents(unet=None, noise_scheduler=noise_scheduler, source=f"random:{name}", **parts)
+    components.freeze()
+    return components
+
+
 def save_pipeline(components: DiffusionComponents, out: Path) -> Path:
-    """Save components as a diffusers folder (``StableDiffusionPipeline``, or ``StableDiffusionXLPipeline``
-    for SDXL) loadable by diffusers itself."""
+    """Save components as a diffusers folder (the family's pipeline: ``StableDiffusionPipeline``,
+    ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline`` or ``FluxPipeline``) loadable by diffusers
+    itself. The UNet families render with DDIM (their training scheduler is DDPM); SD 3 and Flux with
+    their flow-matching scheduler, which both trains and samples."""
     from diffusers import DDIMScheduler
 
-    pipeline = build_pipeline(components, DDIMScheduler.from_config(components.noise_scheduler.config))
+    scheduler = components.noise_scheduler
+    if not components.flow_matching:
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    pipeline = build_pipeline(components, scheduler)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out
@@ -306,4 +470,6 @@ def write_random_model(name: str, out: Path, seed: int = 0) -> Path:
     """Write the random-weight model ``name`` (a key of :data:`RANDOM_MODELS`) as a diffusers folder."""
     if name not in RANDOM_MODELS:
         raise InputError(f"unknown model {name!r}; choose one of: {', '.join(RANDOM_MODELS)}")
-    return save_pipeline(build_random_components(RANDOM_MODELS[name], seed=seed), out)
+    architecture = RANDOM_MODELS[name]
+    build = build_flow_components if architecture in FLOW_ARCHITECTURES else build_random_components
+    return save_pipeline(build(architecture, seed=seed), out)
