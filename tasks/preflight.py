@@ -3,7 +3,8 @@
 A catalog run that trains every concept and then fails all of them at scoring (an unreachable CLIP
 download) costs hours of GPU time and leaves half-written outputs. :func:`preflight` checks, in this
 order: the catalog can be listed, the diffusion model's folder (or hub id) is complete down to its
-configs and tokenizer, the scoring CLIP loads, and the output accepts a write and a delete. It writes
+configs and every tokenizer of its family (SD 3's three, the T5 one among them) and is of a family sstar
+trains, the scoring CLIP loads, and the output accepts a write and a delete. It writes
 nothing under ``out`` unless every other check passed, and then only a probe it deletes at once.
 
 A failure is a :class:`PreflightError` whose one-line message names the command-line option to fix
@@ -24,7 +25,14 @@ from urllib.parse import urlsplit
 from inversion.config import DEFAULT_CLIP_PRETRAINED
 from inversion.errors import SstarError
 from inversion.model.fingerprint import model_fingerprint
-from inversion.model.info import tokenizer_vocabulary
+from inversion.model.info import (
+    FAMILY_FOLDERS,
+    TOKENIZER_FOLDERS,
+    Family,
+    check_trained,
+    read_family,
+    tokenizer_vocabulary,
+)
 from storage.errors import StorageError
 from storage.store.open import open_store, parse_uri
 from tasks import model_cache
@@ -41,13 +49,8 @@ __all__ = [
     "check_output",
 ]
 
-#: the config each weighted component folder of a diffusers model holds (the tokenizer is loaded instead)
-_COMPONENT_CONFIGS = {
-    "text_encoder": "config.json",
-    "vae": "config.json",
-    "unet": "config.json",
-    "scheduler": "scheduler_config.json",
-}
+#: the config file of a diffusers model's folder, where it is not ``config.json`` (tokenizers are read whole)
+_CONFIG_FILES = {"scheduler": "scheduler_config.json"}
 PROBE_PREFIX = ".sstar-preflight-"
 
 
@@ -79,23 +82,37 @@ def check_catalog(catalog: str) -> None:
         raise PreflightError("--catalog", f"cannot list the catalog {catalog}: {_first_line(exc)}") from None
 
 
+def _read_config(path: Path, part: str) -> None:
+    name = _CONFIG_FILES.get(part, "config.json")
+    try:
+        json.loads((path / part / name).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PreflightError("--model", f"model {path} has no readable {part}/{name} ({_first_line(exc)})") from None
+
+
+def _check_configs(path: Path) -> Family:
+    """A local model folder's family, and the config of each of the family's weighted folders reads."""
+    if not (path / "model_index.json").is_file():
+        raise PreflightError("--model", f"not a diffusers model folder (no model_index.json): {path}")
+    _read_config(path, "text_encoder")  # what the family is read from, with the message that names it
+    family = read_family(str(path.resolve()))
+    for part in FAMILY_FOLDERS[family]:
+        if part not in TOKENIZER_FOLDERS:
+            _read_config(path, part)
+    return family
+
+
 def check_model(model: str) -> str:
-    """The model's configs and tokenizer files read (no weights, no torch); returns its content fingerprint."""
+    """The model's configs and every tokenizer of its family read (no weights, no torch), and sstar trains
+    its family; returns its content fingerprint."""
     path = Path(model).expanduser()
     local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
     try:
-        if local:
-            if not (path / "model_index.json").is_file():
-                raise PreflightError("--model", f"not a diffusers model folder (no model_index.json): {path}")
-            for part, name in _COMPONENT_CONFIGS.items():
-                try:
-                    json.loads((path / part / name).read_text("utf-8"))
-                except (OSError, ValueError) as exc:
-                    raise PreflightError(
-                        "--model", f"model {path} has no readable {part}/{name} ({_first_line(exc)})"
-                    ) from None
+        family = _check_configs(path) if local else read_family(model)
         tokenizer_vocabulary(str(path.resolve()) if local else model)
-        return model_fingerprint(model)
+        fingerprint = model_fingerprint(model)
+        check_trained(family, model)
+        return fingerprint
     except PreflightError:
         raise
     except SstarError as exc:  # our own one-line message names the model and the file
