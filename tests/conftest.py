@@ -81,6 +81,22 @@ def sdxl_tiny_model_dir(tmp_path_factory) -> Path:
     return write_random_model("sdxl-tiny", tmp_path_factory.mktemp("models") / "sdxl-tiny")
 
 
+@pytest.fixture(scope="session")
+def sd3_tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight SD 3.5-structured folder (CLIP-L 32, CLIP-G 48, T5 96 wide with a unigram tokenizer)."""
+    from inversion.model.zoo import write_random_model
+
+    return write_random_model("sd3-tiny", tmp_path_factory.mktemp("models") / "sd3-tiny")
+
+
+@pytest.fixture(scope="session")
+def flux_tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight Flux.1-dev-structured folder (CLIP-L 32 for the pooled vector, T5 96 wide)."""
+    from inversion.model.zoo import write_random_model
+
+    return write_random_model("flux-tiny", tmp_path_factory.mktemp("models") / "flux-tiny")
+
+
 def write_shape_images(folder: Path, count: int = 4, color=(200, 40, 40), size: int = 80, seed: int = 0) -> Path:
     """A concept folder: a coloured square at varying positions on a gray background."""
     folder.mkdir(parents=True, exist_ok=True)
