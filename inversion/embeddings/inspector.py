@@ -99,9 +99,11 @@ class ModelVocabulary:
         """Read a diffusers model folder's (or hub id's) tokenizer and text encoder(s); no UNet, no VAE."""
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from inversion.model.info import read_family
+        from inversion.model.info import check_trained, read_family
 
-        folders = ["text_encoder", "text_encoder_2"] if read_family(model) == "sdxl" else ["text_encoder"]
+        family = read_family(model)
+        check_trained(family, model)  # SD 3's and Flux's T5 side is not read here yet
+        folders = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
         tables: list[torch.Tensor] = []
         for folder in folders:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from flows.cli import main
+from inversion.embeddings.inspector import inspect_files
 from inversion.errors import InputError
 from inversion.model.components import load_components
 from inversion.model.fingerprint import model_fingerprint
@@ -184,3 +185,9 @@ def test_the_model_is_refused_in_one_line_wherever_it_would_be_mishandled(
         assert code == 2 and err.startswith(f"sstar: error: {NOT_YET.format(family)}"), err
         assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_sstar_inspect_refuses_the_model_in_one_line(flux_tiny_model_dir, tmp_path):
+    errors: list[str] = []
+    assert inspect_files([tmp_path / "word.safetensors"], model=str(flux_tiny_model_dir), err=errors.append) == 2
+    assert len(errors) == 1 and NOT_YET.format("flux") in errors[0] and "\n" not in errors[0]
