@@ -40,6 +40,9 @@ DEFAULT_CLIP_PRETRAINED = "openai"
 
 StopPolicy = Literal["fixed", "plateau"]
 STOP_POLICIES: tuple[str, ...] = get_args(StopPolicy)
+#: how a learned word's vectors start and whether their norm moves (inversion.training.vector_modes)
+InitMode = Literal["word", "cross"]
+NormMode = Literal["free", "vocab"]
 
 _TOKEN_RE = re.compile(r"^\S+$")
 
@@ -207,6 +210,25 @@ class TrainConfig:
         0, help="save a resumable checkpoint every K steps (0: only at the end)", group="run", ge=0
     )
     device: str = setting("auto", help="auto (CUDA when present), cpu or cuda[:N]", group="run", pattern=DEVICE_PATTERN)
+    init_mode: InitMode = setting(
+        "word",
+        help=(
+            "word: each vector starts at the initializer's token embedding; cross: at the text encoder's output "
+            "for the initializer (Cross Initialization, per text encoder), with a weak pull back towards it"
+        ),
+        group="learn",
+        digest_at_default=False,
+    )
+    norm_mode: NormMode = setting(
+        "free",
+        help=(
+            "free: the vectors' norms are learned too; vocab: every vector's norm is held at its text encoder's "
+            "mean vocabulary norm and only its direction is learned (Directional TI). With --init-mode cross, "
+            "only the direction of the cross start survives"
+        ),
+        group="learn",
+        digest_at_default=False,
+    )
     stop: StopPolicy = setting(
         "fixed",
         help=(

@@ -52,6 +52,7 @@ class Spec:
     multiple_of: int | None = None
     pattern: str | None = None
     aliases: tuple[str, ...] = ()
+    digest_at_default: bool = True
 
 
 def setting(
@@ -66,13 +67,16 @@ def setting(
     multiple_of: int | None = None,
     pattern: str | None = None,
     aliases: tuple[str, ...] = (),
+    digest_at_default: bool = True,
 ) -> Any:
     """A dataclass field declaring one setting (no ``default``: the setting is required).
 
     ``ge``/``gt``/``le``/``lt`` bound numbers, ``multiple_of`` integers, ``pattern`` (a regular
     expression matched in full) strings; a ``Literal[...]`` type lists the allowed values.
     ``aliases`` are other names the setting answers to: more flags (``--alias-name``, shown first)
-    and more keys of the flows' parameter models.
+    and more keys of the flows' parameter models. ``digest_at_default=False`` keeps a ``learn`` setting
+    out of each concept's digest while it holds its default (:func:`digest_values`): a setting added
+    later then re-learns no catalog, while any other value does.
     """
     spec = Spec(
         help=help,
@@ -84,6 +88,7 @@ def setting(
         multiple_of=multiple_of,
         pattern=pattern,
         aliases=tuple(aliases),
+        digest_at_default=digest_at_default,
     )
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
@@ -200,6 +205,13 @@ def settings_of(cls: type, group: Group | Literal["any"] = "any") -> dict[str, S
         if spec is not None and (group == "any" or spec.group == group):
             found[f.name] = Setting(f.name, hints[f.name], f.default, spec)
     return found
+
+
+def digest_values(settings: Iterable[Setting], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (by setting name) as a digest input: without the settings declared
+    ``digest_at_default=False`` that hold their default."""
+    skipped = {s.name for s in settings if not s.spec.digest_at_default and values.get(s.name) == s.default}
+    return {name: value for name, value in values.items() if name not in skipped}
 
 
 def validate(obj: Any) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model, field_validator
 
 from inversion.config import ClipSpec, EvalConfig, TrainConfig, clip_spec
-from inversion.fields import Setting, setting, settings_of
+from inversion.fields import Setting, digest_values, setting, settings_of
 
 #: a pipeline saves a resumable checkpoint this often unless told otherwise (a lone ``sstar invert`` does not)
 PIPELINE_CHECKPOINT_EVERY = 50
@@ -138,8 +138,9 @@ class _Learn(_Parameters):
         return TrainConfig(**values)
 
     def digest_settings(self) -> dict[str, Any]:
-        """The settings that change what is learned (the digest input)."""
-        return self.model_dump()
+        """The settings that change what is learned (the digest input): a setting declared
+        ``digest_at_default=False`` enters only when it differs from its default."""
+        return digest_values(LEARN_SETTINGS, self.model_dump())
 
 
 class _Eval(_Parameters):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from inversion.config import ConceptConfig, TrainConfig
 from inversion.device import resolve_device, resolve_dtype
 from inversion.embeddings.formats import LearnedEmbedding, save_embedding_files
+from inversion.embeddings.norms import VocabNorms, norm_ratio, norms_metadata
 from inversion.errors import ConfigError, TrainingDivergedError
 from inversion.images import load_training_images
 from inversion.model.components import DiffusionComponents
@@ -40,6 +41,7 @@ from inversion.text.tokens import PlaceholderToken
 from inversion.training.checkpoint import CHECKPOINT_FILENAME, read_checkpoint, write_checkpoint
 from inversion.training.stopping import HELD_OUT_SEED_OFFSET, MAX_STEPS, StopState
 from inversion.training.templates import templates_for
+from inversion.training.vector_modes import VectorModes
 
 # Latent caching encodes at most this many pixels per VAE call (8 images at 256 px, 2 at 512 px):
 # at 512 px the VAE's activations, not the UNet's, set the trainer's peak memory otherwise.
@@ -72,6 +74,12 @@ class TrainResult:
     failure: TrainingDivergedError | None = None
     stop_reason: str | None = None  # ``max_steps`` or ``plateau`` (inversion.training.stopping); None when it failed
     held_out_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, loss) of the plateau checks
+    vocab_norms: tuple[VocabNorms, ...] = ()  # per text encoder, its vocabulary's row-norm statistics
+
+    @property
+    def norm_ratio(self) -> float | None:
+        """The largest vector norm over its encoder's vocabulary mean (:mod:`inversion.embeddings.norms`)."""
+        return norm_ratio(self.embedding, self.vocab_norms) if self.vocab_norms else None
 
     @property
     def error(self) -> str | None:
@@ -111,8 +119,12 @@ class _ConceptRun:
         device: torch.device,
         output_dir: Path | None,
         widths: tuple[int, ...] | None = None,
+        modes: VectorModes | None = None,
+        vocab: tuple[VocabNorms, ...] = (),
     ) -> None:
         self.concept = concept
+        self.modes = modes or VectorModes(widths or (int(start.shape[1]),))  # init_mode / norm_mode state
+        self.vocab = vocab  # the text encoders' vocabulary norms, recorded in the embedding files
         self.widths = widths  # columns of ``vectors`` per text encoder (SDXL: two), see inversion.text.encoder
         self.placeholder = placeholder
         self.vectors = torch.nn.Parameter(start.to(device=device, dtype=torch.float32).clone())
@@ -170,6 +182,7 @@ class _ConceptRun:
             "exp_avg": state["exp_avg"] if state else zeros,
             "exp_avg_sq": state["exp_avg_sq"] if state else zeros,
             "rng_state": self.generator.get_state(),
+            **self.modes.tensors(),
         }
         meta = {
             "step": self.step,
@@ -183,7 +196,7 @@ class _ConceptRun:
             "stopping": self.stopping.to_dict(),
         }
         write_checkpoint(path, tensors, meta)
-        save_embedding_files(self.embedding(), self.output_dir, step=self.step)
+        self.save_files()
         return path
 
     def load_checkpoint(self, config: TrainConfig) -> bool:
@@ -202,6 +215,7 @@ class _ConceptRun:
                 "exp_avg_sq": tensors["exp_avg_sq"].to(self.vectors.device),
             }
         self.generator.set_state(tensors["rng_state"])
+        self.modes.restore(tensors)
         self.step = self.resumed_from = checkpoint.step
         self.losses = [float(x) for x in meta["losses"]]
         self.seconds = float(meta["seconds"])
@@ -210,7 +224,26 @@ class _ConceptRun:
             self.stopping.reason = None
         return True
 
+    # -- steps -------------------------------------------------------------------------------
+    def advance(self, config: TrainConfig, loss: float, seconds: float) -> None:
+        """Apply the accumulated gradient (one AdamW step, on the spheres in ``vocab`` mode) and record the step."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(config, self.step)
+        self.modes.before_step(self.vectors)
+        self.optimizer.step()
+        self.modes.after_step(self.vectors)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.losses.append(loss)
+        self.seconds += seconds
+
     # -- results -----------------------------------------------------------------------------
+    def save_files(self) -> dict[str, Path]:
+        """Write the word's embedding files into its folder, with the vocabulary norms in their metadata."""
+        assert self.output_dir is not None
+        metadata = norms_metadata(self.vocab) if self.vocab else None
+        return save_embedding_files(self.embedding(), self.output_dir, step=self.step, metadata=metadata)
+
     def embedding(self) -> LearnedEmbedding:
         return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone(), self.widths)
 
@@ -227,6 +260,7 @@ class _ConceptRun:
             self.failure,
             self.stop_reason,
             list(self.stopping.history),
+            self.vocab,
         )
 
 
@@ -312,10 +346,11 @@ def _prepare_runs(components, concepts, config, text: PromptEncoder, device, out
     if duplicates:
         raise ConfigError(f"token {duplicates[0]} appears more than once in one pack")
     runs = []
+    vocab = text.vocab_norms()
     for concept, out in zip(concepts, output_dirs):
-        start = text.initial_vectors(concept.initializer, concept.num_vectors)
+        start, modes = VectorModes.start(text, concept.initializer, concept.num_vectors, config)
         placeholder = text.register(concept.token, concept.num_vectors)
-        run = _ConceptRun(concept, placeholder, start, config, device, out, widths=text.widths)
+        run = _ConceptRun(concept, placeholder, start, config, device, out, text.widths, modes, vocab)
         if resume:
             run.load_checkpoint(config)
         runs.append(run)
@@ -467,7 +502,7 @@ def _finish(run: _ConceptRun, config: TrainConfig) -> TrainResult:
         run.save_checkpoint(config)
     result = run.result()
     if run.output_dir is not None and run.failure is None:
-        result.files = save_embedding_files(result.embedding, run.output_dir, step=run.step)
+        result.files = run.save_files()
     return result
 
 
@@ -543,7 +578,8 @@ def _optimizer_step(components, unet, text, active, config, device, dtype, num_t
                 run.failure = TrainingDivergedError(run.concept.token, run.step + 1, value)
                 continue
             step_losses[id(run)] += value / config.grad_accum
-            term = per_concept[index] / config.grad_accum
+            penalty = run.modes.penalty(run.vectors)  # not in the recorded loss: the plateau rule compares modes
+            term = (per_concept[index] if penalty is None else per_concept[index] + penalty) / config.grad_accum
             total = term if total is None else total + term
         if total is not None:
             total.backward()
@@ -552,13 +588,7 @@ def _optimizer_step(components, unet, text, active, config, device, dtype, num_t
         if run.failure is not None:
             run.optimizer.zero_grad(set_to_none=True)
             continue
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr_at(config, run.step)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.step += 1
-        run.losses.append(step_losses[id(run)])
-        run.seconds += elapsed / len(active)
+        run.advance(config, step_losses[id(run)], elapsed / len(active))
 
 
 def train_concept(
