@@ -1,5 +1,5 @@
 """Command-line commands of the ML core: ``sstar model``, ``sstar invert``, ``sstar render``, ``sstar score``,
-``sstar merge``.
+``sstar merge``, ``sstar inspect``.
 
 Registered on the ``sstar`` entry point by :mod:`flows.cli`. User errors print one line and exit 2.
 Argparse only: one ``_add_<command>`` declares each command's flags, and its ``cmd_<command>`` turns them
@@ -183,7 +183,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the ML commands on the ``sstar`` parser."""
-    for add_command in (_add_model, _add_invert, _add_render, _add_score, _add_merge):
+    for add_command in (_add_model, _add_invert, _add_render, _add_score, _add_merge, _add_inspect):
         add_command(sub)
 
 
@@ -286,3 +286,22 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="folder for the new word's files (every format sstar writes)")
     p.set_defaults(func=cmd_merge)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from inversion.embeddings.inspector import inspect_files
+
+    return inspect_files(args.files, args.model)
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", help="show embedding files: format, token, family, vectors, norms (and blown-up words)"
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="embedding files (ours or other trainers')")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusers model folder or hub id: its vocabulary places the norms, names each vector's nearest words",
+    )
+    p.set_defaults(func=cmd_inspect)

@@ -157,3 +157,14 @@ def test_sdxl_model_reads_both_encoders(sdxl_tiny_model_dir, tmp_path):
     save_embedding_files(LearnedEmbedding("<w>", vectors, widths), tmp_path)
     found = inspect_file(tmp_path / "learned_embeds.safetensors", vocabulary)
     assert [t.nearest[0][0] for t in found.tables] == [vocabulary.words[320]] * 2
+
+
+def test_sstar_inspect_command(tmp_path, capsys):
+    from flows.cli import main
+
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["inspect", str(_kohya_sdxl(tmp_path))]) == 0
+    assert "<xl-word>" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "notes.txt")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
