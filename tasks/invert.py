@@ -68,6 +68,7 @@ def _training_log(result: TrainResult, config: TrainConfig, staged: StagedConcep
         stop_reason=result.stop_reason,
         resumed_from=result.resumed_from,
         final_loss=result.final_loss,
+        norm_ratio=result.norm_ratio,
         train_seconds=result.seconds,
         losses=result.losses,
         held_out_losses=result.held_out_losses,
@@ -92,6 +93,7 @@ def _outcome(
         result.seconds,
         stop_reason=result.stop_reason,
         files=(*(str(path) for path in result.files.values()), str(out_dir / TRAINING_LOG)),
+        norm_ratio=result.norm_ratio,
     )
 
 

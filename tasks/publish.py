@@ -129,6 +129,7 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         eval_seconds=scored.eval_seconds,
         steps_run=inversion.steps,
         stop_reason=inversion.stop_reason,
+        norm_ratio=inversion.norm_ratio,
         embedding_uri=published.uris.get("learned_embeds.safetensors"),
         grid_uri=published.uris.get("grid.png"),
     )

@@ -129,6 +129,7 @@ class InversionOutcome:
     error: str | None = None
     stop_reason: str | None = None  # why training stopped: ``max_steps`` or ``plateau`` (inversion.training.stopping)
     files: tuple[str, ...] = ()
+    norm_ratio: float | None = None  # the word's largest norm over its vocabulary's mean (inversion.embeddings.norms)
 
 
 @dataclass(frozen=True)
