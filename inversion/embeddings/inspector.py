@@ -4,7 +4,7 @@ For each file: its format (:data:`inversion.embeddings.formats.FORMATS`), token,
 its widths), number of vectors, and per text encoder each vector's L2 norm. Where the file records its
 encoders' vocabulary norm statistics (sstar writes them at training, :mod:`inversion.embeddings.norms`)
 each norm is shown as a multiple of its vocabulary's mean, and a word past
-:data:`~inversion.embeddings.norms.BLOWN_UP_RATIO` is flagged. Files from other trainers carry no
+:data:`~common.norms.BLOWN_UP_RATIO` is flagged. Files from other trainers carry no
 statistics: ``--model`` supplies them from the model's own token-embedding tables, and also lists each
 vector's nearest vocabulary words (cosine similarity). A file that is no embedding gets one line and
 makes the command exit 2.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from common.norms import BLOWN_UP_RATIO, blown_up
 from inversion.embeddings.formats import (
     FORMATS,
     EmbeddingFile,
@@ -27,7 +28,7 @@ from inversion.embeddings.formats import (
     read_metadata,
     read_tensors,
 )
-from inversion.embeddings.norms import BLOWN_UP_RATIO, VocabNorms, blown_up, norms_from_metadata, vocab_norms
+from inversion.embeddings.norms import VocabNorms, norms_from_metadata, vocab_norms
 from inversion.errors import EmbeddingFormatError, SstarError
 
 #: widths of the text encoders → the model family they belong to

@@ -8,8 +8,9 @@ vocabulary says whether a norm is large, so training records each encoder's voca
 (:class:`VocabNorms`: mean, standard deviation and maximum of the token-embedding rows' L2 norms) in the
 embedding file's metadata (:data:`VOCAB_NORMS_KEY`), and ``sstar inspect`` reads them without the model.
 
-:data:`BLOWN_UP_RATIO` is the line above which a word counts as blown up, in multiples of its
-encoder's vocabulary mean norm; the measurement that placed it is in the constant's comment.
+:data:`common.norms.BLOWN_UP_RATIO` is the line above which a word counts as blown up, in multiples of
+its encoder's vocabulary mean norm; the measurement that placed it is in the constant's comment (it lives
+in :mod:`common` because the HTML pages flag blown-up words too).
 """
 
 from __future__ import annotations
@@ -25,15 +26,6 @@ from inversion.errors import EmbeddingFormatError
 
 #: the metadata key of the per-encoder vocabulary norm statistics (a JSON list, one object per text encoder)
 VOCAB_NORMS_KEY = "sstar.vocab_norms"
-
-#: A word whose largest vector norm exceeds this many times its encoder's vocabulary mean norm is blown
-#: up. Measured with ``python -m bench.norms`` (bench/norms.json; the toy world's 4 held-out words, plain
-#: TI, 200 steps): no vocabulary row passes 1.8x its mean (toy world 1.80x, a random-weight tiny CLIP
-#: 1.66x); the words start at 1.4x and end at 3.8-4.0x at the default learning rate (5e-3), at 22-28x at
-#: 5e-2 and at 188-230x at 5e-1, with the same final loss (0.052-0.063) at all three: the extra length
-#: buys nothing. 10x sits clearly apart from both the vocabulary and the default words (2.5x above them)
-#: and flags the inflated ones (2.2x below the least of them). SD vocabularies were not measured here.
-BLOWN_UP_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,8 +77,3 @@ def norm_ratio(embedding: LearnedEmbedding, norms: Sequence[VocabNorms]) -> floa
             f"embedding {embedding.token} has {len(embedding.tables)} table(s) but {len(norms)} vocabulary norm(s)"
         )
     return max(stats.ratio(norm) for stats, row in zip(norms, vector_norms(embedding)) for norm in row)
-
-
-def blown_up(ratio: float) -> bool:
-    """Whether a word whose :func:`norm_ratio` is ``ratio`` counts as blown up (:data:`BLOWN_UP_RATIO`)."""
-    return ratio > BLOWN_UP_RATIO

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from common.norms import BLOWN_UP_RATIO
 from inversion.embeddings.formats import LearnedEmbedding, save_embedding_files
 from inversion.embeddings.inspector import ModelVocabulary, inspect_file, inspect_files
-from inversion.embeddings.norms import BLOWN_UP_RATIO, VocabNorms, norm_ratio, norms_metadata, vocab_norms
+from inversion.embeddings.norms import VocabNorms, norm_ratio, norms_metadata, vocab_norms
 
 
 def _vectors(n: int, width: int, seed: int = 0, norm: float = 0.4) -> torch.Tensor:
