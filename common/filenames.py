@@ -21,6 +21,7 @@ __all__ = [
     "GRID_THUMBNAIL_FILENAME",
     "BASELINE_GRID_THUMBNAIL_FILENAME",
     "TRAINING_LOG",
+    "TRAINING_STRIP_FILENAME",
     "SUCCESS_FILENAME",
     "a1111_filename",
     "sdxl_filename",
@@ -41,6 +42,9 @@ GRID_THUMBNAIL_FILENAME = "grid.thumb.jpg"
 BASELINE_GRID_THUMBNAIL_FILENAME = "baseline_grid.thumb.jpg"
 #: the loss curves, stop reason and settings of one training (:mod:`tasks.invert`), published with the embedding
 TRAINING_LOG = "training.json"
+#: a small copy of the concept's own training images, side by side in one JPEG (:mod:`tasks.ingest`), published
+#: with the result so the run report shows what the renders should resemble
+TRAINING_STRIP_FILENAME = "training_images.jpg"
 #: the manifest that completes a published result, written last (:mod:`storage.results`)
 SUCCESS_FILENAME = "_SUCCESS"
 

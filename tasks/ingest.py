@@ -5,17 +5,23 @@ A catalog run scans with the state the previous scan left under ``<out>/`` (see
 alone; a changed concept comes back pending and its own staging reads its images, once, to finish
 its digest — and, when a complete result already exists for it (identical bytes re-uploaded),
 stops there without decoding anything.
+
+Staging also writes a small copy of the images it decoded, side by side in one JPEG
+(:data:`~common.filenames.TRAINING_STRIP_FILENAME`, :func:`write_training_strip`), into the work folder;
+it is published with the result, and the run report shows it beside the renders.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from prefect import get_run_logger, task
 
+from common.filenames import TRAINING_STRIP_FILENAME
 from inversion.model.fingerprint import model_fingerprint
 from inversion.model.info import tokenizer_vocabulary
 from inversion.text.placeholders import token_collisions, vocabulary_clash
@@ -27,6 +33,28 @@ from storage.store.open import open_store
 from tasks.records import ConceptRecord, StagedConcept
 from tasks.retry import RETRY
 from tasks.settings import LearnSettings
+
+#: the training-image strip: each image scaled to this height (and at most twice as wide), the first
+#: :data:`STRIP_MAX_IMAGES` side by side, 2 px apart; a JPEG of a few tens of KB
+STRIP_HEIGHT = 80
+STRIP_MAX_IMAGES = 12
+_STRIP_GAP = 2
+
+
+def write_training_strip(images: Sequence[Image.Image], path: Path) -> Path:
+    """Save the first :data:`STRIP_MAX_IMAGES` of ``images`` as one JPEG strip :data:`STRIP_HEIGHT` pixels
+    high (each keeps its aspect, capped at twice as wide as high) to ``path``."""
+    thumbs = []
+    for image in images[:STRIP_MAX_IMAGES]:
+        width = min(2 * STRIP_HEIGHT, max(1, round(image.width * STRIP_HEIGHT / max(1, image.height))))
+        thumbs.append(image.convert("RGB").resize((width, STRIP_HEIGHT), Image.Resampling.LANCZOS, reducing_gap=3.0))
+    strip = Image.new("RGB", (sum(t.width for t in thumbs) + _STRIP_GAP * (len(thumbs) - 1), STRIP_HEIGHT), "white")
+    left = 0
+    for thumb in thumbs:
+        strip.paste(thumb, (left, 0))
+        left += thumb.width + _STRIP_GAP
+    strip.save(path, format="JPEG", quality=80, optimize=True)
+    return path
 
 
 def learning_identity(learn: LearnSettings) -> dict:
@@ -143,7 +171,8 @@ def stage_concept(
 
     When ``done_digests`` (digests with a complete result) holds the digest, nothing is decoded and
     the concept comes back ``done``. Unusable files are reported; a concept with no usable image
-    comes back with ``error`` set.
+    comes back with ``error`` set. Beside the images, the work folder gets their strip
+    (:func:`write_training_strip`), which publishing takes with the result.
     """
     store = open_store(catalog_uri)
     read = read_concept(store, record.spec)
@@ -167,6 +196,7 @@ def stage_concept(
             scan=scan,
         )
     write_pngs(ingested.images, image_dir)
+    write_training_strip([image for _, image in ingested.images], work_dir / TRAINING_STRIP_FILENAME)
     logger = get_run_logger()
     for problem in problems:
         logger.warning("%s: skipped %s", record.concept_id, problem)

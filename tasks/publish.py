@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 
 from prefect import get_run_logger, task
 
+from common.filenames import TRAINING_STRIP_FILENAME
 from inversion.model.info import family_or_none
 from storage.metrics import MetricsRow, Status, append_metrics, update_embeddings_index
 from storage.results import ResultStore
@@ -103,7 +104,8 @@ def skipped_row(
 
 @task(name="publish-concept", **RETRY)
 def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: LearnSettings) -> MetricsRow:
-    """Publish the concept's embeddings, grids and scores write-once, then clear its checkpoints.
+    """Publish the concept's embeddings, grids, scores and training-image strip write-once, then clear its
+    checkpoints.
 
     A concept that failed upstream publishes nothing and becomes a ``failed`` row.
     """
@@ -114,6 +116,9 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         get_run_logger().warning("%s failed: %s", record.concept_id, error)
         return failed_row(run_id, record.concept_id, error, learn, record)
     files = {Path(name).name: Path(name).read_bytes() for name in scored.files_to_publish()}
+    strip = Path(inversion.staged.work_dir) / TRAINING_STRIP_FILENAME  # staging's copy of the training images
+    if strip.is_file():
+        files[strip.name] = strip.read_bytes()
     results = ResultStore.open(out_uri)
     digest = record.known_digest()
     published = results.publish(record.concept_id, digest, files, run_id, replace_incomplete=True)

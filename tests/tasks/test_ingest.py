@@ -1,4 +1,5 @@
-"""tasks.ingest: scanning a catalog into records, and staging a concept's validated images locally."""
+"""tasks.ingest: scanning a catalog into records, and staging a concept's validated images locally (with their
+thumbnail strip)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
+from common.filenames import TRAINING_STRIP_FILENAME
 from storage.catalog import discover_catalog
 from storage.store.open import open_store
-from tasks.ingest import learning_identity, remember_scan, scan_catalog, stage_concept
+from tasks.ingest import (
+    STRIP_HEIGHT,
+    STRIP_MAX_IMAGES,
+    learning_identity,
+    remember_scan,
+    scan_catalog,
+    stage_concept,
+    write_training_strip,
+)
 
 pytestmark = pytest.mark.usefixtures("quiet_run_logger")
 
@@ -123,6 +133,26 @@ def test_stage_writes_decoded_pngs_and_reports_bad_files(catalog: Path, learn, t
     assert problem.startswith("half/cut.png: ")
 
 
+def test_stage_writes_the_strip_of_the_training_images_beside_them(catalog: Path, learn, tmp_path: Path) -> None:
+    staged = _staged(catalog, learn, tmp_path / "work", ["red-square"])["red-square"]
+    strip = Path(staged.work_dir) / TRAINING_STRIP_FILENAME
+    with Image.open(strip) as image:  # two 80×80 pictures at the strip's height, 2 px apart
+        assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (2 * STRIP_HEIGHT + 2, STRIP_HEIGHT))
+        second = image.crop((STRIP_HEIGHT + 2, 0, 2 * STRIP_HEIGHT + 2, STRIP_HEIGHT))
+    with Image.open(catalog / "red-square" / "01.png") as source:
+        expected = source.convert("RGB").resize((STRIP_HEIGHT, STRIP_HEIGHT))
+    assert max(ImageStat.Stat(ImageChops.difference(second, expected)).mean) < 6  # JPEG's loss only
+    assert strip.stat().st_size < 20_000
+
+
+def test_the_strip_keeps_aspect_caps_width_and_count(tmp_path: Path) -> None:
+    images = [Image.new("RGB", (400, 100), "red"), Image.new("RGB", (50, 200), "blue")] * STRIP_MAX_IMAGES
+    path = write_training_strip(images, tmp_path / "strip.jpg")
+    widths = [2 * STRIP_HEIGHT, STRIP_HEIGHT // 4] * (STRIP_MAX_IMAGES // 2)  # 4:1 capped at 2:1; 1:4 kept
+    with Image.open(path) as image:
+        assert image.size == (sum(widths) + 2 * (STRIP_MAX_IMAGES - 1), STRIP_HEIGHT)
+
+
 def test_a_retried_stage_starts_from_a_clean_folder(catalog: Path, learn, tmp_path: Path) -> None:
     (record,) = scan_catalog.fn(str(catalog), learn, ["red-square"]).records
     first = stage_concept.fn(str(catalog), record, str(tmp_path / "work"))
@@ -138,7 +168,7 @@ def test_a_concept_already_done_is_not_decoded(catalog: Path, learn, tmp_path: P
     digest = _full_read_digests(catalog, learn)["red-square"]
     staged = stage_concept.fn(str(catalog), record, str(tmp_path / "work"), done_digests=[digest])
     assert staged.done and staged.record.digest == digest and staged.error is None
-    assert not Path(staged.image_dir).exists()
+    assert not Path(staged.image_dir).exists() and not (Path(staged.work_dir) / TRAINING_STRIP_FILENAME).exists()
 
 
 def test_stage_of_a_concept_without_usable_images_is_an_error_not_an_exception(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.filenames import SUCCESS_FILENAME
+from common.filenames import SUCCESS_FILENAME, TRAINING_STRIP_FILENAME
 from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import AlreadyExists
 from storage.metrics import read_embeddings_index, read_metrics
@@ -92,6 +92,18 @@ def test_publish_writes_every_file_then_success_and_clears_checkpoints(tmp_path:
     assert results.verify(RECORD.concept_id, RECORD.digest) == []
     assert Path(row.embedding_uri).read_bytes() == b"vectors"
     assert results.list_checkpoints(RECORD.concept_id, RECORD.digest) == []
+
+
+def test_the_strip_staging_left_in_the_work_folder_is_published_with_the_result(tmp_path: Path, out: str, learn):
+    """Staging writes the training images' strip into the concept's work folder (tasks.ingest); publishing takes
+    it with the trainer's and the scorer's files."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / TRAINING_STRIP_FILENAME).write_bytes(b"a strip of jpeg")
+    publish_concept.fn(_scored(tmp_path / "work"), out, "run-1", learn)
+    results = ResultStore.open(out)
+    assert TRAINING_STRIP_FILENAME in results.read_manifest(RECORD.concept_id, RECORD.digest).files
+    strip = Path(results.uri(RECORD.concept_id, RECORD.digest, TRAINING_STRIP_FILENAME))
+    assert strip.read_bytes() == b"a strip of jpeg" and results.verify(RECORD.concept_id, RECORD.digest) == []
 
 
 def test_publishing_the_same_bytes_again_is_a_no_op(tmp_path: Path, out: str, learn) -> None:
