@@ -1,17 +1,24 @@
 """The run report: one static HTML page per run, written next to the metrics.
 
-A header (run id, ok/failed/skipped counts, mean inversion lift), a chart of the lift of the
+A header (run id, ok/failed/skipped counts, mean inversion lift, blown-up words), a chart of the lift of the
 concepts learned in this run (bars per concept, a histogram past :data:`MAX_BARS`), one card per
-learned concept (its learned-word and words-only grid thumbnails, scores, lift, token, steps, loss,
-train time, links), the failures with their reasons, and a summary of the skipped concepts.
+learned concept (a strip of its own training images, its learned-word and words-only grid thumbnails,
+scores, lift, token, the steps it ran and why it stopped, its norm against the vocabulary with a flag
+when blown up, loss, train time, links), the failures with their reasons, and a summary of the skipped
+concepts, the first :data:`MAX_SKIPPED_NAMES` with their training images.
 
 The page stays small at catalog size: grids are never embedded. Each result carries small JPEG
-thumbnails beside its grids (``grid.thumb.jpg``, written by :func:`inversion.evaluation.scoring.write_scores`),
+thumbnails beside its grids (``grid.thumb.jpg``, written by :func:`inversion.evaluation.scoring.write_scores`)
+and the strip of its training images (``training_images.jpg``, written at staging by :mod:`tasks.ingest`),
 which the cards lazy-load through *relative* links (``../embeddings/<concept>/<digest>/…``), so the
 page opens from a bucket or a local folder with no server; skipped concepts are counted and
 summarised, not listed as cards. Its only script is the embedded chart library
 (:mod:`reports.charts`); no external CSS, fonts, scripts or CDN. Everything that comes from a catalog or
 an error message is HTML-escaped; links only keep safe schemes.
+
+Results learned before staging wrote the strip have none: their card says so in words instead of
+linking a missing file (:func:`write_report` reads the manifests of the skipped concepts it shows).
+Captions are HTML text, never drawn into the images.
 
 Scores are raw CLIP cosines in [-1, 1] (see :mod:`inversion.evaluation.scoring`), not the 2.5×-scaled
 CLIPScore; the lift is the learned word's image similarity minus the words-only baseline's.
@@ -19,7 +26,7 @@ CLIPScore; the lift is the learned word's image similarity minus the words-only 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -29,15 +36,26 @@ from common.filenames import (
     BASELINE_GRID_THUMBNAIL_FILENAME,
     GRID_FILENAME,
     GRID_THUMBNAIL_FILENAME,
+    TRAINING_STRIP_FILENAME,
 )
+from common.norms import BLOWN_UP_RATIO
 from reports.charts import bar_chart, chart, charts_script, histogram
-from reports.style import MISSING, PAGE_CSS, finite_number, format_lift, format_lr, format_value
+from reports.style import (
+    MISSING,
+    PAGE_CSS,
+    finite_number,
+    format_lift,
+    format_lr,
+    format_norm_ratio,
+    format_value,
+    is_blown_up,
+)
 from storage.compositions import composition_prefix
 from storage.metrics import STATUSES
 from storage.results import ResultStore
 from storage.store.open import open_store
 
-__all__ = ["MAX_BARS", "MAX_LISTED", "lift_chart", "render_report", "write_report"]
+__all__ = ["MAX_BARS", "MAX_LISTED", "STOP_REASONS", "lift_chart", "render_report", "unsaved_strips", "write_report"]
 
 #: past this many learned concepts the lift chart is a histogram rather than one bar per concept
 MAX_BARS = 60
@@ -46,6 +64,8 @@ MAX_LISTED = 200
 MAX_SKIPPED_NAMES = 40
 #: ``(concept_id, digest, file name) -> key under the output root`` (``ResultStore.key``)
 ResultKey = Callable[[str, str, str], str]
+#: why training stopped (``stop_reason``, :mod:`inversion.training.stopping`), in words
+STOP_REASONS = {"plateau": "plateau (the loss stopped improving)", "max_steps": "step cap reached"}
 _SAFE_SCHEMES = {"http", "https", "s3", "gs", "file", ""}
 
 
@@ -116,60 +136,104 @@ def lift_chart(rows: list[dict]) -> str:
     return chart("lift-chart", config, height=320, label="distribution of inversion lift")
 
 
-def _figure(href: str | None, full: str | None, caption: str, cid: str) -> str:
+def _figure(href: str | None, full: str | None, caption: str, alt: str, css: str = "") -> str:
+    """A picture with its caption as HTML text, lazy-loaded from ``href`` and linked to ``full``; "—" without it."""
     if not href:
         return f"<figure><figcaption>{escape(caption)}: {MISSING}</figcaption></figure>"
-    image = (
-        f"<img alt='{escape(caption, quote=True)} grid of {escape(cid, quote=True)}' loading='lazy' "
-        f"src='{escape(href, quote=True)}'>"
-    )
+    image = f"<img alt='{escape(alt, quote=True)}' loading='lazy' src='{escape(href, quote=True)}'>"
     if full:
         image = f"<a href='{escape(full, quote=True)}'>{image}</a>"
-    return f"<figure><figcaption>{escape(caption)}</figcaption>{image}</figure>"
+    css_class = f" class='{css}'" if css else ""
+    return f"<figure{css_class}><figcaption>{escape(caption)}</figcaption>{image}</figure>"
 
 
-def _card(row: dict, result_key: ResultKey) -> str:
+def _strip(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
+    """The strip of the concept's training images, or the plain note that its result has none (``unsaved``:
+    concept id → when that result was learned)."""
     cid = _cid(row)
+    if cid in unsaved:
+        return (
+            "<figure><figcaption>training images</figcaption><p class='muted small'>no training images saved for "
+            f"this result ({escape(unsaved[cid])})</p></figure>"
+        )
+    href = _relative(result_key, row, TRAINING_STRIP_FILENAME)
+    return _figure(href, href, "training images", f"training images of {cid}", css="strip")
+
+
+def _steps_run(row: dict) -> tuple[tuple[str, str], ...]:
+    """The steps the word actually ran, of the step cap, and why it stopped (table rows)."""
+    reason = row.get("stop_reason")
+    reason_text = escape(STOP_REASONS.get(reason, reason)) if isinstance(reason, str) and reason else MISSING
+    return (
+        ("steps run", f"{format_value(row.get('steps_run'))} of {format_value(row.get('steps'))}"),
+        ("stop reason", reason_text),
+    )
+
+
+def _scores_table(row: dict) -> str:
+    """The card's table: scores, the steps run and why they stopped, the norm, the settings and costs."""
     scores = (
         ("image similarity, learned word", format_value(row.get("image_similarity"))),
         ("image similarity, words only", format_value(row.get("baseline_image_similarity"))),
         ("text similarity, learned word", format_value(row.get("text_similarity"))),
         ("text similarity, words only", format_value(row.get("baseline_text_similarity"))),
-        ("steps", format_value(row.get("steps"))),
+        *_steps_run(row),
+        ("largest norm / vocabulary mean", format_norm_ratio(row.get("norm_ratio"))),
         ("vectors", format_value(row.get("vectors"))),
         ("learning rate", format_lr(row.get("lr"))),
         ("final loss", format_value(row.get("final_loss"), 4)),
         ("train seconds", format_value(row.get("train_seconds"), 1)),
     )
-    cells = "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
-    grids = (
+    return (
+        "<table>"
+        + "".join(f"<tr><td>{label}</td><td class='num'>{value}</td></tr>" for label, value in scores)
+        + "</table>"
+    )
+
+
+def _card(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
+    """A learned concept's card: its training images, both grids, its scores and where its embedding is."""
+    cid = _cid(row)
+    pictures = (
         "<div class='grids'>"
+        + _strip(row, result_key, unsaved)
         + _figure(
             _relative(result_key, row, GRID_THUMBNAIL_FILENAME),
             _relative(result_key, row, GRID_FILENAME),
             "learned word",
-            cid,
+            f"learned word grid of {cid}",
         )
         + _figure(
             _relative(result_key, row, BASELINE_GRID_THUMBNAIL_FILENAME),
             _relative(result_key, row, BASELINE_GRID_FILENAME),
             "words only",
-            cid,
+            f"words only grid of {cid}",
         )
         + "</div>"
     )
+    flag = f" · {format_norm_ratio(row.get('norm_ratio'))}" if is_blown_up(row.get("norm_ratio")) else ""
     return (
         f"<div class='card'><h3>{escape(cid)}</h3>"
         f"<div>token <code>{format_value(row.get('token'))}</code> · "
-        f"lift {format_lift(row.get('inversion_lift'))}</div>"
-        f"{grids}<table>{cells}</table>"
+        f"lift {format_lift(row.get('inversion_lift'))}{flag}</div>"
+        f"{pictures}{_scores_table(row)}"
         f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
         f"<div class='small muted'>model {format_value(row.get('model'))} · digest "
         f"<code>{escape(str(row.get('digest') or MISSING)[:16])}</code></div></div>"
     )
 
 
-def _skipped_summary(skipped: list[dict]) -> str:
+def _skipped_card(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
+    """A skipped concept, small: its name, the lift of its last learning and its training images."""
+    flag = f" · {format_norm_ratio(row.get('norm_ratio'))}" if is_blown_up(row.get("norm_ratio")) else ""
+    return (
+        f"<div class='card mini'><h3>{escape(_cid(row))}</h3><div>lift {format_lift(row.get('inversion_lift'))}"
+        f"{flag}</div><div class='grids'>{_strip(row, result_key, unsaved)}</div></div>"
+    )
+
+
+def _skipped_summary(skipped: list[dict], result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
+    """The skipped concepts: counted, their lifts summarised, the first :data:`MAX_SKIPPED_NAMES` shown small."""
     lifts = [v for r in skipped if (v := finite_number(r.get("inversion_lift"))) is not None]
     stats = (
         f"lift of their last learning: mean {format_lift(sum(lifts) / len(lifts))}, min {format_lift(min(lifts))}, "
@@ -177,13 +241,17 @@ def _skipped_summary(skipped: list[dict]) -> str:
         if lifts
         else "no lift scores"
     )
-    names = ", ".join(escape(_cid(r)) for r in skipped[:MAX_SKIPPED_NAMES])
-    more = f" and {len(skipped) - MAX_SKIPPED_NAMES} more" if len(skipped) > MAX_SKIPPED_NAMES else ""
+    cards = "".join(_skipped_card(r, result_key, unsaved) for r in skipped[:MAX_SKIPPED_NAMES])
+    more = (
+        f"<p class='muted small'>… and {len(skipped) - MAX_SKIPPED_NAMES} more</p>"
+        if len(skipped) > MAX_SKIPPED_NAMES
+        else ""
+    )
     return (
         f"<h2>Skipped — already learned ({len(skipped)})</h2>"
         f"<p>{len(skipped)} concept(s) had a complete result for their current digest; {stats}. "
         f"Per-concept scores, grids and embeddings of every concept: the <a href='dashboard.html'>dashboard</a>."
-        f"</p><p class='muted small'>{names}{more}</p>"
+        f"</p><div class='cards'>{cards}</div>{more}"
     )
 
 
@@ -195,7 +263,12 @@ def _composition_card(row: dict) -> str:
     if row.get("status") != "failed" and isinstance(key, str) and key:
         try:
             base = "../" + quote(composition_prefix(cid, key))
-            grid = _figure(f"{base}/{GRID_THUMBNAIL_FILENAME}", f"{base}/{GRID_FILENAME}", "composition", cid)
+            grid = _figure(
+                f"{base}/{GRID_THUMBNAIL_FILENAME}",
+                f"{base}/{GRID_FILENAME}",
+                "composition",
+                f"composition grid of {cid}",
+            )
         except Exception:  # noqa: BLE001 - an id the layout refuses only costs the card its picture
             grid = ""
     concepts = list(row.get("concepts") or ())
@@ -230,10 +303,25 @@ def _header(rows: list[dict], run_id: str, title: str) -> list[str]:
         + f" · mean inversion lift of the concepts learned in this run: {format_lift(mean_lift)}"
         + " · <a href='dashboard.html'>all runs</a></div>",
         "<div class='pills'>" + "".join(f"<span class='{s}'>{s} {n}</span>" for s, n in counts.items()) + "</div>",
+        _blown_up_note(rows),
         "<p class='muted small'>Similarities are raw CLIP cosines in [-1, 1] (not the 2.5×-scaled CLIPScore). "
         "Lift = image similarity of the learned word minus that of the same prompts with plain words; "
         "positive means the learned word captures the concept better than words do.</p>",
     ]
+
+
+def _blown_up_note(rows: list[dict]) -> str:
+    """The words learned in this run whose norm is blown up, named; nothing when none is."""
+    blown = [r for r in rows if r.get("status") == "ok" and is_blown_up(r.get("norm_ratio"))]
+    if not blown:
+        return ""
+    names = ", ".join(f"{escape(_cid(r))} ({finite_number(r['norm_ratio']):.1f}×)" for r in blown[:MAX_SKIPPED_NAMES])
+    more = f" and {len(blown) - MAX_SKIPPED_NAMES} more" if len(blown) > MAX_SKIPPED_NAMES else ""
+    return (
+        f"<p><span class='blown'>{len(blown)} blown-up word(s)</span> {names}{more}: the largest vector norm is over "
+        f"{BLOWN_UP_RATIO:g}× its text encoder's mean vocabulary norm, so the word may drown the rest of a prompt "
+        "(<code>sstar inspect</code> shows each vector).</p>"
+    )
 
 
 def _failures(failed: list[dict]) -> list[str]:
@@ -265,12 +353,21 @@ def _compositions(compositions: Sequence[dict]) -> list[str]:
 
 
 def render_report(
-    rows: list[dict], *, run_id: str, title: str, result_key: ResultKey, compositions: Sequence[dict] = ()
+    rows: list[dict],
+    *,
+    run_id: str,
+    title: str,
+    result_key: ResultKey,
+    compositions: Sequence[dict] = (),
+    unsaved_strips: Mapping[str, str] | None = None,
 ) -> str:
     """The report's HTML. ``rows`` are metrics rows as dicts (any value may be None); ``result_key``
     maps (concept id, digest, file name) to the file's key under the output root
     (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
-    ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids."""
+    ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids.
+    ``unsaved_strips``: concept id → when its result was learned, for results published without the strip
+    of their training images (:func:`unsaved_strips`); every other card links its strip."""
+    unsaved = unsaved_strips or {}
     by_status = {s: sorted((r for r in rows if r.get("status") == s), key=_cid) for s in STATUSES}
     # 1. the head, the run's summary and the lift chart
     lift = lift_chart(rows)
@@ -279,13 +376,13 @@ def render_report(
     # 2. one card per concept learned in this run
     if learned := by_status["ok"]:
         html.append(f"<h2>Concepts learned in this run ({len(learned)})</h2><div class='cards'>")
-        html.extend(_card(row, result_key) for row in learned)
+        html.extend(_card(row, result_key, unsaved) for row in learned)
         html.append("</div>")
     # 3. the failures, then the skipped concepts summarised
     if by_status["failed"]:
         html += _failures(by_status["failed"])
     if by_status["skipped"]:
-        html.append(_skipped_summary(by_status["skipped"]))
+        html.append(_skipped_summary(by_status["skipped"], result_key, unsaved))
     # 4. the compositions
     if compositions:
         html += _compositions(compositions)
@@ -298,18 +395,38 @@ def render_report(
     return "".join(html)
 
 
+def unsaved_strips(results: ResultStore, rows: Sequence[dict]) -> dict[str, str]:
+    """Concept id → when its result was learned, for the skipped concepts the report shows (the first
+    :data:`MAX_SKIPPED_NAMES`) whose published result has no training-image strip: it was learned before
+    staging wrote one. One small manifest read per shown concept; a concept learned in this run has its strip."""
+    skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)[:MAX_SKIPPED_NAMES]
+    unsaved: dict[str, str] = {}
+    for row in skipped:
+        digest = row.get("digest")
+        try:
+            manifest = results.read_manifest(_cid(row), digest) if isinstance(digest, str) and digest else None
+        except Exception:  # noqa: BLE001 - an unreadable manifest costs the card its picture, not the report
+            manifest = None
+        if manifest is not None and TRAINING_STRIP_FILENAME not in manifest.files:
+            unsaved[_cid(row)] = f"learned {manifest.created_at[:10]} by run {manifest.run_id}, before sstar kept them"
+    return unsaved
+
+
 def write_report(out_uri: str, run_id: str, rows: list[dict], compositions: Sequence[dict] = ()) -> str:
     """Write ``reports/<run_id>.html`` and ``reports/latest.html`` under ``out_uri``; returns the run's report URL.
 
-    Reads nothing: the grids' thumbnails were published with each result and are linked, not embedded.
+    Reads only the manifests of the skipped concepts it shows (:func:`unsaved_strips`): the grids' thumbnails
+    and the training images' strip were published with each result and are linked, not embedded.
     """
     store = open_store(out_uri)
+    results = ResultStore(store)
     page = render_report(
         rows,
         run_id=run_id,
         title=f"sstar run {run_id}",
-        result_key=ResultStore(store).key,
+        result_key=results.key,
         compositions=list(compositions),
+        unsaved_strips=unsaved_strips(results, rows),
     ).encode("utf-8")
     key = f"reports/{run_id}.html"
     store.put(key, page)

@@ -11,7 +11,18 @@ import numbers
 from html import escape
 from typing import Any
 
-__all__ = ["MISSING", "PAGE_CSS", "finite_number", "format_lift", "format_lr", "format_value"]
+from common.norms import BLOWN_UP_RATIO, blown_up
+
+__all__ = [
+    "MISSING",
+    "PAGE_CSS",
+    "finite_number",
+    "format_lift",
+    "format_lr",
+    "format_norm_ratio",
+    "format_value",
+    "is_blown_up",
+]
 
 #: what a missing value (None, NaN, an empty string) shows
 MISSING = "—"
@@ -39,6 +50,8 @@ td{padding:2px 8px 2px 0;vertical-align:top}td.num{text-align:right;font-variant
 .fail pre{margin:4px 0 0;white-space:pre-wrap;word-break:break-word;font-size:12px}
 .chart{background:#fff;border:1px solid #dde1e6;border-radius:8px;padding:10px;overflow-x:auto}
 code{font-size:12px;word-break:break-all}a{color:#1558b0}
+.blown{display:inline-block;background:#fbe0e0;color:#8a1c12;font-weight:600;border-radius:10px;padding:0 8px}
+.strip{overflow-x:auto}.card .strip img{width:auto;max-width:none;height:80px;image-rendering:auto}
 """
 
 
@@ -77,3 +90,21 @@ def format_lift(value: Any) -> str:
         return f'<span class="muted">{MISSING}</span>'
     css = "up" if number >= 0 else "down"
     return f'<span class="{css}">{number:+.3f}</span>'
+
+
+def is_blown_up(value: Any) -> bool:
+    """Whether a metrics row's ``norm_ratio`` flags its word as blown up (:data:`common.norms.BLOWN_UP_RATIO`);
+    False when missing (rows written before the column existed)."""
+    number = finite_number(value)
+    return number is not None and blown_up(number)
+
+
+def format_norm_ratio(value: Any) -> str:
+    """A word's largest vector norm over its vocabulary's mean norm (``3.8×``); a blown-up word gets a red flag
+    that says so in words, with the ratio; missing as an em dash."""
+    number = finite_number(value)
+    if number is None:
+        return MISSING
+    if blown_up(number):
+        return f'<span class="blown">blown up: {number:.1f}× (over {BLOWN_UP_RATIO:g}×)</span>'
+    return f"{number:.1f}×"

@@ -1,6 +1,6 @@
 """The dashboard and a run report in a real headless Chromium: no console errors, the charts drawn
-(canvas elements with size and a Chart.js chart each), the concept table filled, thumbnails loaded
-through their relative links. Chromium missing fails these tests with a message (tests/browser.py)."""
+(canvas elements with size and a Chart.js chart each), the concept table filled (its norm column too),
+thumbnails and training-image strips loaded through their relative links. Chromium missing fails these tests with a message (tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,14 @@ def test_dashboard_renders_in_chromium(two_runs: TwoRuns) -> None:
         two_runs.out / "reports" / "dashboard.html",
         "({charts: " + CHARTS + ", rows: document.querySelectorAll('#concepts tbody tr').length,"
         " info: document.getElementById('concepts-info').textContent,"
-        " links: Array.from(document.querySelectorAll('#concepts a')).map(a => a.getAttribute('href'))})",
+        " links: Array.from(document.querySelectorAll('#concepts a')).map(a => a.getAttribute('href')),"
+        " norms: Array.from(document.querySelectorAll('#concepts tbody tr')).map(tr => tr.children[8].textContent)})",
     )
     assert page.errors == []
     _charts_drawn(page.value["charts"], {"runs-counts", "runs-seconds", "lift-histogram", "slowest"})
     assert page.value["rows"] == 3 and page.value["info"].startswith("3 of 3 concepts")
     assert any(h.startswith("../embeddings/red-square/") and h.endswith("/grid.png") for h in page.value["links"])
+    assert sorted(n[-1] for n in page.value["norms"]) == ["×", "×", "—"]  # the corrupt concept has none
 
 
 def test_run_report_renders_in_chromium_with_its_thumbnails(two_runs: TwoRuns) -> None:
@@ -45,7 +47,8 @@ def test_run_report_renders_in_chromium_with_its_thumbnails(two_runs: TwoRuns) -
     assert page.errors == []
     _charts_drawn(page.value["charts"], {"lift-chart"})
     images = page.value["images"]
-    assert len(images) == 4  # learned-word and words-only thumbnails of the two learned concepts
+    assert len(images) == 6  # the training images' strip, learned-word and words-only thumbnails of two concepts
+    assert sum(i["src"].endswith("/training_images.jpg") for i in images) == 2
     assert all(i["loaded"] for i in images), images
 
 

@@ -1,5 +1,7 @@
-"""The static HTML run report: escaping, counts, the lift chart, missing values, linked thumbnails,
-the summary of skipped concepts, its size at catalog scale, and writing it."""
+"""The static HTML run report: escaping, counts, the lift chart, missing values, linked thumbnails, the
+training images' strip (and the plain note of a result learned before it), the steps run and why they stopped,
+blown-up words, the summary of skipped concepts, its size at catalog scale, and writing it (from hand-built
+rows, and from the two real catalog runs of ``two_runs``)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import re
 
 import pytest
 
-from reports.run_page import MAX_BARS, MAX_LISTED, lift_chart, render_report, write_report
+from common.filenames import TRAINING_STRIP_FILENAME
+from common.norms import BLOWN_UP_RATIO
+from reports.run_page import MAX_BARS, MAX_LISTED, STOP_REASONS, lift_chart, render_report, write_report
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -49,7 +53,15 @@ def key(tmp_path):
 
 
 def _render(rows, key, **kwargs) -> str:
-    return render_report(rows, run_id=kwargs.pop("run_id", "run-1"), title=kwargs.pop("title", "t"), result_key=key)
+    return render_report(
+        rows, run_id=kwargs.pop("run_id", "run-1"), title=kwargs.pop("title", "t"), result_key=key, **kwargs
+    )
+
+
+def _card_of(html: str, concept_id: str) -> str:
+    """The card (full or small) of ``concept_id`` in ``html``."""
+    (card,) = [c for c in re.split(r"<div class='card(?: mini)?'>", html) if c.startswith(f"<h3>{concept_id}</h3>")]
+    return card
 
 
 def _chart_config(html: str) -> dict:
@@ -74,7 +86,7 @@ def rows() -> list[dict]:
 
 def test_user_controlled_text_is_escaped(rows: list[dict], key) -> None:
     rows.append(_row("x", lift=0.4, token=EVIL, embedding_uri="javascript:alert(1)"))
-    rows.append(_row(f"</script>{EVIL}", lift=0.3))
+    rows.append(_row(f"</script>{EVIL}", lift=0.3, stop_reason=EVIL))
     html = render_report(rows, run_id=f"run-{EVIL}", title=f"title {EVIL}", result_key=key)
     assert "<script>alert" not in html and "</script><script>alert" not in html
     assert "&lt;script&gt;" in html
@@ -148,7 +160,8 @@ def test_failures_listed_and_skipped_summarised(rows: list[dict], key) -> None:
     assert "Skipped — already learned (2)" in skipped
     assert 'mean <span class="up">+0.020</span>' in skipped
     assert "old-1" in skipped and "old-2" in skipped
-    assert "<h3>old-1</h3>" not in html  # no card for a skipped concept
+    assert "<div class='card'><h3>old-1</h3>" not in html  # no full card for a skipped concept: a small one
+    assert "<div class='card mini'><h3>old-1</h3>" in skipped
     assert 'href="s3://bucket/results/cat/learned_embeds.safetensors"' in html
 
 
@@ -163,6 +176,7 @@ def test_report_stays_small_at_catalog_size(key) -> None:
     html = _render(rows, key)
     assert html.count("<div class='card'>") == 1000
     assert html.count("<div class='fail'>") == MAX_LISTED and f"… and {500 - MAX_LISTED} more failures" in html
+    assert html.count("<div class='card mini'>") == 40 and "old-00039" in html
     assert "old-04999" not in html and "and 4960 more" in html
     assert len(html.encode()) < 2_500_000, len(html.encode())  # ~170 MB when grids were embedded
 
@@ -182,3 +196,96 @@ def test_write_report_to_a_local_folder(tmp_path, rows: list[dict]) -> None:
     assert "run-1.html" in url
     page = run_page.read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>") and f"../embeddings/cat/{DIGEST}/grid.thumb.jpg" in page
+
+
+def test_cards_show_the_strip_of_the_training_images(rows: list[dict], key) -> None:
+    """Learned and skipped concepts alike link their result's strip, captioned in HTML, lazy-loaded."""
+    html = _render(rows, key)
+    for concept_id in ("cat", "old-1"):
+        card = _card_of(html, concept_id)
+        src = f"../embeddings/{concept_id}/{DIGEST}/{TRAINING_STRIP_FILENAME}"
+        assert f"<figure class='strip'><figcaption>training images</figcaption><a href='{src}'>" in card
+        assert f"alt='training images of {concept_id}' loading='lazy' src='{src}'" in card
+    assert "training images: —" in _card_of(html, "bad-digest")  # no digest, no picture
+
+
+def test_a_result_learned_before_the_strip_says_so_plainly(rows: list[dict], key) -> None:
+    note = "learned 2024-01-02 by run run-0, before sstar kept them"
+    html = _render(rows, key, unsaved_strips={"old-1": note, "cat": note})
+    for concept_id in ("old-1", "cat"):
+        card = _card_of(html, concept_id)
+        assert f"no training images saved for this result ({note})" in card
+        assert TRAINING_STRIP_FILENAME not in card
+    assert TRAINING_STRIP_FILENAME in _card_of(html, "old-2")
+
+
+def test_cards_show_the_steps_run_and_why_they_stopped(key) -> None:
+    rows = [
+        _row("plateaued", steps=200, steps_run=100, stop_reason="plateau"),
+        _row("capped", steps=200, steps_run=200, stop_reason="max_steps"),
+        _row("older", steps=200),  # a row written before steps_run and stop_reason existed
+    ]
+    html = _render(rows, key)
+    plateaued = _card_of(html, "plateaued")
+    assert "<td>steps run</td><td class='num'>100 of 200</td>" in plateaued
+    assert f"<td>stop reason</td><td class='num'>{STOP_REASONS['plateau']}</td>" in plateaued
+    assert "<td>steps</td>" not in html  # the step cap alone is never shown as the steps run
+    assert f"<td>stop reason</td><td class='num'>{STOP_REASONS['max_steps']}</td>" in _card_of(html, "capped")
+    older = _card_of(html, "older")
+    assert "<td>steps run</td><td class='num'>— of 200</td>" in older
+    assert "<td>stop reason</td><td class='num'>—</td>" in older
+
+
+def test_blown_up_words_are_flagged_with_their_ratio(key) -> None:
+    rows = [
+        _row("blown", norm_ratio=BLOWN_UP_RATIO + 2.5),
+        _row("fine", norm_ratio=3.8),
+        _row("older"),  # no norm_ratio: written before the column existed
+        _row("blown-before", status="skipped", norm_ratio=40.0),
+    ]
+    html = _render(rows, key)
+    flag = f'<span class="blown">blown up: {BLOWN_UP_RATIO + 2.5:.1f}× (over {BLOWN_UP_RATIO:g}×)</span>'
+    blown = _card_of(html, "blown")
+    assert f"· {flag}</div>" in blown and f"<td>largest norm / vocabulary mean</td><td class='num'>{flag}" in blown
+    assert f"<span class='blown'>1 blown-up word(s)</span> blown ({BLOWN_UP_RATIO + 2.5:.1f}×)" in html
+    fine = _card_of(html, "fine")
+    assert "<td>largest norm / vocabulary mean</td><td class='num'>3.8×</td>" in fine and "blown" not in fine
+    older = _card_of(html, "older")
+    assert "<td>largest norm / vocabulary mean</td><td class='num'>—</td>" in older and "blown" not in older
+    assert "blown up: 40.0×" in _card_of(html, "blown-before")
+    assert "blown-up word" not in _render([_row("fine", norm_ratio=3.8), _row("older")], key)
+
+
+def test_write_report_reads_which_skipped_results_have_their_strip(tmp_path) -> None:
+    """A result published before staging wrote the strip gets the plain note, with when and by which run it was
+    learned; one published with it links it."""
+    out = tmp_path / "out"
+    results = ResultStore(open_store(str(out)))
+    results.publish("old", DIGEST, {"learned_embeds.safetensors": b"v"}, "run-0")
+    results.publish("new", DIGEST, {"learned_embeds.safetensors": b"v", TRAINING_STRIP_FILENAME: b"jpeg"}, "run-1")
+    write_report(str(out), "run-2", [_row("old", status="skipped"), _row("new", status="skipped")])
+    page = (out / "reports" / "run-2.html").read_text(encoding="utf-8")
+    learned = results.read_manifest("old", DIGEST).created_at[:10]
+    old = _card_of(page, "old")
+    assert f"no training images saved for this result (learned {learned} by run run-0, before sstar kept them)" in old
+    assert f"src='../embeddings/new/{DIGEST}/{TRAINING_STRIP_FILENAME}'" in _card_of(page, "new")
+
+
+def test_the_real_runs_reports_link_strips_that_exist_and_show_the_steps_run(two_runs) -> None:
+    """Two real catalog runs: the first learns two concepts, the second skips them; both reports show each
+    concept's strip (a JPEG published with its result) and the first shows the steps each word ran."""
+    reports = two_runs.out / "reports"
+    first, second = (reports / f"{run_id}.html" for run_id in two_runs.run_ids)
+    for page in (first, second):
+        html = page.read_text(encoding="utf-8")
+        strips = re.findall(rf"src='([^']*/{re.escape(TRAINING_STRIP_FILENAME)})'", html)
+        assert len(strips) == 2, strips
+        for src in strips:
+            assert (reports / src).resolve().read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG, where the link says
+        assert "no training images saved" not in html
+    html = first.read_text(encoding="utf-8")
+    for concept_id in ("red-square", "blue-square"):
+        card = _card_of(html, concept_id)
+        assert re.search(r"<td>steps run</td><td class='num'>[1-4] of 4</td>", card), card
+        assert any(f"<td>stop reason</td><td class='num'>{text}</td>" in card for text in STOP_REASONS.values())
+        assert re.search(r"<td>largest norm / vocabulary mean</td><td class='num'>[0-9.]+×</td>", card), card
