@@ -5,7 +5,9 @@ from the Parquet metrics (:func:`storage.metrics.read_metrics`). It shows, per c
 status and scores with links to its grid and embedding (a searchable, sortable, paged table); the
 distribution of inversion lift and the concepts where the learned word loses to words; runs over
 time (ok / failed / skipped counts, training and evaluation seconds, mean lift); the current
-failures grouped by reason; the slowest concepts.
+failures grouped by reason; the slowest concepts; the words whose norm is blown up (``norm_ratio`` above
+:data:`common.norms.BLOWN_UP_RATIO`, flagged in the table too; rows written before the column existed
+show a dash).
 
 The aggregates are those of the SQL views in ``sql/views.sql`` (same definitions: latest row per
 concept by ``created_at`` then ``run_id``; a failure's *reason* is its first line with quoted text and
@@ -32,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME
+from common.norms import BLOWN_UP_RATIO, blown_up
 from reports.charts import (
     STATUS_COLOURS,
     bar_chart,
@@ -42,7 +45,7 @@ from reports.charts import (
     line_chart,
     stacked_bar_chart,
 )
-from reports.style import PAGE_CSS, format_lift
+from reports.style import PAGE_CSS, finite_number, format_lift, format_norm_ratio
 from storage.metrics import METRICS_SCHEMA, STATUSES, read_metrics
 from storage.results import ResultStore
 from storage.store.open import open_store
@@ -93,6 +96,8 @@ class Dashboard:
     reasons: list[dict[str, Any]]  # current failures (latest status failed) grouped by reason, most first
     slowest: list[dict[str, Any]]  # latest ok row per concept, by train_seconds, slowest first
     generated_at: datetime
+    #: concept → its current result's norm_ratio (a skipped row's is its learning's: the same digest's ok row)
+    norm_ratios: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,7 +175,22 @@ class DashboardState:
             reasons=reasons,
             slowest=slowest,
             generated_at=now or datetime.now(timezone.utc),
+            norm_ratios=self.norm_ratios(),
         )
+
+    def norm_ratios(self) -> dict[str, float]:
+        """Concept → the norm ratio of its current result: its latest row's, or, for a row that carries none
+        (skipped), its latest ok row's when that learned the same digest. Failed concepts and rows written
+        before the column existed have none."""
+        ratios: dict[str, float] = {}
+        for cid, row in self.latest.items():
+            ratio = row.get("norm_ratio")
+            learned = self.latest_ok.get(cid)
+            if ratio is None and row["status"] == "skipped" and learned and learned.get("digest") == row.get("digest"):
+                ratio = learned.get("norm_ratio")
+            if row["status"] != "failed" and (number := finite_number(ratio)) is not None:
+                ratios[cid] = number
+        return ratios
 
     def to_parquet(self) -> bytes:
         """The state as one Parquet file: the latest rows (column ``kind``) and the runs as JSON metadata."""
@@ -211,8 +231,9 @@ def _round(value: Any, digits: int = 4) -> Any:
     return round(value, digits) if isinstance(value, float) else value
 
 
-def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
-    """The per-concept table as compact JSON columns; ``prefix`` is each result's folder relative to ``reports/``."""
+def _table_data(latest: list[dict], results: ResultStore, norm_ratios: dict[str, float]) -> dict[str, Any]:
+    """The per-concept table as compact JSON columns; ``prefix`` is each result's folder relative to ``reports/``,
+    ``norm_ratio`` its current result's (``blown_up``: the line above which the page flags it)."""
     columns = (
         "concept_id",
         "status",
@@ -224,6 +245,7 @@ def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
         "train_seconds",
         "prefix",
         "error",
+        "norm_ratio",
     )
     data = []
     for row in latest:
@@ -242,9 +264,16 @@ def _table_data(latest: list[dict], results: ResultStore) -> dict[str, Any]:
                 *(_round(row.get(c)) for c in columns[3:8]),
                 prefix,
                 error[:_ERROR_CHARS] if error else None,
+                _round(norm_ratios.get(row["concept_id"]), 2),
             ]
         )
-    return {"columns": columns, "rows": data, "grid": GRID_FILENAME, "embedding": DIFFUSERS_FILENAME}
+    return {
+        "columns": columns,
+        "rows": data,
+        "grid": GRID_FILENAME,
+        "embedding": DIFFUSERS_FILENAME,
+        "blown_up": BLOWN_UP_RATIO,
+    }
 
 
 _TABLE_JS = """
@@ -281,6 +310,10 @@ _TABLE_JS = """
       cell(tr, num(r[col.image_similarity]), 'num'); cell(tr, num(r[col.baseline_image_similarity]), 'num');
       cell(tr, num(r[col.text_similarity]), 'num');
       cell(tr, r[col.train_seconds] === null ? '\\u2014' : r[col.train_seconds].toFixed(1), 'num');
+      var ratio = r[col.norm_ratio], blown = ratio !== null && ratio > data.blown_up;
+      var norm = cell(tr, ratio === null ? '\\u2014' : ratio.toFixed(1) + '\\u00d7', 'num');
+      if (blown) { var flag = document.createElement('span'); flag.className = 'blown';
+                   flag.textContent = 'blown up'; norm.textContent += ' '; norm.appendChild(flag); }
       var links = cell(tr, '');
       if (r[col.prefix]) { link(links, r[col.prefix] + '/' + data.grid, 'grid');
                            link(links, r[col.prefix] + '/' + data.embedding, 'embedding'); }
@@ -375,6 +408,32 @@ def _lift_panel(latest: list[dict]) -> str:
     )
 
 
+def _blown_up_panel(dashboard: Dashboard) -> str:
+    """The concepts whose current word is blown up, largest ratio first, each with its ratio and run."""
+    latest = {r["concept_id"]: r for r in dashboard.latest}
+    blown = sorted(
+        ((cid, ratio) for cid, ratio in dashboard.norm_ratios.items() if blown_up(ratio)), key=lambda c: (-c[1], c[0])
+    )
+    title = f"Blown-up words ({len(blown)})"
+    if not blown:
+        return (
+            f"<div class='panel'><h2>{title}</h2><p class='muted'>None: no word's largest norm is over "
+            f"{BLOWN_UP_RATIO:g}× its vocabulary's mean (words learned before the metrics kept it: —).</p></div>"
+        )
+    rows = "".join(
+        f"<tr><td>{escape(cid)}</td><td class='num'>{format_norm_ratio(ratio)}</td>"
+        f"<td>{escape(latest[cid]['run_id'])}</td></tr>"
+        for cid, ratio in blown[:MAX_LOSERS]
+    )
+    more = f"<p class='muted small'>… and {len(blown) - MAX_LOSERS} more</p>" if len(blown) > MAX_LOSERS else ""
+    return (
+        f"<div class='panel'><h2>{title}</h2><p class='muted small'>The largest vector norm is over "
+        f"{BLOWN_UP_RATIO:g}× its text encoder's mean vocabulary norm: the word may drown the rest of a prompt "
+        f"(<code>sstar inspect</code> shows each vector).</p><div class='scroll'><table class='data'>"
+        f"<tr><th>concept</th><th>norm ×vocab</th><th>run</th></tr>{rows}</table></div>{more}</div>"
+    )
+
+
 def _failures_panel(reasons: list[dict]) -> str:
     if not reasons:
         return "<div class='panel'><h2>Current failures</h2><p class='muted'>No concept is failing.</p></div>"
@@ -439,9 +498,10 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
         "<th data-col='inversion_lift'>lift</th><th data-col='image_similarity'>image sim</th>"
         "<th data-col='baseline_image_similarity'>words-only image sim</th>"
         "<th data-col='text_similarity'>text sim</th><th data-col='train_seconds'>train s</th>"
+        "<th data-col='norm_ratio'>norm ×vocab</th>"
         "<th>links</th><th data-col='error'>error</th></tr></thead><tbody></tbody></table>"
         f"<script type='application/json' id='concept-data'>"
-        f"{json_for_script(_table_data(dashboard.latest, results))}</script></div>"
+        f"{json_for_script(_table_data(dashboard.latest, results, dashboard.norm_ratios))}</script></div>"
     )
     empty = "" if dashboard.runs else "<p class='muted'>No runs yet: the metrics are empty.</p>"
     return (
@@ -449,7 +509,7 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
         "<meta name='viewport' content='width=device-width,initial-scale=1'>"
         f"<title>{escape(title)}</title><style>{PAGE_CSS}{_EXTRA_CSS}</style></head><body>"
         f"{header}{empty}<h2>Runs over time</h2>{_runs_charts(dashboard.runs)}<h2>Quality</h2>"
-        f"{_lift_panel(dashboard.latest)}<h2>Failures and cost</h2><div class='grid2'>"
+        f"{_lift_panel(dashboard.latest)}{_blown_up_panel(dashboard)}<h2>Failures and cost</h2><div class='grid2'>"
         f"{_failures_panel(dashboard.reasons)}{_slowest_panel(dashboard.slowest)}</div><h2>All concepts</h2>"
         f"{table}{charts_script()}<script>{_TABLE_JS}</script></body></html>"
     )

@@ -1,5 +1,5 @@
 """The dashboard over all runs: its aggregates, its page (escaping, links, size at 10,000 concepts), the
-``sstar dashboard`` command and the refresh by every catalog run."""
+``sstar dashboard`` command and the refresh by every catalog run, and its flag on blown-up words."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bench.dashboard_size import metrics_row
-from reports.dashboard import DASHBOARD_KEY, render_dashboard, summarise
+from common.norms import BLOWN_UP_RATIO
+from reports.dashboard import DASHBOARD_KEY, DashboardState, render_dashboard, summarise
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -91,6 +92,47 @@ def test_page_links_escapes_and_charts(rows: list[dict], tmp_path) -> None:
     assert not re.search(r"(src|href)=['\"]?(https?:)?//", html)  # nothing loaded from elsewhere
     assert "Learned word loses to words (0)" in html  # dog's latest lift is +0.04 now
     assert "href='run-2.html'" in html
+
+
+def test_blown_up_words_are_flagged_and_rows_without_a_norm_show_a_dash(tmp_path) -> None:
+    rows = [
+        _row(1, "cat", "ok", 0.10, norm_ratio=BLOWN_UP_RATIO * 2.5),
+        _row(2, "cat", "skipped", 0.10),  # skipped rows carry no norm: the same digest's learning's counts
+        _row(1, "dog", "ok", 0.02, norm_ratio=3.0),
+        _row(1, "old", "ok", 0.01),  # written before norm_ratio existed
+        _row(1, "moved", "ok", 0.01, norm_ratio=50.0),
+        _row(2, "moved", "skipped", 0.01, digest="ef" * 8),  # another result now: its norm is unknown
+        _row(1, "vase", "failed", error="truncated", norm_ratio=None),
+    ]
+    dashboard = summarise(rows)
+    assert dashboard.norm_ratios == {"cat": BLOWN_UP_RATIO * 2.5, "dog": 3.0}
+    html = render_dashboard(dashboard, results=ResultStore(open_store(str(tmp_path))))
+    panel = html[html.index("Blown-up words (1)") :]
+    panel = panel[: panel.index("</table>")]
+    assert f"<td>cat</td><td class='num'><span class=\"blown\">blown up: {BLOWN_UP_RATIO * 2.5:.1f}×" in panel
+    assert "dog" not in panel and "old" not in panel
+    data = _data(html)
+    table = {r[0]: dict(zip(data["columns"], r)) for r in data["rows"]}
+    assert data["blown_up"] == BLOWN_UP_RATIO and "norm ×vocab" in html
+    assert [table[c]["norm_ratio"] for c in ("cat", "dog", "old", "moved", "vase")] == [25.0, 3.0, None, None, None]
+    quiet = render_dashboard(summarise(rows[2:4]), results=ResultStore(open_store(str(tmp_path))))
+    assert "Blown-up words (0)" in quiet and "blown up:" not in quiet
+
+
+def test_a_state_stored_before_norm_ratio_still_renders(rows: list[dict], tmp_path) -> None:
+    """A dashboard state written before the metrics had ``norm_ratio`` reads, adds new rows and renders."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(DashboardState().add(rows).to_parquet()))
+    older = table.drop_columns(["norm_ratio"])
+    sink = io.BytesIO()
+    pq.write_table(older, sink)
+    state = DashboardState.from_parquet(sink.getvalue()).add([_row(3, "new", "ok", 0.2, norm_ratio=12.0)])
+    html = render_dashboard(state.dashboard(), results=ResultStore(open_store(str(tmp_path))))
+    assert "Blown-up words (1)" in html and "blown up: 12.0×" in html
+    assert state.dashboard().norm_ratios == {"new": 12.0}
 
 
 def test_page_stays_under_5_mb_at_10000_concepts(tmp_path) -> None:
