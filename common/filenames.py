@@ -24,7 +24,9 @@ __all__ = [
     "TRAINING_STRIP_FILENAME",
     "SUCCESS_FILENAME",
     "a1111_filename",
+    "keyed_filename",
     "sdxl_filename",
+    "diffusers_flux_filename",
 ]
 
 #: the resumable training state of one concept (:mod:`inversion.training.checkpoint`)
@@ -65,13 +67,25 @@ def a1111_filename(token: str, suffix: str = ".pt") -> str:
     return f"{slug[:48].rstrip('-._') or 'embedding'}-{digest}{suffix}"
 
 
-def sdxl_filename(token: str) -> str:
-    """The SDXL ``.safetensors`` file name for ``token`` (the file stem is the trigger word, as for the ``.pt``).
+def keyed_filename(token: str, family: str) -> str:
+    """The name of a word's single file with per-encoder keys (SDXL, SD 3, Flux) for ``token``: the file stem is
+    the trigger word, as for the ``.pt`` (ComfyUI's ``embedding:<stem>``).
 
     A stem that would clash with another file of the output folder (``learned_embeds``,
-    ``learned_embeds_2``, ``checkpoint``) gets ``-sdxl`` appended.
+    ``learned_embeds_2``, ``checkpoint``) gets ``-<family>`` appended.
     """
     name = a1111_filename(token, ".safetensors")
     if name in (DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2, CHECKPOINT_FILENAME):
-        name = f"{Path(name).stem}-sdxl.safetensors"
+        name = f"{Path(name).stem}-{family}.safetensors"
     return name
+
+
+def sdxl_filename(token: str) -> str:
+    """The SDXL ``.safetensors`` file name for ``token`` (:func:`keyed_filename`; ``-sdxl`` on a clash)."""
+    return keyed_filename(token, "sdxl")
+
+
+def diffusers_flux_filename(token: str) -> str:
+    """diffusers' Flux file (``clip_l`` + ``t5``) for ``token``: ``<token-slug>_emb.safetensors``, the ``_emb``
+    name diffusers' advanced Flux script gives it (no clash with the folder's other files)."""
+    return a1111_filename(token, "_emb.safetensors")

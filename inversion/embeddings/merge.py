@@ -91,7 +91,7 @@ def merge_embeddings(parents: Sequence[Parent], token: str, mode: MergeMode = "s
         return parent.source or parent.embedding.token
 
     for other in parents[1:]:
-        if other.embedding.widths != first.embedding.widths:
+        if (other.embedding.widths, other.embedding.family) != (first.embedding.widths, first.embedding.family):
             raise EmbeddingFormatError(
                 f"{name(first)} and {name(other)} were learned for different model families "
                 f"(widths {first.embedding.widths} and {other.embedding.widths})"
@@ -115,7 +115,7 @@ def merge_embeddings(parents: Sequence[Parent], token: str, mode: MergeMode = "s
             raise ConfigError(f"slerp weights must be >= 0 and not both 0, got {a.weight} and {b.weight}")
         t = b.weight / (a.weight + b.weight)
         vectors = torch.cat([_slerp(x, y, t) for x, y in zip(a.embedding.tables, b.embedding.tables)], dim=1)
-    return LearnedEmbedding(token, vectors.float().contiguous(), widths)
+    return LearnedEmbedding(token, vectors.float().contiguous(), widths, first.embedding.family)
 
 
 def merge_record(parents: Sequence[Parent], token: str, mode: MergeMode) -> dict[str, str]:

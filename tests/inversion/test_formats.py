@@ -183,7 +183,7 @@ def test_sdxl_files_every_client_loads(tmp_path):
 
 
 def test_sdxl_file_names_never_clash_with_the_other_files():
-    from inversion.embeddings.formats import sdxl_filename
+    from common.filenames import sdxl_filename
 
     assert sdxl_filename("<checkpoint>") == "checkpoint-sdxl.safetensors"
     assert sdxl_filename("<learned_embeds_2>") == "learned_embeds_2-sdxl.safetensors"
