@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from common.norms import BLOWN_UP_RATIO, blown_up
+from inversion.embeddings.families import ENCODER_WIDTHS, TOKEN_METADATA_KEY
 from inversion.embeddings.formats import (
     FORMATS,
+    KEYED_FORMATS,
     EmbeddingFile,
     diffusers_sibling,
     parse_embedding,
@@ -30,15 +32,18 @@ from inversion.embeddings.formats import (
 )
 from inversion.embeddings.norms import VocabNorms, norms_from_metadata, vocab_norms
 from inversion.errors import EmbeddingFormatError, SstarError
+from inversion.model.info import Family
 
-#: widths of the text encoders → the model family they belong to
-FAMILY_BY_WIDTHS = {
-    (768,): "sd1 (CLIP ViT-L)",
-    (1024,): "sd2 (OpenCLIP ViT-H)",
-    (768, 1280): "sdxl (CLIP ViT-L + OpenCLIP bigG)",
-    (768, 4096): "flux (CLIP ViT-L + T5-XXL)",
-    (768, 1280, 4096): "sd3 (CLIP ViT-L + OpenCLIP bigG + T5-XXL)",
+#: each model family as the report names it, with its text encoders
+FAMILY_LABELS: dict[Family, str] = {
+    "sd1": "sd1 (CLIP ViT-L)",
+    "sd2": "sd2 (OpenCLIP ViT-H)",
+    "sdxl": "sdxl (CLIP ViT-L + OpenCLIP bigG)",
+    "sd3": "sd3 (CLIP ViT-L + OpenCLIP bigG + T5-XXL)",
+    "flux": "flux (CLIP ViT-L + T5-XXL)",
 }
+#: widths of the text encoders → the model family they belong to (the real models' widths)
+FAMILY_BY_WIDTHS = {ENCODER_WIDTHS[family]: label for family, label in FAMILY_LABELS.items()}
 #: how many nearest vocabulary words ``--model`` lists per vector
 NEAREST = 5
 
@@ -66,6 +71,8 @@ class Inspection:
     token: str
     tables: tuple[Table, ...]
     sibling: Path | None = None
+    #: the family the file's keys name (SDXL, SD 3, Flux single files); others are told by their widths
+    keyed_family: Family | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -73,6 +80,8 @@ class Inspection:
 
     @property
     def family(self) -> str:
+        if self.keyed_family is not None:
+            return FAMILY_LABELS[self.keyed_family]
         return FAMILY_BY_WIDTHS.get(self.widths, f"unknown (width {'+'.join(map(str, self.widths))})")
 
     @property
@@ -123,7 +132,7 @@ class ModelVocabulary:
 
 def _tables(parsed: EmbeddingFile, second: EmbeddingFile | None) -> dict[str, torch.Tensor]:
     """The file's vectors by text encoder: per-encoder keys as stored, a one-encoder file as ``text_encoder``."""
-    if parsed.format == "per-encoder":
+    if parsed.format in KEYED_FORMATS:
         return dict(parsed.tables)
     tables = {"text_encoder": next(iter(parsed.tables.values()))}
     if second is not None:
@@ -160,7 +169,8 @@ def inspect_file(path: Path | str, vocabulary: ModelVocabulary | None = None) ->
             f"{path}: vectors of width {'+'.join(map(str, widths))}, but the model's text encoders take "
             f"{model_widths}: it was learned for another model"
         )
-    recorded = norms_from_metadata(read_metadata(path))
+    metadata = read_metadata(path)
+    recorded = norms_from_metadata(metadata)
     norms = recorded if recorded is not None and len(recorded) == len(tables) else None
     if norms is None and vocabulary is not None:
         norms = vocabulary.norms
@@ -173,8 +183,9 @@ def inspect_file(path: Path | str, vocabulary: ModelVocabulary | None = None) ->
         )
         for i, (name, vectors) in enumerate(tables.items())
     )
-    token = parsed.stored_token if parsed.format == "diffusers" else f"<{path.stem}>"
-    return Inspection(path, parsed.format, str(token), inspected, sibling)
+    token = parsed.stored_token if parsed.format == "diffusers" else metadata.get(TOKEN_METADATA_KEY, f"<{path.stem}>")
+    layout = parsed.layout
+    return Inspection(path, parsed.format, str(token), inspected, sibling, layout[0] if layout else None)
 
 
 def _table_lines(table: Table) -> list[str]:
