@@ -1,6 +1,7 @@
 """The dashboard and a run report in a real headless Chromium: no console errors, the charts drawn
 (canvas elements with size and a Chart.js chart each), the concept table filled (its norm column too),
-thumbnails and training-image strips loaded through their relative links. Chromium missing fails these tests with a message (tests/browser.py)."""
+thumbnails and training-image strips loaded through their relative links. Chromium missing fails these tests
+with a message (tests/browser.py)."""
 
 from __future__ import annotations
 
