@@ -5,10 +5,10 @@ fsynced, then published with ``os.replace`` (``put``) or ``os.link`` (``put_once
 the name exists), so a reader never sees a half-written file and a write-once object is never
 clobbered. Listings skip the temp files (names starting with :data:`TEMP_PREFIX`).
 
-Conditional writes (``put_if``, ``update``) hold an exclusive ``fcntl`` lock on a hidden lock file beside
-the object (``.sstar-tmp-lock-<name>``, skipped by listings) across the check and the rename, so two
-processes on one host (or on one NFS export with working locks) never both replace the version they
-read; each conditional write moves the file's modification time forward, so its ETag always changes.
+Conditional writes (``put_if``, ``update``) hold an exclusive ``flock`` on the object's folder across the
+check and the rename (a lock on the folder itself, so no lock file is left in the output), so two processes
+on one host never both replace the version they read; each conditional write moves the file's modification
+time forward, so its ETag always changes.
 """
 
 from __future__ import annotations
@@ -149,10 +149,11 @@ class LocalStore(ObjectStore):
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
+        """An exclusive lock on ``key``'s folder (conditional writes of the objects in it take turns)."""
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path.parent / f"{TEMP_PREFIX}lock-{path.name}"[:255], os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise BackendError(f"cannot lock {path}: {exc.strerror or exc}") from None
         try:
