@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from html import escape
@@ -48,6 +48,7 @@ from reports.charts import (
 from reports.style import PAGE_CSS, finite_number, format_lift, format_norm_ratio
 from storage.metrics import METRICS_SCHEMA, STATUSES, read_metrics
 from storage.results import ResultStore
+from storage.store.base import ObjectStore
 from storage.store.open import open_store
 
 __all__ = [
@@ -515,16 +516,30 @@ def render_dashboard(dashboard: Dashboard, *, results: ResultStore, title: str =
     )
 
 
-def _write(store, state: DashboardState) -> str:
-    page = render_dashboard(state.dashboard(), results=ResultStore(store))
-    store.put(STATE_KEY, state.to_parquet())
-    store.put(DASHBOARD_KEY, page.encode("utf-8"))
+#: how many times a run re-renders the page when the state changed under it (another run's refresh)
+_PAGE_ROUNDS = 5
+
+
+def _write(store: ObjectStore, merge: Callable[[bytes | None], bytes | None]) -> str:
+    """Update the state by compare-and-swap (``merge``: stored state bytes → new ones; two runs at once both keep
+    their rows), then write the page of the state as stored. A page written from a state that another run has
+    since replaced is written again from the newer state: the last page written is the last state's."""
+    state = store.update(STATE_KEY, merge)
+    for _ in range(_PAGE_ROUNDS):
+        assert state is not None
+        page = render_dashboard(DashboardState.from_parquet(state).dashboard(), results=ResultStore(store))
+        store.put(DASHBOARD_KEY, page.encode("utf-8"))
+        stored = store.get(STATE_KEY)
+        if stored == state:
+            break
+        state = stored
     return store.url(DASHBOARD_KEY)
 
 
 def write_dashboard(out_uri: str) -> str:
     """Rebuild ``reports/dashboard.html`` (and its state) from every metrics row under ``out_uri``; returns its URL."""
-    return _write(open_store(out_uri), DashboardState().add(read_metrics(out_uri).to_pylist()))
+    rebuilt = DashboardState().add(read_metrics(out_uri).to_pylist()).to_parquet()
+    return _write(open_store(out_uri), lambda _stored: rebuilt)
 
 
 def refresh_dashboard(
@@ -532,21 +547,28 @@ def refresh_dashboard(
 ) -> str | None:
     """After a run: add the run's ``rows`` (already appended to the metrics) to the stored state and rewrite
     the page, reading one small state object instead of the metrics history. Without a usable state, or when
-    the state already holds this run, the page is rebuilt from the metrics (:func:`write_dashboard`).
+    the state already holds this run, the state is rebuilt from the metrics (as :func:`write_dashboard`).
 
     A failure is logged, not raised: the run's own outputs are already written, and ``sstar dashboard
     --out`` rebuilds the page at any time."""
-    try:
-        store = open_store(out_uri)
+    run_ids = {r["run_id"] for r in rows}
+    rebuilt: list[bytes] = []  # the metrics are read at most once, however often the merge runs
+
+    def merge(stored: bytes | None) -> bytes:
         state = None
-        if rows and store.exists(STATE_KEY):
+        if rows and stored is not None:
             try:
-                state = DashboardState.from_parquet(store.get(STATE_KEY))
+                state = DashboardState.from_parquet(stored)
             except Exception as exc:  # noqa: BLE001 - a corrupt state costs one rebuild, never a wrong page
                 logger.warning("dashboard state unreadable (%s); rebuilding from the metrics", exc)
-        if state is None or {r["run_id"] for r in rows} & set(state.runs):
-            return write_dashboard(out_uri)
-        return _write(store, state.add(rows))
+        if state is not None and not run_ids & set(state.runs):
+            return state.add(rows).to_parquet()
+        if not rebuilt:
+            rebuilt.append(DashboardState().add(read_metrics(out_uri).to_pylist()).to_parquet())
+        return rebuilt[0]
+
+    try:
+        return _write(open_store(out_uri), merge)
     except Exception as exc:  # noqa: BLE001 - see the docstring
         logger.warning("dashboard not refreshed (%s); rebuild it with: sstar dashboard --out %s", exc, out_uri)
         return None
