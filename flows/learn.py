@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ from storage.metrics import MetricsRow, read_embeddings_index
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
 from storage.store.open import open_store
+from tasks.claims import CLAIM_TTL_S, Claim, Claims, claim_key
 from tasks.concurrency import ensure_gpu_limit
 from tasks.ingest import ScanResult, remember_scan, scan_catalog, stage_concept
 from tasks.invert import invert_pack
@@ -200,22 +202,115 @@ def _learn_locally(
 
     The threads are this run's own task runner rather than the flow decorator's, so that the
     ``workers`` parameter holds in deployments too (a flow's decorator runner is fixed at import).
+
+    A concept is trained under this run's claim on it (:mod:`tasks.claims`): one that another live run is
+    training is waited for, and its published result becomes a ``skipped`` row here.
     """
-    with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
+    runner_threads = ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run))
+    with runner_threads as runner, Claims(out, run_id) as claims:
+
+        def skip(s: StagedConcept, index_row: dict | None = None) -> MetricsRow:
+            row = skipped_row(run_id, s.record, learn, out, index_row)
+            on_done(row)
+            return row
+
+        def finished(row: MetricsRow) -> None:  # a concept's claim goes as its row is made
+            claims.release(row.concept_id, row.digest)
+            on_done(row)
+
+        def fail(s: StagedConcept, error: str) -> MetricsRow:
+            row = failed_row(run_id, s.record.concept_id, error, learn, s.record)
+            finished(row)
+            return row
+
+        def learn_now(concepts: list[StagedConcept]) -> list[MetricsRow]:
+            score_futures = _invert_and_score(runner, concepts, learn, evaluation, run, out)
+            return _publish_scored(runner, score_futures, out, run_id, learn, finished)
+
         # 1. stage: read each concept's images once, finish its digest, write its PNGs
         staged = _stage(runner, catalog, todo, work_root, done)
-        # 2. identical bytes re-uploaded: a complete result exists already
-        rows: list[MetricsRow] = []
-        for s in staged:
-            if s.done:
-                row = skipped_row(run_id, s.record, learn, out, (index or {}).get(s.record.concept_id))
-                rows.append(row)
-                on_done(row)
+        # 2. identical bytes re-uploaded: a complete result exists already; claim the rest (tasks.claims)
+        rows = [skip(s, (index or {}).get(s.record.concept_id)) for s in staged if s.done]
+        ours, theirs, published = _claim(claims, out, [s for s in staged if not s.done])
+        rows += [skip(s) for s in published]
         # 3. invert in queues, score each pack as its queue finishes, publish each scored concept
-        learning = [s for s in staged if not s.done]
-        score_futures = _invert_and_score(runner, learning, learn, evaluation, run, out)
-        rows += _publish_scored(runner, score_futures, out, run_id, learn, on_done)
+        rows += learn_now(ours)
+        # 4. the concepts other runs were training: their results, or learned here once their claim is gone
+        rows += _after_other_runs(claims, out, theirs, learn_now, skip, fail, run.slot_wait_timeout)
     return rows, staged
+
+
+#: seconds between looks at the claims and results of the concepts other runs are training
+CLAIM_POLL_S = 2.0
+
+
+def _claim(
+    claims: Claims, out: str, staged: list[StagedConcept]
+) -> tuple[list[StagedConcept], list[StagedConcept], list[StagedConcept]]:
+    """Split the concepts to learn: those this run claimed (and those whose staging failed: nothing to claim),
+    those another live run holds, and those another run published after the scan."""
+    results = ResultStore.open(out)
+    ours, theirs, published = [], [], []
+    for s in staged:
+        if s.error is not None:
+            ours.append(s)
+            continue
+        concept_id, digest = s.record.concept_id, s.record.known_digest()
+        if claims.take(concept_id, digest) is not None:
+            theirs.append(s)
+        elif results.is_complete(concept_id, digest):  # published and let go between the scan and the claim
+            claims.release(concept_id, digest)
+            published.append(s)
+        else:
+            ours.append(s)
+    return ours, theirs, published
+
+
+def _after_other_runs(
+    claims: Claims,
+    out: str,
+    waiting: list[StagedConcept],
+    learn_now: Callable[[list[StagedConcept]], list[MetricsRow]],
+    skipped: Callable[[StagedConcept], MetricsRow],
+    failed: Callable[[StagedConcept, str], MetricsRow],
+    wait_timeout: float,
+) -> list[MetricsRow]:
+    """Wait for the concepts other live runs hold: a published result becomes a ``skipped`` row (``skipped``), a
+    claim let go without a result (that run failed or died) is taken and the concept learned here
+    (``learn_now``). A claim still held after ``wait_timeout`` seconds fails its concept (``failed``) with one line."""
+    logger, rows = get_run_logger(), []
+    for s in waiting:
+        logger.info("%s: another run is training it now; this run waits for its result", s.record.concept_id)
+    started = last_log = time.monotonic()
+    while waiting:
+        ours, waiting, published = _claim(claims, out, waiting)
+        for s in published:
+            rows.append(skipped(s))
+            claims.release(s.record.concept_id, s.record.known_digest())
+        rows += learn_now(ours) if ours else []
+        holders = {s.record.concept_id: claims.holder(s.record.concept_id, s.record.known_digest()) for s in waiting}
+        waited = time.monotonic() - started
+        if waiting and waited > wait_timeout:
+            return rows + [failed(s, _gave_up(s, holders[s.record.concept_id], waited)) for s in waiting]
+        if waiting and time.monotonic() - last_log >= 60:
+            last_log = time.monotonic()
+            for concept_id, holder in holders.items():
+                logger.info(
+                    "waiting %.0f s for %s, which is training %s", waited, holder and holder.describe(), concept_id
+                )
+        if waiting:
+            time.sleep(CLAIM_POLL_S)
+    return rows
+
+
+def _gave_up(staged: StagedConcept, holder: Claim | None, waited: float) -> str:
+    """The one-line error of a concept whose claim another run held past the wait's limit."""
+    key = claim_key(staged.record.concept_id, staged.record.known_digest())
+    return (
+        f"gave up after {waited:.0f} s waiting for {holder.describe() if holder else 'another run'}, which holds the "
+        f"claim {key}; it goes when that run ends or {CLAIM_TTL_S:.0f} s after its last renewal "
+        "(raise --slot-wait-timeout to wait longer)"
+    )
 
 
 @task(name="run-concept-deployment", retries=0)
@@ -386,7 +481,7 @@ def learn_catalog(
     remember_scan(out, passed_whole(scan.state.merged(learned)), passed_whole(scan.previous))
     progress.complete()
     compositions = compose_catalog(catalog, out, run_id, rows, records, learn, evaluation, run)
-    summary = publish_run_outputs(out, run_id, rows, compositions)
+    summary = publish_run_outputs(out, run_id, rows, compositions, scan.done)
     logger.info("run %s done: %s; report %s", run_id, summary["counts"], summary["report_uri"])
     if summary["counts"]["failed"]:
         failed = ", ".join(sorted(summary["failed"]))

@@ -7,7 +7,7 @@ when a run ends, not when the coordinator starts.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -33,21 +33,30 @@ ARTIFACT_COLUMNS = (
 
 
 def publish_run_outputs(
-    out: str, run_id: str, rows: list[MetricsRow], compositions: Sequence[CompositionRow] = ()
+    out: str,
+    run_id: str,
+    rows: list[MetricsRow],
+    compositions: Sequence[CompositionRow] = (),
+    published: Mapping[str, frozenset[str]] | None = None,
 ) -> dict:
-    """Metrics (one Parquet file), embeddings index, HTML report (with ``compositions``' rows), dashboard,
-    summary and artifacts; returns the run summary."""
+    """Metrics (one Parquet file), embeddings index (reconciled with ``published``, the run's listing of complete
+    results), HTML report (with ``compositions``' rows), dashboard, summary and artifacts; returns the run summary.
+
+    Every write is atomic, and the index and dashboard state are compare-and-swap updates: a run killed anywhere
+    in here leaves whole objects, overlapping runs both keep their concepts, and the next run of the catalog
+    (even one with nothing to learn) puts the index right from the published results."""
     from reports.dashboard import refresh_dashboard
     from reports.run_page import write_report
 
     # 1. the metrics and the embeddings index
-    metrics_uri = write_metrics(out, passed_whole(rows))  # Prefect need not walk thousands of rows
+    # Prefect need not walk thousands of rows, nor the listing
+    metrics_uri = write_metrics(out, passed_whole(rows), passed_whole(published))
     # 2. the pages people read
     dict_rows = [r.to_dict() for r in rows]
     report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions])
     refresh_dashboard(out, dict_rows, get_run_logger())
     # 3. the summary
-    counts = {status: sum(r.status == status for r in rows) for status in STATUSES}
+    counts: dict[str, int] = {status: sum(r.status == status for r in rows) for status in STATUSES}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
     summary = dict(
         run_id=run_id,

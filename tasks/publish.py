@@ -171,9 +171,11 @@ def rows_key(run_id: str, concept_id: str) -> str:
 
 
 @task(name="write-metrics", **RETRY)
-def write_metrics(out_uri: str, rows: list[MetricsRow]) -> str:
-    """Append the run's rows to the Parquet metrics dataset (one new file) and merge them into the
-    embeddings index (the run's rows only, not the metrics history)."""
+def write_metrics(out_uri: str, rows: list[MetricsRow], published: Mapping[str, frozenset[str]] | None = None) -> str:
+    """Append the run's rows to the Parquet metrics dataset (one file, named by the run and its concepts, so a
+    retry writes no second copy) and merge them into the embeddings index (the run's rows only, not the metrics
+    history), reconciled with ``published`` (the run's listing of complete results; see
+    :func:`storage.metrics.update_embeddings_index`)."""
     uri = append_metrics(out_uri, rows)
-    update_embeddings_index(out_uri, rows=rows)
+    update_embeddings_index(out_uri, rows=rows, published=published)
     return uri
