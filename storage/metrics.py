@@ -309,7 +309,8 @@ class _IndexMerge:
         if current is None or self.new is None:
             if self._history is None:
                 self._history = read_metrics(self.out_uri, self.s3).to_pylist()
-            latest = _latest_ok([*self._history, *(self.new or ())], self.is_complete)
+            # the stored rows too: a run that updated the index after the history was read keeps its concepts
+            latest = _latest_ok([*self._history, *(current or {}).values(), *(self.new or ())], self.is_complete)
         else:
             trusted = {(cid, row["digest"]) for cid, row in current.items()}
             latest = _latest_ok(
