@@ -92,7 +92,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from reports.dashboard import write_dashboard
+    from storage.metrics import update_embeddings_index
 
+    print(f"embeddings index: {update_embeddings_index(args.out)}")  # rebuilt from the metrics and the results
     print(f"dashboard: {write_dashboard(args.out)}")
     return 0
 
@@ -160,7 +162,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("dashboard", help="write <out>/reports/dashboard.html over all runs (catalog runs refresh it)")
+    p = sub.add_parser(
+        "dashboard",
+        help="rebuild <out>/reports/dashboard.html and the embeddings index over all runs (runs refresh them)",
+    )
     p.add_argument("--out", required=True, help="output URI of the runs: s3://bucket/prefix or a local folder")
     p.set_defaults(func=cmd_dashboard)
 
