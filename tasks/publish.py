@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 
 from prefect import get_run_logger, task
 
-from common.filenames import TRAINING_STRIP_FILENAME
+from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME, SCORES_FILENAME, TRAINING_STRIP_FILENAME
 from inversion.model.info import family_or_none
 from storage.metrics import MetricsRow, Status, append_metrics, update_embeddings_index
 from storage.results import ResultStore
@@ -88,16 +88,16 @@ def skipped_row(
         )
     manifest = results.read_manifest(record.concept_id, digest)
     scores = {}
-    if manifest is not None and "scores.json" in manifest.files:
-        scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, digest, "scores.json")))
+    if manifest is not None and SCORES_FILENAME in manifest.files:
+        scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, digest, SCORES_FILENAME)))
     return _row(
         "skipped",
         ScoreSummary.of(scores),
         _base_row(run_id, record, record.concept_id, learn),
         error=None,
-        embedding_uri=results.uri(record.concept_id, digest, "learned_embeds.safetensors"),
-        grid_uri=results.uri(record.concept_id, digest, "grid.png")
-        if manifest and "grid.png" in manifest.files
+        embedding_uri=results.uri(record.concept_id, digest, DIFFUSERS_FILENAME),
+        grid_uri=results.uri(record.concept_id, digest, GRID_FILENAME)
+        if manifest and GRID_FILENAME in manifest.files
         else None,
     )
 
@@ -135,8 +135,8 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         steps_run=inversion.steps,
         stop_reason=inversion.stop_reason,
         norm_ratio=inversion.norm_ratio,
-        embedding_uri=published.uris.get("learned_embeds.safetensors"),
-        grid_uri=published.uris.get("grid.png"),
+        embedding_uri=published.uris.get(DIFFUSERS_FILENAME),
+        grid_uri=published.uris.get(GRID_FILENAME),
     )
 
 
