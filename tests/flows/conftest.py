@@ -1,14 +1,20 @@
-"""A session-scoped output root made by two real catalog runs, for the report, dashboard, SQL and browser tests."""
+"""Shared fixtures of the flow tests: a session-scoped output root made by two real catalog runs (for the
+report, dashboard, SQL and browser tests), the tests' own PostgreSQL cluster, and a real ``prefect server
+start`` on a database of its own there (for the deployment-mode tests)."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_shape_images
+from tests.flows.postgres import Postgres, running_postgres
+from tests.flows.prefect_server import PrefectServer
 
 RUN_IDS = ("views-run-1", "views-run-2")
 
@@ -53,3 +59,22 @@ def two_runs(prefect_harness, tiny_model_dir, tmp_path_factory) -> TwoRuns:
         )
     summaries = {r: json.loads((out / "runs" / r / "summary.json").read_text()) for r in RUN_IDS}
     return TwoRuns(out, RUN_IDS, summaries)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """The tests' PostgreSQL cluster (:mod:`tests.flows.postgres`), stopped and deleted at session end."""
+    with running_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def prefect_server(postgres: Postgres, tmp_path: Path) -> Iterator[PrefectServer]:
+    """A real ``prefect server start`` on a new PostgreSQL database, with its own home; its workers and
+    itself stopped at the end (:mod:`tests.flows.prefect_server`)."""
+    server = PrefectServer(tmp_path, postgres.new_database(f"prefect_{uuid.uuid4().hex[:12]}"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
