@@ -30,6 +30,7 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.child_runs import ChildRules, ChildWaitError, run_child
 from flows.compositions import compose_catalog
 from flows.run_outputs import publish_run_outputs
 from flows.sync import passed_whole, sync_result
@@ -313,6 +314,8 @@ def _gave_up(staged: StagedConcept, holder: Claim | None, waited: float) -> str:
     )
 
 
+#: no Prefect retries: :func:`flows.child_runs.run_child` runs a dead child again itself, and a retry of this
+#: task would start a second flow run beside one that may still be running
 @task(name="run-concept-deployment", retries=0)
 def run_concept_deployment(
     deployment: str,
@@ -324,11 +327,10 @@ def run_concept_deployment(
     run: RunSettings,
     run_id: str,
 ) -> tuple[MetricsRow, ConceptState | None]:
-    """Run ``learn_concept`` for one concept as a flow run of ``deployment`` (on any worker) and
-    collect the row it left in the output store, with what it learned for the scan state. The
-    child skips the concept when its images turn out to have a complete result already."""
-    from prefect.deployments import run_deployment
-
+    """Run ``learn_concept`` for one concept as a flow run of ``deployment`` (on any worker; run again on
+    another when it dies, :mod:`flows.child_runs`) and collect the row it left in the output store, with
+    what it learned for the scan state. The child skips the concept when its images turn out to have a
+    complete result already."""
     parameters = dict(
         catalog=catalog,
         concept_id=record.concept_id,
@@ -339,9 +341,14 @@ def run_concept_deployment(
         parent_run_id=run_id,
         skip_complete=True,
     )
-    child = sync_result(run_deployment(name=deployment, parameters=parameters, timeout=None, as_subflow=True))
+    store, key = open_store(out), rows_key(run_id, record.concept_id)
+    rules = ChildRules(heartbeat_timeout=run.child_heartbeat_timeout, wait_timeout=run.child_wait_timeout)
     try:
-        raw = open_store(out).get(rows_key(run_id, record.concept_id))
+        child = run_child(deployment, parameters, rules, f"concept {record.concept_id}", lambda: store.exists(key))
+    except ChildWaitError as exc:
+        return failed_row(run_id, record.concept_id, str(exc), learn, record), None
+    try:
+        raw = store.get(key)
         return row_from_json(raw), scan_from_json(raw)
     except Exception:  # noqa: BLE001 - the child crashed before writing its row
         message = child.state.message if child.state else "no state"

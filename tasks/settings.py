@@ -71,6 +71,23 @@ class PipelineConfig:
         ),
         gt=0,
     )
+    child_heartbeat_timeout: float = setting(
+        600.0,
+        help=(
+            "with a deployment: seconds a Pending or Running child flow run may go without a heartbeat or state "
+            "change before it counts as dead (its worker and process gone), is marked Crashed and is run again; "
+            "keep it above 3x the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (default 180 s)"
+        ),
+        gt=0,
+    )
+    child_wait_timeout: float = setting(
+        43200.0,
+        help=(
+            "with a deployment: seconds the coordinator waits at most on one concept's child flow runs (re-runs "
+            "included), then fails the concept naming the flow run"
+        ),
+        gt=0,
+    )
 
 
 #: a pipeline stops each concept when its held-out loss plateaus unless told otherwise (``sstar invert``: fixed)
