@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
@@ -42,12 +42,25 @@ def ensure_gpu_limit(name: str = "sstar-gpu", slots: int = 1, *, update: bool = 
         try:
             existing = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True))
-            return "created"
+            return _create_limit(client, name, slots)
         if not update or (existing.limit == slots and existing.active):
             return "unchanged"
         client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
         return "updated"
+
+
+def _create_limit(client: SyncPrefectClient, name: str, slots: int) -> str:
+    """Create the limit ``name``; ``unchanged`` when another command created it first (two runs starting
+    together on a fresh server both find it missing, and the second create breaks the name's uniqueness)."""
+    try:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots, active=True))
+    except Exception as exc:  # noqa: BLE001 - whatever the server said, the limit existing now is success
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise exc from None
+        return "unchanged"
+    return "created"
 
 
 #: seconds a slot's lease lasts without renewal; Prefect renews it while the holder lives. A server
