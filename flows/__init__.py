@@ -8,6 +8,7 @@ Modules:
 * :mod:`flows.compositions` — the catalog's compositions, rendered after its concepts are learned.
 * :mod:`flows.sync` — Prefect's dual sync/async functions, called from synchronous code.
 * :mod:`flows.prefect_setup` — the Prefect settings a fresh machine needs, applied where the user set none.
+* :mod:`flows.stopping` — SIGTERM and Ctrl-C stop a run at its next step, with its end recorded.
 * :mod:`flows.cli` — the ``sstar`` command line; :mod:`flows.commands` its workflow commands
   (``learn``, ``serve``, ``demo``); :mod:`flows.demo` the demo on embedded defaults.
 """

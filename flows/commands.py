@@ -13,6 +13,8 @@ from tasks.settings import EVAL_SETTINGS, LEARN_SETTINGS, RUN_SETTINGS, EvalSett
 NIGHTLY_CRON = "0 2 * * *"
 #: the commands that run flows (the CLI applies its Prefect defaults before them)
 PREFECT_COMMANDS = ("demo", "learn", "serve", "slots")
+#: the commands that SIGTERM and Ctrl-C stop at the run's next step (flows.stopping)
+RUN_COMMANDS = ("demo", "learn")
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSettings, RunSettings]:
@@ -30,8 +32,12 @@ def settings_from_args(args: argparse.Namespace) -> tuple[LearnSettings, EvalSet
 
 def _run_catalog(catalog: str, out: str, learn, evaluation, run) -> int:
     from flows.learn import ConceptsFailed, learn_catalog, new_run_id
+    from flows.prefect_setup import start_local_server
+    from inversion.cancel import check_stop
     from tasks.preflight import PreflightError
 
+    check_stop()  # signalled while preparing (sstar demo): no flow run
+    start_local_server()
     run_id = new_run_id()
     state = learn_catalog(
         catalog=catalog, out=out, learn=learn, evaluation=evaluation, run=run, run_id=run_id, return_state=True

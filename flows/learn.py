@@ -33,7 +33,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.child_runs import ChildRules, ChildWaitError, run_child
 from flows.compositions import compose_catalog
 from flows.run_outputs import publish_run_outputs
+from flows.stopping import stop_tasks_on_interrupt
 from flows.sync import passed_whole, sync_result
+from inversion.cancel import check_stop
 from storage.metrics import MetricsRow, read_embeddings_index
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
@@ -94,6 +96,7 @@ def fan_out_threads(run: RunSettings) -> int:
 
 
 def _submit(runner: ThreadPoolTaskRunner[Any], task_, **parameters):
+    check_stop()  # no task starts once the run was asked to stop (flows.stopping)
     return runner.submit(task_, parameters)
 
 
@@ -208,7 +211,7 @@ def _learn_locally(
     training is waited for, and its published result becomes a ``skipped`` row here.
     """
     runner_threads = ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run))
-    with runner_threads as runner, Claims(out, run_id) as claims:
+    with runner_threads as runner, Claims(out, run_id) as claims, stop_tasks_on_interrupt():
 
         def skip(s: StagedConcept, index_row: dict | None = None) -> MetricsRow:
             row = skipped_row(run_id, s.record, learn, out, index_row)
@@ -371,7 +374,7 @@ def _learn_on_deployment(
     returns their rows and what they learned for the scan state."""
     rows: list[MetricsRow] = []
     learned: dict[str, ConceptState] = {}
-    with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner:
+    with ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run)) as runner, stop_tasks_on_interrupt():
         futures = {
             _submit(
                 runner,
@@ -481,6 +484,7 @@ def learn_catalog(
             learned = {s.record.concept_id: s.scan for s in staged if s.scan is not None}
             records.update({s.record.concept_id: s.record for s in staged})  # digests and images as read
         rows += new_rows
+        check_stop()  # a stopped run writes no row: finished concepts are published, the rest keep their checkpoints
     finally:
         if not run.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)

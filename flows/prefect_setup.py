@@ -11,11 +11,17 @@ profile): a user's own setting always wins.
 
 Call it before the first flow run of the process; the ephemeral server subprocess inherits the
 environment it sets.
+
+:func:`start_local_server` starts that server in a process group of its own, so that a signal to the
+command's group leaves it up until the signalled run has recorded its end (:mod:`flows.stopping`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
 #: seconds the CLI waits for the ephemeral server (Prefect's own default is 20)
 EPHEMERAL_STARTUP_TIMEOUT_S = 180
@@ -93,3 +99,61 @@ def ephemeral_timeout_message() -> str:
         f"the local Prefect server did not start within {limit} s; raise "
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or set PREFECT_API_URL to a running Prefect server"
     )
+
+
+def start_local_server() -> None:
+    """Start the local ephemeral Prefect server now, when the command uses one, in a process group of its own.
+
+    Prefect starts it in the command's process group, so a Ctrl-C at the terminal or a SIGTERM to the
+    group (systemd, a batch scheduler) stopped the server at once, and the signalled run, stopping in
+    order (:mod:`flows.stopping`), could no longer record its end: its flow run stayed Running. In its own
+    group the server outlives the run's last API call and is stopped by the command on its way out
+    (Prefect's ``atexit``); on Linux it also gets SIGTERM when the command dies without stopping it
+    (``PR_SET_PDEATHSIG``: SIGKILL, a forced exit), as it did in the command's group.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return
+    _own_group_server().start()
+
+
+def _own_group_server() -> Any:
+    """Prefect's ephemeral server (the one instance its clients use) started in a process group of its own."""
+    import functools
+    import subprocess
+    from types import SimpleNamespace
+
+    from prefect.server.api import server as prefect_server
+
+    class OwnGroupServer(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            # Prefect's command line and environment in a session (so a process group) of its own: its module's
+            # `subprocess` is swapped for the call, made in the main thread before any flow runs
+            popen = functools.partial(subprocess.Popen, start_new_session=True, preexec_fn=_dies_with(os.getpid()))
+            prefect_server.subprocess = SimpleNamespace(Popen=popen)  # type: ignore[assignment]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = subprocess
+
+    return OwnGroupServer()
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child get SIGTERM when ``parent`` dies (Linux); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl: nothing would signal us
+            os._exit(1)
+
+    return preexec

@@ -9,6 +9,8 @@ base files, bottom-up; each may import only what lies below it (and :mod:`common
 
    * :mod:`inversion.errors` — the one-line, picklable user errors (:class:`~inversion.errors.SstarError`);
      imports nothing of ours.
+   * :mod:`inversion.cancel` — stopping a run at its next safe point (SIGTERM, Ctrl-C) in every thread;
+     imports nothing of ours.
    * :mod:`inversion.fields` — settings declared once (validation, CLI flag, flow parameter);
    * :mod:`inversion.device` — ``device`` / ``precision`` settings as torch objects;
    * :mod:`inversion.images` — a concept's training images, read and prepared for the VAE.

@@ -26,6 +26,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
 
+from inversion.cancel import check_stop
 from inversion.errors import SstarError
 from tasks import slot_holders
 
@@ -105,6 +106,7 @@ def _wait_for_slot(name: str, wait_timeout: float) -> tuple[UUID, UUID] | None:
     """``(limit id, lease id)`` of a slot of ``name`` taken for this process, or None where no limit exists."""
     started = last_log = time.monotonic()
     while True:
+        check_stop()  # a signalled run stops waiting (inversion.cancel)
         taken = _try_slot(name)
         if taken is not _TAKEN:
             return taken

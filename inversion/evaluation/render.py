@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from inversion.cancel import check_stop
 from inversion.config import SAMPLERS, Precision, Sampler
 from inversion.device import resolve_device, resolve_dtype
 from inversion.embeddings.formats import LearnedEmbedding
@@ -94,6 +95,7 @@ class Renderer:
             with text.learned(placeholders, [e.vectors.to(self.device) for e in embeddings]), torch.no_grad():
                 negative = text.negative()
                 for start in range(0, len(jobs), s.batch_size):
+                    check_stop()
                     chunk = jobs[start : start + s.batch_size]
                     embeds = encode_weighted(text, [expanded[p] for p, _ in chunk])
                     latents = torch.cat([self._initial_noise(seed, resolution) for _, seed in chunk])
@@ -105,6 +107,7 @@ class Renderer:
                         height=resolution,
                         width=resolution,
                         output_type="pil",
+                        callback_on_step_end=_stop_between_steps,
                     )
                     for job, image in zip(chunk, out.images):
                         images[job] = image
@@ -118,6 +121,13 @@ class Renderer:
         generator = torch.Generator().manual_seed(int(seed))
         noise = torch.randn((1, channels, size, size), generator=generator)
         return noise.to(self.device, self.dtype)
+
+
+def _stop_between_steps(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+    """The pipelines' step-end callback: a signalled run stops before the next denoising step
+    (:mod:`inversion.cancel`), not after the batch's last."""
+    check_stop()
+    return callback_kwargs
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

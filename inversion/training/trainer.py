@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from inversion.cancel import check_stop
 from inversion.config import ConceptConfig, TrainConfig
 from inversion.device import resolve_device, resolve_dtype
 from inversion.embeddings.formats import LearnedEmbedding, save_embedding_files
@@ -402,6 +403,7 @@ def train_concepts(
         # 3. the training loop: every pack step trains the first `slots` unfinished concepts
         with text.learned([r.placeholder for r in runs], [r.vectors for r in runs]):
             while active := [r for r in runs if not r.finished(config)][:slots]:
+                check_stop()  # a signalled run stops here: its last uploaded checkpoint stays the one to resume from
                 for run in active:
                     if run.latent_mean is None:  # a concept entering its slot
                         _enter_slot(components, run, config, resolution, text, num_timesteps, device)

@@ -94,6 +94,38 @@ def test_a_second_holder_waits_for_the_only_slot(name: str) -> None:
     assert _limit(name).active_slots == 0
 
 
+def test_a_stop_request_ends_a_wait_and_gives_the_slot_back(name: str) -> None:
+    """A signalled run (inversion.cancel) stops waiting for a slot within a poll, and the holder stopped
+    inside its block gives its slot back on the way out."""
+    from inversion.cancel import Cancelled, check_stop, clear_stop, request_stop
+
+    ensure_gpu_limit(name, 1)
+    waiting, raised = threading.Event(), []
+
+    def waiter() -> None:
+        waiting.set()
+        try:
+            with gpu_slot(name, wait_timeout=600):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what it was
+            raised.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    try:
+        with pytest.raises(Cancelled), gpu_slot(name, wait_timeout=60):
+            thread.start()
+            waiting.wait(30)
+            request_stop("SIGTERM")
+            thread.join(10)
+            assert not thread.is_alive(), "the waiter kept waiting after the stop request"
+            check_stop()  # the holder's own next check, inside its block
+    finally:
+        clear_stop()
+        thread.join(10)
+    assert [type(exc) for exc in raised] == [Cancelled]
+    assert _limit(name).active_slots == 0
+
+
 def test_sstar_slots_lists_the_holders_and_release_frees_every_slot(name: str, holders, tmp_path: Path, capsys) -> None:
     """``sstar slots`` names each holder and whether it lives; ``--release`` frees every slot through the
     holders' leases (and a count no lease explains), leaving no record; an unknown limit is one line."""
