@@ -16,8 +16,8 @@ summarised, not listed as cards. Its only script is the embedded chart library
 (:mod:`reports.charts`); no external CSS, fonts, scripts or CDN. Everything that comes from a catalog or
 an error message is HTML-escaped; links only keep safe schemes.
 
-Results learned before staging wrote the strip have none: their card says so in words instead of
-linking a missing file (:func:`write_report` reads the manifests of the skipped concepts it shows).
+Results learned before staging wrote the strip have none: their card turns into words saying so when the
+strip does not load (the report reads no manifest, so a quiet night reads nothing per concept).
 Captions are HTML text, never drawn into the images.
 
 Scores are raw CLIP cosines in [-1, 1] (see :mod:`inversion.evaluation.scoring`), not the 2.5×-scaled
@@ -55,7 +55,7 @@ from storage.metrics import STATUSES
 from storage.results import ResultStore
 from storage.store.open import open_store
 
-__all__ = ["MAX_BARS", "MAX_LISTED", "STOP_REASONS", "lift_chart", "render_report", "unsaved_strips", "write_report"]
+__all__ = ["MAX_BARS", "MAX_LISTED", "STOP_REASONS", "lift_chart", "NO_STRIP_NOTE", "render_report", "write_report"]
 
 #: past this many learned concepts the lift chart is a histogram rather than one bar per concept
 MAX_BARS = 60
@@ -147,9 +147,19 @@ def _figure(href: str | None, full: str | None, caption: str, alt: str, css: str
     return f"<figure{css_class}><figcaption>{escape(caption)}</figcaption>{image}</figure>"
 
 
+#: what a card says where its result has no strip (learned before staging wrote one); the page finds out itself
+#: (the picture fails to load), so a report reads no manifest (a quiet night reads nothing per concept)
+NO_STRIP_NOTE = "no training images saved for this result (learned before sstar kept them)"
+_NO_STRIP_FALLBACK = (
+    "var f=this.closest('figure');this.closest('a').remove();var p=document.createElement('p');"
+    f"p.className='muted small';p.textContent='{NO_STRIP_NOTE}';f.appendChild(p)"
+)
+
+
 def _strip(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
     """The strip of the concept's training images, or the plain note that its result has none (``unsaved``:
-    concept id → when that result was learned)."""
+    concept id → when that result was learned, where the caller knows; otherwise a skipped concept's card
+    turns into the note in the browser when its strip does not load)."""
     cid = _cid(row)
     if cid in unsaved:
         return (
@@ -157,7 +167,10 @@ def _strip(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
             f"this result ({escape(unsaved[cid])})</p></figure>"
         )
     href = _relative(result_key, row, TRAINING_STRIP_FILENAME)
-    return _figure(href, href, "training images", f"training images of {cid}", css="strip")
+    figure = _figure(href, href, "training images", f"training images of {cid}", css="strip")
+    if href and row.get("status") == "skipped":
+        figure = figure.replace("<img ", f'<img onerror="{escape(_NO_STRIP_FALLBACK, quote=True)}" ', 1)
+    return figure
 
 
 def _steps_run(row: dict) -> tuple[tuple[str, str], ...]:
@@ -365,8 +378,8 @@ def render_report(
     maps (concept id, digest, file name) to the file's key under the output root
     (:meth:`storage.results.ResultStore.key`), for the relative links to grids and thumbnails.
     ``compositions`` are composition rows as dicts (:mod:`storage.compositions`), shown with their grids.
-    ``unsaved_strips``: concept id → when its result was learned, for results published without the strip
-    of their training images (:func:`unsaved_strips`); every other card links its strip."""
+    ``unsaved_strips``: concept id → when its result was learned, for results known to have no strip of their
+    training images; every other card links its strip (a skipped one falls back to :data:`NO_STRIP_NOTE`)."""
     unsaved = unsaved_strips or {}
     by_status = {s: sorted((r for r in rows if r.get("status") == s), key=_cid) for s in STATUSES}
     # 1. the head, the run's summary and the lift chart
@@ -395,28 +408,11 @@ def render_report(
     return "".join(html)
 
 
-def unsaved_strips(results: ResultStore, rows: Sequence[dict]) -> dict[str, str]:
-    """Concept id → when its result was learned, for the skipped concepts the report shows (the first
-    :data:`MAX_SKIPPED_NAMES`) whose published result has no training-image strip: it was learned before
-    staging wrote one. One small manifest read per shown concept; a concept learned in this run has its strip."""
-    skipped = sorted((r for r in rows if r.get("status") == "skipped"), key=_cid)[:MAX_SKIPPED_NAMES]
-    unsaved: dict[str, str] = {}
-    for row in skipped:
-        digest = row.get("digest")
-        try:
-            manifest = results.read_manifest(_cid(row), digest) if isinstance(digest, str) and digest else None
-        except Exception:  # noqa: BLE001 - an unreadable manifest costs the card its picture, not the report
-            manifest = None
-        if manifest is not None and TRAINING_STRIP_FILENAME not in manifest.files:
-            unsaved[_cid(row)] = f"learned {manifest.created_at[:10]} by run {manifest.run_id}, before sstar kept them"
-    return unsaved
-
-
 def write_report(out_uri: str, run_id: str, rows: list[dict], compositions: Sequence[dict] = ()) -> str:
     """Write ``reports/<run_id>.html`` and ``reports/latest.html`` under ``out_uri``; returns the run's report URL.
 
-    Reads only the manifests of the skipped concepts it shows (:func:`unsaved_strips`): the grids' thumbnails
-    and the training images' strip were published with each result and are linked, not embedded.
+    Reads nothing: the grids' thumbnails and the training images' strip were published with each result and
+    are linked, not embedded (a skipped result without a strip says so in the browser: :data:`NO_STRIP_NOTE`).
     """
     store = open_store(out_uri)
     results = ResultStore(store)
@@ -426,7 +422,6 @@ def write_report(out_uri: str, run_id: str, rows: list[dict], compositions: Sequ
         title=f"sstar run {run_id}",
         result_key=results.key,
         compositions=list(compositions),
-        unsaved_strips=unsaved_strips(results, rows),
     ).encode("utf-8")
     key = f"reports/{run_id}.html"
     store.put(key, page)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+from html import unescape
 
 import pytest
 
 from common.filenames import TRAINING_STRIP_FILENAME
 from common.norms import BLOWN_UP_RATIO
-from reports.run_page import MAX_BARS, MAX_LISTED, STOP_REASONS, lift_chart, render_report, write_report
+from reports.run_page import MAX_BARS, MAX_LISTED, NO_STRIP_NOTE, STOP_REASONS, lift_chart, render_report, write_report
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -256,19 +257,21 @@ def test_blown_up_words_are_flagged_with_their_ratio(key) -> None:
     assert "blown-up word" not in _render([_row("fine", norm_ratio=3.8), _row("older")], key)
 
 
-def test_write_report_reads_which_skipped_results_have_their_strip(tmp_path) -> None:
-    """A result published before staging wrote the strip gets the plain note, with when and by which run it was
-    learned; one published with it links it."""
+def test_write_report_reads_no_manifest_and_a_missing_strip_turns_into_words(tmp_path, monkeypatch) -> None:
+    """A skipped concept's card links its strip; where the result was published before staging wrote one, the
+    page itself turns the card's picture into the plain note when it fails to load. The report reads no
+    manifest: a quiet night reads nothing per concept (tests/flows/test_catalog_scale.py)."""
     out = tmp_path / "out"
     results = ResultStore(open_store(str(out)))
     results.publish("old", DIGEST, {"learned_embeds.safetensors": b"v"}, "run-0")
     results.publish("new", DIGEST, {"learned_embeds.safetensors": b"v", TRAINING_STRIP_FILENAME: b"jpeg"}, "run-1")
+    monkeypatch.setattr(ResultStore, "read_manifest", lambda *a, **k: pytest.fail("the report read a manifest"))
     write_report(str(out), "run-2", [_row("old", status="skipped"), _row("new", status="skipped")])
     page = (out / "reports" / "run-2.html").read_text(encoding="utf-8")
-    learned = results.read_manifest("old", DIGEST).created_at[:10]
-    old = _card_of(page, "old")
-    assert f"no training images saved for this result (learned {learned} by run run-0, before sstar kept them)" in old
-    assert f"src='../embeddings/new/{DIGEST}/{TRAINING_STRIP_FILENAME}'" in _card_of(page, "new")
+    for concept_id in ("old", "new"):
+        card = _card_of(page, concept_id)
+        assert f"src='../embeddings/{concept_id}/{DIGEST}/{TRAINING_STRIP_FILENAME}'" in card
+        assert "onerror=" in card and NO_STRIP_NOTE in unescape(card)
 
 
 def test_the_real_runs_reports_link_strips_that_exist_and_show_the_steps_run(two_runs) -> None:
