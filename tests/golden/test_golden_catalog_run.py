@@ -149,9 +149,15 @@ def _find_in_repo(name: str) -> Path:
 
 
 def _env(work: Path) -> dict[str, str]:
-    """This process's environment without its Prefect settings, with a new Prefect home, its own
-    fingerprint cache and torch on one thread."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "DO_NOT_TRACK"}
+    """This process's environment without its Prefect and Hugging Face settings, with a new Prefect home, its own
+    fingerprint cache and torch on one thread. (``HF_HUB_OFFLINE``, which a benchmark run earlier in the suite may
+    leave set, makes transformers write ``local_files_only: true`` into the tiny model's tokenizer config: another
+    model fingerprint, so other digests.)"""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_")) and k != "DO_NOT_TRACK"
+    }
     return {
         **env,
         "PREFECT_HOME": str(work / "prefect-home"),
