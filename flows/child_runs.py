@@ -116,7 +116,7 @@ def _watch(child: FlowRun, rules: ChildRules, started: float, what: str) -> tupl
                 f"{child.name} ({child.id})"
             )
         if now - started >= rules.wait_timeout:
-            raise ChildWaitTimeout(_gave_up(run or child, now - started, what))
+            raise ChildWaitTimeout(_gave_up(run or child, rules.wait_timeout, what))
         if now - last_log >= LOG_EVERY_S:
             last_log = now
             get_run_logger().info("waited %.0f s on %s: %s", now - started, what, _describe(run or child, life))
@@ -195,8 +195,9 @@ def _describe(run: FlowRun, life: _Life) -> str:
     return f"flow run {run.name} ({run.id}) is {run.state_name} on {worker}{beat}"
 
 
-def _gave_up(run: FlowRun, waited: float, what: str) -> str:
+def _gave_up(run: FlowRun, wait_timeout: float, what: str) -> str:
+    """The one line for a child waited on for the whole ``wait_timeout`` (the setting, not the poll-rounded time)."""
     return (
-        f"waited {waited:.0f} s (child_wait_timeout) on {what}: flow run {run.name} ({run.id}) is still "
+        f"waited {wait_timeout:g} s (child_wait_timeout) on {what}: flow run {run.name} ({run.id}) is still "
         f"{run.state_name}; stop it with `prefect flow-run cancel {run.id}`"
     )
