@@ -146,6 +146,7 @@ class _ConceptRun:
         self.time_ids: torch.Tensor | None = None  # SDXL micro-conditioning per cached view
         self.stopping = StopState()
         self.held_out: _Batch | None = None  # the plateau rule's fixed examples
+        self.final_saved = False  # whether the checkpoint of the finished concept is written
 
     def finished(self, config: TrainConfig) -> bool:
         """Whether this concept trains no further: failed, at the cap, or stopped by its rule."""
@@ -153,7 +154,7 @@ class _ConceptRun:
 
     def checkpoint_due(self, config: TrainConfig) -> bool:
         """Whether to save a periodic checkpoint now: every ``checkpoint_every`` steps of a live concept with a
-        folder (the final one is written by :func:`_finish`)."""
+        folder (the final one: :meth:`final_checkpoint_due`)."""
         return (
             self.failure is None
             and self.output_dir is not None
@@ -161,6 +162,11 @@ class _ConceptRun:
             and self.step % config.checkpoint_every == 0
             and not self.finished(config)
         )
+
+    def final_checkpoint_due(self, config: TrainConfig) -> bool:
+        """Whether to save the final checkpoint now: a concept with a folder that finished without failing
+        and whose final checkpoint is not written yet."""
+        return self.failure is None and self.output_dir is not None and self.finished(config) and not self.final_saved
 
     @property
     def stop_reason(self) -> str | None:
@@ -223,6 +229,7 @@ class _ConceptRun:
         self.stopping = StopState.from_dict(meta.get("stopping"))
         if config.plateau is None:  # the cap alone decides now (a change allowed on resume)
             self.stopping.reason = None
+        self.final_saved = self.finished(config)  # resumed finished: its final checkpoint is the one just read
         return True
 
     # -- steps -------------------------------------------------------------------------------
@@ -378,8 +385,9 @@ def train_concepts(
         output_dirs: per concept, where the embedding files and checkpoints go (``None``: keep in memory).
         resume: continue each concept from the checkpoint in its output folder, when there is one.
         callback: called after every optimizer step with the per-concept losses.
-        on_checkpoint: called with (token, checkpoint path) after each periodic checkpoint is saved —
-            e.g. to upload it, so a run killed mid-training can resume elsewhere.
+        on_checkpoint: called with (token, checkpoint path) after each periodic checkpoint is saved, and
+            after the final one of each concept as it finishes — e.g. to upload it, so a run killed mid-training
+            (or after training, before publishing) resumes elsewhere with no step repeated.
         slots: continuous packing: train at most this many concepts per step, in order; when one
             stops, the next waiting concept takes its slot (``None``: all of them at once).
 
@@ -434,10 +442,13 @@ def _ready_model(
 def _save_due_checkpoints(
     active: Sequence[_ConceptRun], config: TrainConfig, on_checkpoint: Callable[[str, Path], None] | None
 ) -> None:
-    """Save the periodic checkpoint of every active concept due for one, and hand each to ``on_checkpoint``."""
+    """Save the checkpoint of every active concept due for one, and hand each to ``on_checkpoint``: the periodic
+    ones, and the final one of a concept that has just finished (its cap or its plateau), so that a run killed
+    while the rest of its pack trains, or before it publishes, resumes that concept with no step repeated."""
     for run in active:
-        if run.checkpoint_due(config):
+        if run.checkpoint_due(config) or run.final_checkpoint_due(config):
             path = run.save_checkpoint(config)
+            run.final_saved = run.finished(config)
             if on_checkpoint is not None and path is not None:
                 on_checkpoint(run.concept.token, path)
 
@@ -500,7 +511,7 @@ def _step_report(
 
 def _finish(run: _ConceptRun, config: TrainConfig) -> TrainResult:
     """A concept's result; unless it failed or lives in memory only, its last checkpoint and embedding files too."""
-    if run.failure is None and run.output_dir is not None:
+    if run.final_checkpoint_due(config):  # a concept that never trained a step (the loop saved the others')
         run.save_checkpoint(config)
     result = run.result()
     if run.output_dir is not None and run.failure is None:
