@@ -14,7 +14,8 @@ started for one piece of work.
 Waiting logs a line every minute naming the flow run, its state and worker; ``wait_timeout`` ends
 the wait with one line (:class:`ChildWaitTimeout`) naming the flow run and how to stop it. A server
 that does not answer is asked again; silent for longer than ``heartbeat_timeout`` it ends the wait
-too (:class:`ChildWaitError`), so a lost server fails the run loudly rather than hanging it.
+too (:class:`ChildWaitError`), so a lost server fails the run loudly rather than hanging it. A stop
+asked of this process (SIGTERM, Ctrl-C) ends the wait within a poll, leaving the child running.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 
 from flows.sync import sync_result
+from inversion.cancel import Cancelled, check_stop
 from inversion.errors import SstarError
 
 if TYPE_CHECKING:
@@ -117,10 +119,28 @@ def _watch(child: FlowRun, rules: ChildRules, started: float, what: str) -> tupl
             )
         if now - started >= rules.wait_timeout:
             raise ChildWaitTimeout(_gave_up(run or child, rules.wait_timeout, what))
+        _stop_if_asked(run or child, what)
         if now - last_log >= LOG_EVERY_S:
             last_log = now
             get_run_logger().info("waited %.0f s on %s: %s", now - started, what, _describe(run or child, life))
         time.sleep(POLL_S)
+
+
+def _stop_if_asked(run: FlowRun, what: str) -> None:
+    """End the wait within a poll once this process was asked to stop (:mod:`flows.stopping`). The child
+    flow run is left running: what it publishes is this run's next attempt's (its claim makes the next
+    run wait for it rather than train the work twice)."""
+    try:
+        check_stop()
+    except Cancelled:
+        get_run_logger().warning(
+            "stopped waiting on %s; flow run %s (%s) goes on (cancel it with `prefect flow-run cancel %s`)",
+            what,
+            run.name,
+            run.id,
+            run.id,
+        )
+        raise
 
 
 class _Life:

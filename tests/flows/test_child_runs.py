@@ -123,3 +123,38 @@ def test_a_dead_child_that_left_its_result_is_not_run_again(deployment, monkeypa
     crasher.join(5)
     assert last.state_name == "Crashed"
     assert len(_runs_of(deployment)) == 1
+
+
+def test_a_stop_asked_of_the_coordinator_ends_the_wait_within_a_poll(deployment, monkeypatch):
+    """SIGTERM or Ctrl-C of ``sstar learn`` (flows.stopping asks inversion.cancel to stop) ends the wait on a
+    child at once; before, the waiting thread polled on until child_wait_timeout (12 h by default)."""
+    import time
+
+    from flows import child_runs
+    from inversion.cancel import Cancelled, clear_stop, request_stop
+
+    monkeypatch.setattr(child_runs, "POLL_S", 0.1)
+    rules = child_runs.ChildRules(heartbeat_timeout=600, wait_timeout=600)
+    raised: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            child_runs.run_child(deployment, {}, rules, "concept red-mug")
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what ended the wait
+            raised.append(exc)
+
+    clear_stop()
+    try:
+        waiter = threading.Thread(target=lambda: _in_a_flow(wait), daemon=True)
+        waiter.start()
+        wait_until(lambda: bool(_runs_of(deployment)), 60, "the child flow run to be created")
+        asked = time.monotonic()
+        request_stop("SIGTERM")
+        waiter.join(30)
+        assert not waiter.is_alive(), "the wait went on after the stop request"
+        assert time.monotonic() - asked < 30
+    finally:
+        clear_stop()
+    assert len(raised) == 1 and isinstance(raised[0], Cancelled), raised
+    (run,) = _runs_of(deployment)
+    assert not run.state.is_final(), "the child is left to run (its result is the next attempt's)"
