@@ -1,4 +1,4 @@
-"""Placeholder tokens: adding a new word with N vectors to a CLIP tokenizer and text encoder.
+"""Placeholder tokens: adding a new word with N vectors to a tokenizer and text encoder (CLIP or T5).
 
 A token ``<t>`` with N vectors becomes the added tokens ``<t>``, ``<t>_1``, …, ``<t>_{N-1}`` — the
 naming diffusers' ``load_textual_inversion`` uses, so its pipelines expand ``<t>`` in a prompt to
@@ -62,16 +62,19 @@ def initial_vectors(text_encoder, tokenizer, initializer: str, num_vectors: int)
 
 def cross_initial_vectors(text_encoder, tokenizer, initializer: str, num_vectors: int) -> torch.Tensor:
     """Cross Initialization's starting vectors ``[num_vectors, dim]`` (fp32): the text encoder's output
-    (``last_hidden_state``) at the initializer's token positions of ``<bos> initializer <eos>``, fed
-    back as input embeddings. Spread over the vectors as :func:`initial_vectors` spreads the rows.
+    (``last_hidden_state``) at the initializer's token positions of ``<bos> initializer <eos>`` (T5, which has
+    no start token: ``initializer </s>``), fed back as input embeddings. Spread over the vectors as
+    :func:`initial_vectors` spreads the rows.
 
-    No padding is needed: CLIP's causal attention lets no position before ``<eos>`` see what follows.
+    No padding is needed: CLIP's causal attention lets no position before ``<eos>`` see what follows, and T5
+    reads just the initializer and its end token.
     """
     ids = initializer_ids(tokenizer, initializer)
-    prompt = torch.tensor([[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]])
+    start = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    prompt = torch.tensor([[*start, *ids, tokenizer.eos_token_id]])
     with torch.no_grad():
         hidden = text_encoder(prompt.to(next(text_encoder.parameters()).device)).last_hidden_state
-    return _spread(hidden[0, 1:-1].detach().float().cpu(), num_vectors)
+    return _spread(hidden[0, len(start) : len(start) + len(ids)].detach().float().cpu(), num_vectors)
 
 
 def _spread(rows: torch.Tensor, num_vectors: int) -> torch.Tensor:
@@ -144,30 +147,34 @@ class PlaceholderEmbedding(torch.nn.Module):
         return torch.where((slot >= 0).unsqueeze(-1), learned, frozen)
 
 
-def token_embedding_owner(text_encoder) -> torch.nn.Module:
-    """The module holding the text encoder's ``token_embedding`` (CLIP layout)."""
+def token_embedding_owner(text_encoder) -> tuple[torch.nn.Module, str]:
+    """The module holding the text encoder's token embedding and the attribute it is under: CLIP's
+    ``text_model.embeddings.token_embedding``, T5's ``encoder.embed_tokens`` (what its encoder stack reads;
+    ``shared`` is the same table)."""
+    if getattr(text_encoder.config, "model_type", None) == "t5":
+        return text_encoder.encoder, "embed_tokens"
     owner = getattr(getattr(text_encoder, "text_model", text_encoder), "embeddings", None)
     if owner is None or not hasattr(owner, "token_embedding"):
-        raise TokenError(f"{type(text_encoder).__name__} is not a CLIP-style text encoder (no token_embedding)")
-    return owner
+        raise TokenError(
+            f"{type(text_encoder).__name__} is neither a CLIP- nor a T5-style text encoder (no token embedding)"
+        )
+    return owner, "token_embedding"
 
 
 @contextmanager
 def placeholder_embedding(text_encoder) -> Iterator[PlaceholderEmbedding]:
     """Temporarily swap the text encoder's token embedding for a :class:`PlaceholderEmbedding`."""
-    owner = token_embedding_owner(text_encoder)
-    original = owner.token_embedding
+    owner, name = token_embedding_owner(text_encoder)
+    original = getattr(owner, name)
     base = original.base if isinstance(original, PlaceholderEmbedding) else original
     if not isinstance(base, torch.nn.Embedding):
-        raise TokenError(
-            f"{type(text_encoder).__name__}'s token_embedding is a {type(base).__name__}, not an Embedding"
-        )
+        raise TokenError(f"{type(text_encoder).__name__}'s {name} is a {type(base).__name__}, not an Embedding")
     layer = PlaceholderEmbedding(base)
-    owner.token_embedding = layer
+    setattr(owner, name, layer)
     try:
         yield layer
     finally:
-        owner.token_embedding = original
+        setattr(owner, name, original)
 
 
 def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:

@@ -17,8 +17,10 @@ over all elements equals the unweighted output's mean::
 
     z_w = (z * m[:, None]) * (mean(z) / mean(z * m[:, None]))
 
-For SDXL each text encoder's hidden states are weighted and rescaled on their own (as A1111 does
-per embedder); the pooled embedding is left as encoded.
+For SDXL, SD 3 and Flux each text encoder's hidden states are weighted and rescaled on their own (as A1111
+does per embedder; T5's too, before SD 3 joins them), then joined as the family joins them; pooled vectors
+are left as encoded. So on Flux, whose CLIP-L gives only its pooled vector, a strength acts through T5 alone.
+T5 reads each part tokenized on its own as well, which may split words differently from the whole prompt.
 
 Where sstar differs from A1111: the mean is taken per prompt (A1111 takes it over the batch of
 distinct prompts it encodes together, which is the same for one prompt); a prompt past 75 tokens is
@@ -123,11 +125,12 @@ def is_weighted(prompt: str) -> bool:
     return any(segment.weight != 1.0 for segment in parse_weights(prompt))
 
 
-def weighted_ids(tokenizer, segments: Sequence[Segment]) -> tuple[list[int], list[float]]:
+def weighted_ids(tokenizer, segments: Sequence[Segment], length: int | None = None) -> tuple[list[int], list[float]]:
     """Token ids and per-position strengths of one prompt, laid out as the diffusers pipeline pads it.
 
-    Each part is tokenized on its own (as A1111 does); the ids are ``[start] + parts[:max-2] + [end]``
-    padded with the tokenizer's pad token to ``model_max_length``; start, end and padding get 1.0.
+    Each part is tokenized on its own (as A1111 does); the ids are ``[start] + parts + [end]`` padded with the
+    tokenizer's pad token to ``length`` (default its ``model_max_length``), the parts cut to fit; T5 has no
+    start token. Start, end and padding get 1.0.
     """
     ids: list[int] = []
     weights: list[float] = []
@@ -135,10 +138,12 @@ def weighted_ids(tokenizer, segments: Sequence[Segment]) -> tuple[list[int], lis
         part = tokenizer(segment.text, add_special_tokens=False).input_ids if segment.text else []
         ids += part
         weights += [segment.weight] * len(part)
-    length = int(tokenizer.model_max_length)
-    ids, weights = ids[: length - 2], weights[: length - 2]
-    ids = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
-    weights = [1.0, *weights, 1.0]
+    length = int(tokenizer.model_max_length) if length is None else length
+    start = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    room = length - len(start) - 1
+    ids, weights = ids[:room], weights[:room]
+    ids = [*start, *ids, tokenizer.eos_token_id]
+    weights = [1.0] * len(start) + [*weights, 1.0]
     padding = length - len(ids)
     return ids + [tokenizer.pad_token_id] * padding, weights + [1.0] * padding
 
@@ -156,17 +161,16 @@ def emphasize(hidden: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
 def encode_weighted(text: PromptEncoder, prompts: Sequence[str]) -> PromptEmbeds:
     """Encode ``prompts`` with their strengths: :meth:`PromptEncoder.encode` when none is weighted
     (the diffusers pipeline's encoding, unchanged), else the rule of the module docstring."""
-    from inversion.text.encoder import PromptEmbeds
-
     parsed = [parse_weights(prompt) for prompt in prompts]
     if all(segment.weight == 1.0 for segments in parsed for segment in segments):
         return text.encode(["".join(s.text for s in segments) for segments in parsed])
-    layouts = [[weighted_ids(tokenizer, segments) for segments in parsed] for tokenizer in text.tokenizers]
-    ids = [torch.tensor([ids for ids, _ in layout]) for layout in layouts]
-    embeds = text.encode_ids(ids)
-    parts, start = [], 0
-    for layout, width in zip(layouts, text.widths):
-        multipliers = torch.tensor([weights for _, weights in layout])
-        parts.append(emphasize(embeds.hidden[..., start : start + width], multipliers))
-        start += width
-    return PromptEmbeds(torch.cat(parts, dim=-1), embeds.pooled)
+    layouts = [
+        [weighted_ids(tokenizer, segments, length) for segments in parsed]
+        for tokenizer, length in zip(text.tokenizers, text.lengths)
+    ]
+    sides = text.encode_sides([torch.tensor([ids for ids, _ in layout]) for layout in layouts])
+    weighted = [
+        (emphasize(states, torch.tensor([weights for _, weights in layout])), pooled)
+        for (states, pooled), layout in zip(sides, layouts)
+    ]
+    return text.join(weighted)
