@@ -61,3 +61,15 @@ CREATE OR REPLACE VIEW failures AS
 SELECT run_id, run_date, created_at, concept_id, digest, token, reason, error
 FROM metrics
 WHERE status = 'failed';
+
+-- Why each run learned its concepts: one row per run and `relearn_reason` ('new', 'images changed',
+-- 'concept.json changed', 'model changed', 'settings changed', combinations joined with ' + ', or
+-- 'unknown (no earlier fingerprints)'), most first. Skipped and unusable concepts, and rows written before
+-- the column existed (they read as null), have none. Last in this file: it is the one view that names a
+-- column some metrics files lack, which read_parquet(..., union_by_name = true) only knows once one file has it.
+CREATE OR REPLACE VIEW relearn_reasons AS
+SELECT run_id, relearn_reason, count(*) AS concepts
+FROM metrics
+WHERE relearn_reason IS NOT NULL
+GROUP BY run_id, relearn_reason
+ORDER BY run_id, concepts DESC, relearn_reason;

@@ -61,6 +61,7 @@ METRICS_SCHEMA = pa.schema(
         pa.field("token", pa.string()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("relearn_reason", pa.string()),
         pa.field("model", pa.string()),
         pa.field("model_family", pa.string()),
         pa.field("steps", pa.int32()),
@@ -123,7 +124,16 @@ _SCORE_FIELDS = (
     "baseline_text_similarity",
     "inversion_lift",
 )
-_STR_FIELDS = ("digest", "token", "model", "model_family", "stop_reason", "embedding_uri", "grid_uri")
+_STR_FIELDS = (
+    "digest",
+    "token",
+    "relearn_reason",
+    "model",
+    "model_family",
+    "stop_reason",
+    "embedding_uri",
+    "grid_uri",
+)
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,9 @@ class MetricsRow:
     digest: str | None = None
     token: str | None = None
     error: str | None = None
+    #: why the concept was learned in this run (storage.relearn: ``new``, ``images changed + model changed`` …);
+    #: null for skipped rows (set to null there), unusable concepts and rows written before the column existed
+    relearn_reason: str | None = None
     model: str | None = None
     model_family: str | None = None
     steps: int | None = None
@@ -191,6 +204,8 @@ class MetricsRow:
             object.__setattr__(self, "run_date", self.created_at.date())
         elif isinstance(self.run_date, datetime) or not isinstance(self.run_date, date):
             raise InvalidInput(f"run_date must be a datetime.date, got {self.run_date!r}")
+        if self.status == "skipped":  # not learned in this run, so not learned again for any reason
+            object.__setattr__(self, "relearn_reason", None)
         if self.error is not None:
             if not isinstance(self.error, str):
                 raise InvalidInput(f"error must be a string or None, got {type(self.error).__name__}")

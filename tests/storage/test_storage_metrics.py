@@ -36,6 +36,7 @@ EXPECTED = [
     ("token", pa.string(), True),
     ("status", pa.string(), False),
     ("error", pa.string(), True),
+    ("relearn_reason", pa.string(), True),
     ("model", pa.string(), True),
     ("model_family", pa.string(), True),
     ("steps", pa.int32(), True),
