@@ -14,9 +14,10 @@ it is published with the result, and the run report shows it beside the renders.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from prefect import get_run_logger, task
@@ -25,10 +26,11 @@ from common.filenames import TRAINING_STRIP_FILENAME
 from inversion.model.fingerprint import model_fingerprint
 from inversion.model.info import tokenizer_vocabulary
 from inversion.text.placeholders import token_collisions, vocabulary_clash
-from storage.catalog import discover_catalog, read_concept
+from storage.catalog import CatalogScan, discover_catalog, read_concept, settings_fingerprint
 from storage.images import ingest_concept, write_pngs
+from storage.relearn import Reason, relearn_summary, relearning
 from storage.results import ResultStore
-from storage.scanstate import ConceptState, ScanState, load_scan_state, save_scan_state
+from storage.scanstate import ConceptState, ScanState, Setup, load_scan_state, save_scan_state
 from storage.store.open import open_store
 from tasks.records import ConceptRecord, StagedConcept
 from tasks.retry import RETRY
@@ -65,8 +67,9 @@ def learning_identity(learn: LearnSettings) -> dict:
 
 @dataclass(frozen=True)
 class ScanResult:
-    """What a catalog scan found: usable concepts (some pending), ``(concept_id, reason)`` for
-    concepts that cannot be learned at all, and the scan states before and after."""
+    """What a catalog scan found: usable concepts (some pending; those to learn say why, ``relearn``),
+    ``(concept_id, reason)`` for concepts that cannot be learned at all, and the scan states before and after
+    (after: with what each concept's complete result was learned from, and this run's model and settings)."""
 
     records: list[ConceptRecord]
     unusable: list[tuple[str, str]]
@@ -98,6 +101,20 @@ def _collision_problems(records: list[ConceptRecord]) -> dict[str, str]:
     }
 
 
+def _relearning(
+    scan: CatalogScan, identity: Mapping[str, Any], previous: ScanState, done: Mapping[str, frozenset[str]] | None
+) -> tuple[dict[str, tuple[Reason, ...]], ScanState]:
+    """Why each concept to learn is learned (:func:`storage.relearn.relearning`), and the scan's state with what
+    each current result was learned from. Without an output (``done`` is ``None``) nothing is known: no reasons."""
+    state = scan.state if scan.state is not None else ScanState(previous.catalog)
+    if done is None:
+        return {}, state
+    settings = settings_fingerprint({k: v for k, v in identity.items() if k != "model"})
+    setup = Setup(str(identity["model"]), settings, settings_fingerprint(identity))
+    keep = {p.concept_id for p in scan.problems}
+    return relearning(scan.specs, state, previous, done, setup, keep)
+
+
 @task(name="scan-catalog", **RETRY)
 def scan_catalog(
     catalog_uri: str, learn: LearnSettings, concept_ids: list[str] | None = None, out_uri: str | None = None
@@ -113,20 +130,25 @@ def scan_catalog(
     model's vocabulary already holds, or that two concepts share (ignoring case, as the tokenizer
     does; :func:`inversion.text.placeholders.token_collisions`) make their concepts unusable here, before
     any GPU time is spent; colliding concepts name each other.
+
+    With ``out_uri``, each record to learn says why (``relearn``: new, images, ``concept.json``, model or
+    settings changed; :mod:`storage.relearn`), and the state remembers what each complete result was learned from.
     """
     store = open_store(catalog_uri)
     previous = load_scan_state(open_store(out_uri), store.uri) if out_uri else ScanState(store.uri)
     done = ResultStore.open(out_uri).completed() if out_uri else {}
     lost = out_uri is not None and not previous.concepts
+    identity = learning_identity(learn)
     scan = discover_catalog(
         store,
-        learning_identity(learn),
+        identity,
         concept_ids=concept_ids,
         previous=previous,
         read_changed=(lambda concept_id: concept_id in done) if lost else False,
     )
+    why, state = _relearning(scan, identity, previous, done if out_uri else None)
     vocabulary = tokenizer_vocabulary(learn.model)
-    candidates = [ConceptRecord.of(spec, learn.vectors) for spec in scan.specs]
+    candidates = [ConceptRecord.of(spec, learn.vectors, why.get(spec.concept_id, ())) for spec in scan.specs]
     collisions = _collision_problems(candidates)
     records: list[ConceptRecord] = []
     fatal: dict[str, list[str]] = {}
@@ -142,13 +164,13 @@ def scan_catalog(
             fatal.setdefault(scan_problem.concept_id, []).append(str(scan_problem))
     pending = sum(r.digest is None for r in records)
     get_run_logger().info(
-        "catalog %s: %d concept(s) (%d changed since the last scan), %d unusable",
+        "catalog %s: %d concept(s) (%d changed since the last scan), %d unusable; to learn: %s",
         catalog_uri,
         len(records),
         pending,
         len(fatal),
+        relearn_summary(r.relearn_reason for r in records) or "none",
     )
-    state = scan.state if scan.state is not None else ScanState(store.uri)
     return ScanResult(
         records, [(cid, "; ".join(reasons)) for cid, reasons in sorted(fatal.items())], state, previous, done
     )
@@ -176,11 +198,12 @@ def stage_concept(
     """
     store = open_store(catalog_uri)
     read = read_concept(store, record.spec)
-    record = ConceptRecord(read.spec)  # with the digest of the bytes read
+    record = replace(record, spec=read.spec)  # with the digest of the bytes read
     scan: ConceptState | None = read.state
     work_dir = Path(work_root) / f"{record.concept_id}-{record.digest or 'unread'}"
     image_dir = work_dir / "images"
     if record.digest is not None and record.digest in set(done_digests):
+        record = replace(record, relearn=())  # identical bytes re-uploaded: not learned again after all
         return StagedConcept(record, str(work_dir), str(image_dir), len(read.data), done=True, scan=scan)
     shutil.rmtree(image_dir, ignore_errors=True)  # a retried attempt starts clean
     ingested = ingest_concept(store, read.spec, data=read.data)

@@ -8,13 +8,15 @@ frozen dataclasses of plain values: they pickle for Prefect's task results and p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from inversion.config import ConceptConfig, Property, as_property
 from storage.catalog import ConceptSpec
+from storage.metrics import MetricsRow
+from storage.relearn import Reason, format_reasons
 from storage.scanstate import ConceptState
 
 
@@ -25,18 +27,26 @@ class ConceptRecord:
 
     ``digest`` is ``None`` while pending (an image changed since the last scan): staging reads the
     images and fills it in. ``settings`` fingerprints the learning settings, the digest's third input.
+    ``relearn`` says why the scan found it to learn (:mod:`storage.relearn`: ``new``, ``images changed``,
+    ``model changed`` …); empty for a concept with a complete result, or scanned without an output.
     """
 
     spec: ConceptSpec
+    relearn: tuple[Reason, ...] = ()
 
     @classmethod
-    def of(cls, spec: ConceptSpec, vectors: int | None = None) -> ConceptRecord:
+    def of(cls, spec: ConceptSpec, vectors: int | None = None, relearn: Iterable[Reason] = ()) -> ConceptRecord:
         """The record of ``spec``, learning ``vectors`` vectors when given (``learn.vectors``), else the
-        metadata's own count. The override enters the metadata the digest is finished with, as staging
-        reads the images (:func:`storage.catalog.read_concept`)."""
-        if vectors is None or vectors == spec.meta.vectors:
-            return cls(spec)
-        return cls(replace(spec, meta=replace(spec.meta, vectors=vectors)))
+        metadata's own count, learned for the reasons ``relearn``. The override enters the metadata the digest
+        is finished with, as staging reads the images (:func:`storage.catalog.read_concept`)."""
+        if vectors is not None and vectors != spec.meta.vectors:
+            spec = replace(spec, meta=replace(spec.meta, vectors=vectors))
+        return cls(spec, tuple(relearn))
+
+    @property
+    def relearn_reason(self) -> str | None:
+        """The metrics' ``relearn_reason`` column: the reasons joined (``images changed + model changed``)."""
+        return format_reasons(self.relearn)
 
     @property
     def concept_id(self) -> str:
@@ -80,6 +90,15 @@ class ConceptRecord:
         if self.digest is None:
             raise ValueError(f"concept {self.concept_id} has no digest: its images have not been read")
         return self.digest
+
+
+def with_relearn_reason(row: MetricsRow, record: ConceptRecord) -> MetricsRow:
+    """``row`` saying why ``record`` was learned, when it was (a row made elsewhere, such as a concept flow run's,
+    which scanned its one concept without the catalog's state); a ``skipped`` row or one that says already is
+    left as it is."""
+    if row.status == "skipped" or row.relearn_reason is not None or record.relearn_reason is None:
+        return row
+    return replace(row, relearn_reason=record.relearn_reason)
 
 
 @dataclass(frozen=True)
