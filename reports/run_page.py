@@ -1,9 +1,10 @@
 """The run report: one static HTML page per run, written next to the metrics.
 
-A header (run id, ok/failed/skipped counts, mean inversion lift, blown-up words), a chart of the lift of the
-concepts learned in this run (bars per concept, a histogram past :data:`MAX_BARS`), one card per
-learned concept (a strip of its own training images, its learned-word and words-only grid thumbnails,
-scores, lift, token, the steps it ran and why it stopped, its norm against the vocabulary with a flag
+A header (run id, ok/failed/skipped counts, mean inversion lift, one line on why concepts were learned —
+``12 new, 3 images changed, 985 model changed`` from the rows' ``relearn_reason`` —, blown-up words), a chart of
+the lift of the concepts learned in this run (bars per concept, a histogram past :data:`MAX_BARS`), one card per
+learned concept (why it was learned, a strip of its own training images, its learned-word and words-only grid
+thumbnails, scores, lift, token, the steps it ran and why it stopped, its norm against the vocabulary with a flag
 when blown up, loss, train time, links), the failures with their reasons, and a summary of the skipped
 concepts, the first :data:`MAX_SKIPPED_NAMES` with their training images.
 
@@ -52,6 +53,7 @@ from reports.style import (
 )
 from storage.compositions import composition_prefix
 from storage.metrics import STATUSES
+from storage.relearn import relearn_summary
 from storage.results import ResultStore
 from storage.store.open import open_store
 
@@ -204,6 +206,31 @@ def _scores_table(row: dict) -> str:
     )
 
 
+def _why(row: dict) -> str:
+    """Why the concept was learned in this run (``relearn_reason``), as a line of its card; nothing when unknown."""
+    reason = row.get("relearn_reason")
+    if not isinstance(reason, str) or not reason:
+        return ""
+    return f"<div class='small relearn'>why learned: <b>{escape(reason)}</b></div>"
+
+
+def _relearn_note(rows: list[dict]) -> str:
+    """The run's one line on why its concepts were learned (``12 new, 3 images changed, 985 model changed``),
+    with what a model change costs when there was one; nothing when no row says."""
+    learned = [r.get("relearn_reason") for r in rows if r.get("status") != "skipped"]
+    line = relearn_summary(r for r in learned if isinstance(r, str))
+    if not line:
+        return ""
+    model = any(isinstance(r, str) and "model changed" in r for r in learned)
+    cost = (
+        " A new model changes every concept's digest: the whole catalog is learned again, at the cost of its "
+        "first night."
+        if model
+        else ""
+    )
+    return f"<p class='relearn'>Learned in this run because: <b>{escape(line)}</b>.{cost}</p>"
+
+
 def _card(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
     """A learned concept's card: its training images, both grids, its scores and where its embedding is."""
     cid = _cid(row)
@@ -228,7 +255,7 @@ def _card(row: dict, result_key: ResultKey, unsaved: Mapping[str, str]) -> str:
     return (
         f"<div class='card'><h3>{escape(cid)}</h3>"
         f"<div>token <code>{format_value(row.get('token'))}</code> · "
-        f"lift {format_lift(row.get('inversion_lift'))}{flag}</div>"
+        f"lift {format_lift(row.get('inversion_lift'))}{flag}</div>{_why(row)}"
         f"{pictures}{_scores_table(row)}"
         f"<div class='small'>embedding: {_link(row.get('embedding_uri'))}</div>"
         f"<div class='small muted'>model {format_value(row.get('model'))} · digest "
@@ -316,6 +343,7 @@ def _header(rows: list[dict], run_id: str, title: str) -> list[str]:
         + f" · mean inversion lift of the concepts learned in this run: {format_lift(mean_lift)}"
         + " · <a href='dashboard.html'>all runs</a></div>",
         "<div class='pills'>" + "".join(f"<span class='{s}'>{s} {n}</span>" for s, n in counts.items()) + "</div>",
+        _relearn_note(rows),
         _blown_up_note(rows),
         "<p class='muted small'>Similarities are raw CLIP cosines in [-1, 1] (not the 2.5×-scaled CLIPScore). "
         "Lift = image similarity of the learned word minus that of the same prompts with plain words; "
@@ -341,7 +369,7 @@ def _failures(failed: list[dict]) -> list[str]:
     """The failures with their reasons, the first :data:`MAX_LISTED` one by one and the rest counted."""
     html = [f"<h2>Failures ({len(failed)})</h2>"]
     html.extend(
-        f"<div class='fail'><b>{escape(_cid(row))}</b>"
+        f"<div class='fail'><b>{escape(_cid(row))}</b>{_why(row)}"
         f"<pre>{escape(str(row.get('error') or 'no reason recorded'))}</pre></div>"
         for row in failed[:MAX_LISTED]
     )
