@@ -69,7 +69,9 @@ def test_first_night_is_new_then_nothing_is_learned_again(catalog: ObjectStore) 
     assert nights.run() == {"cat": "new", "dog": "new", "emu": "new"}
     assert nights.run() == {}
     assert set(nights.state.learned) == {"cat", "dog", "emu"}
+    settled = nights.state
     assert nights.run() == {}
+    assert nights.state == settled, "a night where nothing changed leaves the state as it was: it is not rewritten"
 
 
 def test_each_change_names_itself(catalog: ObjectStore) -> None:
