@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -28,22 +29,26 @@ from inversion.text.tokens import expand_token
 from inversion.text.weighting import encode_weighted
 
 
-def make_scheduler(sampler: str, config: Any) -> Any:
+def make_scheduler(sampler: str, config: Any, flow_matching: bool = False) -> Any:
     """The diffusers scheduler of ``sampler`` over the model's scheduler ``config``: ``ddim`` (DDIM) or
-    ``dpm`` (DPM-Solver++ multistep, 2nd order: the same images in fewer steps)."""
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    ``dpm`` (DPM-Solver++ multistep, 2nd order: the same images in fewer steps). A flow-matching model
+    (SD 3, Flux) gets a fresh copy of its own flow-matching Euler scheduler, whichever ``sampler``."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if flow_matching:
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
 
     if sampler == "ddim":
         return DDIMScheduler.from_config(config)
-    if sampler == "dpm":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
-    raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """How to sample: denoising steps, classifier-free guidance scale, image size (None: the model's),
-    and the sampler (:func:`make_scheduler`)."""
+    """How to sample: denoising steps, guidance scale (classifier-free; Flux's embedded guidance: module
+    docstring), image size (None: the model's), and the sampler (:func:`make_scheduler`)."""
 
     steps: int = 25
     guidance: float = 7.5
@@ -62,9 +67,8 @@ class Renderer:
         self.settings = settings or RenderSettings()
         self.device = resolve_device(self.settings.device)
         self.dtype = resolve_dtype(self.settings.precision, self.device)
-        self._pipeline = build_pipeline(
-            components, make_scheduler(self.settings.sampler, components.noise_scheduler.config)
-        )
+        scheduler = make_scheduler(self.settings.sampler, components.noise_scheduler.config, components.flow_matching)
+        self._pipeline = build_pipeline(components, scheduler)
         self._pipeline.set_progress_bar_config(disable=True)
 
     def render(
@@ -79,6 +83,23 @@ class Renderer:
         The same seed gives the same starting noise for every prompt, so rows are comparable. A prompt
         may give words strengths, ``(<tok>:0.7)``, with A1111's meaning (:mod:`inversion.text.weighting`).
         """
+        return self._render(prompts, seeds, embeddings, progress, "pil")
+
+    def render_arrays(
+        self, prompts: Sequence[str], seeds: Sequence[int], embeddings: Sequence[LearnedEmbedding] = ()
+    ) -> list[list[np.ndarray]]:
+        """:meth:`render`, each image a float array ``[H, W, 3]`` in [0, 1] as the VAE decoded it (no 8-bit
+        rounding: for measuring small changes)."""
+        return self._render(prompts, seeds, embeddings, None, "np")
+
+    def _render(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        embeddings: Sequence[LearnedEmbedding],
+        progress: Callable[[int, int], None] | None,
+        output_type: str,
+    ) -> list[list[Any]]:
         s = self.settings
         resolution = s.resolution or self.components.resolution
         text = PromptEncoder(self.components)
@@ -89,7 +110,7 @@ class Renderer:
         for emb in embeddings:
             expanded = [expand_token(p, emb.token, emb.num_vectors) for p in expanded]
         jobs = [(p, seed) for p in range(len(prompts)) for seed in seeds]
-        images: dict[tuple[int, int], Image.Image] = {}
+        images: dict[tuple[int, int], Any] = {}
         with self.components.lock:
             self.components.to(self.device, self.dtype)
             with text.learned(placeholders, [e.vectors.to(self.device) for e in embeddings]), torch.no_grad():
@@ -98,7 +119,7 @@ class Renderer:
                     check_stop()
                     chunk = jobs[start : start + s.batch_size]
                     embeds = encode_weighted(text, [expanded[p] for p, _ in chunk])
-                    latents = torch.cat([self._initial_noise(seed, resolution) for _, seed in chunk])
+                    latents = torch.cat([self.initial_noise(seed, resolution) for _, seed in chunk])
                     out = self._pipeline(
                         **text.pipeline_kwargs(embeds, negative),
                         latents=latents,
@@ -106,7 +127,7 @@ class Renderer:
                         guidance_scale=s.guidance,
                         height=resolution,
                         width=resolution,
-                        output_type="pil",
+                        output_type=output_type,
                         callback_on_step_end=_stop_between_steps,
                     )
                     for job, image in zip(chunk, out.images):
@@ -115,12 +136,21 @@ class Renderer:
                         progress(min(start + len(chunk), len(jobs)), len(jobs))
         return [[images[(p, seed)] for seed in seeds] for p in range(len(prompts))]
 
-    def _initial_noise(self, seed: int, resolution: int) -> torch.Tensor:
-        size = resolution // self.components.vae_scale_factor
-        channels = int(self.components.unet.config.in_channels)
+    def initial_noise(self, seed: int, resolution: int) -> torch.Tensor:
+        """The starting latent of ``seed``: ``[1, C, h, w]`` drawn on the CPU (the same on every device);
+        Flux's packed to ``[1, h/2 * w/2, 4C]`` (module docstring)."""
+        components = self.components
         generator = torch.Generator().manual_seed(int(seed))
+        if components.family != "flux":
+            size = resolution // components.vae_scale_factor
+            channels = int(components.denoiser.config.in_channels)
+            return torch.randn((1, channels, size, size), generator=generator).to(self.device, self.dtype)
+        size = 2 * (resolution // (components.vae_scale_factor * 2))  # whole 2x2 patches, as FluxPipeline sizes it
+        channels = int(components.transformer.config.in_channels) // 4
         noise = torch.randn((1, channels, size, size), generator=generator)
-        return noise.to(self.device, self.dtype)
+        from diffusers import FluxPipeline
+
+        return FluxPipeline._pack_latents(noise, 1, channels, size, size).to(self.device, self.dtype)
 
 
 def _stop_between_steps(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
