@@ -157,12 +157,13 @@ class DiffusionComponents:
         return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
 
     def compiled_unet(self) -> torch.nn.Module:
-        """The UNet wrapped by ``torch.compile`` (created once; it shares the UNet's weights).
+        """The denoiser (UNet, or SD 3's / Flux's transformer) wrapped by ``torch.compile`` (created once; it
+        shares the denoiser's weights).
 
         Compilation happens lazily on the first call of the wrapper, per input shape.
         """
         if self._compiled_unet is None:
-            self._compiled_unet = torch.compile(self.unet)
+            self._compiled_unet = torch.compile(self.denoiser)
         return self._compiled_unet
 
     def freeze(self) -> None:

@@ -1,7 +1,7 @@
 """The Textual Inversion training loop: learn new token vectors with every model weight frozen.
 
 One loop serves one concept or a *pack* of K concepts trained together: each example carries its
-own concept's token, so one UNet forward/backward serves K concepts. Per-concept state (vectors,
+own concept's token, so one denoiser forward/backward serves K concepts. Per-concept state (vectors,
 AdamW moments, random generator, step) is kept apart and the pack's loss is the *sum* of the
 per-concept mean losses, so each concept gets exactly the gradient it would get alone.
 
@@ -13,6 +13,11 @@ into the frozen table.
 When to stop: at the step cap (``stop="fixed"``) or, per concept, when its held-out loss plateaus
 (``stop="plateau"``, :mod:`inversion.training.stopping`). With ``slots``, the pack is *continuous*: a
 concept that stops hands its place in the batch to the next waiting one.
+
+What the denoiser learns: the UNet families (SD 1.x, 2.x, XL) the noise or the velocity at a DDPM timestep
+drawn uniformly (:func:`noise_target`); SD 3 and Flux the flow-matching velocity at a logit-normal, shifted
+noise level, with Flux's packing, image ids and guidance input (:mod:`inversion.training.flow`, where
+diffusers' conventions are written out). Every text encoder's rows of the word are learned, T5's included.
 
 The checkpoint format lives in :mod:`inversion.training.checkpoint`, the device and precision choice in
 :mod:`inversion.device`.
@@ -37,9 +42,11 @@ from inversion.embeddings.norms import VocabNorms, norm_ratio, norms_metadata
 from inversion.errors import ConfigError, TrainingDivergedError
 from inversion.images import load_training_images
 from inversion.model.components import DiffusionComponents
+from inversion.model.info import Family
 from inversion.text.encoder import PromptEncoder
 from inversion.text.tokens import PlaceholderToken
 from inversion.training.checkpoint import CHECKPOINT_FILENAME, read_checkpoint, write_checkpoint
+from inversion.training.flow import FlowSchedule, flow_losses
 from inversion.training.stopping import HELD_OUT_SEED_OFFSET, MAX_STEPS, StopState
 from inversion.training.templates import templates_for
 from inversion.training.vector_modes import VectorModes
@@ -122,8 +129,10 @@ class _ConceptRun:
         widths: tuple[int, ...] | None = None,
         modes: VectorModes | None = None,
         vocab: tuple[VocabNorms, ...] = (),
+        family: Family | None = None,
     ) -> None:
         self.concept = concept
+        self.family = family  # the model's family, which names the word's files (Flux's two tables are not SDXL's)
         self.modes = modes or VectorModes(widths or (int(start.shape[1]),))  # init_mode / norm_mode state
         self.vocab = vocab  # the text encoders' vocabulary norms, recorded in the embedding files
         self.widths = widths  # columns of ``vectors`` per text encoder (SDXL: two), see inversion.text.encoder
@@ -253,7 +262,8 @@ class _ConceptRun:
         return save_embedding_files(self.embedding(), self.output_dir, step=self.step, metadata=metadata)
 
     def embedding(self) -> LearnedEmbedding:
-        return LearnedEmbedding(self.concept.token, self.vectors.detach().float().cpu().clone(), self.widths)
+        vectors = self.vectors.detach().float().cpu().clone()
+        return LearnedEmbedding(self.concept.token, vectors, self.widths, self.family)
 
     def result(self) -> TrainResult:
         return TrainResult(
@@ -303,9 +313,9 @@ class _Batch:
 def _sample(
     run: _ConceptRun,
     batch: int,
-    num_timesteps: int,
+    schedule: Schedule,
     device: torch.device,
-    scaling: float,
+    components: DiffusionComponents,
     generator: torch.Generator | None = None,
 ) -> _Batch:
     """Draw one concept's micro-batch from its own generator (or ``generator``), in a fixed order (for exact resume)."""
@@ -316,12 +326,41 @@ def _sample(
     templates = torch.randint(len(run.templates), (batch,), generator=g)
     latent_eps = torch.randn(shape, generator=g)
     noise = torch.randn(shape, generator=g)
-    timesteps = torch.randint(0, num_timesteps, (batch,), generator=g)
+    timesteps = schedule.draw(batch, g)
     views = views.to(device)
     latents = run.latent_mean[views] + run.latent_std[views] * latent_eps.to(device)
     prompts = [run.templates[i].format(run.prompt_word) for i in templates.tolist()]
     time_ids = None if run.time_ids is None else run.time_ids[views.cpu()]
-    return _Batch(latents * scaling, noise.to(device), timesteps.to(device), prompts, time_ids)
+    return _Batch(_scaled(latents, components), noise.to(device), timesteps.to(device), prompts, time_ids)
+
+
+def _scaled(latents: torch.Tensor, components: DiffusionComponents) -> torch.Tensor:
+    """Latents as the denoiser reads them: ``(latents - shift) * scaling`` (the VAE config's; SD 1.x / 2.x / XL
+    have no shift)."""
+    shift = components.latent_shift
+    return (latents - shift) * components.latent_scaling if shift else latents * components.latent_scaling
+
+
+@dataclass(frozen=True)
+class UnetTimesteps:
+    """The UNet families' training timesteps: uniform over the DDPM scheduler's ``num_timesteps``."""
+
+    num_timesteps: int
+
+    def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator)
+
+
+#: how a concept's examples get their timesteps (UNet) or noise levels (flow matching)
+Schedule = UnetTimesteps | FlowSchedule
+
+
+def training_schedule(components: DiffusionComponents, resolution: int) -> Schedule:
+    """The timestep / noise-level draw of ``components`` trained at ``resolution``."""
+    config = components.noise_scheduler.config
+    if components.flow_matching:
+        return FlowSchedule.for_model(config, resolution // components.vae_scale_factor)
+    return UnetTimesteps(int(config.num_train_timesteps))
 
 
 def noise_target(
@@ -340,7 +379,13 @@ def noise_target(
 def _example_losses(
     components: DiffusionComponents, unet: torch.nn.Module, text: PromptEncoder, batch: _Batch, dtype: torch.dtype
 ) -> torch.Tensor:
-    """The denoising MSE of every example of ``batch`` (``[B]``, fp32); the learned vectors get its gradient."""
+    """The denoising MSE of every example of ``batch`` (``[B]``, fp32); the learned vectors get its gradient.
+    SD 3 and Flux: the flow-matching loss, ``batch.timesteps`` being noise levels σ (:mod:`inversion.training.flow`)."""
+    if components.flow_matching:
+        steps = int(components.noise_scheduler.config.num_train_timesteps)
+        text_kwargs = text.transformer_kwargs(text.encode(batch.prompts), dtype)
+        flux = text.family == "flux"
+        return flow_losses(unet, text_kwargs, batch.latents, batch.noise, batch.timesteps, dtype, steps, flux)
     noisy = components.noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     target = noise_target(components, batch.latents, batch.noise, batch.timesteps)
     conditioning = text.unet_kwargs(text.encode(batch.prompts), dtype, batch.time_ids)
@@ -358,7 +403,7 @@ def _prepare_runs(components, concepts, config, text: PromptEncoder, device, out
     for concept, out in zip(concepts, output_dirs):
         start, modes = VectorModes.start(text, concept.initializer, concept.num_vectors, config)
         placeholder = text.register(concept.token, concept.num_vectors)
-        run = _ConceptRun(concept, placeholder, start, config, device, out, text.widths, modes, vocab)
+        run = _ConceptRun(concept, placeholder, start, config, device, out, text.widths, modes, vocab, text.family)
         if resume:
             run.load_checkpoint(config)
         runs.append(run)
@@ -401,7 +446,7 @@ def train_concepts(
 
     with components.lock:
         # 2. the frozen model on its device, one run per concept (resumed from its checkpoint if asked)
-        text, unet, num_timesteps = _ready_model(components, config, device, dtype)
+        text, unet, schedule = _ready_model(components, config, device, dtype, resolution)
         runs = _prepare_runs(components, concepts, config, text, device, output_dirs, resume)
         slots = len(runs) if slots is None else slots
         total = pack_steps([0 if r.finished(config) else config.steps - r.step for r in runs], slots)
@@ -414,8 +459,8 @@ def train_concepts(
                 check_stop()  # a signalled run stops here: its last uploaded checkpoint stays the one to resume from
                 for run in active:
                     if run.latent_mean is None:  # a concept entering its slot
-                        _enter_slot(components, run, config, resolution, text, num_timesteps, device)
-                _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps)
+                        _enter_slot(components, run, config, resolution, text, schedule, device)
+                _optimizer_step(components, unet, text, active, config, device, dtype, schedule)
                 stopped = _check_plateau(components, unet, text, active, config, dtype)
                 pack_step += 1
                 _save_due_checkpoints(active, config, on_checkpoint)
@@ -427,16 +472,17 @@ def train_concepts(
 
 
 def _ready_model(
-    components: DiffusionComponents, config: TrainConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[PromptEncoder, torch.nn.Module, int]:
-    """Move the frozen model to ``device`` and ``dtype``; return its prompt encoder, the UNet to train through
-    (compiled if asked) and the scheduler's number of training timesteps."""
+    components: DiffusionComponents, config: TrainConfig, device: torch.device, dtype: torch.dtype, resolution: int
+) -> tuple[PromptEncoder, torch.nn.Module, Schedule]:
+    """Move the frozen model to ``device`` and ``dtype``; return its prompt encoder, the denoiser to train
+    through (compiled if asked) and its timestep draw at ``resolution``."""
     components.to(device, dtype)
     text = PromptEncoder(components)
     scheduler = components.noise_scheduler
-    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
-    unet = components.compiled_unet() if config.compile else components.unet
-    return text, unet, int(scheduler.config.num_train_timesteps)
+    if not components.flow_matching:
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)  # add_noise moves it anyway; do it once
+    denoiser = components.compiled_unet() if config.compile else components.denoiser
+    return text, denoiser, training_schedule(components, resolution)
 
 
 def _save_due_checkpoints(
@@ -474,7 +520,13 @@ def _check_inputs(
     resolution = config.resolution or components.resolution
     if resolution % components.vae_scale_factor:
         raise ConfigError(f"resolution {resolution} is not a multiple of the VAE factor {components.vae_scale_factor}")
-    _ = components.prediction_type  # raises ConfigError now, before any work, if the model's is unknown
+    if components.family == "flux" and (resolution // components.vae_scale_factor) % 2:
+        raise ConfigError(
+            f"resolution {resolution}: Flux packs latents in 2 x 2 patches, so it must be a multiple "
+            f"of {2 * components.vae_scale_factor}"
+        )
+    if not components.flow_matching:
+        _ = components.prediction_type  # raises ConfigError now, before any work, if the model's is unknown
     return folders, device, dtype, resolution
 
 
@@ -484,7 +536,7 @@ def _enter_slot(
     config: TrainConfig,
     resolution: int,
     text: PromptEncoder,
-    num_timesteps: int,
+    schedule: Schedule,
     device: torch.device,
 ) -> None:
     """Ready a concept taking its slot in the batch: its cached latents and, for the plateau rule, its held-out
@@ -492,7 +544,7 @@ def _enter_slot(
     _cache_latents(components, run, resolution, text)
     if config.plateau is not None:
         generator = torch.Generator().manual_seed(run.concept.seed + HELD_OUT_SEED_OFFSET)
-        run.held_out = _sample(run, config.stop_samples, num_timesteps, device, components.latent_scaling, generator)
+        run.held_out = _sample(run, config.stop_samples, schedule, device, components, generator)
 
 
 def _step_report(
@@ -566,7 +618,7 @@ def _joined_time_ids(samples: Sequence[_Batch]) -> torch.Tensor | None:
     return torch.cat(time_ids)
 
 
-def _optimizer_step(components, unet, text, active, config, device, dtype, num_timesteps) -> None:
+def _optimizer_step(components, unet, text, active, config, device, dtype, schedule) -> None:
     """One optimizer step for every active concept (``grad_accum`` micro-batches)."""
     tick = time.perf_counter()
     step_losses = {id(r): 0.0 for r in active}
@@ -574,7 +626,7 @@ def _optimizer_step(components, unet, text, active, config, device, dtype, num_t
         live = [r for r in active if r.failure is None]
         if not live:
             return
-        samples = [_sample(r, config.batch_size, num_timesteps, device, components.latent_scaling) for r in live]
+        samples = [_sample(r, config.batch_size, schedule, device, components) for r in live]
         batch = _Batch(
             torch.cat([s.latents for s in samples]),
             torch.cat([s.noise for s in samples]),
@@ -650,9 +702,9 @@ def evaluation_loss(
             concept.flip,
             seed,
         )
-        run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None, widths=text.widths)
+        run = _ConceptRun(eval_concept, placeholder, vectors, TrainConfig(), device, None, text.widths)
         _cache_latents(components, run, resolution, text)
-        num_timesteps = int(components.noise_scheduler.config.num_train_timesteps)
+        schedule = training_schedule(components, resolution)
         with text.learned([placeholder], [run.vectors]), torch.no_grad():
-            batch = _sample(run, samples, num_timesteps, device, components.latent_scaling)
-            return float(_example_losses(components, components.unet, text, batch, dtype).mean())
+            batch = _sample(run, samples, schedule, device, components)
+            return float(_example_losses(components, components.denoiser, text, batch, dtype).mean())
