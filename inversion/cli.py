@@ -215,15 +215,30 @@ def _add_invert(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_invert)
 
 
+#: what --sampler and --guidance mean for SD 3 and Flux (the render and score commands' descriptions)
+_FAMILY_RENDERING = (
+    "SD 3 and Flux render from prompt embeddings with the word's rows in every text encoder (T5 included), "
+    "with their own flow-matching Euler sampler (--sampler is the UNet families'). SD 3: --guidance is "
+    "classifier-free guidance against the empty prompt. Flux: --guidance is FluxPipeline's guidance_scale, "
+    "the distilled guidance the transformer reads as an input (Flux.1-dev's usual value is 3.5; the default "
+    "7.5 is the UNet families'), one pass per step, no negative prompt."
+)
+
+
 def _add_render(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("render", help="render prompts with learned embeddings into a labelled grid")
+    p = sub.add_parser(
+        "render",
+        help="render prompts with learned embeddings into a labelled grid",
+        description="Render prompts with learned words into a labelled grid. " + _FAMILY_RENDERING,
+    )
     p.add_argument("--model", required=True)
     p.add_argument(
         "--embedding",
         nargs="*",
         default=[],
         action="extend",
-        help="embedding file(s) of one model family: diffusers, A1111, kohya or SDXL (repeatable)",
+        help="embedding file(s) of one model family: diffusers, A1111, kohya, SDXL, or SD 3 / Flux "
+        "(ComfyUI's file, diffusers' Flux clip_l/t5 file) (repeatable)",
     )
     p.add_argument(
         "--prompt",
@@ -240,7 +255,12 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score a learned word with CLIP against its images and a words-only baseline")
+    p = sub.add_parser(
+        "score",
+        help="score a learned word with CLIP against its images and a words-only baseline",
+        description="Score a learned word with CLIP against its training images and a words-only baseline "
+        "(the captions rendered through the same path). " + _FAMILY_RENDERING,
+    )
     p.add_argument("--model", required=True)
     p.add_argument(
         "--embedding",
