@@ -1,5 +1,5 @@
-"""What a catalog run leaves besides its concepts' results: its metrics (one Parquet file) and the
-embeddings index, the HTML report and the dashboard, ``runs/<run_id>/summary.json`` and the Prefect
+"""What a catalog run leaves besides its concepts' results: the metrics rows its chunks did not write (one
+Parquet file), the embeddings index, the HTML report and the dashboard, ``runs/<run_id>/summary.json`` and the Prefect
 artifacts. Apart from :mod:`flows.learn` so that the flow reads as its DAG; the pages are imported
 when a run ends, not when the coordinator starts.
 """
@@ -38,8 +38,10 @@ def publish_run_outputs(
     rows: list[MetricsRow],
     compositions: Sequence[CompositionRow] = (),
     published: Mapping[str, frozenset[str]] | None = None,
+    unwritten: list[MetricsRow] | None = None,
 ) -> dict:
-    """Metrics (one Parquet file), embeddings index (reconciled with ``published``, the run's listing of complete
+    """Metrics (the rows of ``rows`` not yet written, ``unwritten``, as one Parquet file; all of them when not
+    given), embeddings index (reconciled with ``published``, the run's listing of complete
     results), HTML report (with ``compositions``' rows), dashboard, summary and artifacts; returns the run summary.
 
     Every write is atomic, and the index and dashboard state are compare-and-swap updates: a run killed anywhere
@@ -48,9 +50,9 @@ def publish_run_outputs(
     from reports.dashboard import refresh_dashboard
     from reports.run_page import write_report
 
-    # 1. the metrics and the embeddings index
+    # 1. the rows no chunk wrote, and the embeddings index
     # Prefect need not walk thousands of rows, nor the listing
-    metrics_uri = write_metrics(out, passed_whole(rows), passed_whole(published))
+    metrics_uri = write_metrics(out, passed_whole(rows), passed_whole(published), passed_whole(unwritten))
     # 2. the pages people read
     dict_rows = [r.to_dict() for r in rows]
     report_uri = write_report(out, run_id, dict_rows, [c.to_dict() for c in compositions])

@@ -1,10 +1,16 @@
-"""Tasks that write results: a concept's files (write-once, ``_SUCCESS`` last), metrics rows, the index."""
+"""Tasks that write results: a concept's files (write-once, ``_SUCCESS`` last), metrics rows, the index.
+
+A catalog run publishes in chunks (:func:`publish_chunk`: one task run for many concepts, each published as
+:func:`publish_concept` does, then the chunk's metrics rows appended as one write-once Parquet file), so its task
+runs grow with chunks, not concepts, and a run killed mid-night keeps the rows of what it published.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -12,13 +18,14 @@ from prefect import get_run_logger, task
 
 from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME, SCORES_FILENAME, TRAINING_STRIP_FILENAME
 from inversion.model.info import family_or_none
-from storage.metrics import MetricsRow, Status, append_metrics, update_embeddings_index
+from storage.metrics import METRICS_DIR, MetricsRow, Status, append_metrics, update_embeddings_index
 from storage.results import ResultStore
 from storage.scanstate import ConceptState
 from storage.store.open import open_store
 from tasks.records import ConceptRecord, ScoredConcept, ScoreSummary
 from tasks.retry import RETRY
 from tasks.settings import LearnSettings
+from tasks.staging import with_retries
 
 
 class _IdentityFields(TypedDict):
@@ -140,6 +147,36 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     )
 
 
+@task(name="publish-chunk", **RETRY)
+def publish_chunk(
+    scored: list[ScoredConcept], rows: list[MetricsRow], out_uri: str, run_id: str, learn: LearnSettings, append: bool
+) -> list[MetricsRow]:
+    """Publish each of ``scored`` (see :func:`publish_concept`; a failure becomes that concept's ``failed`` row),
+    then, with ``append``, write the chunk's rows (``rows``, made before, and the new ones) as one metrics file.
+
+    Idempotent: a retry republishes nothing that is complete with the same bytes, and the metrics file is named
+    by the run and the chunk's concepts and written once. Returns the new rows, in the order of ``scored``."""
+    new = []
+    for concept in scored:
+        record = concept.inversion.staged.record
+        try:
+            new.append(with_retries(partial(publish_concept.fn, concept, out_uri, run_id, learn)))
+        except Exception as exc:  # noqa: BLE001 - one bad concept fails only itself
+            new.append(failed_row(run_id, record.concept_id, f"publishing failed: {exc}", learn, record))
+    if append:
+        append_rows(out_uri, [*rows, *new])
+    return new
+
+
+def append_rows(out_uri: str, rows: Sequence[MetricsRow]) -> list[str]:
+    """Append ``rows`` to the metrics, one write-once file per run date (a run that goes past midnight has rows
+    of two dates); returns the files' URIs (none when there are no rows)."""
+    by_date: dict[date | None, list[MetricsRow]] = {}
+    for row in rows:
+        by_date.setdefault(row.run_date, []).append(row)
+    return [append_metrics(out_uri, dated) for dated in by_date.values()]
+
+
 def row_to_json(row: MetricsRow, scan: ConceptState | None = None) -> bytes:
     """A concept flow run's result for the catalog run that launched it: its row, and what the
     catalog's scan state may remember about the images it read (``scan``)."""
@@ -151,8 +188,6 @@ def row_to_json(row: MetricsRow, scan: ConceptState | None = None) -> bytes:
 
 def row_from_json(raw: bytes) -> MetricsRow:
     """The row of :func:`row_to_json`."""
-    from datetime import date
-
     data = json.loads(raw)["row"]
     data["created_at"] = datetime.fromisoformat(data["created_at"])
     data["run_date"] = date.fromisoformat(data["run_date"]) if data.get("run_date") else None
@@ -171,11 +206,17 @@ def rows_key(run_id: str, concept_id: str) -> str:
 
 
 @task(name="write-metrics", **RETRY)
-def write_metrics(out_uri: str, rows: list[MetricsRow], published: Mapping[str, frozenset[str]] | None = None) -> str:
-    """Append the run's rows to the Parquet metrics dataset (one file, named by the run and its concepts, so a
-    retry writes no second copy) and merge them into the embeddings index (the run's rows only, not the metrics
-    history), reconciled with ``published`` (the run's listing of complete results; see
-    :func:`storage.metrics.update_embeddings_index`)."""
-    uri = append_metrics(out_uri, rows)
+def write_metrics(
+    out_uri: str,
+    rows: list[MetricsRow],
+    published: Mapping[str, frozenset[str]] | None = None,
+    unwritten: list[MetricsRow] | None = None,
+) -> str:
+    """Append the run's rows not yet in the metrics (``unwritten``; all of ``rows`` when not given) to the Parquet
+    metrics dataset (one file per date, named by the run and its concepts, so a retry writes no second copy) and
+    merge ``rows`` into the embeddings index (the run's rows only, not the metrics history), reconciled with
+    ``published`` (the run's listing of complete results; see :func:`storage.metrics.update_embeddings_index`).
+    Returns the URI of the file written (the last, when two dates), or of the metrics folder when none was."""
+    uris = append_rows(out_uri, rows if unwritten is None else unwritten)
     update_embeddings_index(out_uri, rows=rows, published=published)
-    return uri
+    return uris[-1] if uris else open_store(out_uri).url(METRICS_DIR)

@@ -49,6 +49,15 @@ class PipelineConfig:
 
     concepts_per_batch: int = setting(1, help="concepts packed into one GPU batch", ge=1, le=64)
     max_concurrent_inversions: int = setting(1, help="inversions sharing a GPU at once", ge=1, le=64)
+    chunk_size: int = setting(
+        32,
+        help=(
+            "concepts staged, and published, by one task (rounded up to whole packs of concepts_per_batch): a "
+            "chunk's packs train as soon as it is staged, and its metrics rows are written once it is published"
+        ),
+        ge=1,
+        le=4096,
+    )
     gpu_limit_name: str = setting("sstar-gpu", help="Prefect global concurrency limit guarding GPU work")
     workers: int = setting(
         4,
@@ -61,7 +70,9 @@ class PipelineConfig:
     )
     work_dir: str | None = setting(None, help="local scratch folder (default: a temporary folder)")
     deployment: str | None = setting(
-        None, help="fan concepts out as flow runs of this learn-concept deployment ('flow/deployment')"
+        None,
+        help="fan packs of concepts_per_batch concepts out as flow runs of this learn-pack deployment "
+        "('flow/deployment')",
     )
     slot_wait_timeout: float = setting(
         21600.0,
@@ -83,8 +94,8 @@ class PipelineConfig:
     child_wait_timeout: float = setting(
         43200.0,
         help=(
-            "with a deployment: seconds the coordinator waits at most on one concept's child flow runs (re-runs "
-            "included), then fails the concept naming the flow run"
+            "with a deployment: seconds the coordinator waits at most on one pack's child flow runs (re-runs "
+            "included), then fails the pack's concepts naming the flow run"
         ),
         gt=0,
     )

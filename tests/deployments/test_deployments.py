@@ -3,7 +3,7 @@
 Static checks (the YAML parses, entrypoints exist, the cron is valid, parameters validate against
 the flows' settings models, the job template is a valid base job template whose GPU request is the
 ``gpu_count`` variable), then against a Prefect test server: ``ensure_gpu_limit`` creates and
-updates the limit, and a real ``prefect deploy --all`` creates both deployments on the GPU pool.
+updates the limit, and a real ``prefect deploy --all`` creates the three deployments on the GPU pool.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ JOB_TEMPLATE = DEPLOYMENTS / "k8s-gpu-job-template.json"
 EXPECTED = {
     "learn-catalog-nightly": ("flows/learn.py:learn_catalog", "learn-catalog"),
     "learn-concept": ("flows/learn.py:learn_concept", "learn-concept"),
+    "learn-pack": ("flows/learn_pack.py:learn_pack", "learn-pack"),
 }
 
 
@@ -57,7 +58,7 @@ def test_project_file_is_a_valid_prefect_project(project: dict) -> None:
     assert pull == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $SSTAR_SOURCE_DIR }}"}}
 
 
-def test_both_deployments_point_at_existing_flow_functions(deployments: dict[str, dict]) -> None:
+def test_the_deployments_point_at_existing_flow_functions(deployments: dict[str, dict]) -> None:
     assert set(deployments) == set(EXPECTED)
     for name, (entrypoint, flow_name) in EXPECTED.items():
         assert deployments[name]["entrypoint"] == entrypoint
@@ -90,6 +91,7 @@ def test_nightly_schedule_is_a_valid_utc_cron(deployments: dict[str, dict]) -> N
     first = next(CronSim(schedule["cron"], datetime(2024, 5, 1, 12, tzinfo=timezone.utc)))
     assert (first.day, first.hour, first.minute) == (2, 2, 0)
     assert not deployments["learn-concept"].get("schedules")
+    assert not deployments["learn-pack"].get("schedules")
 
 
 def test_parameters_validate_against_the_settings_models(deployments: dict[str, dict]) -> None:
@@ -103,7 +105,7 @@ def test_parameters_validate_against_the_settings_models(deployments: dict[str, 
         run = RunSettings(**params["run"])
         assert run.gpu_limit_name == "sstar-gpu"
     nightly = deployments["learn-catalog-nightly"]
-    assert nightly["parameters"]["run"]["deployment"] == "learn-concept/learn-concept"
+    assert nightly["parameters"]["run"]["deployment"] == "learn-pack/learn-pack"  # one flow run per pack
     assert set(deployments["learn-concept"]["parameters"]) == {
         "catalog",
         "out",
@@ -112,6 +114,8 @@ def test_parameters_validate_against_the_settings_models(deployments: dict[str, 
         "run",
         "parent_run_id",
     }
+    # concept_ids and parent_run_id come from the nightly run, pack by pack
+    assert set(deployments["learn-pack"]["parameters"]) == {"catalog", "out", "learn", "evaluation", "run"}
 
 
 def test_gpu_requests_per_deployment(deployments: dict[str, dict], template: dict) -> None:
@@ -121,6 +125,7 @@ def test_gpu_requests_per_deployment(deployments: dict[str, dict], template: dic
     for deployment in deployments.values():
         jsonschema.validate(deployment["work_pool"]["job_variables"], variables)
     assert deployments["learn-concept"]["work_pool"]["job_variables"]["gpu_count"] == 1
+    assert deployments["learn-pack"]["work_pool"]["job_variables"]["gpu_count"] == 1
 
 
 # --- the Kubernetes base job template ----------------------------------------------------------------
@@ -184,7 +189,7 @@ def test_ensure_gpu_limit_creates_then_updates(prefect_harness) -> None:
         main(["--name", name, "--slots", "0"])
 
 
-def test_prefect_deploy_creates_both_deployments(prefect_harness, template: dict) -> None:
+def test_prefect_deploy_creates_the_deployments(prefect_harness, template: dict) -> None:
     """`prefect deploy --all` from the repository root, as the README says, against the test server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -208,6 +213,7 @@ def test_prefect_deploy_creates_both_deployments(prefect_harness, template: dict
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("learn-catalog/learn-catalog-nightly")
         adhoc = client.read_deployment_by_name("learn-concept/learn-concept")
+        pack = client.read_deployment_by_name("learn-pack/learn-pack")
     assert nightly.work_pool_name == adhoc.work_pool_name == "gpu-pool"
     (schedule,) = nightly.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
@@ -218,3 +224,5 @@ def test_prefect_deploy_creates_both_deployments(prefect_harness, template: dict
         == "{{ $SSTAR_SOURCE_DIR }}"
     )
     assert set(adhoc.parameter_openapi_schema["properties"]) >= {"catalog", "concept_id", "out", "learn", "run"}
+    assert pack.work_pool_name == "gpu-pool" and pack.job_variables == {"gpu_count": 1} and not pack.schedules
+    assert set(pack.parameter_openapi_schema["required"]) >= {"concept_ids", "parent_run_id"}

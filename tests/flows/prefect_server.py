@@ -123,20 +123,26 @@ class PrefectServer:
 
     def deploy_learn_concept(self, pool: str = "local-gpu") -> UUID:
         """Create the process work pool ``pool`` and deploy ``learn_concept`` to it from this repository."""
+        return self.deploy("flows/learn.py:learn_concept", "learn-concept", pool)
+
+    def deploy_learn_pack(self, pool: str = "local-gpu") -> UUID:
+        """Create the process work pool ``pool`` and deploy ``learn_pack`` to it from this repository: what
+        ``learn_catalog`` fans packs out to with ``deployment="learn-pack/learn-pack"``."""
+        return self.deploy("flows/learn_pack.py:learn_pack", "learn-pack", pool)
+
+    def deploy(self, entrypoint: str, name: str, pool: str) -> UUID:
+        """Create the process work pool ``pool`` (unless it exists) and deploy the flow at ``entrypoint`` of this
+        repository to it as ``name``."""
         from prefect import flow as prefect_flow
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         from flows.sync import sync_result
 
         create = [sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"]
-        subprocess.run(create, env=self.env, check=True, capture_output=True, cwd=self.folder)
+        subprocess.run(create, env=self.env, check=False, capture_output=True, cwd=self.folder)
         with temporary_settings(updates={PREFECT_API_URL: self.url}):
-            source = sync_result(
-                prefect_flow.from_source(source=str(REPO_ROOT), entrypoint="flows/learn.py:learn_concept")
-            )
-            deployed = source.deploy(
-                name="learn-concept", work_pool_name=pool, print_next_steps=False, build=False, push=False
-            )
+            source = sync_result(prefect_flow.from_source(source=str(REPO_ROOT), entrypoint=entrypoint))
+            deployed = source.deploy(name=name, work_pool_name=pool, print_next_steps=False, build=False, push=False)
         return sync_result(deployed)
 
     def flow_runs(self, deployment_id: UUID) -> list[FlowRun]:

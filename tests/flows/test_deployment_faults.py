@@ -2,9 +2,10 @@
 process work pool of two workers (``tests/flows/prefect_server.py``).
 
 * A node lost while a concept trains: ``kill -9`` of one worker *and* the flow run it started (Prefect
-  starts it in a session of its own, so it outlives its worker otherwise). The flow run stays Running on
-  the server; the coordinator sees its heartbeats stop, marks it Crashed and runs the concept again as a
-  new flow run, which the other worker picks up and resumes from the checkpoint in the output store.
+  starts it in a session of its own, so it outlives its worker otherwise). The flow run (a ``learn-pack``
+  of one concept here) stays Running on the server; the coordinator sees its heartbeats stop, marks it
+  Crashed and runs the pack again as a new flow run, which the other worker picks up and resumes from the
+  checkpoint in the output store.
 * The server restarted (SIGKILL, then started again) while concepts train: the catalog run ends, all ok
   or failed with a message, never hanging, and no slot of the GPU limit stays taken (the server keeps its
   leases in files under its home, as deployments/README.md says).
@@ -55,7 +56,7 @@ def _run_catalog(server: PrefectServer, tmp_path: Path, model: Path) -> Any:
         stop="fixed",
         workers=2,
         max_concurrent_inversions=2,
-        deployment="learn-concept/learn-concept",
+        deployment="learn-pack/learn-pack",
         child_heartbeat_timeout=CHILD_HEARTBEAT_TIMEOUT,
         child_wait_timeout=CHILD_WAIT_TIMEOUT,
     )
@@ -105,13 +106,13 @@ def _rows(out: Path) -> dict[str, str]:
 def test_a_lost_node_is_run_again_on_the_other_worker(prefect_server: PrefectServer, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     write_catalog(tmp_path / "catalog", CONCEPTS)
-    deployment_id = prefect_server.deploy_learn_concept()
+    deployment_id = prefect_server.deploy_learn_pack()
     workers = {name: prefect_server.start_worker("local-gpu", name) for name in WORKERS}
 
     def kill_the_node(concept_id: str) -> tuple[str, str]:
         # the worker that won the concept's flow run labels it with its name
         runs = prefect_server.flow_runs(deployment_id)
-        (run,) = [r for r in runs if r.parameters["concept_id"] == concept_id]
+        (run,) = [r for r in runs if concept_id in r.parameters["concept_ids"]]
         worker = str(run.labels["prefect.worker.name"])
         assert kill_worker_and_its_flow_runs(workers[worker]), "the flow run must have a process of its own"
         return concept_id, worker
@@ -124,7 +125,7 @@ def test_a_lost_node_is_run_again_on_the_other_worker(prefect_server: PrefectSer
 
     assert state.is_completed(), state.message
     assert _rows(out) == {c: "ok" for c in CONCEPTS}
-    runs = [r for r in prefect_server.flow_runs(deployment_id) if r.parameters["concept_id"] == concept_id]
+    runs = [r for r in prefect_server.flow_runs(deployment_id) if concept_id in r.parameters["concept_ids"]]
     assert [r.state_name for r in runs] == ["Crashed", "Completed"], [(r.name, r.state) for r in runs]
     assert runs[0].state is not None and "no heartbeat" in (runs[0].state.message or "")
     (survivor,) = set(WORKERS) - {dead_worker}
@@ -141,7 +142,7 @@ def test_a_server_restart_ends_the_run_and_leaves_no_slot_taken(
 ):
     out = tmp_path / "out"
     write_catalog(tmp_path / "catalog", CONCEPTS)
-    deployment_id = prefect_server.deploy_learn_concept()
+    deployment_id = prefect_server.deploy_learn_pack()
     for name in WORKERS:
         prefect_server.start_worker("local-gpu", name)
 

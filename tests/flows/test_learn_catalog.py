@@ -177,7 +177,7 @@ def test_learn_one_concept_ad_hoc(prefect_harness, s3_catalog, tiny_model_dir, c
     state = learn_one("can")
     row = state.result()
     assert row["concept_id"] == "can" and row["status"] == "ok" and row["steps"] == 2
-    assert {"scan-catalog", "stage-concept", "invert-pack", "score-outcomes", "publish-concept"} <= set(
+    assert {"scan-catalog", "stage-chunk", "invert-pack", "score-outcomes", "publish-chunk"} <= set(
         _task_names(state.state_details.flow_run_id)
     ), "tasks run on the run's own runner still belong to the flow run"
     bad = learn_one("bad-meta")
@@ -198,6 +198,6 @@ def test_fan_out_threads_follow_the_run_settings():
 
     assert fan_out_threads(RunSettings(workers=3)) == 3
     assert fan_out_threads(RunSettings(workers=2, max_concurrent_inversions=8)) == 2  # local: GPU work is gated anyway
-    fanned = RunSettings(workers=2, max_concurrent_inversions=8, deployment="learn-concept/learn-concept")
+    fanned = RunSettings(workers=2, max_concurrent_inversions=8, deployment="learn-pack/learn-pack")
     assert fan_out_threads(fanned) == 8  # one waiting thread per child flow run the GPU slots allow
     assert fan_out_threads(fanned.model_copy(update={"workers": 16})) == 16

@@ -1,6 +1,7 @@
 """Scale-out on one machine: a real Prefect server on PostgreSQL, a process work pool with two workers, a
-``learn-concept`` deployment from local source, and ``learn_catalog`` fanning concepts out as
-flow runs of that deployment. Both workers must run work, and every concept finish exactly once."""
+``learn-pack`` deployment from local source, and ``learn_catalog`` fanning packs of two concepts out as
+flow runs of that deployment (issue 21: per pack, not per concept). Both workers must run work, and every
+concept finish exactly once."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_two_workers_share_the_catalog(prefect_server: PrefectServer, tiny_model
     catalog, out = tmp_path / "catalog", tmp_path / "out"
     write_catalog(catalog, CONCEPTS)
     clip = write_tiny_clip(tmp_path / "tiny-clip.pt")
-    deployment_id = prefect_server.deploy_learn_concept()
+    deployment_id = prefect_server.deploy_learn_pack()
     for i in range(2):
         prefect_server.start_worker("local-gpu", f"worker-{i}")
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.url}):
@@ -38,7 +39,7 @@ def test_two_workers_share_the_catalog(prefect_server: PrefectServer, tiny_model
                 clip_arch="sstar-tiny-clip",
                 clip_checkpoint=str(clip),
             ),
-            run=RunSettings(device="cpu", workers=4, deployment="learn-concept/learn-concept"),
+            run=RunSettings(device="cpu", workers=4, concepts_per_batch=2, deployment="learn-pack/learn-pack"),
             run_id="scale-out",
             return_state=True,
         )
@@ -59,8 +60,8 @@ def test_two_workers_share_the_catalog(prefect_server: PrefectServer, tiny_model
         registered = {w.name for w in client.read_workers_for_work_pool("local-gpu")}
     runs = prefect_server.flow_runs(deployment_id)
     assert registered == {"worker-0", "worker-1"}
-    assert len(runs) == len(CONCEPTS), "one flow run per concept"
-    assert sorted(r.parameters["concept_id"] for r in runs) == CONCEPTS
+    assert len(runs) == len(CONCEPTS) // 2, "one flow run per pack of two"
+    assert sorted(sorted(r.parameters["concept_ids"]) for r in runs) == [CONCEPTS[:2], CONCEPTS[2:]]
     for run in runs:
         assert run.state is not None and run.state.is_completed(), (run.name, run.state)
         assert run.run_count == 1, f"{run.name} ran {run.run_count} times"

@@ -1,10 +1,11 @@
 """SIGTERM and Ctrl-C end ``sstar learn`` within 30 s (issue 20), as an operator or a scheduler sends them:
 to the command's whole process group, while it trains or while it scores. The command exits 143 or 130,
 its flow run ends Crashed or Cancelled (read back through the Prefect API), its GPU slot is free, a
-concept published before the signal stays published, an unfinished one keeps its checkpoints and no run
-writes a metrics row. One command runs on the session's test server; the other starts its own local
-server (on the same database, so the test can read what it recorded), which must outlive the signal
-long enough for the flow run to record its end, then go with the command."""
+concept published before the signal stays published with its metrics row (written as its chunk is
+published, issue 21), an unfinished one keeps its checkpoints and gets no row. One command runs on the
+session's test server; the other starts its own local server (on the same database, so the test can read
+what it recorded), which must outlive the signal long enough for the flow run to record its end, then go
+with the command."""
 
 from __future__ import annotations
 
@@ -110,9 +111,11 @@ def _checkpointed(out: Path, concept_id: str) -> bool:
     return bool(list((out / "checkpoints" / concept_id).rglob("checkpoint.safetensors")))
 
 
-def _check_stopped(out: Path, catalog: Path, limit: str, learning: set[str]) -> None:
+def _check_stopped(out: Path, catalog: Path, limit: str, learning: set[str], finished: set[str] = frozenset()) -> None:
     """What a stopped run leaves: its flow run and task runs ended, the slot free, each concept of ``learning``
-    with its checkpoints and no result, and no metrics row."""
+    with its checkpoints and no result, and no metrics row but the ``ok`` rows of the ``finished`` concepts."""
+    from storage.metrics import read_metrics
+
     state, task_states, taken = _recorded(catalog, limit)
     assert state in {"CRASHED", "CANCELLED"}, state
     assert not set(task_states) & {"RUNNING", "PENDING", "SCHEDULED"}, task_states
@@ -120,7 +123,8 @@ def _check_stopped(out: Path, catalog: Path, limit: str, learning: set[str]) -> 
     for concept_id in learning:
         assert _checkpointed(out, concept_id), f"{concept_id} lost its checkpoints"
         assert concept_id not in _published(out)
-    assert not list(out.glob("metrics/**/*.parquet")), "a stopped run wrote metrics rows"
+    rows = read_metrics(str(out)).to_pylist() if out.is_dir() else []
+    assert sorted((r["concept_id"], r["status"]) for r in rows) == sorted((c, "ok") for c in finished), rows
     assert not list(out.glob("runs/*/summary.json"))
 
 
@@ -151,7 +155,8 @@ def test_ctrl_c_while_scoring_with_its_own_local_server(prefect_harness, tiny_mo
 
     catalog = _catalog(tmp_path / "catalog", "red-square", "green-square")
     out, limit, home = tmp_path / "out", f"gpu-{uuid.uuid4().hex[:8]}", tmp_path / "prefect-home"
-    # one queue in packs of one concept, scored pack by pack: the second still renders when the first is published
+    # chunks of one concept in packs of one, each published as it is scored: the signal comes once the first is
+    # published and the second has a checkpoint (it trains, or renders after training, on the one GPU slot)
     argv = learn_argv(
         catalog,
         out,
@@ -160,6 +165,7 @@ def test_ctrl_c_while_scoring_with_its_own_local_server(prefect_harness, tiny_mo
         steps=12,
         samples=2,
         render_steps=60,
+        chunk_size=1,
         **_OPTIONS,
         gpu_limit_name=limit,
         prompts=clip.parent / "prompts.txt",
@@ -170,12 +176,15 @@ def test_ctrl_c_while_scoring_with_its_own_local_server(prefect_harness, tiny_mo
         "PYTHONUNBUFFERED": "1",
     }
 
-    took = _signalled(argv, env, tmp_path / "log", lambda: _published(out), signal.SIGINT)
+    def ready() -> bool:
+        return len(_published(out)) == 1 and any(_checkpointed(out, c) for c in ("red-square", "green-square"))
+
+    took = _signalled(argv, env, tmp_path / "log", ready, signal.SIGINT)
 
     assert took < STOP_WITHIN_S
     (finished,) = _published(out)
     (unfinished,) = {"red-square", "green-square"} - {finished}
-    _check_stopped(out, catalog, limit, {unfinished})
+    _check_stopped(out, catalog, limit, {unfinished}, {finished})
     assert not _servers_of(home), "the command's local Prefect server outlived it"
 
 

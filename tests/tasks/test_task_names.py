@@ -34,7 +34,7 @@ def test_the_search_finds_the_tasks_of_both_packages() -> None:
     assert {
         "tasks.ingest.stage_concept",
         "tasks.score.score_outcomes_task",
-        "flows.learn.run_concept_deployment",
+        "flows.learn_pack.run_pack_deployment",
     } <= names
 
 
