@@ -114,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from prefect import serve
 
     from flows.learn import learn_catalog, learn_concept
+    from flows.learn_pack import learn_pack
     from flows.sync import sync_result
 
     learn, evaluation, run = settings_from_args(args)
@@ -131,8 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             parameters={k: v for k, v in params.items() if k != "catalog"} | {"catalog": args.catalog},
         )
     )
-    print(f"serving learn-catalog (cron {args.cron!r}) and learn-concept; Ctrl-C to stop")
-    serve(nightly, adhoc)
+    # what a nightly run with --deployment learn-pack/learn-pack fans its packs out to
+    pack = sync_result(learn_pack.to_deployment(name="learn-pack", parameters={"out": args.out}))
+    print(f"serving learn-catalog (cron {args.cron!r}), learn-concept and learn-pack; Ctrl-C to stop")
+    serve(nightly, adhoc, pack)
     return 0
 
 
@@ -188,7 +191,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_slots)
 
-    p = sub.add_parser("serve", help="serve learn-catalog (nightly) and learn-concept from this machine")
+    p = sub.add_parser("serve", help="serve learn-catalog (nightly), learn-concept and learn-pack from this machine")
     _add_run_arguments(p)
     p.add_argument("--cron", default=NIGHTLY_CRON, help=f"schedule of learn-catalog (default {NIGHTLY_CRON!r})")
     p.set_defaults(func=cmd_serve)
