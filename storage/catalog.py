@@ -454,6 +454,7 @@ def _scan_concept(
     known: ScanState,
     settings: str,
     read_changed: bool | Callable[[str], bool],
+    vectors: int | None = None,
 ) -> _ConceptScan:
     """Scan one concept folder: validate its id, sort its entries, parse its metadata, then find its digest
     from the previous scan (listing unchanged), from its images' bytes (``read_changed``) or not yet."""
@@ -469,6 +470,8 @@ def _scan_concept(
     try:
         raw, meta_state = _read_meta(store, known, concept_id, folder.meta)
         meta = ConceptMeta.from_json(concept_id, raw)
+        if vectors is not None and vectors != meta.vectors:  # the run's override: the digest staging finishes with
+            meta = replace(meta, vectors=vectors)
     except InvalidConcept as exc:
         return _ConceptScan(None, (*folder.ignored, ConceptProblem(concept_id, meta_key, str(exc))), meta_state)
     except StorageError as exc:
@@ -499,6 +502,7 @@ def discover_catalog(
     previous: ScanState | None = None,
     read_changed: bool | Callable[[str], bool] = True,
     max_workers: int = 8,
+    vectors: int | None = None,
 ) -> CatalogScan:
     """Scan ``store`` (the catalog root) for concepts.
 
@@ -517,6 +521,9 @@ def discover_catalog(
     ``concept_ids`` limits the scan to those concepts: only their folders are listed and read,
     so learning one concept of a large catalog costs one listing, not a download of the catalog.
     A requested id with no files is simply absent from the result.
+
+    ``vectors`` (the run's vector-count override) replaces each concept's own count in its metadata, so the
+    digest found here is the one staging finishes and the result is published under.
     """
     # 1. list the catalog (or the requested folders) and group the entries by concept
     groups, problems = _group_listing(store, concept_ids)
@@ -524,7 +531,7 @@ def discover_catalog(
     settings = settings_fingerprint(learning_settings)
     known = previous if previous is not None else ScanState(store.uri)
     # 3. scan the concepts in parallel (each reads what its listing says changed)
-    scan_one = partial(_scan_concept, store, known=known, settings=settings, read_changed=read_changed)
+    scan_one = partial(_scan_concept, store, known=known, settings=settings, read_changed=read_changed, vectors=vectors)
     found = sorted(groups)
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         scans = dict(zip(found, pool.map(scan_one, found, (groups[cid] for cid in found))))

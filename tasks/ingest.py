@@ -145,6 +145,7 @@ def scan_catalog(
         concept_ids=concept_ids,
         previous=previous,
         read_changed=(lambda concept_id: concept_id in done) if lost else False,
+        vectors=learn.vectors,
     )
     why, state = _relearning(scan, identity, previous, done if out_uri else None)
     vocabulary = tokenizer_vocabulary(learn.model)

@@ -116,6 +116,20 @@ def test_vector_override_applies_to_every_record(catalog: Path, learn) -> None:
     assert {r.vectors for r in scan.records} == {3}
 
 
+def test_a_remembered_scan_with_a_vector_override_knows_the_digest_staging_finishes(
+    catalog: Path, learn, tmp_path: Path
+) -> None:
+    """With ``--vectors`` overriding concept.json's count, the scan's digest took the file's count while staging
+    took the override: such concepts were never skipped at scan time, and every night read their images."""
+    three = learn.model_copy(update={"vectors": 3})
+    out = str(tmp_path / "out")
+    scan = scan_catalog.fn(str(catalog), three, out_uri=out)
+    staged = [stage_concept.fn(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
+    remember_scan.fn(out, scan.state, scan.previous, staged)
+    again = scan_catalog.fn(str(catalog), three, out_uri=out)
+    assert {r.concept_id: r.digest for r in again.records} == {s.record.concept_id: s.record.digest for s in staged}
+
+
 def test_scan_of_some_concepts_only(catalog: Path, learn) -> None:
     scan = scan_catalog.fn(str(catalog), learn, ["half", "bad-meta"])
     assert [r.concept_id for r in scan.records] == ["half"] and [cid for cid, _ in scan.unusable] == ["bad-meta"]
