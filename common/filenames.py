@@ -27,6 +27,8 @@ __all__ = [
     "keyed_filename",
     "sdxl_filename",
     "diffusers_flux_filename",
+    "KEYED_WORD_FAMILIES",
+    "word_filename",
 ]
 
 #: the resumable training state of one concept (:mod:`inversion.training.checkpoint`)
@@ -89,3 +91,20 @@ def diffusers_flux_filename(token: str) -> str:
     """diffusers' Flux file (``clip_l`` + ``t5``) for ``token``: ``<token-slug>_emb.safetensors``, the ``_emb``
     name diffusers' advanced Flux script gives it (no clash with the folder's other files)."""
     return a1111_filename(token, "_emb.safetensors")
+
+
+#: the model families whose word stands as its single keyed file (ComfyUI's), having no ``learned_embeds`` file
+KEYED_WORD_FAMILIES = ("sd3", "flux")
+
+
+def word_filename(token: str, family: str | None) -> str:
+    """The file that stands for a learned word in its result folder: the one the flows point at (scoring, the
+    metrics' and the embeddings index's ``embedding_uri``, compositions, the report's link), and that
+    :func:`inversion.embeddings.formats.load_embedding` reads back as the whole word.
+
+    SD 1.x / 2.x / XL, and a model whose family is unknown: diffusers' :data:`DIFFUSERS_FILENAME` (an SDXL word's
+    :data:`DIFFUSERS_FILENAME_2` beside it is read with it). SD 3 and Flux (:data:`KEYED_WORD_FAMILIES`): the
+    ComfyUI file ``<token-slug>.safetensors`` (:func:`keyed_filename`), the one file that holds every text
+    encoder's rows, T5's included (SD 3 has no diffusers file; Flux's diffusers pair file is written beside it).
+    """
+    return keyed_filename(token, family) if family in KEYED_WORD_FAMILIES else DIFFUSERS_FILENAME

@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 
 from prefect import get_run_logger, task
 
-from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME, SCORES_FILENAME, TRAINING_STRIP_FILENAME
+from common.filenames import GRID_FILENAME, SCORES_FILENAME, TRAINING_STRIP_FILENAME, word_filename
 from inversion.model.info import family_or_none
 from storage.metrics import METRICS_DIR, MetricsRow, Status, append_metrics, update_embeddings_index
 from storage.results import ResultStore
@@ -97,12 +97,13 @@ def skipped_row(
     scores = {}
     if manifest is not None and SCORES_FILENAME in manifest.files:
         scores = json.loads(open_store(out_uri).get(results.key(record.concept_id, digest, SCORES_FILENAME)))
+    identity = _base_row(run_id, record, record.concept_id, learn)
     return _row(
         "skipped",
         ScoreSummary.of(scores),
-        _base_row(run_id, record, record.concept_id, learn),
+        identity,
         error=None,
-        embedding_uri=results.uri(record.concept_id, digest, DIFFUSERS_FILENAME),
+        embedding_uri=results.uri(record.concept_id, digest, word_filename(record.token, identity["model_family"])),
         grid_uri=results.uri(record.concept_id, digest, GRID_FILENAME)
         if manifest and GRID_FILENAME in manifest.files
         else None,
@@ -131,10 +132,11 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
     published = results.publish(record.concept_id, digest, files, run_id, replace_incomplete=True)
     results.clear_checkpoints(record.concept_id, digest)
     get_run_logger().info("%s published to %s", record.concept_id, published.prefix_uri)
+    identity = _base_row(run_id, record, record.concept_id, learn)
     return _row(
         "ok",
         scored.scores,
-        _base_row(run_id, record, record.concept_id, learn),
+        identity,
         error=None,
         final_loss=inversion.final_loss,
         train_seconds=inversion.train_seconds,
@@ -142,7 +144,7 @@ def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: Lea
         steps_run=inversion.steps,
         stop_reason=inversion.stop_reason,
         norm_ratio=inversion.norm_ratio,
-        embedding_uri=published.uris.get(DIFFUSERS_FILENAME),
+        embedding_uri=published.uris.get(word_filename(record.token, identity["model_family"])),
         grid_uri=published.uris.get(GRID_FILENAME),
     )
 
