@@ -31,7 +31,7 @@ from storage.store.open import open_store
 from tasks.ingest import scan_catalog
 from tasks.preflight import preflight
 from tasks.publish import append_rows, failed_row, row_from_json, row_to_json, rows_key, scan_from_json
-from tasks.records import ConceptRecord
+from tasks.records import ConceptRecord, with_relearn_reason
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
 
@@ -127,7 +127,7 @@ def _collected(
         raw = store.get(rows_key(run_id, record.concept_id))
     except Exception:  # noqa: BLE001 - the child crashed, or never ran, before writing its row
         return failed_row(run_id, record.concept_id, why, learn, record), None
-    return row_from_json(raw), scan_from_json(raw)
+    return with_relearn_reason(row_from_json(raw), record), scan_from_json(raw)  # the child scanned without state
 
 
 def learn_on_deployment(

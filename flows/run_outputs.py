@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.sync import passed_whole
 from storage.compositions import CompositionRow
 from storage.metrics import STATUSES, MetricsRow
+from storage.relearn import relearn_summary
 from storage.store.open import open_store
 from tasks.publish import write_metrics
 
@@ -67,16 +68,19 @@ def publish_run_outputs(
         metrics_uri=metrics_uri,
         report_uri=report_uri,
         mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
+        relearned=relearn_summary(r.relearn_reason for r in rows),
         failed={r.concept_id: r.error for r in rows if r.status == "failed"},
         compositions={c.composition_id: c.status for c in compositions},
     )
     open_store(out).put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     # 4. the Prefect artifacts
-    _create_artifacts(run_id, rows, counts, report_uri)
+    _create_artifacts(run_id, rows, counts, report_uri, summary["relearned"])
     return summary
 
 
-def _create_artifacts(run_id: str, rows: list[MetricsRow], counts: dict[str, int], report_uri: str) -> None:
+def _create_artifacts(
+    run_id: str, rows: list[MetricsRow], counts: dict[str, int], report_uri: str, relearned: str
+) -> None:
     """A table and a markdown summary of what this run did; skipped concepts (thousands on a quiet
     night) are only counted."""
     done = [r for r in rows if r.status != "skipped"]
@@ -87,6 +91,7 @@ def _create_artifacts(run_id: str, rows: list[MetricsRow], counts: dict[str, int
         "",
         f"ok {counts['ok']} · failed {counts['failed']} · skipped {counts['skipped']}",
         "",
+        *([f"Learned because: {relearned}", ""] if relearned else []),
         f"Report: {report_uri}",
         "",
         "| concept | status | lift | grid |",

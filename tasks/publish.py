@@ -40,6 +40,7 @@ class _IdentityFields(TypedDict):
     steps: int
     vectors: int | None
     lr: float
+    relearn_reason: str | None
 
 
 def _row(status: Status, scores: ScoreSummary, identity: _IdentityFields, **fields: Any) -> MetricsRow:
@@ -67,6 +68,7 @@ def _base_row(run_id: str, record: ConceptRecord | None, concept_id: str, learn:
         steps=learn.steps,
         vectors=record.vectors if record else None,
         lr=learn.lr,
+        relearn_reason=record.relearn_reason if record else None,
     )
 
 
