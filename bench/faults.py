@@ -11,7 +11,7 @@ checks what is left against a clean reference run of the same catalog:
   output folder at the moment of the kill (:meth:`Watch.phase`).
 * **deployment** — a real ``prefect server start`` (on PostgreSQL when ``tests/flows/postgres.py`` and a
   Debian PostgreSQL are there, else SQLite) with a process work pool of two workers and the
-  ``learn-concept`` deployment; ``sstar learn --deployment`` fans the concepts out. Faults, alternating:
+  ``learn-pack`` deployment; ``sstar learn --deployment`` fans the packs out. Faults, alternating:
   ``kill -9`` of one worker *and the flow run it started* while a concept trains, and a ``kill -9`` +
   restart of the server. The command is left to finish by itself (a re-run follows only when it does not).
 
@@ -175,7 +175,7 @@ class Watch:
     to_stage: int | None = None
     _read: int = 0
     _marks: set[str] = field(default_factory=set)
-    _staged: int = 0
+    _training: bool = False  # a chunk was staged: its packs train while later chunks stage
     _seen: dict[Path, float] = field(default_factory=dict)
 
     def seconds(self) -> float:
@@ -214,7 +214,7 @@ class Watch:
             self._marks.add("flow")
         if "Finished in state" in line:
             task = re.search(r"Task run '([a-z-]+)-[0-9a-f]+'", line)
-            self._staged += bool(task and task.group(1) == "stage-concept")
+            self._training |= bool(task and task.group(1) in ("stage-chunk", "invert-pack"))
             self._marks.add(f"done:{task.group(1)}" if task else "done:?")
         if " published to " in line:
             self._marks.add("published")
@@ -226,7 +226,8 @@ class Watch:
         marks = self._marks
         if "finish" in marks:
             return "finish"
-        metrics = sorted(self.out.glob(f"metrics/run_date=*/{self.run_id}-*.parquet")) if self.run_id else []
+        ended = "done:remember-scan" in marks  # before it, metrics files are the chunks' (written as they finish)
+        metrics = sorted(self.out.glob(f"metrics/run_date=*/{self.run_id}-*.parquet")) if self.run_id and ended else []
         if metrics:
             index = self.out / "embeddings_index" / "index.parquet"
             updated = index.exists() and index.stat().st_mtime_ns >= metrics[0].stat().st_mtime_ns
@@ -235,7 +236,7 @@ class Watch:
             if mark in marks:
                 return phase
         if self.to_stage is not None:
-            return "training" if self._staged >= self.to_stage else "staging"
+            return "training" if self._training else "staging"
         return "scan" if "flow" in marks else "startup"
 
     def _read_checkpoints(self) -> None:
@@ -555,7 +556,7 @@ def _last_error(watch: Watch) -> str:
 # -- the deployment path -------------------------------------------------------------------------------
 @dataclass
 class Pool:
-    """A ``prefect server start`` (:class:`tests.flows.prefect_server.PrefectServer`), the ``learn-concept``
+    """A ``prefect server start`` (:class:`tests.flows.prefect_server.PrefectServer`), the ``learn-pack``
     deployment on its process work pool ``local-gpu``, and the workers by name."""
 
     server: Any
@@ -597,14 +598,14 @@ def start_pool(folder: Path, stack: list[Callable[[], None]]) -> Pool:
     server.env.update(THREADS)  # the workers and the flow runs they start
     stack.append(server.stop)
     server.start()
-    pool = Pool(server, server.deploy_learn_concept(), "postgresql" if database else "sqlite")
+    pool = Pool(server, server.deploy_learn_pack(), "postgresql" if database else "sqlite")
     for name in ("worker-0", "worker-1"):
         pool.start_worker(name)
     return pool
 
 
 def deployment_command(plan: Plan, out: Path, options: str) -> list[str]:
-    extra = ["--deployment", "learn-concept/learn-concept", "--workers", "2"]
+    extra = ["--deployment", "learn-pack/learn-pack", "--workers", "2"]
     if "--child-heartbeat-timeout" in options:
         extra += ["--child-heartbeat-timeout", "90"]
     return plan.learn_command(out, *extra)
