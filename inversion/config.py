@@ -284,7 +284,9 @@ class EvalConfig:
     # in about half the rendering time: bench/quality/README.md, "Cheaper evaluation"
     sampler: Sampler = setting("dpm", help="dpm (DPM-Solver++ multistep) or ddim (the sampler before dpm)")
     render_steps: int = setting(15, help="denoising steps per image", ge=1, le=500)
-    guidance: float = setting(7.5, help="classifier-free guidance scale", ge=0, le=50)
+    guidance: float = setting(
+        7.5, help="classifier-free guidance scale (Flux: its distilled guidance, usually 3.5)", ge=0, le=50
+    )
     clip_arch: str = setting(DEFAULT_CLIP_ARCH, help="open_clip architecture of the scoring CLIP")
     clip_checkpoint: str | None = setting(None, help="local open_clip checkpoint file for the CLIP architecture")
     clip_pretrained: str | None = setting(

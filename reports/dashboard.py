@@ -33,7 +33,7 @@ from urllib.parse import quote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME
+from common.filenames import GRID_FILENAME, word_filename
 from common.norms import BLOWN_UP_RATIO, blown_up
 from reports.charts import (
     STATUS_COLOURS,
@@ -234,6 +234,7 @@ def _round(value: Any, digits: int = 4) -> Any:
 
 def _table_data(latest: list[dict], results: ResultStore, norm_ratios: dict[str, float]) -> dict[str, Any]:
     """The per-concept table as compact JSON columns; ``prefix`` is each result's folder relative to ``reports/``,
+    ``embedding`` the file in it that stands for the word (its model family's: :func:`~common.filenames.word_filename`),
     ``norm_ratio`` its current result's (``blown_up``: the line above which the page flags it)."""
     columns = (
         "concept_id",
@@ -245,17 +246,19 @@ def _table_data(latest: list[dict], results: ResultStore, norm_ratios: dict[str,
         "text_similarity",
         "train_seconds",
         "prefix",
+        "embedding",
         "error",
         "norm_ratio",
     )
     data = []
     for row in latest:
-        prefix = None
+        prefix = embedding = None
         if row.get("digest") and row["status"] != "failed":
             try:
                 prefix = "../" + quote(results.prefix(row["concept_id"], row["digest"]))
             except Exception:  # noqa: BLE001 - an id or digest the layout refuses is shown without links
                 prefix = None
+            embedding = quote(word_filename(row.get("token") or "", row.get("model_family")))
         error = row.get("error")
         data.append(
             [
@@ -264,6 +267,7 @@ def _table_data(latest: list[dict], results: ResultStore, norm_ratios: dict[str,
                 row["run_id"],
                 *(_round(row.get(c)) for c in columns[3:8]),
                 prefix,
+                embedding,
                 error[:_ERROR_CHARS] if error else None,
                 _round(norm_ratios.get(row["concept_id"]), 2),
             ]
@@ -272,7 +276,6 @@ def _table_data(latest: list[dict], results: ResultStore, norm_ratios: dict[str,
         "columns": columns,
         "rows": data,
         "grid": GRID_FILENAME,
-        "embedding": DIFFUSERS_FILENAME,
         "blown_up": BLOWN_UP_RATIO,
     }
 
@@ -317,7 +320,7 @@ _TABLE_JS = """
                    flag.textContent = 'blown up'; norm.textContent += ' '; norm.appendChild(flag); }
       var links = cell(tr, '');
       if (r[col.prefix]) { link(links, r[col.prefix] + '/' + data.grid, 'grid');
-                           link(links, r[col.prefix] + '/' + data.embedding, 'embedding'); }
+                           link(links, r[col.prefix] + '/' + r[col.embedding], 'embedding'); }
       cell(tr, r[col.error] || '', 'err');
       body.appendChild(tr);
     });

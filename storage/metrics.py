@@ -25,7 +25,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from common.filenames import DIFFUSERS_FILENAME, GRID_FILENAME, SCORES_FILENAME
+from common.filenames import GRID_FILENAME, KEYED_WORD_FAMILIES, SCORES_FILENAME, word_filename
 from storage.errors import InvalidInput, StorageError, redact
 from storage.results import ResultManifest, ResultStore, check_run_id
 from storage.runfiles import append_run_file, read_run_files, rows_table, run_files_dataset, to_parquet
@@ -404,16 +404,24 @@ class _IndexMerge:
         created_at = _published_at(manifest)
         row = {name: scores.get(name) for name in _INDEX_COLUMNS if name in _SCORE_FIELDS}
         row.update({name: ours.get(name) for name in ("token", "model", "steps", "vectors")})
+        word = _word_file(files, ours.get("token") or scores.get("token"), ours.get("model_family"))
         row.update(
             concept_id=cid,
             digest=digest,
-            embedding_uri=self.results.uri(cid, digest, DIFFUSERS_FILENAME) if DIFFUSERS_FILENAME in files else None,
+            embedding_uri=self.results.uri(cid, digest, word) if word is not None else None,
             grid_uri=self.results.uri(cid, digest, GRID_FILENAME) if GRID_FILENAME in files else None,
             run_id=manifest.run_id,
             run_date=created_at.date(),
             created_at=created_at,
         )
         return {k: row[k] for k in _INDEX_COLUMNS}
+
+
+def _word_file(files: Mapping[str, Any], token: str | None, family: str | None) -> str | None:
+    """Which of a published result's ``files`` stands for its word (:func:`~common.filenames.word_filename`); with
+    no row to name the model's family, whichever family's file the result holds; ``None`` when it holds none."""
+    families = (family,) if family else (None, *KEYED_WORD_FAMILIES)
+    return next((name for f in families if (name := word_filename(token or "", f)) in files), None)
 
 
 def _published_at(manifest: ResultManifest) -> datetime:

@@ -21,11 +21,11 @@ from prefect import task
 
 from common.digest import canonical_digest
 from common.filenames import (
-    DIFFUSERS_FILENAME,
     DIFFUSERS_FILENAME_2,
     GRID_FILENAME,
     GRID_THUMBNAIL_FILENAME,
     SCORES_FILENAME,
+    word_filename,
 )
 from inversion.errors import SstarError
 from storage.catalog import read_concept
@@ -108,19 +108,21 @@ def failed_composition(spec: CompositionSpec, run_id: str, error: str, key: str 
     )
 
 
-def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip) -> Word:
-    """Download the concept's embedding (both files of an SDXL word) and CLIP-embed its training images."""
+def _word(catalog_uri: str, results: ResultStore, concept: LearnedConcept, work: Path, clip, family: str) -> Word:
+    """Download the concept's embedding (the file that stands for the word on the model's ``family``, and an SDXL
+    word's second file) and CLIP-embed its training images."""
     from inversion.embeddings.formats import load_embedding
     from inversion.evaluation.composition import Word
     from inversion.evaluation.scoring import embed_reference_images
 
     folder = work / concept.record.concept_id
     folder.mkdir(parents=True)
-    for name in (DIFFUSERS_FILENAME, DIFFUSERS_FILENAME_2):
+    word = word_filename(concept.record.token, family)
+    for name in (word, DIFFUSERS_FILENAME_2):
         key = results.key(concept.record.concept_id, concept.digest, name)
-        if name == DIFFUSERS_FILENAME or results.store.exists(key):
+        if name == word or results.store.exists(key):
             (folder / name).write_bytes(results.store.get(key))
-    embedding = load_embedding(folder / DIFFUSERS_FILENAME, token=concept.record.token)
+    embedding = load_embedding(folder / word, token=concept.record.token)
     catalog = open_store(catalog_uri)
     read = read_concept(catalog, concept.record.spec)
     images = [image for _, image in ingest_concept(catalog, read.spec, data=read.data).images]
@@ -154,7 +156,8 @@ def compose(
         clip = model_cache.clip_model(evaluation.clip_spec(), run.device)
         renderer = model_cache.renderer_for(learn, evaluation, run)
         with tempfile.TemporaryDirectory(prefix="sstar-compose-") as work:
-            words = [_word(catalog_uri, ResultStore(store), c, Path(work), clip) for c in concepts]
+            family = renderer.components.family
+            words = [_word(catalog_uri, ResultStore(store), c, Path(work), clip, family) for c in concepts]
             prompt = spec.filled({c.record.concept_id: c.record.token for c in concepts})
             with gpu_slot(run.gpu_limit_name, wait_timeout=run.slot_wait_timeout):
                 scores = score_composition(renderer, clip, prompt, words, range(evaluation.samples))

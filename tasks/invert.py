@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 
-from common.filenames import CHECKPOINT_FILENAME, DIFFUSERS_FILENAME, TRAINING_LOG
+from common.filenames import CHECKPOINT_FILENAME, TRAINING_LOG, word_filename
 from inversion.errors import SstarError
 from storage.results import ResultStore
 from tasks import model_cache
@@ -77,16 +77,17 @@ def _training_log(result: TrainResult, config: TrainConfig, staged: StagedConcep
 
 
 def _outcome(
-    staged: StagedConcept, out_dir: Path, result: TrainResult, config: TrainConfig, queue: int, slots: int
+    staged: StagedConcept, out_dir: Path, result: TrainResult, config: TrainConfig, queue: int, slots: int, family: str
 ) -> InversionOutcome:
-    """The concept's outcome: why training failed, or its embedding files and the training log (written here)."""
+    """The concept's outcome: why training failed, or its embedding files, the training log (written here) and
+    which file stands for the word on the model's ``family`` (:func:`~common.filenames.word_filename`)."""
     if result.error is not None:
         return InversionOutcome(staged, None, error=result.error)
     log = _training_log(result, config, staged, queue, slots)
     (out_dir / TRAINING_LOG).write_text(json.dumps(log, indent=1, default=str))
     return InversionOutcome(
         staged,
-        str(out_dir / DIFFUSERS_FILENAME),
+        str(out_dir / word_filename(result.token, family)),
         result.steps,
         result.resumed_from,
         result.final_loss,
@@ -145,5 +146,7 @@ def invert_pack(
     for s, out_dir, result in zip(live, out_dirs, trained):
         if result.error is None and result.resumed_from:
             logger.info("%s: resumed at step %d of %d", s.record.concept_id, result.resumed_from, result.steps)
-        outcomes[s.record.concept_id] = _outcome(s, out_dir, result, config, len(live), run.concepts_per_batch)
+        outcomes[s.record.concept_id] = _outcome(
+            s, out_dir, result, config, len(live), run.concepts_per_batch, components.family
+        )
     return [outcomes[s.record.concept_id] for s in staged]

@@ -3,9 +3,9 @@
 A catalog run that trains every concept and then fails all of them at scoring (an unreachable CLIP
 download) costs hours of GPU time and leaves half-written outputs. :func:`preflight` checks, in this
 order: the catalog can be listed, the diffusion model's folder (or hub id) is complete down to its
-configs and every tokenizer of its family (SD 3's three, the T5 one among them) and is of a family sstar
-trains, the scoring CLIP loads, and the output accepts a write and a delete. It writes
-nothing under ``out`` unless every other check passed, and then only a probe it deletes at once.
+configs and every tokenizer of its family (SD 3's three, the T5 one among them), the scoring CLIP
+loads, and the output accepts a write and a delete. It writes nothing under ``out`` unless every other
+check passed, and then only a probe it deletes at once.
 
 A failure is a :class:`PreflightError` whose one-line message names the command-line option to fix
 (``--catalog``, ``--model``, ``--clip-checkpoint``, ``--out``). A catalog run checks its inputs
@@ -29,7 +29,6 @@ from inversion.model.info import (
     FAMILY_FOLDERS,
     TOKENIZER_FOLDERS,
     Family,
-    check_trained,
     read_family,
     tokenizer_vocabulary,
 )
@@ -103,16 +102,14 @@ def _check_configs(path: Path) -> Family:
 
 
 def check_model(model: str) -> str:
-    """The model's configs and every tokenizer of its family read (no weights, no torch), and sstar trains
-    its family; returns its content fingerprint."""
+    """The model's configs and every tokenizer of its family read (no weights, no torch); returns its content
+    fingerprint."""
     path = Path(model).expanduser()
     local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1
     try:
-        family = _check_configs(path) if local else read_family(model)
+        _check_configs(path) if local else read_family(model)
         tokenizer_vocabulary(str(path.resolve()) if local else model)
-        fingerprint = model_fingerprint(model)
-        check_trained(family, model)
-        return fingerprint
+        return model_fingerprint(model)
     except PreflightError:
         raise
     except SstarError as exc:  # our own one-line message names the model and the file

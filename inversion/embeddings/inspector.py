@@ -6,7 +6,8 @@ encoders' vocabulary norm statistics (sstar writes them at training, :mod:`inver
 each norm is shown as a multiple of its vocabulary's mean, and a word past
 :data:`~common.norms.BLOWN_UP_RATIO` is flagged. Files from other trainers carry no
 statistics: ``--model`` supplies them from the model's own token-embedding tables, and also lists each
-vector's nearest vocabulary words (cosine similarity). A file that is no embedding gets one line and
+vector's nearest vocabulary words (cosine similarity) in its own text encoder's vocabulary, on every family
+(an SD 3 or Flux word's T5 rows among T5's unigram pieces). A file that is no embedding gets one line and
 makes the command exit 2.
 """
 
@@ -97,37 +98,55 @@ class Inspection:
 
 
 class ModelVocabulary:
-    """The token-embedding tables and words of a model's text encoders (``--model``)."""
+    """The token-embedding tables and words of a model's text encoders (``--model``), in text-encoder order:
+    every family's, T5's included (SD 3: CLIP-L, CLIP-G, T5; Flux: CLIP-L, T5)."""
 
-    def __init__(self, tables: Sequence[torch.Tensor], words: Sequence[str]) -> None:
+    def __init__(self, tables: Sequence[torch.Tensor], words: Sequence[Sequence[str]]) -> None:
         self.tables = [t.detach().float() for t in tables]
-        self.words = list(words)
+        #: each text encoder's words by row (its own tokenizer's: CLIP's BPE words, T5's unigram pieces)
+        self.words = [list(w) for w in words]
         self.norms = tuple(vocab_norms(t) for t in self.tables)
 
     @classmethod
     def load(cls, model: str) -> ModelVocabulary:
-        """Read a diffusers model folder's (or hub id's) tokenizer and text encoder(s); no UNet, no VAE."""
-        from transformers import CLIPTextModel, CLIPTokenizer
+        """Read a diffusers model folder's (or hub id's) tokenizers and text encoders; no denoiser, no VAE.
 
-        from inversion.model.info import check_trained, read_family
+        Each text encoder is loaded whole to read its token-embedding table (for a real T5-XXL that is its
+        ~19 GB of fp32 weights, as when training)."""
+        from inversion.model.components import PART_CLASSES, library_class
+        from inversion.model.info import read_family
 
-        family = read_family(model)
-        check_trained(family, model)  # SD 3's and Flux's T5 side is not read here yet
-        folders = ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
-        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        classes = PART_CLASSES[read_family(model)]
         tables: list[torch.Tensor] = []
-        for folder in folders:
-            layer = CLIPTextModel.from_pretrained(model, subfolder=folder).get_input_embeddings()
+        words: list[list[str]] = []
+        for suffix in ("", "_2", "_3"):
+            if f"text_encoder{suffix}" not in classes:
+                continue
+            tokenizer = library_class(classes[f"tokenizer{suffix}"]).from_pretrained(
+                model, subfolder=f"tokenizer{suffix}"
+            )
+            encoder = library_class(classes[f"text_encoder{suffix}"]).from_pretrained(
+                model, subfolder=f"text_encoder{suffix}"
+            )
+            layer = encoder.get_input_embeddings()
             assert isinstance(layer, torch.nn.Embedding)
             tables.append(layer.weight)
-        words = tokenizer.convert_ids_to_tokens(list(range(int(tables[0].shape[0]))))
-        return cls(tables, [w.replace("</w>", "") for w in words])
+            words.append(_words(tokenizer, int(layer.weight.shape[0])))
+        return cls(tables, words)
 
     def nearest(self, encoder: int, vectors: torch.Tensor, k: int = NEAREST) -> tuple[tuple[str, ...], ...]:
         """The ``k`` vocabulary words of text encoder ``encoder`` nearest (cosine) to each of ``vectors``."""
         table = torch.nn.functional.normalize(self.tables[encoder], dim=1)
         scores = torch.nn.functional.normalize(vectors.float(), dim=1) @ table.T
-        return tuple(tuple(self.words[i] for i in row.tolist()) for row in scores.topk(k, dim=1).indices)
+        words = self.words[encoder]
+        return tuple(tuple(words[i] for i in row.tolist()) for row in scores.topk(k, dim=1).indices)
+
+
+def _words(tokenizer, rows: int) -> list[str]:
+    """The tokenizer's word for each of an embedding table's ``rows`` (CLIP's ``</w>`` end mark dropped); a row
+    the tokenizer has no word for (T5's table is padded past its vocabulary) is ``<row i>``."""
+    words = tokenizer.convert_ids_to_tokens(list(range(rows)))
+    return [w.replace("</w>", "") if isinstance(w, str) else f"<row {i}>" for i, w in enumerate(words)]
 
 
 def _tables(parsed: EmbeddingFile, second: EmbeddingFile | None) -> dict[str, torch.Tensor]:

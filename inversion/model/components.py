@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from inversion.errors import ConfigError, InputError
-from inversion.model.info import FAMILY_FOLDERS, TRAINED_FAMILIES, Family, check_trained, classify, read_family
+from inversion.model.info import FAMILIES, FAMILY_FOLDERS, Family, classify, read_family
 
 log = logging.getLogger(__name__)
 
@@ -229,21 +229,19 @@ def _check_model_folder(path: Path) -> None:
 def _check_family(family: Family, families: Collection[Family], source: str, local: Path | None) -> None:
     """The family is one the caller takes, and a local folder has each of the family's parts."""
     if family not in families:
-        check_trained(family, source)
         raise InputError(f"{source} is a {family} model; this needs one of: {', '.join(families)}")
     missing = [part for part in FAMILY_FOLDERS[family] if local is not None and not (local / part).is_dir()]
     if missing:
         raise InputError(f"{family} model folder {local} lacks its {missing[0]}/ subfolder")
 
 
-def load_components(model: str | Path, *, families: Collection[Family] = TRAINED_FAMILIES) -> DiffusionComponents:
+def load_components(model: str | Path, *, families: Collection[Family] = FAMILIES) -> DiffusionComponents:
     """Load a model of one of ``families`` from a local diffusers folder or a hub id.
 
     The family comes from the folder (:func:`inversion.model.info.read_family`) and names the parts loaded
-    and their classes (:data:`PART_CLASSES`). By default only the families sstar trains and renders are
-    taken (SD 3 and Flux: a one-line :class:`InputError` naming the family); pass
-    ``families=inversion.model.info.FAMILIES`` to load those too. Weights are loaded in fp32 on the CPU and
-    frozen; callers move them with :meth:`DiffusionComponents.to`.
+    and their classes (:data:`PART_CLASSES`). Every family is taken by default; a caller that can handle only
+    some passes ``families`` (another family: a one-line :class:`InputError` naming it). Weights are loaded
+    in fp32 on the CPU and frozen; callers move them with :meth:`DiffusionComponents.to`.
     """
     source = str(model)
     path = Path(source).expanduser()

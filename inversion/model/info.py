@@ -22,21 +22,17 @@ from inversion.errors import InputError
 __all__ = [
     "Family",
     "FAMILIES",
-    "TRAINED_FAMILIES",
     "FAMILY_FOLDERS",
     "TOKENIZER_FOLDERS",
     "classify",
-    "check_trained",
     "read_family",
     "family_or_none",
     "tokenizer_vocabulary",
 ]
 
 Family = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
-FAMILIES: tuple[str, ...] = get_args(Family)
-#: the families sstar trains and renders words for; SD 3 and Flux are recognised, checked and loaded, and
-#: refused by everything that would train or render with a UNet's assumptions (:func:`check_trained`)
-TRAINED_FAMILIES: tuple[Family, ...] = ("sd1", "sd2", "sdxl")
+#: the families sstar reads, trains and renders words for (SD 3 and Flux with flow matching and T5 rows)
+FAMILIES: tuple[Family, ...] = get_args(Family)
 _UNET_FOLDERS = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
 #: the folders of a diffusers model that sstar reads, per family (diffusers' names: SD 3's CLIP-L, CLIP-G and T5
 #: are ``text_encoder``, ``_2`` and ``_3``; Flux's CLIP-L and T5 are ``text_encoder`` and ``_2``)
@@ -78,15 +74,6 @@ def classify(has_text_encoder_2: bool, text_config: Any, transformer: str | None
     if int(getattr(text_config, "hidden_size", 0) or 0) == 1024 or getattr(text_config, "hidden_act", "") == "gelu":
         return "sd2"
     return "sd1"
-
-
-def check_trained(family: Family, model: str | os.PathLike[str]) -> None:
-    """A one-line :class:`InputError` naming the family where sstar cannot yet train or render words for it."""
-    if family not in TRAINED_FAMILIES:
-        raise InputError(
-            f"training and rendering words for {family} models is not supported yet (model {model}; "
-            f"sstar trains {', '.join(TRAINED_FAMILIES)} models so far)"
-        )
 
 
 def _is_hub_id(source: str) -> bool:

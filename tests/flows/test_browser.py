@@ -36,6 +36,7 @@ def test_dashboard_renders_in_chromium(two_runs: TwoRuns) -> None:
     _charts_drawn(page.value["charts"], {"runs-counts", "runs-seconds", "lift-histogram", "slowest"})
     assert page.value["rows"] == 3 and page.value["info"].startswith("3 of 3 concepts")
     assert any(h.startswith("../embeddings/red-square/") and h.endswith("/grid.png") for h in page.value["links"])
+    assert any(h.endswith("/learned_embeds.safetensors") for h in page.value["links"])  # the SD 1.x word's file
     assert sorted(n[-1] for n in page.value["norms"]) == ["×", "×", "—"]  # the corrupt concept has none
 
 

@@ -1,5 +1,5 @@
-"""SD 3 and Flux, the first step (issue 23): the tiny models, their families, their tokenizers' words and the
-one-line refusals of everything that cannot train or render them yet.
+"""SD 3 and Flux (issue 23): the tiny models, their families, their tokenizers' words, and the commands that
+take them like every other family (``sstar invert`` and ``sstar inspect --model`` from the CLI).
 
 The tiny folders are built by ``sstar model`` (the fixtures call what it calls; one test runs the command) and
 must load in diffusers' own pipelines; the T5 tokenizer is trained offline and read without torch.
@@ -13,8 +13,10 @@ import shutil
 import pytest
 import torch
 
+from common.filenames import word_filename
 from flows.cli import main
-from inversion.embeddings.inspector import inspect_files
+from inversion.embeddings.formats import LearnedEmbedding, load_embedding, save_embedding_files
+from inversion.embeddings.inspector import ModelVocabulary, inspect_file, inspect_files
 from inversion.errors import InputError
 from inversion.model.components import load_components
 from inversion.model.fingerprint import model_fingerprint
@@ -23,8 +25,6 @@ from inversion.model.vocab import T5_SPECIALS, T5_VOCAB_SIZE, t5_tokenizer_json
 from inversion.text.placeholders import vocabulary_clash
 from tasks.preflight import PreflightError, check_model
 from tests.flows.sstar_cli import run_python
-
-NOT_YET = "training and rendering words for {} models is not supported yet"
 
 
 @pytest.fixture(scope="module")
@@ -168,26 +168,73 @@ def test_the_fingerprint_covers_the_transformer_and_the_third_text_side(sd3_tiny
         before = after
 
 
-def test_the_model_is_refused_in_one_line_wherever_it_would_be_mishandled(
-    sd3_tiny_model_dir, flux_tiny_model_dir, concept_images, tmp_path, capsys
-):
-    with pytest.raises(InputError, match=NOT_YET.format("flux")):
-        load_components(flux_tiny_model_dir)
-    with pytest.raises(PreflightError, match=f"^--model: {NOT_YET.format('sd3')}"):
-        check_model(str(sd3_tiny_model_dir))
-    invert = ["invert", "--model", flux_tiny_model_dir, "--images", concept_images, "--token", "<sq>"]
-    render = ["render", "--model", sd3_tiny_model_dir, "--prompt", "a photo of a cat", "--seeds", "0"]
-    for argv, family in (
-        ([*invert, "--init", "square", "--out", tmp_path / "e"], "flux"),
-        ([*render, "--out", tmp_path / "g.png"], "sd3"),
-    ):
-        code, _, err = _run(capsys, *argv)
-        assert code == 2 and err.startswith(f"sstar: error: {NOT_YET.format(family)}"), err
-        assert len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "e").exists() and not (tmp_path / "g.png").exists()
+#: what ``sstar invert`` writes for a word ``<sq>``, per family: ComfyUI's file, and for Flux diffusers' pair file
+WORD_FILES = {"sd3": {"sq.safetensors"}, "flux": {"sq.safetensors", "sq_emb.safetensors"}}
 
 
-def test_sstar_inspect_refuses_the_model_in_one_line(flux_tiny_model_dir, tmp_path):
+def test_every_family_is_taken_where_sd3_and_flux_were_refused(sd3_tiny_model_dir, flux_tiny_model_dir):
+    """The family gate is open: the loader's default and the preflight take SD 3 and Flux (no refusal left)."""
+    assert load_components(flux_tiny_model_dir).family == "flux"
+    for folder in (sd3_tiny_model_dir, flux_tiny_model_dir):
+        assert check_model(str(folder)) == model_fingerprint(folder)
+    with pytest.raises(InputError, match=r"is a flux model; this needs one of: sd1, sdxl$"):
+        load_components(flux_tiny_model_dir, families=("sd1", "sdxl"))  # a caller that handles only some
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_sstar_invert_learns_a_word_in_every_encoder_from_the_cli(family, concept_images, tmp_path, capsys, request):
+    """``sstar invert`` on the tiny model (1 step, 32 px): the family's files, every encoder's rows (T5's too),
+    no diffusers learned_embeds file; ``sstar inspect --model`` reads them back with each encoder's nearest words."""
+    model = request.getfixturevalue(f"{family}_tiny_model_dir")
+    out = tmp_path / "word"
+    argv = ["invert", "--model", model, "--images", concept_images, "--token", "<sq>", "--init", "cat"]
+    argv += ["--steps", "1", "--batch-size", "1", "--resolution", "32", "--device", "cpu", "--out", out]
+    code, printed, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert "learned <sq> in 1 steps" in printed
+    assert WORD_FILES[family] <= {p.name for p in out.iterdir()} and not (out / "learned_embeds.safetensors").exists()
+    components = load_components(model)
+    widths = tuple(int(encoder.get_input_embeddings().weight.shape[1]) for _, encoder in components.text_sides)
+    for name in WORD_FILES[family]:
+        word = load_embedding(out / name)
+        assert (word.token, word.family, word.widths) == ("<sq>", family, widths)
+    code, printed, err = _run(capsys, "inspect", out / "sq.safetensors", "--model", model)
+    assert code == 0, err
+    keys = ["clip_l", "clip_g", "t5xxl"] if family == "sd3" else ["clip_l", "t5xxl"]
+    nearest = [line for line in printed.splitlines() if "nearest:" in line]
+    assert len(nearest) == len(keys) and all(f"  {key} (" in printed for key in keys), printed
+    assert "\u2581" in nearest[-1], "the T5 rows' nearest words are T5's unigram pieces"
+
+
+def test_sstar_inspect_places_every_encoders_rows_in_its_own_vocabulary(flux_tiny_model_dir, tmp_path):
+    """A Flux word at cat's CLIP-L row and T5's piece for cat: each encoder's nearest word is its own cat."""
+    vocabulary = ModelVocabulary.load(str(flux_tiny_model_dir))
+    assert [len(words) for words in vocabulary.words] == [int(t.shape[0]) for t in vocabulary.tables]
+    rows = [
+        table[words.index(cat)] for table, words, cat in zip(vocabulary.tables, vocabulary.words, ("cat", "\u2581cat"))
+    ]
+    word = LearnedEmbedding.from_tables("<like-cat>", [(2 * row).unsqueeze(0) for row in rows], "flux")
+    files = save_embedding_files(word, tmp_path)
+    for path in files.values():
+        found = inspect_file(path, vocabulary)
+        assert [t.nearest[0][0] for t in found.tables] == ["cat", "\u2581cat"]
+        assert found.ratio is not None
     errors: list[str] = []
-    assert inspect_files([tmp_path / "word.safetensors"], model=str(flux_tiny_model_dir), err=errors.append) == 2
-    assert len(errors) == 1 and NOT_YET.format("flux") in errors[0] and "\n" not in errors[0]
+    assert inspect_files([files["comfyui"]], model=str(flux_tiny_model_dir), out=lambda _: None, err=errors.append) == 0
+    assert errors == []
+
+
+@pytest.mark.parametrize("token", ["<sq>", "<learned_embeds>", "<café-猫>"])
+def test_the_word_file_is_one_the_family_writes_and_holds_every_encoder(sd3, flux, token, tmp_path):
+    """common.filenames.word_filename (what the flows score, index and link) names a file save_embedding_files
+    writes, and reading it alone gives the whole word — a name that clashes or needs a hash included."""
+    for components in (sd3, flux):
+        tables = [torch.randn(2, encoder.config.hidden_size) for _, encoder in components.text_sides]
+        word = LearnedEmbedding.from_tables(token, tables, components.family)
+        folder = tmp_path / components.family
+        written = save_embedding_files(word, folder)
+        name = word_filename(token, components.family)
+        assert folder / name == written["comfyui"] and name != "learned_embeds.safetensors"
+        again = load_embedding(folder / name)
+        assert (again.token, again.family) == (token, components.family) and torch.equal(again.vectors, word.vectors)
+    assert word_filename(token, "sdxl") == word_filename(token, None) == "learned_embeds.safetensors"

@@ -285,3 +285,37 @@ def test_score_a_word_and_its_words_only_baseline(models, family, clip, tmp_path
         assert call["guidance_scale"] == FAST.guidance
         assert any(key.startswith("negative") for key in call) == (family == "sd3")
     assert scores.grid.size[0] > 0 and scores.baseline_grid.size[0] > 0
+
+
+def test_sstar_render_and_score_take_the_files_of_both_families(
+    sd3, flux, sd3_tiny_model_dir, flux_tiny_model_dir, tmp_path, capsys
+):
+    """The commands on the files users get: Flux's diffusers pair file rendered with a strength, SD 3's ComfyUI
+    file scored (one prompt, one seed, 2 steps)."""
+    import json
+
+    from flows.cli import main
+    from inversion.evaluation.clip import write_tiny_clip
+
+    flux_files = save_embedding_files(_word(flux), tmp_path / "flux")
+    grid = tmp_path / "grid.png"
+    argv = ["render", "--model", flux_tiny_model_dir, "--embedding", flux_files["diffusers"], "--prompt", PROMPT]
+    argv += ["--prompt", "a photo of (<fw>:1.3)", "--seeds", "0", "--steps", "2", "--guidance", "3.5"]
+    argv += ["--resolution", "32", "--device", "cpu", "--out", grid]
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert grid.is_file() and f"wrote {grid}" in out
+    sd3_files = save_embedding_files(_word(sd3), tmp_path / "sd3")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of {} on a table\n")
+    argv = ["score", "--model", sd3_tiny_model_dir, "--embedding", sd3_files["comfyui"], "--images"]
+    argv += [write_shape_images(tmp_path / "img", count=2, size=48), "--class-word", "square", "--prompts", prompts]
+    argv += ["--samples", "1", "--steps", "2", "--clip-arch", TINY_ARCH, "--clip-checkpoint"]
+    argv += [write_tiny_clip(tmp_path / "clip.pt"), "--device", "cpu", "--out", tmp_path / "scores"]
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    scores = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert scores["token"] == "<fw>" and math.isfinite(scores["inversion_lift"])
+    assert "raw CLIP cosines" in out

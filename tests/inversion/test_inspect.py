@@ -134,7 +134,7 @@ def test_no_embedding_gets_one_line_and_exit_2(tmp_path):
 
 def test_model_gives_norms_and_nearest_words(tiny_model_dir, tmp_path):
     vocabulary = ModelVocabulary.load(str(tiny_model_dir))
-    cat = vocabulary.words.index("cat")
+    cat = vocabulary.words[0].index("cat")
     row = vocabulary.tables[0][cat]
     save_file({"<like-cat>": (row * 2).unsqueeze(0).contiguous()}, str(tmp_path / "learned_embeds.safetensors"))
     found = inspect_file(tmp_path / "learned_embeds.safetensors", vocabulary)
@@ -157,7 +157,7 @@ def test_sdxl_model_reads_both_encoders(sdxl_tiny_model_dir, tmp_path):
     vectors = torch.cat([vocabulary.tables[0][320:321], vocabulary.tables[1][320:321]], dim=1)
     save_embedding_files(LearnedEmbedding("<w>", vectors, widths), tmp_path)
     found = inspect_file(tmp_path / "learned_embeds.safetensors", vocabulary)
-    assert [t.nearest[0][0] for t in found.tables] == [vocabulary.words[320]] * 2
+    assert [t.nearest[0][0] for t in found.tables] == [words[320] for words in vocabulary.words]
 
 
 def test_sstar_inspect_command(tmp_path, capsys):

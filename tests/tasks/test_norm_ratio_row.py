@@ -25,7 +25,7 @@ def test_outcome_and_row_carry_the_norm_ratio(tmp_path: Path, learn) -> None:
     vectors = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1 against a vocabulary mean of 0.5
     result = TrainResult("<red-square>", LearnedEmbedding("<red-square>", vectors), 2, [0.5, 0.4], 1.0)
     result.vocab_norms = (VocabNorms(0.5, 0.1, 0.9),)
-    outcome = _outcome(scored.inversion.staged, tmp_path / "work", result, TrainConfig(), 1, 1)
+    outcome = _outcome(scored.inversion.staged, tmp_path / "work", result, TrainConfig(), 1, 1, "sd1")
     assert outcome.norm_ratio == pytest.approx(10.0)
     assert json.loads((tmp_path / "work" / "training.json").read_text())["norm_ratio"] == pytest.approx(10.0)
     row = publish_concept.fn(
