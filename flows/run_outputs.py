@@ -61,6 +61,7 @@ def publish_run_outputs(
     # 3. the summary
     counts: dict[str, int] = {status: sum(r.status == status for r in rows) for status in STATUSES}
     lifts = [r.inversion_lift for r in rows if r.status == "ok" and r.inversion_lift is not None]
+    relearned = relearn_summary(r.relearn_reason for r in rows)
     summary = dict(
         run_id=run_id,
         out=out,
@@ -68,13 +69,13 @@ def publish_run_outputs(
         metrics_uri=metrics_uri,
         report_uri=report_uri,
         mean_inversion_lift=sum(lifts) / len(lifts) if lifts else None,
-        relearned=relearn_summary(r.relearn_reason for r in rows),
+        relearned=relearned,
         failed={r.concept_id: r.error for r in rows if r.status == "failed"},
         compositions={c.composition_id: c.status for c in compositions},
     )
     open_store(out).put(f"runs/{run_id}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     # 4. the Prefect artifacts
-    _create_artifacts(run_id, rows, counts, report_uri, summary["relearned"])
+    _create_artifacts(run_id, rows, counts, report_uri, relearned)
     return summary
 
 

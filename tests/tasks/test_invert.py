@@ -72,9 +72,9 @@ def test_a_later_attempt_on_a_fresh_worker_resumes_from_the_stored_checkpoint(
     assert not (Path(staged[0].work_dir) / "embedding").exists()
     (second,) = invert_pack.fn(staged, longer, RUN, out)
     assert second.error is None and second.steps == 4
-    # the last periodic checkpoint of the first attempt (none is taken at the final step)
+    # the first attempt's final checkpoint: handed to the store as its concept finished (no step is repeated)
     resumed = second.resumed_from
-    assert 1 <= resumed < 2
+    assert resumed == first.steps == 2
     training = json.loads((Path(second.embedding_path).parent / TRAINING_LOG).read_text())
     assert training["resumed_from"] == resumed and len(training["losses"]) == 4
     assert training["losses"][:resumed] == first_losses[:resumed]
