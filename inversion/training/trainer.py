@@ -490,13 +490,20 @@ def _save_due_checkpoints(
 ) -> None:
     """Save the checkpoint of every active concept due for one, and hand each to ``on_checkpoint``: the periodic
     ones, and the final one of a concept that has just finished (its cap or its plateau), so that a run killed
-    while the rest of its pack trains, or before it publishes, resumes that concept with no step repeated."""
+    while the rest of its pack trains, or before it publishes, resumes that concept with no step repeated.
+
+    Every file of the step is written before the first hand-over, and the hand-overs follow back to back: a kill
+    between two leaves a pack's concepts resuming from different steps, and a concept that then trains beside
+    another step (or alone) reduces its floats in another order than an uninterrupted run (the last bits differ).
+    """
+    saved = []
     for run in active:
         if run.checkpoint_due(config) or run.final_checkpoint_due(config):
-            path = run.save_checkpoint(config)
+            saved.append((run.concept.token, run.save_checkpoint(config)))
             run.final_saved = run.finished(config)
-            if on_checkpoint is not None and path is not None:
-                on_checkpoint(run.concept.token, path)
+    for token, path in saved:
+        if on_checkpoint is not None and path is not None:
+            on_checkpoint(token, path)
 
 
 def _check_inputs(
