@@ -7,7 +7,8 @@
 For every model × resolution it runs the variants
 
 * ``baseline``      — the model family's standard recipe (:mod:`bench.baseline`: the diffusers SD or
-  SDXL example script), one concept per step;
+  SDXL example script, or for Flux the advanced DreamBooth-LoRA script in its textual-inversion-only mode),
+  one concept per step (SD 3 has no recipe: its models get our rows only);
 * ``sstar``         — our trainer (:func:`inversion.training.trainer.train_concepts`) with one concept;
 * ``sstar-packed``  — our trainer with K concepts per UNet batch, for every K > 1 in ``--packs``;
 
@@ -140,22 +141,29 @@ DEFAULT_RESOLUTIONS = {"sd1": "256,512"}
 
 
 def model_family(model: str) -> str:
-    """The family (``sd1``, ``sd2``, ``sdxl``) of the random-weight architecture ``model``, from its config alone."""
+    """The family (``sd1``, ``sd2``, ``sdxl``, ``sd3``, ``flux``) of the random-weight architecture ``model``,
+    from its config alone."""
     from inversion.model.info import classify
-    from inversion.model.zoo import ARCHITECTURES
+    from inversion.model.zoo import ARCHITECTURES, FLOW_ARCHITECTURES
 
+    if model in FLOW_ARCHITECTURES:
+        return classify(False, None, FLOW_ARCHITECTURES[model]["transformer"]["_class_name"])
     if model not in ARCHITECTURES:
-        raise SystemExit(f"unknown model {model!r}; choose from {', '.join(ARCHITECTURES)}")
+        raise SystemExit(f"unknown model {model!r}; choose from {', '.join([*ARCHITECTURES, *FLOW_ARCHITECTURES])}")
     configs = ARCHITECTURES[model]
     return classify("text_encoder_2" in configs, argparse.Namespace(**configs["text_encoder"]))
 
 
 def native_resolution(model: str) -> int:
-    """The image size the architecture ``model`` was built for (UNet sample size × VAE down-sampling)."""
-    from inversion.model.zoo import ARCHITECTURES
+    """The image size the architecture ``model`` was built for: the denoiser's sample size × the VAE's
+    down-sampling (Flux's transformer has none: its VAE's ``sample_size``, as ``DiffusionComponents.resolution``)."""
+    from inversion.model.zoo import ARCHITECTURES, FLOW_ARCHITECTURES
 
-    configs = ARCHITECTURES[model]
-    return int(configs["unet"]["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    configs = ARCHITECTURES.get(model) or FLOW_ARCHITECTURES[model]
+    if "unet" not in configs and "sample_size" not in configs["transformer"]:
+        return int(configs["vae"]["sample_size"])
+    denoiser = configs["unet"] if "unet" in configs else configs["transformer"]
+    return int(denoiser["sample_size"]) * 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
 
 
 def get_components(model: str, dtype=None):
@@ -165,14 +173,15 @@ def get_components(model: str, dtype=None):
 
     dtype = dtype or torch.float32
     if (model, dtype) not in _COMPONENTS:
-        from inversion.model.zoo import build_random_components
+        from inversion.model.zoo import FLOW_ARCHITECTURES, build_flow_components, build_random_components
 
+        build = build_flow_components if model in FLOW_ARCHITECTURES else build_random_components
         started = time.perf_counter()
         log(f"building {model} (random weights, in memory, {dtype})…")
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            _COMPONENTS[model, dtype] = build_random_components(model, seed=0)
+            _COMPONENTS[model, dtype] = build(model, seed=0)
         finally:
             torch.set_default_dtype(default)
         log(f"built {model} in {time.perf_counter() - started:.1f} s")
@@ -509,13 +518,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--models",
         default="tiny,sd15",
-        help="comma-separated architectures: tiny, sd15, sdxl-tiny, sdxl, … (default: tiny,sd15)",
+        help="comma-separated architectures: tiny, sd15, sdxl-tiny, sdxl, flux-tiny, sd3-tiny, … (default: tiny,sd15)",
     )
     parser.add_argument(
         "--resolutions",
         default=None,
         help="comma-separated pixel sizes; 'native' = the model's own "
-        "(default: 256,512 for SD 1.x models, native for the others: 1024 px for sdxl)",
+        "(default: 256,512 for SD 1.x models, native for the others: 1024 px for sdxl, 64 px for flux-tiny)",
     )
     parser.add_argument("--batch", type=int, default=1, help="images per concept per step (default: 1)")
     parser.add_argument("--packs", default="1,4", help="concepts per batch K; every K > 1 adds an sstar-packed row")
@@ -583,7 +592,9 @@ def plan(args: argparse.Namespace, device: str, image_root: Path) -> list[Cell]:
                 precision=args.precision,
                 images=str(image_root),
             )
-            if "baseline" in variants:
+            if "baseline" in variants and model_family(model) == "sd3":
+                log(f"{model}: no baseline row (diffusers has no textual-inversion recipe for SD 3)")
+            elif "baseline" in variants:
                 try:  # refuse a setting the recipe cannot run before anything is built
                     recipe_precision(model_family(model), device, args.baseline_precision or None)
                 except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Smoke tests of the speed benchmark: a few steps of each variant on the tiny SD 1.x and SDXL models,
+"""Smoke tests of the speed benchmark: a few steps of each variant on the tiny SD 1.x, SDXL and Flux models,
 table and CSV out, and the baseline recipes' set-up, conditioning and clean-up."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import speed
-from bench.baseline import encode_conditioning, recipe_precision, run_baseline
+from bench.baseline import encode_conditioning, encode_flux_prompt, recipe_precision, run_baseline
 from inversion.text.encoder import PromptEncoder
 
 
@@ -211,3 +211,82 @@ def test_unet_pass_times_each_pass(capsys, model):
     assert lines[0].startswith(f"{model} UNet, 64 px, fp32") and lines[1].split()[:2] == ["pass", "wall"]
     passes = [line.split() for line in lines[2:]]
     assert [p[0] for p in passes] == ["1", "2"] and all(float(p[1]) > 0 for p in passes)
+
+
+# -- Flux (issue 23): the advanced DreamBooth-LoRA script in pure textual-inversion mode -------------------
+
+
+def test_flux_race_runs_on_flux_tiny_and_sd3_gets_no_baseline_row(tmp_path):
+    out = tmp_path / "results.csv"
+    args = ["--models", "flux-tiny", "--packs", "1", "--steps", "2", "--warmup", "0", "--device", "cpu"]
+    args += ["--precision", "fp32", "--baseline-precision", "no", "--no-isolate", "--images", str(tmp_path / "i")]
+    assert speed.main([*args, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["variant"], r["model"], r["precision"]) for r in rows] == [
+        ("baseline", "flux-tiny", "fp32"),
+        ("sstar", "flux-tiny", "fp32"),
+    ]
+    for row in rows:
+        assert row["error"] == "" and row["resolution"] == "64"  # the tiny Flux's own size
+        assert len(row["step_seconds"].split(";")) == 2 and float(row["s_per_step"]) > 0
+    # diffusers has no SD 3 textual-inversion recipe: its model gets our rows only
+    cells = speed.plan(speed.parse_args(["--models", "sd3-tiny", "--packs", "1,2"]), "cpu", tmp_path)
+    assert [(c.variant, c.concepts, c.resolution) for c in cells] == [("sstar", 1, 64), ("sstar-packed", 2, 64)]
+
+
+def test_flux_recipe_precision_is_its_readmes_bf16_and_sd3_has_no_recipe():
+    assert recipe_precision("flux", "cpu") == "bf16" and recipe_precision("flux", "cuda") == "bf16"
+    assert recipe_precision("flux", "cpu", "no") == "no" and recipe_precision("flux", "cuda", "fp16") == "fp16"
+    with pytest.raises(ValueError, match="no textual-inversion recipe for SD 3"):
+        recipe_precision("sd3", "cpu")
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_flux_baseline_trains_only_the_new_rows_of_both_tables_and_restores_the_model(tmp_path, mixed_precision):
+    components = speed.get_components("flux-tiny")
+    speed.make_images(tmp_path, 1, 64)
+    encoders = [components.text_encoder, components.text_encoder_2]
+    tables = [e.get_input_embeddings().weight.detach().clone() for e in encoders]
+    weights = {k: v.clone() for k, v in components.transformer.state_dict().items()}
+    dtype = torch.float32 if mixed_precision == "no" else torch.bfloat16
+    seen = []
+
+    def inspect(step, seconds, loss):  # mid-run: one more row per table ("cat" is one piece in each)
+        seen.append(step)
+        for encoder, table in zip(encoders, tables):
+            live = encoder.get_input_embeddings().weight.detach()
+            assert live.shape[0] == table.shape[0] + 1 and live.dtype == dtype  # the tables train in bf16 too
+            assert torch.equal(live[:-1], table.to(live.dtype))  # every other row restored after the step
+        hooked = [m for m in components.transformer.modules() if m._forward_hooks]
+        assert len(hooked) == 12 + 3  # the adapter: 12 layers of the double block, q/k/v of the single one
+
+    result = run_baseline(
+        components,
+        tmp_path / "concept-0",
+        resolution=64,
+        steps=2,
+        device="cpu",
+        mixed_precision=mixed_precision,
+        on_step=inspect,
+    )
+    assert seen == [1, 2] and all(torch.isfinite(torch.tensor(result.losses)))
+    for encoder, table in zip(encoders, tables):
+        after = encoder.get_input_embeddings()
+        assert after.weight.shape == table.shape and torch.equal(after.weight, table)
+        assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    transformer = components.transformer
+    assert not any(m._forward_hooks for m in transformer.modules()) and not transformer.training
+    assert all(torch.equal(v, weights[k]) for k, v in transformer.state_dict().items())  # bf16 cast undone
+
+
+def test_flux_baseline_encodes_prompts_as_our_prompt_encoder():
+    """T5's last hidden state and CLIP-L's pooled output: what our PromptEncoder (the pipeline's encoding,
+    checked by the interop tests) gives for the same prompt."""
+    components = speed.get_components("flux-tiny")
+    encoder = PromptEncoder(components)
+    prompt = "a photo of a cat on a beach"
+    clip_ids, t5_ids = encoder.tokenize([prompt])
+    hidden, pooled, text_ids = encode_flux_prompt(components.text_encoder, components.text_encoder_2, clip_ids, t5_ids)
+    expected = encoder.encode([prompt])
+    assert torch.equal(hidden, expected.hidden) and torch.equal(pooled, expected.pooled)
+    assert text_ids.shape == (512, 3) and not text_ids.any()
