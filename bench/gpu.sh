@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU speed benchmark of issues 7 and 12 — one prepared run, at most ~13 minutes on an H100/H200.
+# GPU speed benchmark of issues 7, 12 and 23 — one prepared run, at most ~15 minutes on an H100/H200.
 #
 #   SD-1.5 architecture (random weights, built in memory), 512 px, batch 1: the standard recipe
 #   (fp16 mixed precision, as the diffusers example script) vs our trainer in bf16 with K = 1, 4, 8, 16
@@ -7,6 +7,10 @@
 #   SDXL architecture (random weights, built in bf16), 1024 px, batch 1: the SDXL recipe (bf16 mixed
 #   precision, as the diffusers SDXL script's README) vs ours in bf16 with K = 1 and 4. Writes
 #   $OUT/gpu-sdxl.csv and $OUT/gpu-sdxl-table.txt. SDXL=0 skips it.
+#   Tiny Flux (issue 23; random weights, 64 px, batch 4 — real-size Flux does not fit): diffusers' advanced
+#   Flux script in pure textual-inversion mode (bf16 as its README) vs ours in bf16 with K = 1 and 4, run
+#   between the two blocks above (about a minute, FLUX_LIMIT_S caps it). Writes $OUT/gpu-flux.csv and
+#   $OUT/gpu-flux-table.txt. FLUX=0 skips it.
 #
 # THE GPU MACHINE HAS NO NETWORK. This script installs and downloads nothing. The caller must
 # prepare a Python that can import: torch (with CUDA), diffusers, transformers, safetensors,
@@ -55,6 +59,11 @@ bench() {
 
 bench "$LIMIT_S" gpu --models sd15 --resolutions 512 --batch 1 --packs 1,4,8,16 \
     --device cuda --precision bf16 --steps 10 --warmup 3
+
+if [ "${FLUX:-1}" = 1 ]; then
+    bench "${FLUX_LIMIT_S:-120}" gpu-flux --models flux-tiny --resolutions native --batch 4 --packs 1,4 \
+        --device cuda --precision bf16 --steps 30 --warmup 5
+fi
 
 if [ "${SDXL:-1}" = 1 ]; then
     bench "$SDXL_LIMIT_S" gpu-sdxl --models sdxl --resolutions 1024 --batch 1 --packs 1,4 \
