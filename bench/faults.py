@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.csv_rows import append_row as append_csv_row
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -727,12 +729,7 @@ def done_trials(path: Path) -> set[tuple[str, str, str]]:
 
 
 def append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    append_csv_row(path, COLUMNS, row)
     print(" | ".join(f"{k}={row.get(k, '')}" for k in COLUMNS if row.get(k, "") != ""), flush=True)
 
 

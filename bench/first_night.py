@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.api_proxy import ApiCounts, ApiProxy  # noqa: E402
+from bench.csv_rows import append_row  # noqa: E402
 
 BUCKET = "sstar-first-night"
 POOL = "local-gpu"
@@ -569,15 +570,6 @@ def _commit(source: Path) -> str:
 
 
 # -- the table -----------------------------------------------------------------------------------------
-def append_row(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
-
-
 def print_table(rows: list[dict]) -> None:
     widths = [max(len(h), *(len(str(r.get(h, ""))) for r in rows)) for h in SHOWN]
     print("  ".join(h.rjust(w) for h, w in zip(SHOWN, widths)))
@@ -641,7 +633,7 @@ def _rows(args: argparse.Namespace, table: Path) -> int:
             closing.append(lambda: cluster.__exit__(None, None, None))
         for n in (int(x) for x in args.n.split(",")):
             row = run_row(n, args.mode, args, inputs, moto, make_db)
-            append_row(table, row)
+            append_row(table, COLUMNS, row)
             rows.append(row)
             print_table(rows[-1:])
             print(f"  row took {row['row_s']} s (setup {row['setup_s']} s); {row['note']}".rstrip("; "), flush=True)

@@ -185,7 +185,6 @@ def remember_scan(out_uri: str, state: ScanState, previous: ScanState, staged: I
     return save_scan_state(open_store(out_uri), state.merged(learned), previous)
 
 
-@task(name="stage-concept", **RETRY)
 def stage_concept(
     catalog_uri: str, record: ConceptRecord, work_root: str, done_digests: Iterable[str] = ()
 ) -> StagedConcept:

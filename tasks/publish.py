@@ -23,9 +23,8 @@ from storage.results import ResultStore
 from storage.scanstate import ConceptState
 from storage.store.open import open_store
 from tasks.records import ConceptRecord, ScoredConcept, ScoreSummary
-from tasks.retry import RETRY
+from tasks.retry import RETRY, with_retries
 from tasks.settings import LearnSettings
-from tasks.staging import with_retries
 
 
 class _IdentityFields(TypedDict):
@@ -112,7 +111,6 @@ def skipped_row(
     )
 
 
-@task(name="publish-concept", **RETRY)
 def publish_concept(scored: ScoredConcept, out_uri: str, run_id: str, learn: LearnSettings) -> MetricsRow:
     """Publish the concept's embeddings, grids, scores and training-image strip write-once, then clear its
     checkpoints.
@@ -164,7 +162,7 @@ def publish_chunk(
     for concept in scored:
         record = concept.inversion.staged.record
         try:
-            new.append(with_retries(partial(publish_concept.fn, concept, out_uri, run_id, learn)))
+            new.append(with_retries(partial(publish_concept, concept, out_uri, run_id, learn)))
         except Exception as exc:  # noqa: BLE001 - one bad concept fails only itself
             new.append(failed_row(run_id, record.concept_id, f"publishing failed: {exc}", learn, record))
     if append:

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypedDict
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict, TypeVar
 
-from prefect import Task
+from prefect import Task, get_run_logger
 from prefect.client.schemas import TaskRun
 from prefect.states import State
 
 from storage.errors import BackendError
+
+T = TypeVar("T")
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (BackendError, ConnectionError, TimeoutError)
 
@@ -39,3 +42,17 @@ class RetryOptions(TypedDict):
 
 #: retry policy shared by every task that touches storage
 RETRY: RetryOptions = {"retries": 3, "retry_delay_seconds": [1, 4, 15], "retry_condition_fn": retry_transient}
+
+
+def with_retries(call: Callable[[], T], delays: Sequence[float] = RETRY["retry_delay_seconds"]) -> T:
+    """``call()``, called again after each of ``delays`` seconds while it raises a transient error
+    (:func:`tasks.retry.is_transient`); a deterministic error, or the last transient one, is raised."""
+    for delay in delays:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            get_run_logger().warning("transient error, trying again in %g s: %s", delay, exc)
+            time.sleep(delay)
+    return call()

@@ -4,7 +4,7 @@ A task run per concept made the orchestration of a first night grow with the cat
 task runs and 0.6 s per new concept before any training). :func:`stage_chunk` stages a chunk of concepts with
 the per-concept code of :func:`tasks.ingest.stage_concept`, one after another: a concept whose staging fails
 comes back with its ``error`` (it fails alone), a transient storage error is tried again for that concept
-only (:func:`with_retries`), so a chunk never re-reads the images of the concepts it already staged.
+only (:func:`tasks.retry.with_retries`), so a chunk never re-reads the images of the concepts it already staged.
 Staging writes only into each concept's own work folder, so a retried chunk starts each concept clean.
 :func:`clean_work` removes a chunk's work folders once its concepts are published.
 """
@@ -12,31 +12,13 @@ Staging writes only into each concept's own work folder, so a retried chunk star
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Mapping
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from tasks.ingest import stage_concept
 from tasks.records import ConceptRecord, StagedConcept
-from tasks.retry import RETRY, is_transient
-
-T = TypeVar("T")
-
-
-def with_retries(call: Callable[[], T], delays: Sequence[float] = RETRY["retry_delay_seconds"]) -> T:
-    """``call()``, called again after each of ``delays`` seconds while it raises a transient error
-    (:func:`tasks.retry.is_transient`); a deterministic error, or the last transient one, is raised."""
-    for delay in delays:
-        try:
-            return call()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            get_run_logger().warning("transient error, trying again in %g s: %s", delay, exc)
-            time.sleep(delay)
-    return call()
+from tasks.retry import RETRY, with_retries
 
 
 def stage_one(
@@ -46,7 +28,7 @@ def stage_one(
     comes back as the concept's ``error`` (``ingest failed: …``)."""
     digests = tuple(done_digests)
     try:
-        return with_retries(lambda: stage_concept.fn(catalog_uri, record, work_root, digests))
+        return with_retries(lambda: stage_concept(catalog_uri, record, work_root, digests))
     except Exception as exc:  # noqa: BLE001 - one bad concept fails only itself
         return StagedConcept(record, "", "", 0, error=f"ingest failed: {exc}")
 

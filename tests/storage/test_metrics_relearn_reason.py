@@ -5,32 +5,16 @@ state may predate it too."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.metrics import METRICS_SCHEMA, MetricsRow, append_metrics, metrics_dataset, read_metrics
+from storage.metrics import MetricsRow, append_metrics, metrics_dataset, read_metrics
+from tests.storage.old_partitions import write_old_partition
 
 VIEWS = Path(__file__).resolve().parents[2] / "sql" / "views.sql"
 NEW_RUN = "20250102T000000-new00000"
-
-
-def _old_partition(out: Path) -> None:
-    """A metrics file as sstar wrote it before relearn_reason existed (run_date lives in the folder name)."""
-    names = [n for n in METRICS_SCHEMA.names if n not in ("relearn_reason", "run_date")]
-    schema = pa.schema([METRICS_SCHEMA.field(n) for n in names])
-    row = {n: None for n in names} | {
-        "run_id": "20250101T000000-old00000",
-        "concept_id": "old-concept",
-        "status": "ok",
-        "inversion_lift": 0.1,
-        "created_at": datetime(2025, 1, 1, tzinfo=timezone.utc),
-    }
-    folder = out / "metrics" / "run_date=2025-01-01"
-    folder.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([row], schema=schema), folder / "old.parquet")
 
 
 def _new_rows() -> list[MetricsRow]:
@@ -43,7 +27,7 @@ def _new_rows() -> list[MetricsRow]:
 
 
 def test_old_partitions_read_with_a_null_relearn_reason(tmp_path: Path) -> None:
-    _old_partition(tmp_path)
+    write_old_partition(tmp_path, "relearn_reason")
     append_metrics(str(tmp_path), _new_rows())
     rows = {r["concept_id"]: r["relearn_reason"] for r in read_metrics(str(tmp_path)).to_pylist()}
     assert rows == {
@@ -58,7 +42,7 @@ def test_old_partitions_read_with_a_null_relearn_reason(tmp_path: Path) -> None:
 def test_views_count_reasons_over_old_and_new_partitions(tmp_path: Path) -> None:
     import duckdb
 
-    _old_partition(tmp_path)
+    write_old_partition(tmp_path, "relearn_reason")
     append_metrics(str(tmp_path), _new_rows())
     expected = [(NEW_RUN, "model changed", 2), (NEW_RUN, "images changed + model changed", 1)]
     con = duckdb.connect()
@@ -79,7 +63,7 @@ def test_views_count_reasons_over_old_and_new_partitions(tmp_path: Path) -> None
 def test_views_read_old_partitions_alone(tmp_path: Path) -> None:
     import duckdb
 
-    _old_partition(tmp_path)
+    write_old_partition(tmp_path, "relearn_reason")
     con = duckdb.connect()
     con.register("metrics_files", metrics_dataset(str(tmp_path)))
     con.execute(VIEWS.read_text(encoding="utf-8"))
@@ -93,7 +77,7 @@ def test_the_dashboard_reads_old_partitions_and_a_state_written_before_the_colum
     from reports.dashboard import STATE_KEY, refresh_dashboard, write_dashboard
     from storage.store.open import open_store
 
-    _old_partition(tmp_path)
+    write_old_partition(tmp_path, "relearn_reason")
     write_dashboard(str(tmp_path))  # the page and its state from the old partition alone
     store = open_store(str(tmp_path))
     state = pq.read_table(pa.BufferReader(store.get(STATE_KEY)))

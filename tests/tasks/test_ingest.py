@@ -32,7 +32,7 @@ def _full_read_digests(catalog: Path, learn) -> dict[str, str]:
 
 def _staged(catalog: Path, learn, work: Path, concept_ids: list[str] | None = None):
     scan = scan_catalog.fn(str(catalog), learn, concept_ids)
-    return {r.concept_id: stage_concept.fn(str(catalog), r, str(work)) for r in scan.records}
+    return {r.concept_id: stage_concept(str(catalog), r, str(work)) for r in scan.records}
 
 
 def test_scan_finds_usable_concepts_and_says_why_others_are_not(catalog: Path, learn) -> None:
@@ -105,7 +105,7 @@ def test_digests_follow_the_learning_settings(catalog: Path, learn, tmp_path: Pa
 def test_a_remembered_scan_knows_unchanged_digests_without_reading_images(catalog: Path, learn, tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     scan = scan_catalog.fn(str(catalog), learn, out_uri=out)
-    staged = [stage_concept.fn(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
+    staged = [stage_concept(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
     remember_scan.fn(out, scan.state, scan.previous, staged)
     again = scan_catalog.fn(str(catalog), learn, out_uri=out)
     assert {r.concept_id: r.digest for r in again.records} == {s.record.concept_id: s.record.digest for s in staged}
@@ -124,7 +124,7 @@ def test_a_remembered_scan_with_a_vector_override_knows_the_digest_staging_finis
     three = learn.model_copy(update={"vectors": 3})
     out = str(tmp_path / "out")
     scan = scan_catalog.fn(str(catalog), three, out_uri=out)
-    staged = [stage_concept.fn(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
+    staged = [stage_concept(str(catalog), r, str(tmp_path / "work")) for r in scan.records]
     remember_scan.fn(out, scan.state, scan.previous, staged)
     again = scan_catalog.fn(str(catalog), three, out_uri=out)
     assert {r.concept_id: r.digest for r in again.records} == {s.record.concept_id: s.record.digest for s in staged}
@@ -169,10 +169,10 @@ def test_the_strip_keeps_aspect_caps_width_and_count(tmp_path: Path) -> None:
 
 def test_a_retried_stage_starts_from_a_clean_folder(catalog: Path, learn, tmp_path: Path) -> None:
     (record,) = scan_catalog.fn(str(catalog), learn, ["red-square"]).records
-    first = stage_concept.fn(str(catalog), record, str(tmp_path / "work"))
+    first = stage_concept(str(catalog), record, str(tmp_path / "work"))
     stale = Path(first.image_dir) / "left-by-a-killed-attempt.png"
     stale.write_bytes(b"half written")
-    again = stage_concept.fn(str(catalog), record, str(tmp_path / "work"))
+    again = stage_concept(str(catalog), record, str(tmp_path / "work"))
     assert again.record == first.record and again.image_dir == first.image_dir
     assert not stale.exists() and len(list(Path(again.image_dir).iterdir())) == 2
 
@@ -180,7 +180,7 @@ def test_a_retried_stage_starts_from_a_clean_folder(catalog: Path, learn, tmp_pa
 def test_a_concept_already_done_is_not_decoded(catalog: Path, learn, tmp_path: Path) -> None:
     (record,) = scan_catalog.fn(str(catalog), learn, ["red-square"]).records
     digest = _full_read_digests(catalog, learn)["red-square"]
-    staged = stage_concept.fn(str(catalog), record, str(tmp_path / "work"), done_digests=[digest])
+    staged = stage_concept(str(catalog), record, str(tmp_path / "work"), done_digests=[digest])
     assert staged.done and staged.record.digest == digest and staged.error is None
     assert not Path(staged.image_dir).exists() and not (Path(staged.work_dir) / TRAINING_STRIP_FILENAME).exists()
 

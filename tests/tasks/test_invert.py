@@ -24,7 +24,7 @@ RUN = RunSettings(device="cpu", checkpoint_every=1)
 
 def _stage(catalog: Path, learn, work: Path, concept_ids: list[str]):
     by_id = {r.concept_id: r for r in scan_catalog.fn(str(catalog), learn, concept_ids).records}
-    return [stage_concept.fn(str(catalog), by_id[cid], str(work)) for cid in concept_ids]
+    return [stage_concept(str(catalog), by_id[cid], str(work)) for cid in concept_ids]
 
 
 def test_a_pack_learns_each_live_concept_and_passes_failures_through(catalog: Path, learn, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def test_outcome_and_row_carry_the_norm_ratio(tmp_path: Path, learn) -> None:
     outcome = _outcome(scored.inversion.staged, tmp_path / "work", result, TrainConfig(), 1, 1, "sd1")
     assert outcome.norm_ratio == pytest.approx(10.0)
     assert json.loads((tmp_path / "work" / "training.json").read_text())["norm_ratio"] == pytest.approx(10.0)
-    row = publish_concept.fn(
+    row = publish_concept(
         replace(scored, inversion=replace(scored.inversion, norm_ratio=10.0)), str(tmp_path / "out"), "run-1", learn
     )
     assert row.norm_ratio == 10.0

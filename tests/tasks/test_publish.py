@@ -13,7 +13,7 @@ from storage.catalog import ConceptMeta, ConceptSpec
 from storage.errors import AlreadyExists
 from storage.metrics import read_embeddings_index, read_metrics
 from storage.results import ResultStore
-from tasks.publish import publish_concept, skipped_row, write_metrics
+from tasks.publish import publish_chunk, publish_concept, skipped_row, write_metrics
 from tasks.records import SCORE_COLUMNS, ConceptRecord, InversionOutcome, ScoredConcept, ScoreSummary, StagedConcept
 
 SCORES = {
@@ -64,7 +64,7 @@ def test_publish_writes_every_file_then_success_and_clears_checkpoints(tmp_path:
     results = ResultStore.open(out)
     results.put_checkpoint(RECORD.concept_id, RECORD.digest, "checkpoint.safetensors", b"state")
     scored = _scored(tmp_path / "work")
-    row = publish_concept.fn(scored, out, "run-1", learn)
+    row = publish_concept(scored, out, "run-1", learn)
 
     assert (row.status, row.error, row.run_id, row.concept_id, row.digest) == (
         "ok",
@@ -99,7 +99,7 @@ def test_the_strip_staging_left_in_the_work_folder_is_published_with_the_result(
     it with the trainer's and the scorer's files."""
     (tmp_path / "work").mkdir()
     (tmp_path / "work" / TRAINING_STRIP_FILENAME).write_bytes(b"a strip of jpeg")
-    publish_concept.fn(_scored(tmp_path / "work"), out, "run-1", learn)
+    publish_concept(_scored(tmp_path / "work"), out, "run-1", learn)
     results = ResultStore.open(out)
     assert TRAINING_STRIP_FILENAME in results.read_manifest(RECORD.concept_id, RECORD.digest).files
     strip = Path(results.uri(RECORD.concept_id, RECORD.digest, TRAINING_STRIP_FILENAME))
@@ -107,25 +107,25 @@ def test_the_strip_staging_left_in_the_work_folder_is_published_with_the_result(
 
 
 def test_publishing_the_same_bytes_again_is_a_no_op(tmp_path: Path, out: str, learn) -> None:
-    first = publish_concept.fn(_scored(tmp_path / "a"), out, "run-1", learn)
+    first = publish_concept(_scored(tmp_path / "a"), out, "run-1", learn)
     success = Path(out) / "embeddings" / RECORD.concept_id / RECORD.digest / SUCCESS_FILENAME
     manifest = success.read_bytes()
-    again = publish_concept.fn(_scored(tmp_path / "b"), out, "run-2", learn)
+    again = publish_concept(_scored(tmp_path / "b"), out, "run-2", learn)
     assert again.status == "ok" and again.embedding_uri == first.embedding_uri
     assert success.read_bytes() == manifest  # still run-1's manifest: nothing was rewritten
 
 
 def test_different_bytes_for_a_completed_result_are_refused_and_not_retried(
-    tmp_path: Path, out: str, learn, run_count
+    tmp_path: Path, out: str, learn, monkeypatch
 ) -> None:
-    publish_concept.fn(_scored(tmp_path / "a"), out, "run-1", learn)
-    state = publish_concept.with_options(retry_delay_seconds=0)(
-        _scored(tmp_path / "b", embedding=b"other vectors"), out, "run-2", learn, return_state=True
-    )
-    assert state.is_failed()
+    publish_concept(_scored(tmp_path / "a"), out, "run-1", learn)
     with pytest.raises(AlreadyExists, match="already published by run run-1"):
-        state.result()
-    assert run_count(state) == 1
+        publish_concept(_scored(tmp_path / "b", embedding=b"other vectors"), out, "run-2", learn)
+    waits: list[float] = []  # a retry waits first (tasks.retry.with_retries)
+    monkeypatch.setattr("tasks.retry.time.sleep", waits.append)
+    (row,) = publish_chunk.fn([_scored(tmp_path / "c", embedding=b"other vectors")], [], out, "run-2", learn, False)
+    assert row.status == "failed" and "already published by run run-1" in (row.error or "")
+    assert waits == [], "a deterministic refusal was retried"
     results = ResultStore.open(out)
     assert results.verify(RECORD.concept_id, RECORD.digest) == []
     assert Path(results.uri(RECORD.concept_id, RECORD.digest, "learned_embeds.safetensors")).read_bytes() == b"vectors"
@@ -135,7 +135,7 @@ def test_a_retry_replaces_what_an_interrupted_attempt_left(tmp_path: Path, out: 
     results = ResultStore.open(out)
     results.store.put(results.key(RECORD.concept_id, RECORD.digest, "learned_embeds.safetensors"), b"half")
     assert not results.is_complete(RECORD.concept_id, RECORD.digest)
-    row = publish_concept.fn(_scored(tmp_path / "work"), out, "run-1", learn)
+    row = publish_concept(_scored(tmp_path / "work"), out, "run-1", learn)
     assert row.status == "ok" and Path(row.embedding_uri).read_bytes() == b"vectors"
     assert results.verify(RECORD.concept_id, RECORD.digest) == []
 
@@ -145,14 +145,14 @@ def test_a_failed_concept_publishes_nothing(tmp_path: Path, out: str, learn, whe
     scored = _scored(tmp_path / "work", error="scoring failed: boom" if where == "scoring" else None)
     if where == "inversion":
         scored = ScoredConcept(InversionOutcome(scored.inversion.staged, None, error="training of <t> diverged"))
-    row = publish_concept.fn(scored, out, "run-1", learn)
+    row = publish_concept(scored, out, "run-1", learn)
     assert row.status == "failed" and row.error == (scored.error or scored.inversion.error)
     assert (row.digest, row.token, row.embedding_uri) == (RECORD.digest, RECORD.token, None)
     assert not Path(out).exists()
 
 
 def test_skipped_row_carries_the_published_scores(tmp_path: Path, out: str, learn) -> None:
-    published = publish_concept.fn(_scored(tmp_path / "work"), out, "run-1", learn)
+    published = publish_concept(_scored(tmp_path / "work"), out, "run-1", learn)
     row = skipped_row("run-2", RECORD, learn, out)
     assert (row.status, row.run_id, row.error) == ("skipped", "run-2", None)
     assert {k: getattr(row, k) for k in SCORE_COLUMNS} == SCORES
@@ -162,7 +162,7 @@ def test_skipped_row_carries_the_published_scores(tmp_path: Path, out: str, lear
 def test_write_metrics_appends_rows_and_indexes_complete_results(tmp_path: Path, out: str, learn) -> None:
     from tasks.publish import failed_row
 
-    ok = publish_concept.fn(_scored(tmp_path / "work"), out, "run-1", learn)
+    ok = publish_concept(_scored(tmp_path / "work"), out, "run-1", learn)
     failed = failed_row("run-1", "bad-meta", "concept.json: bad property", learn)
     uri = write_metrics.fn(out, [ok, failed])
     assert Path(uri).is_file() and "run_date=" in uri

@@ -37,7 +37,7 @@ def _night(catalog: Path, learn, out: str, work: Path) -> dict[str, str | None]:
     for record in scan.records:
         if record.digest is not None and record.digest in scan.done.get(record.concept_id, ()):
             continue
-        one = stage_concept.fn(str(catalog), record, str(work), scan.done.get(record.concept_id, ()))
+        one = stage_concept(str(catalog), record, str(work), scan.done.get(record.concept_id, ()))
         staged.append(one)
         if not one.done:
             results.publish(record.concept_id, one.record.known_digest(), {"learned_embeds.safetensors": b"x"}, "r")
@@ -71,11 +71,11 @@ def test_staging_keeps_the_reason_and_drops_it_for_bytes_already_learned(two: Pa
     scan = scan_catalog.fn(str(two), learn, out_uri=out)
     (red,) = [r for r in scan.records if r.concept_id == "red"]
     assert red.digest is None and red.relearn_reason == "images changed"  # the listing changed: read to know
-    staged = stage_concept.fn(str(two), red, str(tmp_path / "w2"), scan.done["red"])
+    staged = stage_concept(str(two), red, str(tmp_path / "w2"), scan.done["red"])
     assert staged.done and staged.record.relearn == ()
     (two / "blue" / "04.png").write_bytes((two / "red" / "00.png").read_bytes())  # an image more: other bytes
     (blue,) = [r for r in scan_catalog.fn(str(two), learn, out_uri=out).records if r.concept_id == "blue"]
-    staged = stage_concept.fn(str(two), blue, str(tmp_path / "w3"), ())
+    staged = stage_concept(str(two), blue, str(tmp_path / "w3"), ())
     assert not staged.done and staged.record.relearn_reason == "images changed" and staged.record.digest
 
 

@@ -32,7 +32,7 @@ def _tasks() -> list[tuple[str, Task]]:
 def test_the_search_finds_the_tasks_of_both_packages() -> None:
     names = {where for where, _ in _tasks()}
     assert {
-        "tasks.ingest.stage_concept",
+        "tasks.staging.stage_chunk",
         "tasks.score.score_outcomes_task",
         "flows.learn_pack.run_pack_deployment",
     } <= names
