@@ -123,6 +123,8 @@ class Curve:
     def measure(self, step: int, vectors: torch.Tensor, train_seconds: float | None = None) -> None:
         from inversion.embeddings.formats import LearnedEmbedding
 
+        if self.points and self.points[-1]["step"] == step:
+            return  # the trainer hands over a finished concept's final checkpoint: the end is measured once
         tick = time.perf_counter()
         if train_seconds is None:
             train_seconds = tick - self.started - self.eval_seconds
