@@ -10,20 +10,20 @@ from flows.cli import build_parser
 from flows.sync import sync_result
 
 
-def test_sstar_serve_hands_prefect_both_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sstar_serve_hands_prefect_its_three_deployments(monkeypatch: pytest.MonkeyPatch) -> None:
     served: list[object] = []
     monkeypatch.setattr(prefect, "serve", lambda *deployments: served.extend(deployments))
     args = build_parser().parse_args(["serve", "--catalog", "s3://bkt/cat", "--out", "s3://bkt/out", "--model", "m"])
     assert args.func(args) == 0
-    nightly, adhoc = served
-    assert isinstance(nightly, RunnerDeployment) and isinstance(adhoc, RunnerDeployment)
-    assert (nightly.name, nightly.flow_name, adhoc.name, adhoc.flow_name) == (
-        "learn-catalog-nightly",
-        "learn-catalog",
-        "learn-concept",
-        "learn-concept",
-    )
+    nightly, adhoc, pack = served
+    assert all(isinstance(d, RunnerDeployment) for d in served)
+    assert [(d.name, d.flow_name) for d in served] == [
+        ("learn-catalog-nightly", "learn-catalog"),
+        ("learn-concept", "learn-concept"),
+        ("learn-pack", "learn-pack"),  # what a nightly run with --deployment learn-pack/learn-pack fans out to
+    ]
     assert nightly.parameters["catalog"] == adhoc.parameters["catalog"] == "s3://bkt/cat"
+    assert pack.parameters["out"] == nightly.parameters["out"] == "s3://bkt/out"
 
 
 def test_a_coroutine_is_refused_and_closed() -> None:
