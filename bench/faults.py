@@ -68,6 +68,8 @@ COLUMNS = (
     "retrained", "resumed_from", "steps_lost", "recover_s", "reference_s", "note",
 )  # fmt: skip
 RUN_TIMEOUT_S = 600
+#: the ``--quick`` kill point: while training, once every concept's first checkpoint is in the output store
+FIRST_CHECKPOINT = ("training", -1.0)
 #: torch on one thread: the floats are reduced in one order, so the bytes of the learned vectors repeat
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 EMBEDDING = "learned_embeds.safetensors"
@@ -466,6 +468,21 @@ def strike_at(target: str, delay: float) -> Callable[[Watch, str], bool]:
     return due
 
 
+def strike_at_first_checkpoint(concepts: int) -> Callable[[Watch, str], bool]:
+    """Strike once the output store holds a checkpoint of every one of the ``concepts`` at one step (or the run has
+    gone past training): a kill while training whatever the machine's speed (a delay drawn from the reference
+    run's phase lengths can land after training on a machine busier or quieter than the reference's), and not
+    between two uploads of one pack step (which leaves the pack's concepts resuming from different steps)."""
+
+    def due(watch: Watch, phase: str) -> bool:
+        latest = {concept: step for _, concept, step in watch.checkpoints}
+        return (len(latest) == concepts and len(set(latest.values())) == 1) or (
+            PHASES.index(phase) > PHASES.index("training")
+        )
+
+    return due
+
+
 def signal_group(proc: subprocess.Popen, sig: int, grace: float = 60.0) -> tuple[int | None, float]:
     """Send ``sig`` to the process group; its exit code and seconds to exit (SIGKILL after ``grace`` s: None)."""
     sent = time.monotonic()
@@ -517,14 +534,15 @@ def local_trial(trial: int, point: tuple[str, float], fault: str, plan: Plan, wo
     folder.mkdir(parents=True, exist_ok=True)
     out, env = folder / "out", plan.env(folder / "prefect-home")
     command = plan.learn_command(out)
-    watch, proc, struck = run_watched(command, env, folder / "struck.log", out, strike_at(*point))
+    strike = strike_at_first_checkpoint(plan.concepts) if point == FIRST_CHECKPOINT else strike_at(*point)
+    watch, proc, struck = run_watched(command, env, folder / "struck.log", out, strike)
     fault_s = round(watch.seconds(), 1)
     at_fault = published(out)
     code, stop_s = signal_group(proc, signal.SIGKILL if fault == "kill -9" else signal.SIGTERM)
     left = end_leftovers(folder / "prefect-home")
     rerun, again, _ = run_watched(command, env, folder / "rerun.log", out)
     row = {
-        "target": f"{point[0]}+{point[1]:.1f}s",
+        "target": "training, first checkpoint" if point == FIRST_CHECKPOINT else f"{point[0]}+{point[1]:.1f}s",
         "struck": struck or "after exit",
         "fault_s": fault_s,
         "published_at_fault": len(at_fault),
@@ -770,6 +788,8 @@ def _local_trials(args: argparse.Namespace, plan: Plan, work: Path, table: Path,
     folder = work / "reference"
     reference = reference_run(folder, plan.learn_command(folder / "out"), plan.env(folder / "prefect-home"), plan)
     points = kill_points(args.seed, args.local, reference, args.phases.split(",") if args.phases else KILL_PHASES)
+    if args.quick:
+        points = [FIRST_CHECKPOINT]
     done = done_trials(table)
     for trial, point in enumerate(points[: args.sigterm if fault == "sigterm" else len(points)], args.first_trial):
         if ("local", fault, str(trial)) not in done:
@@ -816,7 +836,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, default=4, help="steps between checkpoints (default 4)")
     parser.add_argument("--model", default="", help="a tiny model folder to use instead of building one")
     parser.add_argument("--prefect-api-url", default="", help="one Prefect server for every local run (tests)")
-    parser.add_argument("--quick", action="store_true", help="one local kill -9 while training (the smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one local kill -9 while training, once every concept has a checkpoint in the store (the smoke test)",
+    )
     parser.add_argument("--work", default="/tmp/sstar-faults", help="work folder (kept: resumes trials)")
     parser.add_argument("--out", default="bench/results-faults.csv", help="the CSV (rows appended)")
     parser.add_argument("--show", default="", help="print this CSV as a markdown table and exit")
