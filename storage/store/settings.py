@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,9 @@ DEFAULT_REGION = "us-east-1"
 _SECRET_FIELDS = ("secret_access_key", "session_token")
 _REGION_RE = re.compile(r"^[a-z0-9-]{2,32}$")
 _ADDRESSING = ("auto", "path", "virtual")
+#: boto3 clients built so far, per process, settings and AWS environment (:meth:`S3Settings.s3_client`)
+_CLIENTS: dict[tuple[int, S3Settings, tuple[tuple[str, str], ...]], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 def _env(environ: Mapping[str, str], *names: str) -> str | None:
@@ -179,7 +183,20 @@ class S3Settings:
         )
 
     def s3_client(self) -> Any:
-        """A thread-safe boto3 S3 client for these settings."""
+        """A thread-safe boto3 S3 client for these settings, shared by every store of this process.
+
+        Building a client reads botocore's service and endpoint files (tens of milliseconds of JSON):
+        a run opens a store per concept and per chunk, so one client per process, settings and ``AWS_*``
+        environment (what the credential chain reads) is kept and handed out again.
+        """
+        key = (os.getpid(), self, tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))))
+        with _CLIENTS_LOCK:
+            client = _CLIENTS.get(key)
+            if client is None:
+                client = _CLIENTS[key] = self._new_s3_client()
+            return client
+
+    def _new_s3_client(self) -> Any:
         session = self.boto3_session()
         return session.client(
             "s3",

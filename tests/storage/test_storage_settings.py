@@ -83,6 +83,20 @@ def test_botocore_config_is_standard_retries_and_lenient_checksums() -> None:
     assert S3Settings().botocore_config().s3 == {"addressing_style": "auto"}
 
 
+def test_stores_of_one_process_share_one_client_until_the_aws_environment_changes(monkeypatch) -> None:
+    """A run opens a store per concept and per chunk: building a boto3 client for each cost ~40 ms of
+    botocore JSON every time (the first-night profile's largest item), so equal settings share a client."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFIRST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1")
+    first = open_store("s3://bucket-a/one", settings)
+    second = open_store("s3://bucket-b/two", S3Settings(endpoint_url="http://127.0.0.1:9", region="us-east-1"))
+    assert first.client is second.client
+    assert S3Settings(endpoint_url="http://127.0.0.1:9", region="eu-west-1").s3_client() is not first.client
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDROTATED")  # what the credential chain reads has changed
+    assert settings.s3_client() is not first.client
+
+
 def test_pyarrow_filesystem_gets_explicit_endpoint(s3_client, s3_settings: S3Settings) -> None:
     filesystem = s3_settings.pyarrow_filesystem()
     assert filesystem.region == "us-east-1"
