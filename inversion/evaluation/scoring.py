@@ -48,7 +48,7 @@ from inversion.errors import ConfigError, InputError
 from inversion.evaluation.clip import ClipModel
 from inversion.evaluation.prompts import caption_phrase, check_prompts, default_captions, default_prompts, fill
 from inversion.evaluation.render import Renderer, RenderSettings, make_grid
-from inversion.text.encoder import PromptEncoder
+from inversion.text.encoder import check_fits
 from inversion.text.weighting import plain_text
 
 SCALE = "raw cosine similarity in [-1, 1] (not the 2.5x-scaled CLIPScore)"
@@ -384,7 +384,7 @@ def _plan(renderer: Renderer, clip: ClipModel, request: ScoreRequest, settings: 
     if not request.class_word or not request.class_word.strip():
         raise InputError(f"a class word is needed to score {embedding.token} (e.g. the initializer, 'cat')")
     class_word = request.class_word.strip()
-    PromptEncoder(renderer.components).check(embedding)  # one table per text encoder, of its width
+    check_fits(renderer.components, embedding)  # one table per text encoder, of its width
     reference_embeds = request.reference_embeds
     if reference_embeds is None:
         reference_embeds = embed_reference_images(clip, request.reference_images, settings.clip_batch_size)

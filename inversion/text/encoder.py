@@ -94,6 +94,23 @@ def crop_conditioning(image: Image.Image, resolution: int, flipped: bool = False
     return height, width, top, left
 
 
+def text_widths(components: DiffusionComponents) -> tuple[int, ...]:
+    """The width of each text encoder's token embedding, in order (the columns of a learned word)."""
+    return tuple(int(encoder.get_input_embeddings().weight.shape[1]) for _, encoder in components.text_sides)
+
+
+def check_fits(components: DiffusionComponents, embedding: LearnedEmbedding) -> None:
+    """Raise :class:`EmbeddingFormatError` unless ``embedding`` has one table per text encoder of
+    ``components``, of its width (no tokenizer is copied: a :class:`PromptEncoder` need not be built)."""
+    widths = text_widths(components)
+    if embedding.widths != widths:
+        raise EmbeddingFormatError(
+            f"embedding {embedding.token} has vectors of width {'+'.join(map(str, embedding.widths))}, but "
+            f"this {components.family} model's text encoders take {'+'.join(map(str, widths))}: "
+            f"it was learned for another model"
+        )
+
+
 class PromptEncoder:
     """The text side of one training or rendering call on ``components``.
 
@@ -107,7 +124,7 @@ class PromptEncoder:
         self.encoders = [encoder for _, encoder in components.text_sides]
         self.tokenizers = [copy.deepcopy(tokenizer) for tokenizer, _ in components.text_sides]
         #: the width of each text encoder's token embedding, in order (the columns of a learned word)
-        self.widths: tuple[int, ...] = tuple(int(e.get_input_embeddings().weight.shape[1]) for e in self.encoders)
+        self.widths: tuple[int, ...] = text_widths(components)
         #: the tokens each text encoder reads a prompt as (CLIP: its 77; T5: :data:`T5_LENGTHS`)
         self.lengths: tuple[int, ...] = tuple(
             T5_LENGTHS[self.family] if _is_t5(e) else int(t.model_max_length)
@@ -157,12 +174,7 @@ class PromptEncoder:
 
     def check(self, embedding: LearnedEmbedding) -> None:
         """Raise :class:`EmbeddingFormatError` unless ``embedding`` has one table per text encoder, of its width."""
-        if embedding.widths != self.widths:
-            raise EmbeddingFormatError(
-                f"embedding {embedding.token} has vectors of width {'+'.join(map(str, embedding.widths))}, but "
-                f"this {self.family} model's text encoders take {'+'.join(map(str, self.widths))}: "
-                f"it was learned for another model"
-            )
+        check_fits(self.components, embedding)
 
     @contextmanager
     def learned(self, placeholders: Sequence[PlaceholderToken], vectors: Sequence[torch.Tensor]) -> Iterator[None]:
