@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -74,8 +75,13 @@ def _rows_without_learning(
 class _Progress:
     """Counts the run's finished concepts into its progress artifact and its log (the ``on_done`` of the learners)."""
 
+    #: the least seconds between two updates of the progress artifact: each is a database write on the
+    #: Prefect server, and a first night finishes several concepts a second (every line still goes to the log)
+    UPDATE_EVERY_S = 2.0
+
     def __init__(self, run_id: str, total: int, logger) -> None:
         self.total, self.logger, self.finished = total, logger, 0
+        self.updated = time.monotonic()
         self.artifact = sync_result(
             create_progress_artifact(
                 progress=0.0, key="sstar-run-progress", description=f"concepts finished in run {run_id}"
@@ -84,7 +90,9 @@ class _Progress:
 
     def __call__(self, row: MetricsRow) -> None:
         self.finished += 1
-        update_progress_artifact(self.artifact, 100.0 * self.finished / max(1, self.total))
+        if self.finished == self.total or time.monotonic() - self.updated >= self.UPDATE_EVERY_S:
+            update_progress_artifact(self.artifact, 100.0 * self.finished / max(1, self.total))
+            self.updated = time.monotonic()
         self.logger.info("[%d/%d] %s: %s", self.finished, self.total, row.concept_id, row.status)
 
     def complete(self) -> None:
