@@ -5,7 +5,8 @@ slot while it runs. ``deployments/create_gpu_limit.py`` calls :func:`ensure_gpu_
 server's operators; ``learn_catalog`` calls it at start so a run never goes unguarded.
 
 No wait without a deadline, and none on the dead: :func:`gpu_slot` asks for a slot once a second
-(one request each, so no grant is lost to a cancelled request), frees the slot of a holder that died
+(one request each, so no grant is lost to a cancelled request; while tasks of its own process hold every
+slot, it waits for their hand-over or release instead, :mod:`tasks.slots_here`), frees the slot of a holder that died
 (:mod:`tasks.slot_holders`), logs who holds the slot every minute, and gives up after the run's
 ``slot_wait_timeout`` with one line naming the limit, the holder and ``sstar slots --release``. It
 takes the slot with Prefect's own lease calls rather than ``prefect.concurrency.sync.concurrency``,
@@ -28,7 +29,8 @@ from prefect.exceptions import ObjectNotFound
 
 from inversion.cancel import check_stop
 from inversion.errors import SstarError
-from tasks import slot_holders
+from tasks import slot_holders, slots_here
+from tasks.slots_here import Slot
 
 
 def ensure_gpu_limit(name: str = "sstar-gpu", slots: int = 1, *, update: bool = True) -> str:
@@ -92,24 +94,51 @@ def gpu_slot(name: str, *, wait_timeout: float) -> Iterator[None]:
     if taken is None:
         yield
         return
-    limit_id, lease_id = taken
+    slot, granted = taken
+    if granted:
+        slots_here.HELD_HERE.took(name, slot)
+    handed_over = False
     try:
-        slot_holders.write_record(limit_id, lease_id)
-        with _lease_renewed(lease_id):
+        slot_holders.write_record(slot.limit_id, slot.lease_id)  # a handed-over slot's record now names this task
+        with _lease_renewed(slot.lease_id):
             yield
+        handed_over = slots_here.HELD_HERE.keep(name, slot)
     finally:
-        slot_holders.release_lease(lease_id)
-        slot_holders.remove_record(limit_id, lease_id)
+        if not handed_over:
+            try:
+                slot_holders.release_lease(slot.lease_id)
+                slot_holders.remove_record(slot.limit_id, slot.lease_id)
+            finally:
+                slots_here.HELD_HERE.released(name)
 
 
-def _wait_for_slot(name: str, wait_timeout: float) -> tuple[UUID, UUID] | None:
-    """``(limit id, lease id)`` of a slot of ``name`` taken for this process, or None where no limit exists."""
+def _wait_for_slot(name: str, wait_timeout: float) -> tuple[Slot, bool] | None:
+    """A slot of ``name`` taken for this process, and whether the server granted it (else a task of this
+    process handed it over); None where no limit exists."""
+    here = slots_here.HELD_HERE
     started = last_log = time.monotonic()
+    ask = False  # True: ask the server even if this process holds every slot (a try could only be refused)
     while True:
         check_stop()  # a signalled run stops waiting (inversion.cancel)
-        taken = _try_slot(name)
-        if taken is not _TAKEN:
-            return taken
+        parked = here.take_parked(name)
+        if parked is not None:
+            return parked, False
+        time.sleep(here.pause_left(name))  # this process has just ended its turn: a run elsewhere asks first
+        mark = here.releases(name)
+        if ask or not here.full(name):
+            taken = _try_slot(name)
+            if taken is not _TAKEN:
+                return None if taken is None else (taken, True)
+        held_here = here.held(name)
+        left = wait_timeout - (time.monotonic() - started)
+        if held_here and left > 0:
+            woken = here.wait(name, mark, min(slots_here.HELD_HERE_WAIT_S, left))
+            if isinstance(woken, Slot):
+                return woken, False
+            if woken is slots_here.RELEASED:
+                ask = False
+                continue
+        ask = True  # no release here for a while (or none held here): the server is asked at the next turn
         limit_id = _limit_id(name)
         for freed in slot_holders.recover_dead_holders(limit_id):
             _logger().warning("freed the slot of %r held by %s, which is dead", name, freed)
@@ -119,7 +148,8 @@ def _wait_for_slot(name: str, wait_timeout: float) -> tuple[UUID, UUID] | None:
         if now - last_log >= SLOT_LOG_EVERY_S:
             last_log = now
             _logger().info("waited %.0f s for a slot of %r: %s", now - started, name, _held_by(name, limit_id))
-        time.sleep(min(SLOT_POLL_S, max(0.0, wait_timeout - (now - started))))
+        if not held_here:
+            time.sleep(min(SLOT_POLL_S, max(0.0, wait_timeout - (now - started))))
 
 
 #: what :func:`_try_slot` returns when every slot is taken
@@ -141,7 +171,7 @@ def _try_slot(name: str) -> Any:
             return _TAKEN
         raise
     granted = ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
-    return (granted.limits[0].id, granted.lease_id) if granted.limits else None
+    return Slot(granted.limits[0].id, granted.lease_id, granted.limits[0].limit) if granted.limits else None
 
 
 @contextmanager

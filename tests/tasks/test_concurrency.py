@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import concurrency, slot_holders
+from tasks import concurrency, slot_holders, slots_here
 from tasks.concurrency import SlotWaitTimeout, ensure_gpu_limit, gpu_slot
 from tests.conftest import REPO_ROOT
 from tests.waiting import wait_until
@@ -32,6 +32,13 @@ def _limit(name: str):
 
     with get_client(sync_client=True) as client:
         return client.read_global_concurrency_limit_by_name(name)
+
+
+@pytest.fixture(autouse=True)
+def no_parking(monkeypatch) -> None:
+    """Most tests here watch the server's count as a block ends: a slot left with no waiter goes back at once
+    (the parking of a left slot for the process's next task has its own test, which sets PARK_S again)."""
+    monkeypatch.setattr(slots_here, "PARK_S", 0.0)
 
 
 @pytest.fixture
@@ -58,11 +65,22 @@ def test_a_limit_needs_a_slot(name: str) -> None:
         _limit(name)
 
 
-def test_a_slot_is_held_inside_the_block_only(name: str) -> None:
+def test_a_slot_is_held_inside_the_block_then_parked_for_the_next_task_of_the_process(name: str, monkeypatch) -> None:
+    """A run's next GPU task is submitted as one ends: the slot waits PARK_S for it (no server call), then
+    goes back by itself."""
+    monkeypatch.setattr(slots_here, "PARK_S", 2.0)
     ensure_gpu_limit(name, 2)
     with gpu_slot(name, wait_timeout=60):
         assert _limit(name).active_slots == 1
-    assert _limit(name).active_slots == 0
+    tries: list[str] = []
+    try_slot = concurrency._try_slot
+    monkeypatch.setattr(concurrency, "_try_slot", lambda n: (tries.append(n), try_slot(n))[1])
+    with gpu_slot(name, wait_timeout=60):  # the next task, within the grace
+        assert _limit(name).active_slots == 1
+    assert tries == []
+    assert _limit(name).active_slots == 1  # parked again
+    wait_until(lambda: _limit(name).active_slots == 0, slots_here.PARK_S + 10, "the parked slot to go back")
+    assert not slot_holders.read_records(_limit(name).id)  # and its holder record with it
 
 
 def test_a_second_holder_waits_for_the_only_slot(name: str) -> None:
@@ -91,6 +109,102 @@ def test_a_second_holder_waits_for_the_only_slot(name: str) -> None:
         thread.join(60)
     assert not overlapped
     assert order == ["first in", "first out", "second in"]
+    assert _limit(name).active_slots == 0
+
+
+def test_a_holder_hands_its_slot_to_a_waiter_of_its_process_without_the_server(name: str, monkeypatch) -> None:
+    """Scoring and training of one run take turns on the slot: each take through the server is a write on its
+    database (SQLite answered some with 503 'database is locked' on a first night), so a waiter whose own
+    process holds every slot waits for it here, and the holder hands it over as it leaves."""
+    ensure_gpu_limit(name, 1)
+    tries: list[float] = []
+    try_slot = concurrency._try_slot
+    monkeypatch.setattr(concurrency, "_try_slot", lambda n: (tries.append(time.monotonic()), try_slot(n))[1])
+    first_in, second_in = threading.Event(), threading.Event()
+    left: list[float] = []
+    got_in: list[float] = []
+
+    def second() -> None:
+        first_in.wait(30)
+        with gpu_slot(name, wait_timeout=60):
+            got_in.append(time.monotonic())
+            second_in.set()
+            assert _limit(name).active_slots == 1
+
+    thread = threading.Thread(target=second)
+    with gpu_slot(name, wait_timeout=60):
+        tries.clear()  # the first holder's own try
+        thread.start()
+        first_in.set()
+        assert not second_in.wait(4)
+        left.append(time.monotonic())
+    thread.join(30)
+    assert second_in.is_set()
+    assert tries == [], f"the waiter asked the server {len(tries)} times"  # one hold in the process: none needed
+    assert got_in[0] - left[0] < 0.5  # handed over as the first left, not after a poll
+    assert _limit(name).active_slots == 0  # and given back at the end
+
+
+@pytest.mark.parametrize("tasks", [1, 2])
+def test_a_process_that_kept_the_slot_for_its_turn_lets_a_run_elsewhere_in(
+    tasks: int, name: str, holders, tmp_path: Path, monkeypatch
+) -> None:
+    """Tasks of this process one after the other (one: the next comes 50 ms after and takes the parked slot;
+    two: the next always waits and is handed it) would keep the slot from an overlapping run: at the end
+    of a turn this process lets a run elsewhere, polling each second, ask first."""
+    monkeypatch.setattr(slots_here, "FAIR_TURN_S", 2.0)
+    monkeypatch.setattr(slots_here, "PARK_S", 2.0)
+    ensure_gpu_limit(name, 1)
+    grants: list[str] = []
+    took = slots_here.HELD_HERE.took
+    monkeypatch.setattr(slots_here.HELD_HERE, "took", lambda n, slot: (grants.append(n), took(n, slot))[1])
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            with gpu_slot(name, wait_timeout=60):
+                time.sleep(0.2)
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=busy) for _ in range(tasks)]
+    log = tmp_path / "elsewhere.log"
+    try:
+        with gpu_slot(name, wait_timeout=60):  # held here (past its turn) while a run elsewhere starts polling
+            with open(log, "w") as out:
+                cmd = [sys.executable, "-c", _HOLDER, name]
+                holders.append(subprocess.Popen(cmd, env=_env(), stdout=out, stderr=subprocess.STDOUT))
+            wait_until(lambda: "asking" in log.read_text(), 120, "the run elsewhere to ask for the slot")
+            time.sleep(2 * concurrency.SLOT_POLL_S)
+            grants.clear()
+            for thread in threads:
+                thread.start()
+        wait_until(lambda: "held " in log.read_text(), 60, "the run elsewhere to get the slot")
+        assert len(grants) <= 1, f"this process took the slot {len(grants)} times before the run elsewhere got it"
+        _kill(holders[-1])  # its slot is freed by the next taker here
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(90)
+    wait_until(lambda: _limit(name).active_slots == 0, slots_here.PARK_S + 10, "the last slot to go back")
+
+
+def test_a_waiter_still_asks_the_server_now_and_then_while_its_process_holds_every_slot(name: str, monkeypatch) -> None:
+    """An operator who raises the limit meanwhile is heard: the waiter asks again after HELD_HERE_WAIT_S."""
+    monkeypatch.setattr(slots_here, "HELD_HERE_WAIT_S", 0.5)
+    ensure_gpu_limit(name, 1)
+    second_in = threading.Event()
+
+    def second() -> None:
+        with gpu_slot(name, wait_timeout=60):
+            second_in.set()
+
+    with gpu_slot(name, wait_timeout=60):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not second_in.wait(1.5)  # one slot, held here
+        ensure_gpu_limit(name, 2)
+        assert second_in.wait(10), "the waiter never asked again after the limit was raised"
+    thread.join(30)
     assert _limit(name).active_slots == 0
 
 
@@ -166,6 +280,7 @@ from tasks.concurrency import gpu_slot
 
 @flow(name="slot-holder")
 def hold(name: str) -> None:
+    print("asking", flush=True)
     with gpu_slot(name, wait_timeout=60):
         print("held", flow_run.name, flush=True)
         time.sleep(600)
