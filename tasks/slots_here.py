@@ -15,10 +15,10 @@ here pauses :data:`FAIR_PAUSE_S` first, longer than a waiter elsewhere (another 
 from __future__ import annotations
 
 import atexit
-import contextvars
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from inversion.cancel import check_stop
@@ -107,8 +107,7 @@ class SlotsHeldHere:
             if PARK_S <= 0:
                 return False
             self._parked.setdefault(name, []).append(slot)
-        # the caller's context (Prefect's settings and client live in context variables)
-        timer = threading.Timer(PARK_S, contextvars.copy_context().run, (self._unpark, name, slot))
+        timer = threading.Timer(PARK_S, _with_callers_settings(self._unpark), (name, slot))
         timer.daemon = True
         timer.start()
         return True
@@ -194,6 +193,23 @@ class SlotsHeldHere:
                 get_logger(__name__).warning("could not give back the slot %s of %r: %s", slot.lease_id, name, exc)
             finally:
                 self.released(name)
+
+
+def _with_callers_settings(function: Callable[..., None]) -> Callable[..., None]:
+    """``function`` to be called in another thread under the Prefect settings of this one (its API URL), and
+    none of its run or client contexts: the run may be over by then, its client closed."""
+    from prefect.context import SettingsContext
+
+    settings = SettingsContext.get()
+
+    def call(*args: Any) -> None:
+        if settings is None:
+            function(*args)
+            return
+        with SettingsContext(profile=settings.profile, settings=settings.settings):
+            function(*args)
+
+    return call
 
 
 #: the one registry of this process

@@ -145,6 +145,28 @@ def test_a_holder_hands_its_slot_to_a_waiter_of_its_process_without_the_server(n
     assert _limit(name).active_slots == 0  # and given back at the end
 
 
+def test_a_slot_parked_by_a_flow_runs_last_task_goes_back_after_the_run(name: str, monkeypatch) -> None:
+    """The run is over when the parked slot goes back: its own client is closed by then (a give-back made
+    with it failed, and the slot stayed taken on a server with no lease repossessor)."""
+    from prefect import flow, task
+
+    monkeypatch.setattr(slots_here, "PARK_S", 1.0)
+    ensure_gpu_limit(name, 1)
+
+    @task
+    def gpu_work() -> None:
+        with gpu_slot(name, wait_timeout=60):
+            pass
+
+    @flow
+    def one_gpu_task() -> None:
+        gpu_work()
+
+    one_gpu_task()
+    wait_until(lambda: _limit(name).active_slots == 0, slots_here.PARK_S + 10, "the parked slot to go back")
+    assert not slot_holders.read_records(_limit(name).id)
+
+
 @pytest.mark.parametrize("tasks", [1, 2])
 def test_a_process_that_kept_the_slot_for_its_turn_lets_a_run_elsewhere_in(
     tasks: int, name: str, holders, tmp_path: Path, monkeypatch
