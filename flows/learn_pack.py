@@ -62,9 +62,10 @@ def learn_pack(
     ]
     work_root = run.work_dir or tempfile.mkdtemp(prefix="sstar-work-")
     try:
-        ctx = LearnContext(
-            catalog, out, learn, evaluation, run.model_copy(update={"deployment": None}), parent_run_id, work_root
-        )
+        # one pack on this worker's GPU: trained as one batch, not split into max_concurrent_inversions queues
+        # (that setting is the catalog's fan-out: the coordinator's flow runs in flight)
+        on_worker = run.model_copy(update={"deployment": None, "max_concurrent_inversions": 1})
+        ctx = LearnContext(catalog, out, learn, evaluation, on_worker, parent_run_id, work_root)
         learned = learn_locally(ctx, list(found.values()), lambda row: None, done, append=False)
     finally:
         if not run.work_dir:

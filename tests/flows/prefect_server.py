@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -157,6 +158,16 @@ class PrefectServer:
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
                 sort=FlowRunSort.EXPECTED_START_TIME_ASC,
             )
+
+    def task_run_names(self, flow_run_id: UUID) -> Counter[str]:
+        """The task runs of ``flow_run_id`` by task name (``invert-pack-3f2`` → ``invert-pack``)."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.url}), get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        return Counter(run.name.rsplit("-", 1)[0] for run in runs)
 
 
 def _descendants(pid: int) -> set[int]:

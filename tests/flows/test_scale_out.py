@@ -39,7 +39,13 @@ def test_two_workers_share_the_catalog(prefect_server: PrefectServer, tiny_model
                 clip_arch="sstar-tiny-clip",
                 clip_checkpoint=str(clip),
             ),
-            run=RunSettings(device="cpu", workers=4, concepts_per_batch=2, deployment="learn-pack/learn-pack"),
+            run=RunSettings(
+                device="cpu",
+                workers=4,
+                concepts_per_batch=2,
+                max_concurrent_inversions=2,  # two packs in flight, as the nightly deployment runs them
+                deployment="learn-pack/learn-pack",
+            ),
             run_id="scale-out",
             return_state=True,
         )
@@ -65,6 +71,9 @@ def test_two_workers_share_the_catalog(prefect_server: PrefectServer, tiny_model
     for run in runs:
         assert run.state is not None and run.state.is_completed(), (run.name, run.state)
         assert run.run_count == 1, f"{run.name} ran {run.run_count} times"
+        # the pack is trained as one batch on its worker (max_concurrent_inversions split it in two before)
+        kinds = prefect_server.task_run_names(run.id)
+        assert (kinds["invert-pack"], kinds["score-outcomes"]) == (1, 1), (run.name, kinds)
     ran_on = {run.name: run.labels.get("prefect.worker.name") for run in runs}
     worker_logs = "\n".join(f"{name}: {prefect_server.worker_log(name)[-1500:]}" for name in sorted(registered))
     assert set(ran_on.values()) == registered, f"each worker must run work: {ran_on}\n{worker_logs}"
