@@ -17,6 +17,7 @@ from storage.compositions import CompositionRow, CompositionSpec, append_composi
 from storage.errors import StorageError
 from storage.metrics import MetricsRow
 from tasks.compose import LearnedConcept, compose_task, failed_composition
+from tasks.concurrency import give_back_parked_slots
 from tasks.records import ConceptRecord
 from tasks.settings import EvalSettings, LearnSettings, RunSettings
 
@@ -89,6 +90,7 @@ def compose_catalog(
             if isinstance(row, BaseException):
                 row = failed_composition(spec, run_id, f"composition failed: {row}")
             results.append(row)
+    give_back_parked_slots()  # the last rendering's GPU slot, kept for a next task that will not come
     # 3. their rows
     for row in results:
         logger.info("composition %s: %s%s", row.composition_id, row.status, f" ({row.error})" if row.error else "")

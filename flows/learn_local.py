@@ -31,6 +31,7 @@ from inversion.cancel import check_stop
 from storage.metrics import MetricsRow
 from storage.scanstate import ConceptState
 from tasks.claims import CLAIM_TTL_S, Claim, Claims, claim_key
+from tasks.concurrency import give_back_parked_slots
 from tasks.invert import invert_pack
 from tasks.publish import failed_row, publish_chunk, skipped_row
 from tasks.records import ConceptRecord, InversionOutcome, ScoredConcept, StagedConcept
@@ -331,15 +332,18 @@ def learn_locally(
 
     run = ctx.run
     runner_threads = ThreadPoolTaskRunner[Any](max_workers=fan_out_threads(run))
-    with runner_threads as runner, Claims(ctx.out, ctx.run_id) as claims, stop_tasks_on_interrupt():
-        pipeline = _Pipeline(runner, claims, ctx, on_done, done, index or {}, append)
-        pipeline.run(iter(chunks(todo, chunk_length(run))))
-        if pipeline.theirs:  # the concepts other runs were training: their results, or learned here
-            waited = after_other_runs(claims, ctx, pipeline.theirs, pipeline.learn_staged, run.slot_wait_timeout)
-            for row in waited:
-                on_done(row)
-            pipeline.result.rows += waited
-            pipeline.result.unwritten += waited
+    try:
+        with runner_threads as runner, Claims(ctx.out, ctx.run_id) as claims, stop_tasks_on_interrupt():
+            pipeline = _Pipeline(runner, claims, ctx, on_done, done, index or {}, append)
+            pipeline.run(iter(chunks(todo, chunk_length(run))))
+            if pipeline.theirs:  # the concepts other runs were training: their results, or learned here
+                waited = after_other_runs(claims, ctx, pipeline.theirs, pipeline.learn_staged, run.slot_wait_timeout)
+                for row in waited:
+                    on_done(row)
+                pipeline.result.rows += waited
+                pipeline.result.unwritten += waited
+    finally:
+        give_back_parked_slots()  # the last GPU task's slot, kept for a next task that will not come
     return pipeline.result
 
 

@@ -112,6 +112,12 @@ def gpu_slot(name: str, *, wait_timeout: float) -> Iterator[None]:
                 slots_here.HELD_HERE.released(name)
 
 
+def give_back_parked_slots() -> None:
+    """Give back the GPU slots this process keeps for its next task (:mod:`tasks.slots_here`): a run's flow
+    calls it as its GPU work ends, rather than leaving them to the park timer."""
+    slots_here.HELD_HERE.give_back_parked()
+
+
 def _wait_for_slot(name: str, wait_timeout: float) -> tuple[Slot, bool] | None:
     """A slot of ``name`` taken for this process, and whether the server granted it (else a task of this
     process handed it over); None where no limit exists."""

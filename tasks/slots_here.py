@@ -5,16 +5,17 @@ and give-back through the Prefect server is a write on its database, and a take 
 an update: on SQLite a write landing between the two answers ``503 database is locked`` (the first
 night's only server errors). So while a task of this process waits for a slot that another task of this
 process holds, it waits here and is woken by the release; a holder that leaves while such a waiter
-exists hands its lease straight to it (no server call). A holder that leaves with no waiter here keeps the
-slot :data:`PARK_S` more for the run's next GPU task (it is submitted as this one ends), then gives it
-back. For at most :data:`FAIR_TURN_S` in a row: then the slot goes back through the server, and a waiter
-here pauses :data:`FAIR_PAUSE_S` first, longer than a waiter elsewhere (another run polling each
-``SLOT_POLL_S``) needs to ask, so overlapping runs take turns.
+exists hands its lease straight to it (no server call). A holder that leaves with no waiter here keeps
+the slot :data:`PARK_S` more for the run's next GPU task (submitted as this one ends), then gives it
+back; a run gives back what is parked as it ends (not at interpreter exit, where a client could start
+a new ephemeral Prefect server that outlives the process). All this for at most :data:`FAIR_TURN_S` in
+a row: then the slot goes back through the server, and a waiter here pauses :data:`FAIR_PAUSE_S`
+first, longer than a waiter elsewhere (another run polling each ``SLOT_POLL_S``) needs to ask, so
+overlapping runs take turns.
 """
 
 from __future__ import annotations
 
-import atexit
 import threading
 import time
 from collections.abc import Callable
@@ -119,7 +120,7 @@ class SlotsHeldHere:
             return parked.pop(0) if parked else None
 
     def give_back_parked(self) -> None:
-        """Give back every parked slot now (at exit: a slot must not outlive its process)."""
+        """Give back every parked slot now (a run that ends: no task of it will come for them)."""
         with self._changed:
             parked = {name: slots[:] for name, slots in self._parked.items()}
             self._parked.clear()
@@ -214,4 +215,3 @@ def _with_callers_settings(function: Callable[..., None]) -> Callable[..., None]
 
 #: the one registry of this process
 HELD_HERE = SlotsHeldHere()
-atexit.register(HELD_HERE.give_back_parked)

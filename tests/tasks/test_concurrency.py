@@ -167,6 +167,19 @@ def test_a_slot_parked_by_a_flow_runs_last_task_goes_back_after_the_run(name: st
     assert not slot_holders.read_records(_limit(name).id)
 
 
+def test_a_run_that_ends_gives_back_the_slot_it_parked(name: str, monkeypatch) -> None:
+    """A run gives back its parked slot as it ends (learn_locally, compose_catalog): at interpreter exit a
+    give-back could start a new ephemeral Prefect server that outlives the process (sstar demo's did)."""
+    monkeypatch.setattr(slots_here, "PARK_S", 60.0)
+    ensure_gpu_limit(name, 1)
+    with gpu_slot(name, wait_timeout=60):
+        pass
+    assert _limit(name).active_slots == 1  # parked for a next task
+    concurrency.give_back_parked_slots()
+    assert _limit(name).active_slots == 0
+    assert not slot_holders.read_records(_limit(name).id)
+
+
 @pytest.mark.parametrize("tasks", [1, 2])
 def test_a_process_that_kept_the_slot_for_its_turn_lets_a_run_elsewhere_in(
     tasks: int, name: str, holders, tmp_path: Path, monkeypatch
