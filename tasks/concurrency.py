@@ -105,11 +105,7 @@ def gpu_slot(name: str, *, wait_timeout: float) -> Iterator[None]:
         handed_over = slots_here.HELD_HERE.keep(name, slot)
     finally:
         if not handed_over:
-            try:
-                slot_holders.release_lease(slot.lease_id)
-                slot_holders.remove_record(slot.limit_id, slot.lease_id)
-            finally:
-                slots_here.HELD_HERE.released(name)
+            slots_here.HELD_HERE.give_back(name, slot)
 
 
 def give_back_parked_slots() -> None:

@@ -179,21 +179,27 @@ class SlotsHeldHere:
         del handed[self._waiters.get(name, 0) :]
         return extra
 
-    def _give_back(self, name: str, slots: list[Slot]) -> None:
-        """Give ``slots`` back through the server (a failure is logged: its lease then runs out, or the
-        next taker frees the slot of a holder that is gone)."""
-        from prefect.logging import get_logger
-
+    def give_back(self, name: str, slot: Slot) -> None:
+        """Give ``slot`` back through the server and drop its holder record (what the server raised is
+        raised; the slot no longer counts as held here either way)."""
         from tasks import slot_holders
+
+        try:
+            slot_holders.release_lease(slot.lease_id)
+            slot_holders.remove_record(slot.limit_id, slot.lease_id)
+        finally:
+            self.released(name)
+
+    def _give_back(self, name: str, slots: list[Slot]) -> None:
+        """:meth:`give_back` each of ``slots``, a failure logged (its lease then runs out, or the next taker
+        frees the slot of a holder that is gone): a timer thread or a stopped waiter has no caller to tell."""
+        from prefect.logging import get_logger
 
         for slot in slots:
             try:
-                slot_holders.release_lease(slot.lease_id)
-                slot_holders.remove_record(slot.limit_id, slot.lease_id)
-            except Exception as exc:  # noqa: BLE001 - a timer thread or exit hook has no caller to tell
+                self.give_back(name, slot)
+            except Exception as exc:  # noqa: BLE001 - see above
                 get_logger(__name__).warning("could not give back the slot %s of %r: %s", slot.lease_id, name, exc)
-            finally:
-                self.released(name)
 
 
 def _with_callers_settings(function: Callable[..., None]) -> Callable[..., None]:
